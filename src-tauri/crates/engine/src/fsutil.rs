@@ -1,0 +1,73 @@
+//! Atomic file writes: a reader sees the old file or the new one, never half of one.
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Writes `bytes` to `path` through a temp file in the same folder, fsyncs it, then renames it
+/// over the target. On any error the temp file is removed and the target is untouched.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |w| w.write_all(bytes))
+}
+
+/// Like [`write_atomic`] but lets the caller stream into the file.
+pub fn write_atomic_with(
+    path: &Path,
+    fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .ok_or_else(|| Error::invalid(format!("{} has no parent folder", path.display())))?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    let ctx = || format!("cannot write {}", path.display());
+    // NamedTempFile deletes itself on drop, so every early return below cleans up.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".atelier-tmp-")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(ctx(), e))?;
+    fill(tmp.as_file_mut()).map_err(|e| Error::io(ctx(), e))?;
+    tmp.as_file().sync_all().map_err(|e| Error::io(ctx(), e))?;
+    tmp.persist(path).map_err(|e| Error::io(ctx(), e.error))?;
+    // Make the rename itself durable.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_the_file_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a/b.txt");
+        write_atomic(&p, "第一版".as_bytes()).unwrap();
+        write_atomic(&p, b"second").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"second");
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_old_file_and_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("doc.md");
+        write_atomic(&p, b"keep me").unwrap();
+        let err = write_atomic_with(&p, |f| {
+            f.write_all(b"half of the new")?;
+            Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "simulated full disk"))
+        })
+        .unwrap_err();
+        assert_eq!(err.kind(), "disk_full");
+        assert_eq!(std::fs::read(&p).unwrap(), b"keep me");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("doc.md")], "temp file left behind");
+    }
+
+    #[test]
+    fn a_path_without_folder_is_refused() {
+        assert_eq!(write_atomic(Path::new(""), b"x").unwrap_err().kind(), "invalid_input");
+    }
+}

@@ -1,0 +1,141 @@
+//! `atelier-engine`: everything Atelier does, without a window.
+//!
+//! The desktop app (`src-tauri/src`) and the CLI (`atelier-cli`) are thin shells over
+//! [`Engine`]. Modules are organised by domain:
+//!
+//! - [`home`]: the data folder and its instance lock
+//! - [`store`]: SQLite (projects, documents, generations, assets, jobs, settings, search)
+//! - [`jobs`]: the queue that runs long work with progress and cancellation
+//! - [`fsutil`]: atomic file writes
+
+pub mod error;
+pub mod fsutil;
+pub mod home;
+pub mod jobs;
+pub mod maintenance;
+pub mod store;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use error::{Error, Result};
+pub use home::{Home, InstanceLock};
+pub use jobs::{EventSink, JobContext, JobEvent, JobRequest, JobRunner, JobUpdate, Resource};
+pub use store::Store;
+
+/// An open Atelier data folder: its store, its job runner and (for the app) its instance lock.
+pub struct Engine {
+    home: Home,
+    store: Arc<Store>,
+    jobs: JobRunner,
+    /// Jobs the previous process left unfinished, found when this one opened.
+    interrupted_at_open: usize,
+    _lock: Option<InstanceLock>,
+}
+
+/// How to open a data folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The desktop app: takes the folder's instance lock (a second app on the same folder gets
+    /// [`Error::AlreadyRunning`]) and marks jobs left unfinished as interrupted.
+    Exclusive,
+    /// The CLI: works beside a running app (SQLite's WAL and busy timeout arbitrate). Marks
+    /// stale jobs interrupted only if no app holds the folder.
+    Shared,
+}
+
+impl Engine {
+    /// Opens (creating on first use) the data folder and its database.
+    pub fn open(home: Home, access: Access, runtime: tokio::runtime::Handle) -> Result<Engine> {
+        home.ensure()?;
+        let lock = match access {
+            Access::Exclusive => Some(home.lock()?),
+            Access::Shared => home.lock().ok(),
+        };
+        let store = Arc::new(Store::open(&home.db_path())?);
+        // Only the holder of the lock may decide that running jobs are dead: with it, no other
+        // process of ours can be running them.
+        let interrupted_at_open = if lock.is_some() { store.mark_stale_jobs_interrupted()? } else { 0 };
+        if interrupted_at_open > 0 {
+            tracing::warn!(count = interrupted_at_open, "jobs left unfinished by the last run marked interrupted");
+        }
+        let slots = store.settings()?.heavy_job_slots as usize;
+        let jobs = JobRunner::new(store.clone(), runtime, slots);
+        Ok(Engine { home, store, jobs, interrupted_at_open, _lock: lock })
+    }
+
+    pub fn home(&self) -> &Home {
+        &self.home
+    }
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+    pub fn jobs(&self) -> &JobRunner {
+        &self.jobs
+    }
+    pub fn interrupted_at_open(&self) -> usize {
+        self.interrupted_at_open
+    }
+
+    /// Moves a project in the trash out of existence: rows first (one transaction), then its
+    /// files. A file that cannot be removed is logged, not fatal: the rows are already gone.
+    pub fn purge_project(&self, id: i64) -> Result<usize> {
+        let paths = self.store.purge_project(id)?;
+        let mut removed = 0;
+        for rel in &paths {
+            match std::fs::remove_file(self.home.root().join(rel)) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(path = rel, error = %e, "could not remove an asset file"),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Queues a database check-and-optimise job.
+    pub fn start_maintenance(&self, sink: Option<EventSink>, retry_of: Option<i64>) -> Result<i64> {
+        let store = self.store.clone();
+        self.jobs.submit(
+            JobRequest {
+                kind: maintenance::KIND.into(),
+                resource: Resource::Light,
+                project_id: None,
+                payload: serde_json::json!({}),
+                retry_of,
+            },
+            sink,
+            move |ctx| Box::pin(maintenance::run(store, ctx)),
+        )
+    }
+
+    /// Runs a failed, cancelled or interrupted job again as a new job (linked by `retry_of`).
+    pub fn retry_job(&self, id: i64, sink: Option<EventSink>) -> Result<i64> {
+        let job = self.store.job(id)?;
+        if job.status.is_active() || job.status == store::JobStatus::Succeeded {
+            return Err(Error::Conflict(format!("job {id} is {}; only failed, cancelled or interrupted jobs can be retried", job.status.as_str())));
+        }
+        match job.kind.as_str() {
+            maintenance::KIND => self.start_maintenance(sink, Some(id)),
+            other => Err(Error::Conflict(format!("jobs of kind “{other}” cannot be retried by this version of Atelier"))),
+        }
+    }
+}
+
+/// The damaged database is renamed (with its WAL and SHM files) to
+/// `atelier.db.damaged-<time>` so the app can start on a new, empty file. Nothing is deleted:
+/// the returned path is shown to the user for recovery.
+pub fn set_aside_database(home: &Home) -> Result<PathBuf> {
+    let db = home.db_path();
+    let stamp = store::file_stamp();
+    let target = db.with_file_name(format!("atelier.db.damaged-{stamp}"));
+    std::fs::rename(&db, &target).map_err(|e| Error::io(format!("cannot move {} aside", db.display()), e))?;
+    for suffix in ["-wal", "-shm"] {
+        let side = PathBuf::from(format!("{}{suffix}", db.display()));
+        if side.exists() {
+            let to = PathBuf::from(format!("{}{suffix}", target.display()));
+            std::fs::rename(&side, &to).map_err(|e| Error::io(format!("cannot move {} aside", side.display()), e))?;
+        }
+    }
+    tracing::warn!(from = %db.display(), to = %target.display(), "damaged database set aside");
+    Ok(target)
+}

@@ -1,0 +1,154 @@
+//! Versioned schema. Append new migrations; never edit a released one (users' files were made
+//! with it). `PRAGMA user_version` holds the applied count.
+
+use rusqlite_migration::{M, Migrations};
+
+/// Version 1: the core tables.
+const CORE: &str = r#"
+CREATE TABLE projects (
+    id          INTEGER PRIMARY KEY,
+    name        TEXT NOT NULL CHECK (length(name) BETWEEN 1 AND 100),
+    description TEXT NOT NULL DEFAULT '',
+    settings    TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(settings)),
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    trashed_at  INTEGER              -- NULL: live; set: in the trash, restorable
+);
+
+CREATE TABLE assets (
+    id          INTEGER PRIMARY KEY,
+    project_id  INTEGER REFERENCES projects(id) ON DELETE CASCADE,
+    path        TEXT NOT NULL UNIQUE, -- relative to the data folder
+    sha256      TEXT NOT NULL,
+    mime        TEXT NOT NULL,
+    size_bytes  INTEGER NOT NULL,
+    width       INTEGER,
+    height      INTEGER,
+    created_at  INTEGER NOT NULL
+);
+
+CREATE TABLE jobs (
+    id             INTEGER PRIMARY KEY,
+    kind           TEXT NOT NULL,
+    resource       TEXT NOT NULL CHECK (resource IN ('heavy', 'light')),
+    project_id     INTEGER REFERENCES projects(id) ON DELETE SET NULL,
+    payload        TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(payload)),
+    status         TEXT NOT NULL CHECK (status IN
+                     ('queued', 'running', 'succeeded', 'failed', 'cancelled', 'interrupted')),
+    progress_done  INTEGER NOT NULL DEFAULT 0,
+    progress_total INTEGER NOT NULL DEFAULT 0,
+    result         TEXT CHECK (result IS NULL OR json_valid(result)),
+    error_kind     TEXT,
+    error_message  TEXT,
+    retry_of       INTEGER REFERENCES jobs(id) ON DELETE SET NULL,
+    created_at     INTEGER NOT NULL,
+    started_at     INTEGER,
+    finished_at    INTEGER
+);
+CREATE INDEX jobs_by_status ON jobs(status, id);
+
+CREATE TABLE generations (
+    id            INTEGER PRIMARY KEY,
+    project_id    INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+    job_id        INTEGER REFERENCES jobs(id) ON DELETE SET NULL,
+    kind          TEXT NOT NULL CHECK (kind IN ('text', 'image', 'script')),
+    model_id      TEXT NOT NULL,
+    prompt        TEXT NOT NULL DEFAULT '',
+    params        TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(params)),
+    seed          INTEGER,
+    status        TEXT NOT NULL CHECK (status IN ('running', 'succeeded', 'failed', 'cancelled')),
+    error_kind    TEXT,
+    error_message TEXT,
+    output_text   TEXT,
+    asset_id      INTEGER REFERENCES assets(id) ON DELETE SET NULL,
+    prompt_tokens INTEGER,
+    output_tokens INTEGER,
+    started_at    INTEGER,
+    finished_at   INTEGER,
+    duration_ms   INTEGER,
+    rating        INTEGER NOT NULL DEFAULT 0 CHECK (rating IN (-1, 0, 1)),
+    starred       INTEGER NOT NULL DEFAULT 0 CHECK (starred IN (0, 1)),
+    created_at    INTEGER NOT NULL
+);
+CREATE INDEX generations_by_project ON generations(project_id, id);
+CREATE INDEX generations_by_kind ON generations(kind, id);
+CREATE INDEX generations_starred ON generations(id) WHERE starred = 1;
+
+CREATE TABLE documents (
+    id          INTEGER PRIMARY KEY,
+    project_id  INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+    kind        TEXT NOT NULL CHECK (kind IN ('copy', 'script')),
+    title       TEXT NOT NULL DEFAULT '',
+    template_id TEXT,
+    starred     INTEGER NOT NULL DEFAULT 0 CHECK (starred IN (0, 1)),
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
+);
+CREATE INDEX documents_by_project ON documents(project_id, updated_at);
+
+CREATE TABLE document_versions (
+    id            INTEGER PRIMARY KEY,
+    document_id   INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+    number        INTEGER NOT NULL,
+    body          TEXT NOT NULL,
+    source        TEXT NOT NULL CHECK (source IN ('save', 'generation', 'restore')),
+    generation_id INTEGER REFERENCES generations(id) ON DELETE SET NULL,
+    note          TEXT NOT NULL DEFAULT '',
+    created_at    INTEGER NOT NULL,
+    UNIQUE (document_id, number)
+);
+
+CREATE TABLE settings (
+    key        TEXT PRIMARY KEY,
+    value      TEXT NOT NULL CHECK (json_valid(value)),
+    updated_at INTEGER NOT NULL
+);
+"#;
+
+/// Version 2: full-text search. The `trigram` tokenizer indexes every 3-character window, so a
+/// Chinese substring (no spaces between words) is found; queries under 3 characters fall back
+/// to LIKE in `generations.rs`.
+const SEARCH: &str = r#"
+CREATE VIRTUAL TABLE generations_fts USING fts5(
+    prompt, output_text, content='generations', content_rowid='id', tokenize='trigram'
+);
+CREATE TRIGGER generations_fts_insert AFTER INSERT ON generations BEGIN
+    INSERT INTO generations_fts(rowid, prompt, output_text) VALUES (new.id, new.prompt, new.output_text);
+END;
+CREATE TRIGGER generations_fts_delete AFTER DELETE ON generations BEGIN
+    INSERT INTO generations_fts(generations_fts, rowid, prompt, output_text)
+        VALUES ('delete', old.id, old.prompt, old.output_text);
+END;
+CREATE TRIGGER generations_fts_update AFTER UPDATE OF prompt, output_text ON generations BEGIN
+    INSERT INTO generations_fts(generations_fts, rowid, prompt, output_text)
+        VALUES ('delete', old.id, old.prompt, old.output_text);
+    INSERT INTO generations_fts(rowid, prompt, output_text) VALUES (new.id, new.prompt, new.output_text);
+END;
+INSERT INTO generations_fts(generations_fts) VALUES ('rebuild');
+
+-- Documents are searched by title and their latest version's text.
+CREATE VIRTUAL TABLE documents_fts USING fts5(title, body, tokenize='trigram');
+CREATE TRIGGER documents_fts_insert AFTER INSERT ON documents BEGIN
+    INSERT INTO documents_fts(rowid, title, body) VALUES (new.id, new.title, '');
+END;
+CREATE TRIGGER documents_fts_title AFTER UPDATE OF title ON documents BEGIN
+    UPDATE documents_fts SET title = new.title WHERE rowid = new.id;
+END;
+CREATE TRIGGER documents_fts_delete AFTER DELETE ON documents BEGIN
+    DELETE FROM documents_fts WHERE rowid = old.id;
+END;
+CREATE TRIGGER documents_fts_body AFTER INSERT ON document_versions BEGIN
+    UPDATE documents_fts SET body = new.body WHERE rowid = new.document_id;
+END;
+INSERT INTO documents_fts(rowid, title, body)
+    SELECT d.id, d.title, coalesce((SELECT v.body FROM document_versions v
+                                    WHERE v.document_id = d.id ORDER BY v.number DESC LIMIT 1), '')
+    FROM documents d;
+"#;
+
+pub fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up(CORE), M::up(SEARCH)])
+}
+
+/// The schema version this build writes.
+pub const LATEST_VERSION: usize = 2;
