@@ -1,1 +1,75 @@
+//! The desktop shell: Tauri wiring only. Domain logic is in `atelier-engine`.
 
+mod commands;
+mod error;
+mod state;
+
+pub use error::UiError;
+pub use state::{AppState, AppStatus};
+
+use atelier_engine::Home;
+use tauri::Runtime;
+
+/// Registers state and commands on a builder; shared by `run` and the mock-runtime tests.
+pub fn builder<R: Runtime>(builder: tauri::Builder<R>, home: Result<Home, atelier_engine::Error>) -> tauri::Builder<R> {
+    let runtime = match tauri::async_runtime::handle() {
+        tauri::async_runtime::RuntimeHandle::Tokio(h) => h,
+    };
+    builder
+        .manage(AppState::open(home, runtime))
+        .invoke_handler(tauri::generate_handler![
+            commands::app::app_status,
+            commands::app::retry_open,
+            commands::app::start_new_database,
+            commands::projects::list_projects,
+            commands::projects::list_trash,
+            commands::projects::create_project,
+            commands::projects::rename_project,
+            commands::projects::trash_project,
+            commands::projects::restore_project,
+            commands::projects::purge_project,
+            commands::history::search_history,
+            commands::history::get_generation,
+            commands::history::star_generation,
+            commands::history::rate_generation,
+            commands::jobs::list_jobs,
+            commands::jobs::cancel_job,
+            commands::jobs::retry_job,
+            commands::jobs::watch_jobs,
+            commands::jobs::start_maintenance,
+            commands::settings::get_settings,
+            commands::settings::update_settings,
+        ])
+}
+
+/// The app's compiled-in configuration and capabilities.
+pub fn context<R: Runtime>() -> tauri::Context<R> {
+    tauri::generate_context!()
+}
+
+pub fn run() {
+    // WebKitGTK's DMA-BUF renderer shows a blank window on some desktops (NVIDIA, some VMs).
+    if std::env::var_os("WEBKIT_DISABLE_DMABUF_RENDERER").is_none() {
+        // SAFETY: first thing in main, before any thread exists.
+        unsafe { std::env::set_var("WEBKIT_DISABLE_DMABUF_RENDERER", "1") };
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,atelier=debug".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let home = Home::resolve(None);
+    let app = builder(tauri::Builder::default(), home).build(context());
+    match app {
+        Ok(app) => app.run(|_, _| {}),
+        Err(e) => {
+            eprintln!("Atelier could not start: {e}");
+            if std::env::var_os("DISPLAY").is_none() && std::env::var_os("WAYLAND_DISPLAY").is_none() {
+                eprintln!("No display found. On a machine without a desktop, run it under a virtual one:\n  xvfb-run -a atelier");
+            }
+            std::process::exit(1);
+        }
+    }
+}

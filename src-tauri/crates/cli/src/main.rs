@@ -1,1 +1,226 @@
-fn main(){}
+//! `atelier-cli`: the engine from a terminal. Every command takes `--home DIR` (else
+//! `$ATELIER_HOME`, else the XDG data dir) and `--json` for machine-readable output. On failure
+//! it prints one line, `error[<kind>]: <message>`, and exits non-zero.
+
+mod bench;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use atelier_engine::store::{GenerationKind, HistoryQuery};
+use atelier_engine::{Access, Engine, Error, Home, Result};
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(name = "atelier-cli", version, about = "Atelier (创作工坊) from the command line")]
+struct Cli {
+    /// Data folder (overrides ATELIER_HOME).
+    #[arg(long, global = true, value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create, list, rename and delete projects.
+    Projects {
+        #[command(subcommand)]
+        action: ProjectsCmd,
+    },
+    /// Search the generation history.
+    History {
+        #[command(subcommand)]
+        action: HistoryCmd,
+    },
+    /// Queued, running and recent jobs.
+    Jobs {
+        #[command(subcommand)]
+        action: JobsCmd,
+    },
+    /// Benchmarks (not tests): print timings of the engine on this machine.
+    Bench {
+        #[command(subcommand)]
+        action: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProjectsCmd {
+    /// Live projects (add --trash for the trash).
+    List {
+        #[arg(long)]
+        trash: bool,
+    },
+    Create { name: String },
+    Rename { id: i64, name: String },
+    /// Move a project to the trash (restorable).
+    Delete { id: i64 },
+    /// Bring a project back from the trash.
+    Restore { id: i64 },
+}
+
+#[derive(Subcommand)]
+enum HistoryCmd {
+    /// Full-text search over prompts and outputs (Chinese substrings work).
+    Search {
+        query: String,
+        #[arg(long, value_parser = ["text", "image", "script"])]
+        kind: Option<String>,
+        #[arg(long)]
+        project: Option<i64>,
+        #[arg(long)]
+        starred: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// One record with every parameter.
+    Show { id: i64 },
+}
+
+#[derive(Subcommand)]
+enum JobsCmd {
+    List {
+        #[arg(long, default_value_t = 20)]
+        recent: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Fill a temporary store and time inserts, searches, History pages and record reads.
+    Store {
+        #[arg(long, default_value_t = 100_000)]
+        rows: usize,
+        #[arg(long, default_value_t = 200)]
+        samples: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ATELIER_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let json = cli.json;
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if json {
+                let body = serde_json::json!({"error": {"kind": e.kind(), "message": e.to_string()}});
+                eprintln!("{body}");
+            } else {
+                eprintln!("error[{}]: {e}", e.kind());
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("cannot start the async runtime", e))?;
+    if let Command::Bench { action: BenchCmd::Store { rows, samples } } = cli.command {
+        return bench::store(rows, samples, cli.json);
+    }
+    let engine = Engine::open(Home::resolve(cli.home)?, Access::Shared, runtime.handle().clone())?;
+    let store = engine.store();
+    let out = Output { json: cli.json };
+    match cli.command {
+        Command::Projects { action } => match action {
+            ProjectsCmd::List { trash } => {
+                let list = if trash { store.list_trash()? } else { store.list_projects()? };
+                out.list(&list, |p| format!("{:>5}  {}  ({} generations, {} documents)", p.id, p.name, p.generation_count, p.document_count))
+            }
+            ProjectsCmd::Create { name } => out.one(&store.create_project(&name)?, |p| format!("created project {} “{}”", p.id, p.name)),
+            ProjectsCmd::Rename { id, name } => out.one(&store.rename_project(id, &name)?, |p| format!("renamed project {} to “{}”", p.id, p.name)),
+            ProjectsCmd::Delete { id } => out.one(&store.trash_project(id)?, |p| {
+                format!("moved project {} “{}” to the trash (atelier-cli projects restore {} brings it back)", p.id, p.name, p.id)
+            }),
+            ProjectsCmd::Restore { id } => out.one(&store.restore_project(id)?, |p| format!("restored project {} “{}”", p.id, p.name)),
+        },
+        Command::History { action } => match action {
+            HistoryCmd::Search { query, kind, project, starred, limit } => {
+                let q = HistoryQuery {
+                    text: query,
+                    kind: kind.as_deref().map(GenerationKind::parse).transpose()?,
+                    project_id: project,
+                    starred_only: starred,
+                    before: None,
+                    limit,
+                };
+                let page = store.history(&q)?;
+                out.list(&page.items, |g| {
+                    format!(
+                        "{:>7}  {:<6} {:<10} {}  {}",
+                        g.id,
+                        g.kind.as_str(),
+                        truncate(&g.project_name, 10),
+                        if g.starred { "★" } else { " " },
+                        truncate(&g.prompt_preview.replace('\n', " "), 60)
+                    )
+                })
+            }
+            HistoryCmd::Show { id } => out.one(&store.generation(id)?, |g| {
+                format!(
+                    "#{} {} in “{}” with {}\nstatus: {:?}\nseed: {}\nparams: {}\nprompt:\n{}\noutput:\n{}",
+                    g.id,
+                    g.kind.as_str(),
+                    g.project_name,
+                    g.model_id,
+                    g.status,
+                    g.seed.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                    g.params,
+                    g.prompt,
+                    g.output_text.as_deref().unwrap_or("")
+                )
+            }),
+        },
+        Command::Jobs { action: JobsCmd::List { recent } } => out.list(&store.list_jobs(recent)?, |j| {
+            let progress = if j.progress_total > 0 { format!(" {}/{}", j.progress_done, j.progress_total) } else { String::new() };
+            let err = j.error_message.as_deref().map(|m| format!("  ({m})")).unwrap_or_default();
+            format!("{:>5}  {:<12} {:<11}{progress}{err}", j.id, j.kind, j.status.as_str())
+        }),
+        Command::Bench { .. } => unreachable!("handled above"),
+    }
+}
+
+struct Output {
+    json: bool,
+}
+
+impl Output {
+    fn one<T: Serialize>(&self, value: &T, text: impl Fn(&T) -> String) -> Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(value)?);
+        } else {
+            println!("{}", text(value));
+        }
+        Ok(())
+    }
+
+    fn list<T: Serialize>(&self, items: &[T], text: impl Fn(&T) -> String) -> Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(items)?);
+        } else if items.is_empty() {
+            println!("(none)");
+        } else {
+            for item in items {
+                println!("{}", text(item));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn truncate(s: &str, chars: usize) -> String {
+    if s.chars().count() <= chars { s.to_owned() } else { s.chars().take(chars - 1).chain(['…']).collect() }
+}

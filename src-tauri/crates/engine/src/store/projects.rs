@@ -161,11 +161,17 @@ impl Store {
 
     /// `Ok(())` if the project exists and is not trashed; used before writing into it.
     pub fn ensure_live_project(&self, id: i64) -> Result<()> {
-        let p = self.project(id)?;
-        if p.trashed_at.is_some() {
-            return Err(Error::Conflict(format!("project “{}” is in the trash; restore it first", p.name)));
+        // Called before every write into a project: a primary-key read, not `project()`, which
+        // also counts the project's rows.
+        let row: Option<(String, Option<i64>)> = self
+            .conn()
+            .query_row("SELECT name, trashed_at FROM projects WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        match row {
+            None => Err(Error::NotFound { what: "project", id }),
+            Some((name, Some(_))) => Err(Error::Conflict(format!("project “{name}” is in the trash; restore it first"))),
+            Some((_, None)) => Ok(()),
         }
-        Ok(())
     }
 
     fn missing_or_trashed(&self, id: i64) -> Error {

@@ -1,0 +1,56 @@
+# Shared by scripts/run.sh and scripts/test.sh: install what is missing, skip what is there.
+# Safe to run again and again; a second run with everything present takes seconds.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/atelier/target}
+export PATH="$HOME/.cargo/bin:$PATH"
+
+say() { printf '\033[1;34m==>\033[0m %s\n' "$*"; }
+die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"
+  elif command -v sudo >/dev/null; then sudo "$@"
+  else die "need root to run: $* (install sudo or run as root)"; fi
+}
+
+# apt packages, installed only when missing (one apt-get update per run at most).
+APP_PACKAGES=(libwebkit2gtk-4.1-dev build-essential curl wget file libxdo-dev libssl-dev
+  libayatana-appindicator3-dev librsvg2-dev pkg-config fonts-wqy-microhei)
+TEST_PACKAGES=(webkit2gtk-driver xvfb xauth chromium)
+
+ensure_apt() {
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "installing Debian packages: ${missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  fi
+}
+
+ensure_toolchains() {
+  command -v cargo >/dev/null || die "Rust is missing. Install it with rustup (https://rustup.rs), then run this again."
+  command -v npm >/dev/null || die "Node.js 20+ and npm are missing. Install them (e.g. from nodejs.org or NodeSource), then run this again."
+  local node_major
+  node_major=$(node -p 'process.versions.node.split(".")[0]')
+  [ "$node_major" -ge 20 ] || die "Node.js $node_major is too old; Vite needs 20.19 or newer."
+}
+
+# npm packages of the workspace (root + ui/), reinstalled when package-lock.json changes.
+ensure_npm() {
+  local stamp="$ROOT/node_modules/.atelier-lock-stamp"
+  if [ ! -f "$stamp" ] || ! cmp -s "$ROOT/package-lock.json" "$stamp"; then
+    say "installing npm packages"
+    (cd "$ROOT" && npm ci --no-audit --no-fund --loglevel=error)
+    cp "$ROOT/package-lock.json" "$stamp"
+  fi
+}
+
+build_ui() {
+  say "building the UI"
+  (cd "$ROOT" && npm run build --workspace ui --silent)
+}

@@ -1,0 +1,165 @@
+//! `atelier-cli bench store`: fills a temporary store with realistic generations and prints
+//! latency percentiles for the operations the History screen performs. A benchmark, not a test:
+//! it asserts nothing; docs/benchmarks.md records its figures.
+
+use std::time::{Duration, Instant};
+
+use atelier_engine::store::{GenerationKind, GenerationOutcome, HistoryQuery, NewGeneration};
+use atelier_engine::{Result, Store};
+use serde_json::json;
+
+/// A small deterministic PRNG (SplitMix64): the same data on every run, no dependency.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
+        xs[self.below(xs.len())]
+    }
+}
+
+const PRODUCTS: &[&str] = &[
+    "保湿面霜", "玻尿酸精华", "氨基酸洗面奶", "防晒喷雾", "蓝牙耳机", "空气炸锅", "羊毛大衣", "运动跑鞋",
+    "坚果礼盒", "有机绿茶", "儿童绘本", "猫粮", "电动牙刷", "真丝枕套", "露营帐篷", "咖啡豆",
+];
+const PHRASES: &[&str] = &[
+    "温和不刺激，敏感肌也能放心用", "一抹化水，清爽不黏腻", "家人们今天给大家带来", "限时福利，库存有限",
+    "这个价格真的很难再有了", "点击下方小黄车", "成分表干净，孕妈也能用", "通勤党必备", "质地轻薄好推开",
+    "支持七天无理由退换", "上班族的早餐神器", "颜值超高，送礼有面子", "姐妹们冲！", "实测续航一整天",
+    "写一段小红书种草笔记", "突出产品卖点和使用场景", "语气亲切自然，适当使用表情",
+];
+const ENGLISH: &[&str] = &[
+    "a cozy living room with warm light", "product photo on a marble table", "write a short slogan",
+    "highlight the key benefits", "studio lighting, soft shadows", "minimalist packaging design",
+    "for busy professionals", "limited time offer", "cinematic, 35mm, shallow depth of field",
+];
+const MODELS: &[&str] = &["qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct", "sd15", "sd-turbo"];
+
+fn text(rng: &mut Rng, min_chars: usize, max_chars: usize) -> String {
+    let target = min_chars + rng.below(max_chars - min_chars + 1);
+    let mut s = String::new();
+    while s.chars().count() < target {
+        match rng.below(5) {
+            0 => s.push_str(rng.pick(PRODUCTS)),
+            1 => s.push_str(rng.pick(ENGLISH)),
+            _ => s.push_str(rng.pick(PHRASES)),
+        }
+        s.push(if rng.below(4) == 0 { '\n' } else { '，' });
+    }
+    s
+}
+
+struct Stats {
+    name: &'static str,
+    samples: Vec<Duration>,
+}
+
+impl Stats {
+    fn new(name: &'static str) -> Self {
+        Stats { name, samples: Vec::new() }
+    }
+    fn time<T>(&mut self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let t = Instant::now();
+        let out = f()?;
+        self.samples.push(t.elapsed());
+        Ok(out)
+    }
+    fn pct(&self, p: f64) -> f64 {
+        let mut v = self.samples.clone();
+        v.sort_unstable();
+        let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+        v.get(i).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(f64::NAN)
+    }
+}
+
+pub fn store(rows: usize, samples: usize, json_out: bool) -> Result<()> {
+    let dir = tempfile::tempdir().map_err(|e| atelier_engine::Error::io("cannot make a temp folder", e))?;
+    let store = Store::open(&dir.path().join("atelier.db"))?;
+    let projects: Vec<i64> =
+        (0..20).map(|i| store.create_project(&format!("项目 {i}")).map(|p| p.id)).collect::<Result<_>>()?;
+    let mut rng = Rng(20261122);
+    let mut insert = Stats::new("insert");
+    let fill = Instant::now();
+    for i in 0..rows {
+        let kind = match rng.below(10) {
+            0..=5 => GenerationKind::Text,
+            6..=7 => GenerationKind::Script,
+            _ => GenerationKind::Image,
+        };
+        let prompt = text(&mut rng, 20, 200);
+        let output = if kind == GenerationKind::Image { String::new() } else { text(&mut rng, 100, 1500) };
+        let g = NewGeneration {
+            project_id: projects[rng.below(projects.len())],
+            job_id: None,
+            kind,
+            model_id: rng.pick(MODELS).into(),
+            prompt,
+            params: json!({"temperature": 0.7, "top_p": 0.9, "top_k": 40, "max_tokens": 512, "repeat_penalty": 1.1, "template": "xiaohongshu-note"}),
+            seed: Some(rng.next() as i64 & 0xffff_ffff),
+        };
+        // An insert is what a finished generation costs: the row, then its result.
+        insert.time(|| {
+            let id = store.begin_generation(&g)?;
+            store.finish_generation(id, &GenerationOutcome { output_text: Some(output), prompt_tokens: Some(80), output_tokens: Some(300), ..Default::default() })?;
+            if i % 50 == 0 {
+                store.set_generation_starred(id, true)?;
+            }
+            Ok(())
+        })?;
+    }
+    let fill_s = fill.elapsed().as_secs_f64();
+    store.optimize()?;
+
+    let mut search = Stats::new("search (3+ chars, FTS)");
+    let mut search_short = Stats::new("search (1-2 chars, LIKE)");
+    let mut page = Stats::new("history page of 100");
+    let mut open = Stats::new("open a record");
+    let max_id = rows as i64;
+    for _ in 0..samples {
+        let q = match rng.below(4) {
+            0 => rng.pick(PRODUCTS).to_owned(),
+            1 => rng.pick(PHRASES).chars().take(4 + rng.below(4)).collect(),
+            2 => rng.pick(ENGLISH).split(' ').take(2).collect::<Vec<_>>().join(" "),
+            _ => format!("{} {}", rng.pick(PRODUCTS), &rng.pick(PHRASES).chars().take(3).collect::<String>()),
+        };
+        search.time(|| store.history(&HistoryQuery { text: q, limit: 100, ..Default::default() }))?;
+        let short: String = rng.pick(PRODUCTS).chars().take(2).collect();
+        search_short.time(|| store.history(&HistoryQuery { text: short, limit: 100, ..Default::default() }))?;
+        let mut hq = HistoryQuery { limit: 100, before: Some(1 + rng.below(rows) as i64), ..Default::default() };
+        match rng.below(4) {
+            0 => hq.kind = Some(GenerationKind::Script),
+            1 => hq.project_id = Some(projects[rng.below(projects.len())]),
+            2 => hq.starred_only = true,
+            _ => {}
+        }
+        page.time(|| store.history(&hq))?;
+        let id = 1 + rng.below(max_id as usize) as i64;
+        open.time(|| store.generation(id))?;
+    }
+    let db_bytes = std::fs::metadata(store.path()).map(|m| m.len()).unwrap_or(0);
+    let all = [&insert, &search, &search_short, &page, &open];
+    if json_out {
+        let ops: Vec<_> = all.iter().map(|s| json!({"op": s.name, "n": s.samples.len(), "p50_ms": s.pct(0.5), "p95_ms": s.pct(0.95)})).collect();
+        println!("{}", serde_json::to_string_pretty(&json!({"rows": rows, "fill_s": fill_s, "db_bytes": db_bytes, "peak_rss_kib": peak_rss_kib(), "ops": ops}))?);
+    } else {
+        println!("store benchmark: {rows} generations, {:.1} MB database, filled in {fill_s:.1} s, peak RSS {} MiB", db_bytes as f64 / 1e6, peak_rss_kib().unwrap_or(0) / 1024);
+        println!("{:<28} {:>7} {:>9} {:>9}", "operation", "n", "p50 ms", "p95 ms");
+        for s in all {
+            println!("{:<28} {:>7} {:>9.3} {:>9.3}", s.name, s.samples.len(), s.pct(0.5), s.pct(0.95));
+        }
+    }
+    Ok(())
+}
+
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+}

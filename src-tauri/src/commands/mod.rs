@@ -1,0 +1,8 @@
+//! Thin adapters: parse arguments, call the engine, map errors to `{kind, message}`.
+//! No domain logic lives here.
+
+pub mod app;
+pub mod history;
+pub mod jobs;
+pub mod projects;
+pub mod settings;

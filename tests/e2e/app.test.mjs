@@ -1,0 +1,119 @@
+// End to end: the release binary (UI embedded, custom protocol) in a real WebKitGTK window,
+// driven through tauri-driver + WebKitWebDriver. Run under Xvfb (scripts/test.sh does).
+//
+// A fresh ATELIER_HOME: create a project, see it in the list, quit, start again, see it still
+// there; screenshots under target/e2e/.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, mkdirSync, writeFileSync, existsSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Builder, By, until } from 'selenium-webdriver';
+
+const root = join(import.meta.dirname, '../..');
+const targetDir = process.env.CARGO_TARGET_DIR ?? join(process.env.HOME, '.cache/atelier/target');
+const application = process.env.ATELIER_E2E_APP ?? join(targetDir, 'release/atelier');
+const shots = join(root, 'target/e2e');
+const port = 4444 + Math.floor(Math.random() * 1000);
+const home = mkdtempSync(join(tmpdir(), 'atelier-e2e-'));
+let driverProc;
+
+before(async () => {
+  assert.ok(existsSync(application), `build the app first: ${application}`);
+  assert.ok(process.env.DISPLAY, 'run under a display (xvfb-run -a node --test tests/e2e/)');
+  mkdirSync(shots, { recursive: true });
+  driverProc = spawn('tauri-driver', ['--port', String(port), '--native-port', String(port + 1000)], {
+    env: { ...process.env, ATELIER_HOME: home, RUST_LOG: 'warn' },
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
+  // Wait until it accepts connections.
+  for (let i = 0; i < 100; i++) {
+    try {
+      await fetch(`http://127.0.0.1:${port}/status`);
+      return;
+    } catch {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  throw new Error('tauri-driver did not start');
+});
+
+after(() => {
+  // SIGTERM, never SIGKILL: tauri-driver then stops WebKitWebDriver too.
+  driverProc?.kill('SIGTERM');
+  rmSync(home, { recursive: true, force: true });
+});
+
+async function startApp() {
+  const driver = await new Builder()
+    .usingServer(`http://127.0.0.1:${port}/`)
+    .withCapabilities({ browserName: 'wry', 'tauri:options': { application } })
+    .build();
+  await driver.wait(until.elementLocated(By.css('[data-testid=project-list]')), 30_000);
+  return driver;
+}
+
+async function shot(driver, name) {
+  writeFileSync(join(shots, name), await driver.takeScreenshot(), 'base64');
+}
+
+test('a project created in the real app is still there after a restart', async () => {
+  let driver = await startApp();
+  try {
+    const status = await driver.executeScript('return document.documentElement.lang');
+    assert.equal(status, 'zh-CN', 'zh-CN is the default language');
+    const input = await driver.findElement(By.css('[data-testid=new-project-name]'));
+    await input.sendKeys('端到端测试项目');
+    await driver.findElement(By.css('[data-testid=create-project]')).click();
+    await driver.wait(until.elementLocated(By.xpath("//ul[@data-testid='project-list']//strong[text()='端到端测试项目']")), 10_000);
+    const selected = await driver.executeScript(
+      "const s = document.querySelector('[data-testid=project-switcher]'); return s.options[s.selectedIndex].text",
+    );
+    assert.equal(selected, '端到端测试项目');
+    await shot(driver, '01-created.png');
+  } finally {
+    await driver.quit();
+  }
+
+  driver = await startApp();
+  try {
+    await driver.wait(until.elementLocated(By.xpath("//ul[@data-testid='project-list']//strong[text()='端到端测试项目']")), 10_000);
+    // The data folder in Settings is the one this run chose.
+    await driver.findElement(By.css('[data-view=settings]')).click();
+    const dir = await driver.wait(until.elementLocated(By.css('[data-testid=data-dir]')), 5_000);
+    assert.equal(await dir.getText(), home);
+    await driver.findElement(By.css('[data-testid=run-maintenance]')).click();
+    const result = await driver.wait(until.elementLocated(By.css('[data-testid=maintenance-result]')), 15_000);
+    assert.match(await result.getText(), /数据库完好/);
+    await shot(driver, '02-settings-after-restart.png');
+    await driver.findElement(By.css('[data-view=projects]')).click();
+    await driver.wait(until.elementLocated(By.css('[data-testid=project-list] li')), 5_000);
+    await shot(driver, '03-projects-after-restart.png');
+  } finally {
+    await driver.quit();
+  }
+});
+
+test('a damaged database: the app says so, and starts a new one keeping the old file', async () => {
+  const { readdirSync, readFileSync } = await import('node:fs');
+  for (const f of ['atelier.db-wal', 'atelier.db-shm']) rmSync(join(home, f), { force: true });
+  writeFileSync(join(home, 'atelier.db'), Buffer.from('this is not a database '.repeat(200)));
+  const driver = await new Builder()
+    .usingServer(`http://127.0.0.1:${port}/`)
+    .withCapabilities({ browserName: 'wry', 'tauri:options': { application } })
+    .build();
+  try {
+    const card = await driver.wait(until.elementLocated(By.css('[data-testid=startup-error]')), 30_000);
+    assert.equal(await card.getAttribute('data-kind'), 'corrupt_database');
+    await shot(driver, '04-corrupt-database.png');
+    await card.findElement(By.css('button.primary')).click();
+    await driver.wait(until.elementLocated(By.css('[data-testid=project-list]')), 10_000);
+    await driver.wait(until.elementLocated(By.css('[data-testid=projects-empty]')), 5_000);
+    const kept = readdirSync(home).filter((f) => f.startsWith('atelier.db.damaged-'));
+    assert.equal(kept.length, 1);
+    assert.match(readFileSync(join(home, kept[0]), 'utf8'), /^this is not a database/);
+  } finally {
+    await driver.quit();
+  }
+});

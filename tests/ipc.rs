@@ -1,0 +1,173 @@
+//! Every command through the real capabilities, on the mock runtime, against a real data folder.
+//! The request URL is the one the Linux webview uses for the bundled UI.
+
+use atelier_engine::Home;
+use serde_json::{Value, json};
+use tauri::ipc::{CallbackFn, InvokeBody};
+use tauri::test::{INVOKE_KEY, MockRuntime, mock_builder};
+use tauri::webview::InvokeRequest;
+use tauri::{App, WebviewWindow, WebviewWindowBuilder};
+
+const APP_URL: &str = "tauri://localhost";
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    _app: App<MockRuntime>,
+    main: WebviewWindow<MockRuntime>,
+}
+
+fn harness() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let app = atelier_lib::builder(mock_builder(), Ok(Home::at(dir.path().join("home"))))
+        .build(atelier_lib::context())
+        .expect("app builds with the real context");
+    let main = WebviewWindowBuilder::new(&app, "main", Default::default()).build().unwrap();
+    Harness { _dir: dir, _app: app, main }
+}
+
+fn invoke_at(w: &WebviewWindow<MockRuntime>, url: &str, cmd: &str, args: Value) -> Result<Value, Value> {
+    tauri::test::get_ipc_response(
+        w,
+        InvokeRequest {
+            cmd: cmd.into(),
+            callback: CallbackFn(0),
+            error: CallbackFn(1),
+            url: url.parse().unwrap(),
+            body: InvokeBody::Json(args),
+            headers: Default::default(),
+            invoke_key: INVOKE_KEY.to_string(),
+        },
+    )
+    .map(|body| body.deserialize::<Value>().unwrap())
+}
+
+fn invoke(h: &Harness, cmd: &str, args: Value) -> Result<Value, Value> {
+    invoke_at(&h.main, APP_URL, cmd, args)
+}
+
+fn kind(err: Value) -> String {
+    err["kind"].as_str().unwrap_or_else(|| panic!("not a {{kind, message}} error: {err}")).to_owned()
+}
+
+#[test]
+fn project_lifecycle_through_the_main_window() {
+    let h = harness();
+    let status = invoke(&h, "app_status", json!({})).unwrap();
+    assert!(status["error"].is_null(), "{status}");
+    assert!(status["data_dir"].as_str().unwrap().ends_with("home"));
+
+    let p = invoke(&h, "create_project", json!({"name": "  直播专场  "})).unwrap();
+    assert_eq!(p["name"], "直播专场");
+    let id = p["id"].as_i64().unwrap();
+    assert_eq!(invoke(&h, "list_projects", json!({})).unwrap().as_array().unwrap().len(), 1);
+    assert_eq!(invoke(&h, "rename_project", json!({"id": id, "name": "618 专场"})).unwrap()["name"], "618 专场");
+
+    assert_eq!(kind(invoke(&h, "create_project", json!({"name": ""})).unwrap_err()), "invalid_input");
+    assert_eq!(kind(invoke(&h, "create_project", json!({"name": "名".repeat(500)})).unwrap_err()), "invalid_input");
+    assert_eq!(kind(invoke(&h, "purge_project", json!({"id": id})).unwrap_err()), "conflict", "purge only from trash");
+
+    invoke(&h, "trash_project", json!({"id": id})).unwrap();
+    assert!(invoke(&h, "list_projects", json!({})).unwrap().as_array().unwrap().is_empty());
+    assert_eq!(invoke(&h, "list_trash", json!({})).unwrap()[0]["id"], id);
+    invoke(&h, "restore_project", json!({"id": id})).unwrap();
+    invoke(&h, "trash_project", json!({"id": id})).unwrap();
+    assert_eq!(invoke(&h, "purge_project", json!({"id": id})).unwrap(), json!(0));
+    assert!(invoke(&h, "list_trash", json!({})).unwrap().as_array().unwrap().is_empty());
+}
+
+#[test]
+fn history_jobs_and_settings_commands() {
+    let h = harness();
+    let page = invoke(&h, "search_history", json!({"query": {"text": "口红", "limit": 20}})).unwrap();
+    assert_eq!(page["items"], json!([]));
+    assert!(page["next_before"].is_null());
+    assert_eq!(kind(invoke(&h, "search_history", json!({"query": {"limit": 9999}})).unwrap_err()), "invalid_input");
+    assert_eq!(kind(invoke(&h, "get_generation", json!({"id": 1})).unwrap_err()), "not_found");
+    assert_eq!(kind(invoke(&h, "star_generation", json!({"id": 1, "starred": true})).unwrap_err()), "not_found");
+    assert_eq!(kind(invoke(&h, "rate_generation", json!({"id": 1, "rating": 1})).unwrap_err()), "not_found");
+
+    let settings = invoke(&h, "get_settings", json!({})).unwrap();
+    assert_eq!(settings["language"], "zh-CN");
+    let s = invoke(&h, "update_settings", json!({"patch": {"language": "en", "theme": "dark"}})).unwrap();
+    assert_eq!((s["language"].as_str(), s["theme"].as_str()), (Some("en"), Some("dark")));
+    assert_eq!(kind(invoke(&h, "update_settings", json!({"patch": {"language": "xx"}})).unwrap_err()), "invalid_input");
+
+    // A job through a channel argument; its end is visible in the job list.
+    let job = invoke(&h, "start_maintenance", json!({"onEvent": "__CHANNEL__:7"})).unwrap();
+    let job_id = job.as_i64().unwrap();
+    let mut status = String::new();
+    for _ in 0..200 {
+        let jobs = invoke(&h, "list_jobs", json!({})).unwrap();
+        status = jobs.as_array().unwrap().iter().find(|j| j["id"] == job_id).unwrap()["status"].as_str().unwrap().to_owned();
+        if status == "succeeded" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(status, "succeeded");
+    assert_eq!(invoke(&h, "cancel_job", json!({"id": job_id})).unwrap(), json!(false), "already finished");
+    assert_eq!(kind(invoke(&h, "cancel_job", json!({"id": 999})).unwrap_err()), "not_found");
+    assert_eq!(kind(invoke(&h, "retry_job", json!({"id": job_id, "onEvent": "__CHANNEL__:8"})).unwrap_err()), "conflict");
+    invoke(&h, "watch_jobs", json!({"onUpdate": "__CHANNEL__:9"})).unwrap();
+    assert_eq!(kind(invoke(&h, "start_new_database", json!({})).unwrap_err()), "conflict", "only for a damaged file");
+    assert!(invoke(&h, "retry_open", json!({})).unwrap()["error"].is_null());
+}
+
+#[test]
+fn a_window_without_a_capability_is_refused() {
+    let h = harness();
+    let other = WebviewWindowBuilder::new(&h._app, "other", Default::default()).build().unwrap();
+    let err = invoke_at(&other, APP_URL, "list_projects", json!({})).unwrap_err();
+    assert!(err.to_string().contains("not allowed"), "{err}");
+    let err = invoke_at(&other, APP_URL, "create_project", json!({"name": "x"})).unwrap_err();
+    assert!(err.to_string().contains("not allowed"), "{err}");
+    // Nothing was created by the refused call.
+    assert!(invoke(&h, "list_projects", json!({})).unwrap().as_array().unwrap().is_empty());
+}
+
+#[test]
+fn a_remote_page_in_the_main_window_is_refused() {
+    let h = harness();
+    let err = invoke_at(&h.main, "https://evil.example", "list_projects", json!({})).unwrap_err();
+    assert!(err.to_string().contains("not allowed"), "{err}");
+}
+
+#[test]
+fn core_plugins_are_not_granted() {
+    let h = harness();
+    // The capability lists only our commands: even harmless core commands are refused.
+    let err = invoke(&h, "plugin:app|version", json!({})).unwrap_err();
+    assert!(err.to_string().contains("not allowed"), "{err}");
+}
+
+#[test]
+fn a_corrupt_database_opens_in_a_recoverable_error_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(home.join("atelier.db"), b"garbage, not sqlite ".repeat(100)).unwrap();
+    let app = atelier_lib::builder(mock_builder(), Ok(Home::at(&home))).build(atelier_lib::context()).unwrap();
+    let w = WebviewWindowBuilder::new(&app, "main", Default::default()).build().unwrap();
+    let status = invoke_at(&w, APP_URL, "app_status", json!({})).unwrap();
+    assert_eq!(status["error"]["kind"], "corrupt_database");
+    assert_eq!(kind(invoke_at(&w, APP_URL, "list_projects", json!({})).unwrap_err()), "not_ready");
+
+    let kept = invoke_at(&w, APP_URL, "start_new_database", json!({})).unwrap();
+    let kept = std::path::PathBuf::from(kept.as_str().unwrap());
+    assert!(kept.file_name().unwrap().to_string_lossy().starts_with("atelier.db.damaged-"));
+    assert!(std::fs::read(&kept).unwrap().starts_with(b"garbage"), "the old file is kept as it was");
+    assert!(invoke_at(&w, APP_URL, "app_status", json!({})).unwrap()["error"].is_null());
+    invoke_at(&w, APP_URL, "create_project", json!({"name": "重新开始"})).unwrap();
+}
+
+#[test]
+fn a_second_instance_on_the_same_folder_reports_already_running() {
+    let first = harness();
+    let home = first._dir.path().join("home");
+    let app = atelier_lib::builder(mock_builder(), Ok(Home::at(&home))).build(atelier_lib::context()).unwrap();
+    let w = WebviewWindowBuilder::new(&app, "main", Default::default()).build().unwrap();
+    let status = invoke_at(&w, APP_URL, "app_status", json!({})).unwrap();
+    assert_eq!(status["error"]["kind"], "already_running");
+    // The first instance is unaffected.
+    invoke(&first, "create_project", json!({"name": "仍可用"})).unwrap();
+}

@@ -1,0 +1,80 @@
+// Typed wrappers over the Rust commands. Every failure becomes an ApiError with the
+// `{kind, message}` the backend sent (or `ipc` for a transport/permission failure).
+import { invoke, Channel } from '@tauri-apps/api/core';
+import type {
+  AppStatus,
+  GenerationRecord,
+  HistoryPage,
+  HistoryQuery,
+  JobEvent,
+  JobRecord,
+  JobUpdate,
+  Project,
+  Settings,
+} from './types';
+
+export class ApiError extends Error {
+  constructor(
+    public kind: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export function toApiError(e: unknown): ApiError {
+  if (e instanceof ApiError) return e;
+  if (e && typeof e === 'object' && 'kind' in e && 'message' in e) {
+    const o = e as { kind: unknown; message: unknown };
+    return new ApiError(String(o.kind), String(o.message));
+  }
+  return new ApiError('ipc', typeof e === 'string' ? e : String(e));
+}
+
+async function call<T>(cmd: string, args?: Record<string, unknown>): Promise<T> {
+  try {
+    return await invoke<T>(cmd, args);
+  } catch (e) {
+    throw toApiError(e);
+  }
+}
+
+export const api = {
+  appStatus: () => call<AppStatus>('app_status'),
+  retryOpen: () => call<AppStatus>('retry_open'),
+  startNewDatabase: () => call<string>('start_new_database'),
+
+  listProjects: () => call<Project[]>('list_projects'),
+  listTrash: () => call<Project[]>('list_trash'),
+  createProject: (name: string) => call<Project>('create_project', { name }),
+  renameProject: (id: number, name: string) => call<Project>('rename_project', { id, name }),
+  trashProject: (id: number) => call<Project>('trash_project', { id }),
+  restoreProject: (id: number) => call<Project>('restore_project', { id }),
+  purgeProject: (id: number) => call<number>('purge_project', { id }),
+
+  searchHistory: (query: HistoryQuery) => call<HistoryPage>('search_history', { query }),
+  getGeneration: (id: number) => call<GenerationRecord>('get_generation', { id }),
+  starGeneration: (id: number, starred: boolean) => call<void>('star_generation', { id, starred }),
+  rateGeneration: (id: number, rating: number) => call<void>('rate_generation', { id, rating }),
+
+  listJobs: () => call<JobRecord[]>('list_jobs'),
+  cancelJob: (id: number) => call<boolean>('cancel_job', { id }),
+  retryJob: (id: number, onEvent: (e: JobEvent) => void) => {
+    const ch = new Channel<JobEvent>();
+    ch.onmessage = onEvent;
+    return call<number>('retry_job', { id, onEvent: ch });
+  },
+  watchJobs: (onUpdate: (u: JobUpdate) => void) => {
+    const ch = new Channel<JobUpdate>();
+    ch.onmessage = onUpdate;
+    return call<void>('watch_jobs', { onUpdate: ch });
+  },
+  startMaintenance: (onEvent: (e: JobEvent) => void) => {
+    const ch = new Channel<JobEvent>();
+    ch.onmessage = onEvent;
+    return call<number>('start_maintenance', { onEvent: ch });
+  },
+
+  getSettings: () => call<Settings>('get_settings'),
+  updateSettings: (patch: Partial<Settings>) => call<Settings>('update_settings', { patch }),
+};

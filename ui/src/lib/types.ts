@@ -1,0 +1,134 @@
+// Shapes of what the Rust commands return (see src-tauri/src/commands and the engine's store).
+
+export interface UiError {
+  kind: string;
+  message: string;
+}
+
+export interface AppStatus {
+  version: string;
+  data_dir: string | null;
+  db_path: string | null;
+  error: UiError | null;
+  interrupted_jobs: number;
+  migration_backup: string | null;
+}
+
+export interface Project {
+  id: number;
+  name: string;
+  description: string;
+  created_at: number;
+  updated_at: number;
+  trashed_at: number | null;
+  generation_count: number;
+  document_count: number;
+}
+
+export type GenerationKind = 'text' | 'image' | 'script';
+export type GenerationStatus = 'running' | 'succeeded' | 'failed' | 'cancelled';
+
+export interface GenerationSummary {
+  id: number;
+  project_id: number;
+  project_name: string;
+  kind: GenerationKind;
+  model_id: string;
+  status: GenerationStatus;
+  prompt_preview: string;
+  output_preview: string;
+  rating: number;
+  starred: boolean;
+  created_at: number;
+}
+
+export interface Asset {
+  id: number;
+  path: string;
+  mime: string;
+  size_bytes: number;
+  width: number | null;
+  height: number | null;
+  sha256: string;
+}
+
+export interface GenerationRecord {
+  id: number;
+  project_id: number;
+  project_name: string;
+  job_id: number | null;
+  kind: GenerationKind;
+  model_id: string;
+  prompt: string;
+  params: Record<string, unknown> | null;
+  seed: number | null;
+  status: GenerationStatus;
+  error_kind: string | null;
+  error_message: string | null;
+  output_text: string | null;
+  asset: Asset | null;
+  prompt_tokens: number | null;
+  output_tokens: number | null;
+  started_at: number | null;
+  finished_at: number | null;
+  duration_ms: number | null;
+  rating: number;
+  starred: boolean;
+  created_at: number;
+}
+
+export interface HistoryQuery {
+  text: string;
+  kind: GenerationKind | null;
+  project_id: number | null;
+  starred_only: boolean;
+  before: number | null;
+  limit: number;
+}
+
+export interface HistoryPage {
+  items: GenerationSummary[];
+  next_before: number | null;
+}
+
+export type JobStatus = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled' | 'interrupted';
+
+export interface JobRecord {
+  id: number;
+  kind: string;
+  resource: string;
+  project_id: number | null;
+  status: JobStatus;
+  progress_done: number;
+  progress_total: number;
+  result: unknown;
+  error_kind: string | null;
+  error_message: string | null;
+  retry_of: number | null;
+  created_at: number;
+  started_at: number | null;
+  finished_at: number | null;
+}
+
+export type JobEvent =
+  | { type: 'Queued' }
+  | { type: 'Started' }
+  | { type: 'Progress'; done: number; total: number }
+  | { type: 'Token'; text: string }
+  | { type: 'Finished'; result: unknown }
+  | { type: 'Failed'; kind: string; message: string }
+  | { type: 'Cancelled' };
+
+export interface JobUpdate {
+  job_id: number;
+  kind: string;
+  event: JobEvent;
+}
+
+export type Theme = 'light' | 'dark' | 'system';
+
+export interface Settings {
+  language: 'zh-CN' | 'en';
+  theme: Theme;
+  heavy_job_slots: number;
+}

@@ -1,0 +1,3 @@
+import { installMockBackend } from './mock-backend';
+installMockBackend();
+await import('../../src/main');
