@@ -47,20 +47,52 @@ pub fn context<R: Runtime>() -> tauri::Context<R> {
     tauri::generate_context!()
 }
 
+/// Logs go to stderr and, when the data folder is usable, to `logs/atelier.log` (the previous
+/// file is kept as `atelier.log.1` once it passes 10 MB), so a user can attach it to a report.
+fn init_logging(home: Option<&Home>) {
+    use tracing_subscriber::fmt::writer::MakeWriterExt;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,atelier=debug".into())
+    };
+    let file = home.and_then(|h| {
+        let dir = h.logs_dir();
+        std::fs::create_dir_all(&dir).ok()?;
+        let path = dir.join("atelier.log");
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() > 10 * 1024 * 1024) {
+            let _ = std::fs::rename(&path, dir.join("atelier.log.1"));
+        }
+        std::fs::OpenOptions::new().create(true).append(true).open(path).ok()
+    });
+    match file {
+        Some(f) => tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_ansi(false)
+            .with_writer(std::io::stderr.and(std::sync::Mutex::new(f)))
+            .init(),
+        None => tracing_subscriber::fmt().with_env_filter(filter()).with_writer(std::io::stderr).init(),
+    }
+}
+
+/// When `main` started, for the start-up time logged at the UI's first request.
+static LAUNCHED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Milliseconds since `main` started, the first time it is asked (later calls: `None`).
+pub(crate) fn first_request_ms() -> Option<u128> {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let mut out = None;
+    ONCE.call_once(|| out = LAUNCHED.get().map(|t| t.elapsed().as_millis()));
+    out
+}
+
 pub fn run() {
+    let _ = LAUNCHED.set(std::time::Instant::now());
     // WebKitGTK's DMA-BUF renderer shows a blank window on some desktops (NVIDIA, some VMs).
     if std::env::var_os("WEBKIT_DISABLE_DMABUF_RENDERER").is_none() {
         // SAFETY: first thing in main, before any thread exists.
         unsafe { std::env::set_var("WEBKIT_DISABLE_DMABUF_RENDERER", "1") };
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,atelier=debug".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-
     let home = Home::resolve(None);
+    init_logging(home.as_ref().ok());
     let app = builder(tauri::Builder::default(), home).build(context());
     match app {
         Ok(app) => app.run(|_, _| {}),

@@ -45,17 +45,35 @@ after(() => {
   rmSync(home, { recursive: true, force: true });
 });
 
+const capabilities = { browserName: 'wry', 'tauri:options': { application } };
+
+async function session() {
+  const driver = await new Builder().usingServer(`http://127.0.0.1:${port}/`).withCapabilities(capabilities).build();
+  return driver;
+}
+
 async function startApp() {
-  const driver = await new Builder()
-    .usingServer(`http://127.0.0.1:${port}/`)
-    .withCapabilities({ browserName: 'wry', 'tauri:options': { application } })
-    .build();
+  const driver = await session();
   await driver.wait(until.elementLocated(By.css('[data-testid=project-list]')), 30_000);
   return driver;
 }
 
+// WebKitWebDriver's screenshot waits for the page's next rendering update, and an idle page
+// has none: the command then never returns. A 1-pixel element that changes colour every frame
+// while the shot is taken keeps updates coming; it is removed afterwards.
 async function shot(driver, name) {
-  writeFileSync(join(shots, name), await driver.takeScreenshot(), 'base64');
+  await driver.executeScript(`
+    const e = document.createElement('div');
+    e.id = '__e2e_tick';
+    e.style.cssText = 'position:fixed;right:0;bottom:0;width:1px;height:1px;pointer-events:none';
+    document.body.append(e);
+    let i = 0;
+    (function tick() { e.style.background = i++ % 2 ? '#ffffff' : '#fefefe'; window.__e2eTick = requestAnimationFrame(tick); })();`);
+  try {
+    writeFileSync(join(shots, name), await driver.takeScreenshot(), 'base64');
+  } finally {
+    await driver.executeScript(`cancelAnimationFrame(window.__e2eTick); document.getElementById('__e2e_tick')?.remove();`);
+  }
 }
 
 test('a project created in the real app is still there after a restart', async () => {
@@ -99,10 +117,7 @@ test('a damaged database: the app says so, and starts a new one keeping the old 
   const { readdirSync, readFileSync } = await import('node:fs');
   for (const f of ['atelier.db-wal', 'atelier.db-shm']) rmSync(join(home, f), { force: true });
   writeFileSync(join(home, 'atelier.db'), Buffer.from('this is not a database '.repeat(200)));
-  const driver = await new Builder()
-    .usingServer(`http://127.0.0.1:${port}/`)
-    .withCapabilities({ browserName: 'wry', 'tauri:options': { application } })
-    .build();
+  const driver = await session();
   try {
     const card = await driver.wait(until.elementLocated(By.css('[data-testid=startup-error]')), 30_000);
     assert.equal(await card.getAttribute('data-kind'), 'corrupt_database');

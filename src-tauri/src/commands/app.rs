@@ -6,6 +6,11 @@ use crate::state::{AppState, AppStatus};
 /// Where the data lives and whether it opened; the UI's first call.
 #[tauri::command]
 pub async fn app_status(state: State<'_, AppState>) -> CmdResult<AppStatus> {
+    // The UI asks this from its first mount, right after its first paint: a start-up mark that
+    // bench/app-start.sh reads from the log.
+    if let Some(ms) = crate::first_request_ms() {
+        tracing::info!(target: "atelier::startup", ms = ms as u64, "first UI request");
+    }
     Ok(state.status())
 }
 
