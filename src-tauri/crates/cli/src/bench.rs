@@ -80,15 +80,21 @@ impl Stats {
     }
 }
 
-pub fn store(rows: usize, samples: usize, json_out: bool) -> Result<()> {
+pub fn store(rows: usize, samples: usize, reuse: Option<std::path::PathBuf>, json_out: bool) -> Result<()> {
     let dir = tempfile::tempdir().map_err(|e| atelier_engine::Error::io("cannot make a temp folder", e))?;
-    let store = Store::open(&dir.path().join("atelier.db"))?;
-    let projects: Vec<i64> =
-        (0..20).map(|i| store.create_project(&format!("项目 {i}")).map(|p| p.id)).collect::<Result<_>>()?;
+    let path = reuse.clone().unwrap_or_else(|| dir.path().join("atelier.db"));
+    let existed = reuse.is_some() && path.exists();
+    let store = Store::open(&path)?;
+    let projects: Vec<i64> = if existed {
+        store.list_projects()?.iter().map(|p| p.id).collect()
+    } else {
+        (0..20).map(|i| store.create_project(&format!("项目 {i}")).map(|p| p.id)).collect::<Result<_>>()?
+    };
+    let rows = if existed { store.history(&HistoryQuery { limit: 1, ..Default::default() })?.items.first().map_or(0, |g| g.id as usize) } else { rows };
     let mut rng = Rng(20261122);
     let mut insert = Stats::new("insert");
     let fill = Instant::now();
-    for i in 0..rows {
+    for i in 0..if existed { 0 } else { rows } {
         let kind = match rng.below(10) {
             0..=5 => GenerationKind::Text,
             6..=7 => GenerationKind::Script,
@@ -120,6 +126,8 @@ pub fn store(rows: usize, samples: usize, json_out: bool) -> Result<()> {
 
     let mut search = Stats::new("search (3+ chars, FTS)");
     let mut search_short = Stats::new("search (1-2 chars, LIKE)");
+    let mut miss_long = Stats::new("search, no match (FTS)");
+    let mut miss_short = Stats::new("search, no match (LIKE)");
     let mut page = Stats::new("history page of 100");
     let mut open = Stats::new("open a record");
     let max_id = rows as i64;
@@ -133,6 +141,9 @@ pub fn store(rows: usize, samples: usize, json_out: bool) -> Result<()> {
         search.time(|| store.history(&HistoryQuery { text: q, limit: 100, ..Default::default() }))?;
         let short: String = rng.pick(PRODUCTS).chars().take(2).collect();
         search_short.time(|| store.history(&HistoryQuery { text: short, limit: 100, ..Default::default() }))?;
+        // Worst cases: a word that occurs nowhere reads the whole index (FTS) or table (LIKE).
+        miss_long.time(|| store.history(&HistoryQuery { text: "不存在的词".into(), limit: 100, ..Default::default() }))?;
+        miss_short.time(|| store.history(&HistoryQuery { text: "鲸鱼".into(), limit: 100, ..Default::default() }))?;
         let mut hq = HistoryQuery { limit: 100, before: Some(1 + rng.below(rows) as i64), ..Default::default() };
         match rng.below(4) {
             0 => hq.kind = Some(GenerationKind::Script),
@@ -145,7 +156,7 @@ pub fn store(rows: usize, samples: usize, json_out: bool) -> Result<()> {
         open.time(|| store.generation(id))?;
     }
     let db_bytes = std::fs::metadata(store.path()).map(|m| m.len()).unwrap_or(0);
-    let all = [&insert, &search, &search_short, &page, &open];
+    let all = [&insert, &search, &search_short, &miss_long, &miss_short, &page, &open];
     if json_out {
         let ops: Vec<_> = all.iter().map(|s| json!({"op": s.name, "n": s.samples.len(), "p50_ms": s.pct(0.5), "p95_ms": s.pct(0.95)})).collect();
         println!("{}", serde_json::to_string_pretty(&json!({"rows": rows, "fill_s": fill_s, "db_bytes": db_bytes, "peak_rss_kib": peak_rss_kib(), "ops": ops}))?);

@@ -98,6 +98,9 @@ enum BenchCmd {
         rows: usize,
         #[arg(long, default_value_t = 200)]
         samples: usize,
+        /// Keep the filled database at PATH and reuse it on the next run (skips the fill).
+        #[arg(long, value_name = "PATH")]
+        reuse: Option<PathBuf>,
     },
 }
 
@@ -128,8 +131,8 @@ fn run(cli: Cli) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::io("cannot start the async runtime", e))?;
-    if let Command::Bench { action: BenchCmd::Store { rows, samples } } = cli.command {
-        return bench::store(rows, samples, cli.json);
+    if let Command::Bench { action: BenchCmd::Store { rows, samples, reuse } } = cli.command {
+        return bench::store(rows, samples, reuse, cli.json);
     }
     let engine = Engine::open(Home::resolve(cli.home)?, Access::Shared, runtime.handle().clone())?;
     let store = engine.store();

@@ -341,3 +341,35 @@ fn a_second_instance_on_the_same_folder_is_refused_with_the_first_ones_pid() {
     drop(first);
     home.lock().expect("free again once the first instance ends");
 }
+
+#[test]
+fn searching_pages_through_every_match_newest_first() {
+    let (_dir, store) = temp_store();
+    let p = store.create_project("翻页").unwrap();
+    let mut hits = Vec::new();
+    for i in 0..30 {
+        let id = if i % 3 == 0 {
+            record(&store, p.id, GenerationKind::Text, &format!("第{i}条：保湿面霜文案"), "水润")
+        } else {
+            record(&store, p.id, GenerationKind::Text, &format!("第{i}条：口红话术"), "显白")
+        };
+        if i % 3 == 0 {
+            hits.push(id);
+        }
+    }
+    hits.reverse();
+    // FTS alone, FTS + a short word, short words alone.
+    for text in ["保湿面霜", "保湿面霜 润", "面霜 水润"] {
+        let (mut seen, mut before) = (Vec::new(), None);
+        loop {
+            let page = store.history(&HistoryQuery { text: text.into(), before, limit: 4, ..Default::default() }).unwrap();
+            assert!(page.items.len() <= 4);
+            seen.extend(page.items.iter().map(|s| s.id));
+            match page.next_before {
+                Some(b) => before = Some(b),
+                None => break,
+            }
+        }
+        assert_eq!(seen, hits, "query {text:?}");
+    }
+}

@@ -295,22 +295,33 @@ impl Store {
         let terms = search_terms(&q.text)?;
         let (long, short): (Vec<_>, Vec<_>) = terms.iter().partition(|t| t.chars().count() >= FTS_MIN_CHARS);
 
+        // With words of 3+ characters the trigram index drives the query, newest match first
+        // (`ORDER BY rowid DESC` walks FTS5's doclists backwards), so a page of a common word
+        // stops after `limit` matches instead of collecting every match first.
+        let (from, id_col) = if long.is_empty() {
+            ("generations g JOIN projects p ON p.id = g.project_id", "g.id")
+        } else {
+            (
+                "generations_fts f CROSS JOIN generations g ON g.id = f.rowid JOIN projects p ON p.id = g.project_id",
+                "f.rowid",
+            )
+        };
         let mut sql = format!(
             "SELECT g.id, g.project_id, p.name, g.kind, g.model_id, g.status,
                     substr(g.prompt, 1, {PREVIEW_CHARS}), substr(coalesce(g.output_text, ''), 1, {PREVIEW_CHARS}),
                     g.rating, g.starred, g.created_at
-             FROM generations g JOIN projects p ON p.id = g.project_id"
+             FROM {from}"
         );
         let mut args: Vec<Box<dyn ToSql>> = Vec::new();
         let mut conds = vec!["p.trashed_at IS NULL".to_owned()];
         if !long.is_empty() {
-            // Terms of 3+ characters go through the trigram index...
             let matcher = long.iter().map(|t| fts_phrase(t)).collect::<Vec<_>>().join(" AND ");
-            conds.push("g.id IN (SELECT rowid FROM generations_fts WHERE generations_fts MATCH ?)".into());
+            conds.push("generations_fts MATCH ?".into());
             args.push(Box::new(matcher));
         }
         for t in &short {
-            // ...shorter ones (a 2-character Chinese word is common) by a LIKE scan.
+            // Shorter words (a 2-character Chinese word is common) cannot use the trigram index
+            // and are found by a LIKE scan (newest first, so common words stop early).
             conds.push("(g.prompt LIKE ? ESCAPE '\\' OR g.output_text LIKE ? ESCAPE '\\')".into());
             let pat = like_pattern(t);
             args.push(Box::new(pat.clone()));
@@ -328,12 +339,12 @@ impl Store {
             conds.push("g.starred = 1".into());
         }
         if let Some(before) = q.before {
-            conds.push("g.id < ?".into());
+            conds.push(format!("{id_col} < ?"));
             args.push(Box::new(before));
         }
         sql.push_str(" WHERE ");
         sql.push_str(&conds.join(" AND "));
-        sql.push_str(" ORDER BY g.id DESC LIMIT ?");
+        sql.push_str(&format!(" ORDER BY {id_col} DESC LIMIT ?"));
         args.push(Box::new(limit + 1)); // one extra row tells whether another page exists
 
         let conn = self.conn();
