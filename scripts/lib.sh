@@ -45,7 +45,10 @@ ensure_npm() {
   local stamp="$ROOT/node_modules/.atelier-lock-stamp"
   if [ ! -f "$stamp" ] || ! cmp -s "$ROOT/package-lock.json" "$stamp"; then
     say "installing npm packages"
-    (cd "$ROOT" && npm ci --no-audit --no-fund --loglevel=error)
+    # Not `npm ci`: it insists that every optional platform build of @tauri-apps/cli (Windows,
+    # macOS...) is in the lock file, and registry mirrors that carry only Linux builds make that
+    # impossible. `npm install --no-save` follows the lock file and leaves it untouched.
+    (cd "$ROOT" && npm install --no-save --no-audit --no-fund --loglevel=error)
     cp "$ROOT/package-lock.json" "$stamp"
   fi
 }
