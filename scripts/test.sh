@@ -12,11 +12,30 @@ if ! command -v tauri-driver >/dev/null; then
   cargo install tauri-driver --locked --quiet
 fi
 
-passed=0; failed=0; failures=()
+passed=0; failed=0; failures=(); tests_passed=0; tests_failed=0
+# Adds up the per-test counts the runners print (cargo test, Vitest, node --test).
+count_tests() {
+  local clean
+  clean=$(sed 's/\x1b\[[0-9;]*m//g' "$1")
+  local p f
+  p=$(printf '%s\n' "$clean" | awk '
+    /^test result:/ { for (i = 1; i <= NF; i++) if ($(i+1) ~ /^passed/) s += $i }
+    /^ *Tests +[0-9]+ passed/ { s += $2 }
+    /^# pass [0-9]+/ { s += $3 }
+    END { print s + 0 }')
+  f=$(printf '%s\n' "$clean" | awk '
+    /^test result:/ { for (i = 1; i <= NF; i++) if ($(i+1) ~ /^failed/) s += $i }
+    /^ *Tests +.*[0-9]+ failed/ { for (i = 1; i <= NF; i++) if ($(i+1) ~ /^failed/) s += $i }
+    /^# fail [0-9]+/ { s += $3 }
+    END { print s + 0 }')
+  tests_passed=$((tests_passed + p)); tests_failed=$((tests_failed + f))
+}
 step() {
   local name=$1; shift
+  local log; log=$(mktemp)
   say "$name"
-  if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); failures+=("$name"); fi
+  if "$@" 2>&1 | tee "$log"; then passed=$((passed + 1)); else failed=$((failed + 1)); failures+=("$name"); fi
+  count_tests "$log"; rm -f "$log"
 }
 
 cd "$ROOT"
@@ -32,4 +51,5 @@ if [ "$failed" -gt 0 ]; then
   printf 'failed suites: %s\n' "${failures[@]}"
 fi
 echo "suites: $passed passed, $failed failed"
+echo "tests: $tests_passed passed, $tests_failed failed"
 [ "$failed" -eq 0 ]
