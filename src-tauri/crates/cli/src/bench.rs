@@ -124,10 +124,10 @@ pub fn store(rows: usize, samples: usize, reuse: Option<std::path::PathBuf>, jso
     let fill_s = fill.elapsed().as_secs_f64();
     store.optimize()?;
 
-    let mut search = Stats::new("search (3+ chars, FTS)");
-    let mut search_short = Stats::new("search (1-2 chars, LIKE)");
-    let mut miss_long = Stats::new("search, no match (FTS)");
-    let mut miss_short = Stats::new("search, no match (LIKE)");
+    let mut search = Stats::new("search (3+ chars)");
+    let mut search_short = Stats::new("search (1-2 Chinese chars)");
+    let mut miss_long = Stats::new("search, no match (3+ chars)");
+    let mut miss_short = Stats::new("search, no match (1-2 chars)");
     let mut page = Stats::new("history page of 100");
     let mut open = Stats::new("open a record");
     let max_id = rows as i64;

@@ -57,38 +57,42 @@ fn a_new_file_gets_the_latest_schema_with_wal_and_foreign_keys() {
 }
 
 #[test]
-fn migrating_from_the_previous_version_keeps_data_makes_a_backup_and_indexes_old_rows() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("atelier.db");
-    {
-        // A file as version 1 of Atelier left it: core tables, no search index yet.
-        let mut conn = Connection::open(&path).unwrap();
-        migrations().to_version(&mut conn, 1).unwrap();
-        conn.execute("INSERT INTO projects (name, created_at, updated_at) VALUES ('旧项目', 1, 1)", []).unwrap();
-        conn.execute(
-            "INSERT INTO generations (project_id, kind, model_id, prompt, status, output_text, created_at)
-             VALUES (1, 'text', 'm', '写一段保湿面霜的文案', 'succeeded', '这款面霜温和不刺激', 1)",
-            [],
-        )
-        .unwrap();
-    }
-    let store = Store::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), LATEST_VERSION as i64);
-    let backup = store.migration_backup().expect("a backup before upgrading an existing schema").to_path_buf();
-    assert!(backup.file_name().unwrap().to_string_lossy().starts_with("atelier.db.bak-v1-"));
-    let old = Connection::open(&backup).unwrap();
-    let v: i64 = old.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(v, 1, "the backup is the file as it was");
-    let n: i64 = old.query_row("SELECT count(*) FROM generations", [], |r| r.get(0)).unwrap();
-    assert_eq!(n, 1);
+fn migrating_from_every_older_version_keeps_data_makes_a_backup_and_indexes_old_rows() {
+    for from in 1..LATEST_VERSION {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("atelier.db");
+        {
+            // A file as that version of Atelier left it.
+            let mut conn = Connection::open(&path).unwrap();
+            migrations().to_version(&mut conn, from).unwrap();
+            conn.execute("INSERT INTO projects (name, created_at, updated_at) VALUES ('旧项目', 1, 1)", []).unwrap();
+            conn.execute(
+                "INSERT INTO generations (project_id, kind, model_id, prompt, status, output_text, created_at)
+                 VALUES (1, 'text', 'm', '写一段保湿面霜的文案', 'succeeded', '这款面霜温和不刺激', 1)",
+                [],
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), LATEST_VERSION as i64);
+        let backup = store.migration_backup().expect("a backup before upgrading an existing schema").to_path_buf();
+        assert!(backup.file_name().unwrap().to_string_lossy().starts_with(&format!("atelier.db.bak-v{from}-")));
+        let old = Connection::open(&backup).unwrap();
+        let v: i64 = old.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, from as i64, "the backup is the file as it was");
+        let n: i64 = old.query_row("SELECT count(*) FROM generations", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 1);
 
-    assert_eq!(store.list_projects().unwrap()[0].name, "旧项目");
-    let page = store.history(&HistoryQuery { text: "保湿面霜".into(), ..Default::default() }).unwrap();
-    assert_eq!(page.items.len(), 1, "rows from before the migration are searchable");
-    // Opening again migrates nothing and writes no second backup.
-    drop(store);
-    let again = Store::open(&path).unwrap();
-    assert!(again.migration_backup().is_none());
+        assert_eq!(store.list_projects().unwrap()[0].name, "旧项目");
+        for text in ["保湿面霜", "面霜", "刺", "温和 面霜"] {
+            let page = store.history(&HistoryQuery { text: text.into(), ..Default::default() }).unwrap();
+            assert_eq!(page.items.len(), 1, "rows from before the migration are found by {text:?} (from v{from})");
+        }
+        // Opening again migrates nothing and writes no second backup.
+        drop(store);
+        let again = Store::open(&path).unwrap();
+        assert!(again.migration_backup().is_none());
+    }
 }
 
 #[test]
@@ -139,6 +143,10 @@ fn chinese_substrings_are_found_including_short_queries() {
     assert_eq!(ids("RED SCARF"), vec![c], "Latin text, case-insensitive");
     assert_eq!(ids("面霜 好用"), vec![a], "all words must occur");
     assert_eq!(ids("面霜 口红"), Vec::<i64>::new());
+    assert_eq!(ids("小红书 姐妹"), vec![a], "trigram-driven with a short word");
+    assert_eq!(ids("红 持久"), vec![b], "bigram prefix with a pair");
+    assert_eq!(ids("！"), vec![a], "punctuation falls back to LIKE");
+    assert_eq!(ids("鲸鱼"), Vec::<i64>::new(), "a rare short word");
     assert_eq!(ids("100%"), Vec::<i64>::new(), "LIKE wildcards are literal");
     assert_eq!(ids("\"quoted\" OR x"), Vec::<i64>::new(), "FTS syntax is literal, not an error");
     assert_eq!(ids("").len(), 3, "empty search lists everything");

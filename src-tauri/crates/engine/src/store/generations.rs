@@ -5,7 +5,7 @@ use rusqlite::types::ToSql;
 use rusqlite::{OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
 
-use super::{FTS_MIN_CHARS, Store, fts_phrase, like_pattern, now_ms, search_terms};
+use super::{FTS_MIN_CHARS, Store, bigrams, fts_phrase, like_pattern, now_ms, search_terms};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -295,16 +295,29 @@ impl Store {
         let terms = search_terms(&q.text)?;
         let (long, short): (Vec<_>, Vec<_>) = terms.iter().partition(|t| t.chars().count() >= FTS_MIN_CHARS);
 
-        // With words of 3+ characters the trigram index drives the query, newest match first
-        // (`ORDER BY rowid DESC` walks FTS5's doclists backwards), so a page of a common word
-        // stops after `limit` matches instead of collecting every match first.
-        let (from, id_col) = if long.is_empty() {
-            ("generations g JOIN projects p ON p.id = g.project_id", "g.id")
+        // One full-text index drives the query, newest match first (`ORDER BY rowid DESC` walks
+        // FTS5's doclists backwards), so a page of a common word stops after `limit` matches
+        // instead of collecting every match first: the trigram index when a word has 3+
+        // characters, else the bigram index when a word is 1-2 Chinese characters (see
+        // bigrams.rs). Every other word is checked with LIKE on the rows the driver yields.
+        let driver = if !long.is_empty() {
+            Some(("generations_fts", long.iter().map(|t| fts_phrase(t)).collect::<Vec<_>>().join(" AND ")))
+        } else if short.iter().any(|t| bigrams::answers(t)) {
+            let exprs: Vec<_> = short.iter().filter(|t| bigrams::answers(t)).map(|t| bigrams::match_expr(t)).collect();
+            Some(("generations_bigrams", exprs.join(" AND ")))
         } else {
-            (
-                "generations_fts f CROSS JOIN generations g ON g.id = f.rowid JOIN projects p ON p.id = g.project_id",
+            None
+        };
+        let like_terms: Vec<&String> = match &driver {
+            Some(("generations_bigrams", _)) => short.iter().copied().filter(|t| !bigrams::answers(t)).collect(),
+            _ => short.clone(),
+        };
+        let (from, id_col) = match &driver {
+            Some((table, _)) => (
+                format!("{table} f CROSS JOIN generations g ON g.id = f.rowid JOIN projects p ON p.id = g.project_id"),
                 "f.rowid",
-            )
+            ),
+            None => ("generations g JOIN projects p ON p.id = g.project_id".to_owned(), "g.id"),
         };
         let mut sql = format!(
             "SELECT g.id, g.project_id, p.name, g.kind, g.model_id, g.status,
@@ -314,14 +327,11 @@ impl Store {
         );
         let mut args: Vec<Box<dyn ToSql>> = Vec::new();
         let mut conds = vec!["p.trashed_at IS NULL".to_owned()];
-        if !long.is_empty() {
-            let matcher = long.iter().map(|t| fts_phrase(t)).collect::<Vec<_>>().join(" AND ");
-            conds.push("generations_fts MATCH ?".into());
-            args.push(Box::new(matcher));
+        if let Some((table, expr)) = driver {
+            conds.push(format!("{table} MATCH ?"));
+            args.push(Box::new(expr));
         }
-        for t in &short {
-            // Shorter words (a 2-character Chinese word is common) cannot use the trigram index
-            // and are found by a LIKE scan (newest first, so common words stop early).
+        for t in &like_terms {
             conds.push("(g.prompt LIKE ? ESCAPE '\\' OR g.output_text LIKE ? ESCAPE '\\')".into());
             let pat = like_pattern(t);
             args.push(Box::new(pat.clone()));

@@ -146,9 +146,31 @@ INSERT INTO documents_fts(rowid, title, body)
     FROM documents d;
 "#;
 
+/// Version 3: an index for 1–2 character words in scripts without spaces (see `bigrams.rs`).
+/// Needs the `atelier_bigrams` function, which `Store::open` registers before migrating.
+const SHORT_WORDS: &str = r#"
+CREATE VIRTUAL TABLE generations_bigrams USING fts5(
+    grams, content='', contentless_delete=1, tokenize='unicode61 remove_diacritics 0'
+);
+CREATE TRIGGER generations_bigrams_insert AFTER INSERT ON generations BEGIN
+    INSERT INTO generations_bigrams(rowid, grams)
+        VALUES (new.id, atelier_bigrams(new.prompt || ' ' || coalesce(new.output_text, '')));
+END;
+CREATE TRIGGER generations_bigrams_update AFTER UPDATE OF prompt, output_text ON generations BEGIN
+    DELETE FROM generations_bigrams WHERE rowid = old.id;
+    INSERT INTO generations_bigrams(rowid, grams)
+        VALUES (new.id, atelier_bigrams(new.prompt || ' ' || coalesce(new.output_text, '')));
+END;
+CREATE TRIGGER generations_bigrams_delete AFTER DELETE ON generations BEGIN
+    DELETE FROM generations_bigrams WHERE rowid = old.id;
+END;
+INSERT INTO generations_bigrams(rowid, grams)
+    SELECT id, atelier_bigrams(prompt || ' ' || coalesce(output_text, '')) FROM generations;
+"#;
+
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(CORE), M::up(SEARCH)])
+    Migrations::new(vec![M::up(CORE), M::up(SEARCH), M::up(SHORT_WORDS)])
 }
 
 /// The schema version this build writes.
-pub const LATEST_VERSION: usize = 2;
+pub const LATEST_VERSION: usize = 3;

@@ -5,6 +5,7 @@
 //! disk, written atomically; rows point to them.
 
 mod assets;
+mod bigrams;
 mod documents;
 mod generations;
 mod jobs;
@@ -126,6 +127,7 @@ impl Store {
         conn.execute_batch(
             "INSERT INTO generations_fts(generations_fts) VALUES ('optimize');
              INSERT INTO documents_fts(documents_fts) VALUES ('optimize');
+             INSERT INTO generations_bigrams(generations_bigrams) VALUES ('optimize');
              PRAGMA optimize;",
         )?;
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
@@ -142,6 +144,7 @@ impl Store {
 
 fn configure(conn: &Connection) -> Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    bigrams::register(conn)?;
     // journal_mode returns a row; reading it is also the first real read of the file header.
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
