@@ -7,6 +7,7 @@ mod bench;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use atelier_engine::models::ModelEntry;
 use atelier_engine::store::{GenerationKind, HistoryQuery};
 use atelier_engine::{Access, Engine, Error, Home, Result};
 use clap::{Parser, Subcommand};
@@ -41,6 +42,11 @@ enum Command {
     Jobs {
         #[command(subcommand)]
         action: JobsCmd,
+    },
+    /// Installed models (GGUF files in the data folder's models/).
+    Models {
+        #[command(subcommand)]
+        action: ModelsCmd,
     },
     /// Benchmarks (not tests): print timings of the engine on this machine.
     Bench {
@@ -80,6 +86,14 @@ enum HistoryCmd {
     },
     /// One record with every parameter.
     Show { id: i64 },
+}
+
+#[derive(Subcommand)]
+enum ModelsCmd {
+    /// Each model with architecture, size, quantisation, context and licence.
+    List,
+    /// Validate a GGUF file and copy it into the models folder.
+    Import { path: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -192,6 +206,25 @@ fn run(cli: Cli) -> Result<()> {
             let err = j.error_message.as_deref().map(|m| format!("  ({m})")).unwrap_or_default();
             format!("{:>5}  {:<12} {:<11}{progress}{err}", j.id, j.kind, j.status.as_str())
         }),
+        Command::Models { action } => match action {
+            ModelsCmd::List => out.list(&atelier_engine::models::registry::list(&engine.home().models_dir())?, |e| match e {
+                ModelEntry::Ok(m) => format!(
+                    "{:<32} {:<6} {:>6.0}M params  {:<5} ctx {:<6} {:>7.1} MB  {}{}",
+                    m.id,
+                    m.architecture,
+                    m.parameters as f64 / 1e6,
+                    m.quantization,
+                    m.context_length.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                    m.file_bytes as f64 / 1e6,
+                    m.license.as_deref().unwrap_or("licence unknown"),
+                    m.unsupported.as_deref().map(|u| format!("  [not runnable: {u}]")).unwrap_or_default()
+                ),
+                ModelEntry::Broken { file, error } => format!("{}  [broken: {error}]", file.display()),
+            }),
+            ModelsCmd::Import { path } => out.one(&atelier_engine::models::registry::import(&engine.home().models_dir(), &path)?, |m| {
+                format!("imported {} ({}, {:.0}M parameters, {})", m.id, m.architecture, m.parameters as f64 / 1e6, m.quantization)
+            }),
+        },
         Command::Bench { .. } => unreachable!("handled above"),
     }
 }

@@ -13,6 +13,7 @@ pub mod fsutil;
 pub mod home;
 pub mod jobs;
 pub mod maintenance;
+pub mod models;
 pub mod store;
 
 use std::path::PathBuf;
