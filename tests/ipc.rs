@@ -171,3 +171,24 @@ fn a_second_instance_on_the_same_folder_reports_already_running() {
     // The first instance is unaffected.
     invoke(&first, "create_project", json!({"name": "仍可用"})).unwrap();
 }
+
+#[test]
+fn an_unwritable_data_folder_is_reported_and_retry_recovers_once_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    // The data folder's parent is a file: the folder cannot be created.
+    let blocker = dir.path().join("blocked");
+    std::fs::write(&blocker, b"a file where a folder should be").unwrap();
+    let home = blocker.join("atelier");
+    let app = atelier_lib::builder(mock_builder(), Ok(Home::at(&home))).build(atelier_lib::context()).unwrap();
+    let w = WebviewWindowBuilder::new(&app, "main", Default::default()).build().unwrap();
+    let status = invoke_at(&w, APP_URL, "app_status", json!({})).unwrap();
+    assert_eq!(status["error"]["kind"], "read_only");
+    assert!(status["error"]["message"].as_str().unwrap().contains("blocked"), "{status}");
+    assert_eq!(kind(invoke_at(&w, APP_URL, "create_project", json!({"name": "x"})).unwrap_err()), "not_ready");
+    assert_eq!(invoke_at(&w, APP_URL, "retry_open", json!({})).unwrap()["error"]["kind"], "read_only");
+
+    // The user fixes it; retry opens the folder without restarting the app.
+    std::fs::remove_file(&blocker).unwrap();
+    assert!(invoke_at(&w, APP_URL, "retry_open", json!({})).unwrap()["error"].is_null());
+    invoke_at(&w, APP_URL, "create_project", json!({"name": "修好了"})).unwrap();
+}

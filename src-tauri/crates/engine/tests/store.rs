@@ -381,3 +381,61 @@ fn searching_pages_through_every_match_newest_first() {
         assert_eq!(seen, hits, "query {text:?}");
     }
 }
+
+/// Makes `dir` read-only for real: `chattr +i` (which stops root too), else `chmod 555` (which
+/// stops other users). Undone on drop. `None` where neither works on this machine.
+struct ReadOnlyDir(std::path::PathBuf);
+
+impl ReadOnlyDir {
+    fn make(dir: &std::path::Path) -> Option<ReadOnlyDir> {
+        use std::os::unix::fs::PermissionsExt;
+        let chattr = std::process::Command::new("chattr").arg("+i").arg(dir).status().is_ok_and(|s| s.success());
+        if !chattr {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).ok()?;
+        }
+        let guard = ReadOnlyDir(dir.to_path_buf());
+        // Prove it: a folder we can still write into would make the test meaningless.
+        if std::fs::write(dir.join(".probe"), b"x").is_ok() {
+            let _ = std::fs::remove_file(dir.join(".probe"));
+            return None;
+        }
+        Some(guard)
+    }
+}
+
+impl Drop for ReadOnlyDir {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::process::Command::new("chattr").arg("-i").arg(&self.0).status();
+        let _ = std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(0o755));
+    }
+}
+
+#[test]
+fn a_read_only_data_folder_is_a_clear_error_and_its_data_is_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    {
+        let store = {
+            Home::at(&home).ensure().unwrap();
+            Store::open(&Home::at(&home).db_path()).unwrap()
+        };
+        store.create_project("只读前的项目").unwrap();
+        store.optimize().unwrap(); // checkpoint the WAL into the main file
+    }
+    let before = std::fs::read(home.join("atelier.db")).unwrap();
+    let Some(_ro) = ReadOnlyDir::make(&home) else {
+        eprintln!("skipped: this machine cannot make a folder read-only (neither chattr nor chmod applies)");
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let err = atelier_engine::Engine::open(Home::at(&home), atelier_engine::Access::Exclusive, rt.handle().clone())
+        .err()
+        .expect("opening a read-only folder must fail");
+    assert_eq!(err.kind(), "read_only", "{err}");
+    assert!(err.to_string().contains(&home.display().to_string()), "{err}");
+    drop(_ro);
+    assert_eq!(std::fs::read(home.join("atelier.db")).unwrap(), before, "nothing was written");
+    let store = Store::open(&Home::at(&home).db_path()).unwrap();
+    assert_eq!(store.list_projects().unwrap()[0].name, "只读前的项目");
+}
