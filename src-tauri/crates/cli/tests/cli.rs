@@ -65,3 +65,48 @@ fn a_corrupt_database_is_a_clear_error_and_is_left_alone() {
     assert!(err.starts_with("error[corrupt_database]: "), "{err}");
     assert!(std::fs::read(&db).unwrap().starts_with(b"definitely not sqlite"));
 }
+
+#[test]
+fn a_process_killed_mid_write_leaves_a_consistent_file_and_recovery_marks_what_it_left() {
+    use atelier_engine::store::{GenerationStatus, HistoryQuery};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("atelier.db");
+    // The benchmark writes generations as fast as it can through the real store; SIGKILL it
+    // part-way, as a crash or `kill -9` would.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_atelier-cli"))
+        .args(["bench", "store", "--rows", "1000000", "--reuse"])
+        .arg(&db)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    // Wait until rows are being written, then kill without warning.
+    while std::fs::metadata(dir.path().join("atelier.db-wal")).map(|m| m.len()).unwrap_or(0) < 512 * 1024 {
+        assert!(std::time::Instant::now() < deadline, "the writer never got going");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let store = atelier_engine::Store::open(&db).unwrap();
+    store.quick_check().expect("the file is intact after a kill");
+    let page = store.history(&HistoryQuery { limit: 500, ..Default::default() }).unwrap();
+    assert!(!page.items.is_empty(), "committed rows survived");
+    assert!(page.items.iter().all(|g| matches!(g.status, GenerationStatus::Succeeded | GenerationStatus::Running)));
+    drop(store);
+
+    // Opening as the app does (with the folder lock) closes what the dead process left open.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let engine = atelier_engine::Engine::open(
+        atelier_engine::Home::at(dir.path()),
+        atelier_engine::Access::Exclusive,
+        rt.handle().clone(),
+    )
+    .unwrap();
+    let page = engine.store().history(&HistoryQuery { limit: 500, ..Default::default() }).unwrap();
+    assert!(page.items.iter().all(|g| g.status != GenerationStatus::Running), "nothing stays 'running' forever");
+    if let Some(g) = page.items.iter().find(|g| g.status == GenerationStatus::Failed) {
+        assert_eq!(engine.store().generation(g.id).unwrap().error_kind.as_deref(), Some("interrupted"));
+    }
+}

@@ -172,9 +172,22 @@ async fn failures_and_panics_become_failed_jobs_and_the_runner_keeps_going() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_left_running_become_interrupted_on_reopen_and_can_be_retried() {
     let dir = tempfile::tempdir().unwrap();
-    let (stuck, waiting);
+    let (stuck, waiting, generation);
     {
         let engine = open(dir.path());
+        let project = engine.store().create_project("p").unwrap();
+        generation = engine
+            .store()
+            .begin_generation(&atelier_engine::store::NewGeneration {
+                project_id: project.id,
+                job_id: None,
+                kind: atelier_engine::store::GenerationKind::Text,
+                model_id: "m".into(),
+                prompt: "写到一半".into(),
+                params: serde_json::json!({}),
+                seed: Some(1),
+            })
+            .unwrap();
         let gate = Arc::new(tokio::sync::Notify::new());
         let g = gate.clone();
         let (s, mut rx) = sink();
@@ -212,6 +225,10 @@ async fn jobs_left_running_become_interrupted_on_reopen_and_can_be_retried() {
         assert_eq!(row.status, JobStatus::Interrupted);
         assert_eq!(row.error_kind.as_deref(), Some("interrupted"));
     }
+    let g = engine.store().generation(generation).unwrap();
+    assert_eq!(g.status, atelier_engine::store::GenerationStatus::Failed, "not left 'running' forever");
+    assert_eq!(g.error_kind.as_deref(), Some("interrupted"));
+    assert_eq!(g.prompt, "写到一半");
     let (s, mut rx) = sink();
     let retry = engine.retry_job(stuck, Some(s)).unwrap();
     assert!(matches!(until_terminal(&mut rx).await.last(), Some(JobEvent::Finished { .. })));

@@ -161,14 +161,27 @@ impl Store {
     }
 
     /// At start-up: jobs the last process left queued or running can never finish now, so they
-    /// become `interrupted` (the UI offers to retry them). Returns how many were marked.
+    /// become `interrupted` (the UI offers to retry them), and generations it left running become
+    /// failed with kind `interrupted` (their partial output is kept). Returns how many jobs were
+    /// marked.
     pub(crate) fn mark_stale_jobs_interrupted(&self) -> Result<usize> {
-        let n = self.conn().execute(
-            "UPDATE jobs SET status = 'interrupted', finished_at = ?1,
-                 error_kind = 'interrupted', error_message = 'Atelier stopped while this job was unfinished'
-             WHERE status IN ('queued', 'running')",
-            [now_ms()],
-        )?;
-        Ok(n)
+        let now = now_ms();
+        let mut conn = self.conn();
+        super::in_tx(&mut conn, |tx| {
+            let n = tx.execute(
+                "UPDATE jobs SET status = 'interrupted', finished_at = ?1,
+                     error_kind = 'interrupted', error_message = 'Atelier stopped while this job was unfinished'
+                 WHERE status IN ('queued', 'running')",
+                [now],
+            )?;
+            tx.execute(
+                "UPDATE generations SET status = 'failed', finished_at = ?1,
+                     duration_ms = ?1 - coalesce(started_at, ?1), error_kind = 'interrupted',
+                     error_message = 'Atelier stopped before this generation finished'
+                 WHERE status = 'running'",
+                [now],
+            )?;
+            Ok(n)
+        })
     }
 }
