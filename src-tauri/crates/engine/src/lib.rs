@@ -15,6 +15,7 @@ pub mod jobs;
 pub mod maintenance;
 pub mod models;
 pub mod store;
+pub mod text;
 
 use std::path::PathBuf;
 use std::sync::Arc;
