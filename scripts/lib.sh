@@ -57,3 +57,29 @@ build_ui() {
   say "building the UI"
   (cd "$ROOT" && npm run build --workspace ui --silent)
 }
+
+# llama.cpp's tokenizer fixtures (vocab-only GGUF files + expected token ids), from the
+# llama-cpp-python source distribution on PyPI; checked against a pinned sha256.
+VOCAB_SDIST=llama_cpp_python-0.3.36.tar.gz
+VOCAB_SDIST_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+VOCAB_DIR=${ATELIER_VOCAB_FIXTURES:-$HOME/.cache/atelier/fixtures/llama.cpp-vocab}
+export ATELIER_VOCAB_FIXTURES=$VOCAB_DIR
+
+ensure_vocab_fixtures() {
+  [ -f "$VOCAB_DIR/ggml-vocab-qwen2.gguf.out" ] && return 0
+  say "fetching llama.cpp's tokenizer fixtures ($VOCAB_SDIST, 77 MB)"
+  local tmp url
+  tmp=$(mktemp -d)
+  url=$(curl -fsS -m 60 -H 'Accept: application/vnd.pypi.simple.v1+json' https://pypi.org/simple/llama-cpp-python/ |
+    python3 -c "import json,sys; print(next(f['url'] for f in json.load(sys.stdin)['files'] if f['filename'] == '$VOCAB_SDIST'))") ||
+    die "cannot find $VOCAB_SDIST on PyPI"
+  curl -fsS -m 600 -o "$tmp/$VOCAB_SDIST" "$url" || die "download of $VOCAB_SDIST failed"
+  echo "$VOCAB_SDIST_SHA256  $tmp/$VOCAB_SDIST" | sha256sum -c --quiet - ||
+    die "$VOCAB_SDIST does not match its pinned sha256; refusing it"
+  local prefix=llama_cpp_python-0.3.36/vendor/llama.cpp/models
+  tar -xzf "$tmp/$VOCAB_SDIST" -C "$tmp" --wildcards "$prefix/ggml-vocab-gpt-2.gguf*" "$prefix/ggml-vocab-llama-bpe.gguf*" \
+    "$prefix/ggml-vocab-qwen2.gguf*" "$prefix/ggml-vocab-llama-spm.gguf*"
+  mkdir -p "$(dirname "$VOCAB_DIR")"
+  rm -rf "$VOCAB_DIR.partial" && mv "$tmp/$prefix" "$VOCAB_DIR.partial" && mv "$VOCAB_DIR.partial" "$VOCAB_DIR"
+  rm -rf "$tmp"
+}

@@ -7,6 +7,7 @@ source "$(dirname "$0")/lib.sh"
 ensure_apt "${APP_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
 ensure_toolchains
 ensure_npm
+ensure_vocab_fixtures
 if ! command -v tauri-driver >/dev/null; then
   say "installing tauri-driver"
   cargo install tauri-driver --locked --quiet

@@ -39,8 +39,12 @@ pub enum Value {
     Float(f64),
     Bool(bool),
     String(String),
-    /// Arrays are skipped; only their element type and length are kept.
+    /// Arrays are skipped; only their element type and length are kept...
     Array { item_type: u32, len: u64 },
+    /// ...except the tokenizer's (`tokenizer.ggml.*`), which the tokenizer is built from.
+    Strings(Vec<String>),
+    Ints(Vec<i64>),
+    Floats(Vec<f64>),
 }
 
 impl Value {
@@ -156,7 +160,8 @@ pub fn read_header(path: &Path) -> Result<Header, GgufError> {
     for _ in 0..kv_count {
         let key = r.string("a metadata key")?;
         let value_type = r.u32("a metadata type")?;
-        let value = r.value(value_type, 0)?;
+        let keep = key.starts_with("tokenizer.ggml.");
+        let value = r.value(value_type, keep)?;
         metadata.insert(key, value);
     }
 
@@ -262,7 +267,9 @@ impl<R: Read + Seek> Bounded<R> {
         Ok(String::from_utf8(buf).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
     }
 
-    fn value(&mut self, value_type: u32, depth: u8) -> Result<Value, GgufError> {
+    /// Reads one value. Arrays are skipped unless `keep_arrays`; kept ones are read item by
+    /// item, each bounded by the bytes left in the file.
+    fn value(&mut self, value_type: u32, keep_arrays: bool) -> Result<Value, GgufError> {
         const WHAT: &str = "a metadata value";
         let mut b8 = [0u8; 8];
         Ok(match value_type {
@@ -299,13 +306,21 @@ impl<R: Read + Seek> Bounded<R> {
             }
             8 => Value::String(self.string(WHAT)?),
             9 => {
-                if depth > 0 {
-                    return Err(GgufError::Implausible("nested metadata arrays".into()));
-                }
                 let item_type = self.u32(WHAT)?;
                 let len = self.u64(WHAT)?;
                 if len > self.left() {
                     return Err(GgufError::Implausible(format!("an array of {len} items")));
+                }
+                if keep_arrays && matches!(item_type, 8 | 0..=6 | 10..=12) {
+                    let mut items = Vec::with_capacity(len.min(1 << 20) as usize);
+                    for _ in 0..len {
+                        items.push(self.value(item_type, false)?);
+                    }
+                    return Ok(match item_type {
+                        8 => Value::Strings(items.into_iter().map(|v| if let Value::String(s) = v { s } else { String::new() }).collect()),
+                        6 | 12 => Value::Floats(items.into_iter().map(|v| if let Value::Float(f) = v { f } else { 0.0 }).collect()),
+                        _ => Value::Ints(items.into_iter().map(|v| match v { Value::Int(i) => i, Value::Uint(u) => u as i64, _ => 0 }).collect()),
+                    });
                 }
                 let fixed = match item_type {
                     0 | 1 | 7 => Some(1),

@@ -2,3 +2,4 @@
 //! OpenAI-compatible engine follow (issue 3).
 
 pub mod chat;
+pub mod tokenizer;
