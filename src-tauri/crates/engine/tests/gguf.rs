@@ -85,6 +85,7 @@ fn tiny() -> Gguf {
         .kv_str("general.name", "tiny 测试")
         .kv_u32("llama.context_length", 256)
         .kv_strings("tokenizer.ggml.tokens", &["<s>", "你", "好"])
+        .kv_strings("general.tags", &["text-generation", "chat"])
         .tensor_f32("token_embd.weight", &[8, 3])
         .tensor_f32("output_norm.weight", &[8])
 }
@@ -104,7 +105,9 @@ fn a_well_formed_file_is_read() {
     assert_eq!(h.str("general.architecture"), Some("llama"));
     assert_eq!(h.str("general.name"), Some("tiny 测试"));
     assert_eq!(h.u64("llama.context_length"), Some(256));
-    assert_eq!(h.get("tokenizer.ggml.tokens"), Some(&Value::Array { item_type: 8, len: 3 }));
+    // The tokenizer's arrays are kept (the tokenizer is built from them); others are skipped.
+    assert_eq!(h.get("tokenizer.ggml.tokens"), Some(&Value::Strings(vec!["<s>".into(), "你".into(), "好".into()])));
+    assert_eq!(h.get("general.tags"), Some(&Value::Array { item_type: 8, len: 2 }));
     assert_eq!(h.tensors.len(), 2);
     assert_eq!(h.tensors[0].dims, vec![8, 3]);
     assert_eq!(h.tensors[0].bytes, 96);
