@@ -25,11 +25,16 @@ pub struct AppStatus {
     pub migration_backup: Option<String>,
 }
 
+/// The app opens its data folder exclusively (instance lock, stale-job recovery).
+fn open_engine(home: &Home, runtime: &tokio::runtime::Handle) -> Result<Arc<Engine>, UiError> {
+    Engine::open(home.clone(), Access::Exclusive, runtime.clone()).map(Arc::new).map_err(UiError::from)
+}
+
 impl AppState {
     pub fn open(home: Result<Home, atelier_engine::Error>, runtime: tokio::runtime::Handle) -> AppState {
         let (home, opened) = match home {
             Ok(home) => {
-                let opened = Engine::open(home.clone(), Access::Exclusive, runtime.clone()).map(Arc::new).map_err(UiError::from);
+                let opened = open_engine(&home, &runtime);
                 (Some(home), opened)
             }
             Err(e) => (None, Err(UiError::from(e))),
@@ -74,9 +79,7 @@ impl AppState {
         let mut opened = self.opened.write().unwrap_or_else(|p| p.into_inner());
         if opened.is_err() {
             if let Some(home) = &self.home {
-                *opened = Engine::open(home.clone(), Access::Exclusive, self.runtime.clone())
-                    .map(Arc::new)
-                    .map_err(UiError::from);
+                *opened = open_engine(home, &self.runtime);
             }
         }
         drop(opened);
@@ -92,7 +95,7 @@ impl AppState {
             _ => return Err(UiError::new("conflict", "the database is not damaged; nothing was changed")),
         }
         let kept = atelier_engine::set_aside_database(&home)?;
-        *opened = Engine::open(home, Access::Exclusive, self.runtime.clone()).map(Arc::new).map_err(UiError::from);
+        *opened = open_engine(&home, &self.runtime);
         if let Err(e) = &*opened {
             return Err(e.clone());
         }

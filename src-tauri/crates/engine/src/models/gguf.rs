@@ -2,9 +2,10 @@
 //!
 //! Model files come from users and the internet. Before any loader trusts a header, this pass
 //! walks it with bounded reads: every count and length is checked against what is left of the
-//! file before anything is allocated, tensor shapes and offsets must fit inside the file, and
-//! only scalar metadata is kept (arrays such as the vocabulary are skipped, their length
-//! recorded). A truncated, foreign or hostile file gives a [`GgufError`] naming the problem.
+//! file before anything is allocated, and tensor shapes and offsets must fit inside the file.
+//! Scalar metadata is kept, and so are the tokenizer's arrays (`tokenizer.ggml.*`); other arrays
+//! are skipped with their length recorded. A truncated, foreign or hostile file gives a
+//! [`GgufError`] naming the problem.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};

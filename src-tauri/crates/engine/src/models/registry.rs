@@ -46,8 +46,12 @@ pub enum ModelEntry {
 }
 
 pub fn describe(path: &Path) -> Result<ModelInfo> {
-    let header = gguf::read_header(path).map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
-    Ok(info_from(path, &header))
+    Ok(info_from(path, &read_header(path)?))
+}
+
+/// The validated header, or an error that names the file.
+fn read_header(path: &Path) -> Result<Header> {
+    gguf::read_header(path).map_err(|e| Error::invalid(format!("{}: {e}", path.display())))
 }
 
 fn info_from(path: &Path, h: &Header) -> ModelInfo {
@@ -124,7 +128,7 @@ pub fn list(dir: &Path) -> Result<Vec<ModelEntry>> {
 /// Validates `src` and copies it into `dir` (through a temp file: an interrupted import leaves
 /// nothing behind). An existing model of the same file name is not overwritten.
 pub fn import(dir: &Path, src: &Path) -> Result<ModelInfo> {
-    let header = gguf::read_header(src).map_err(|e| Error::invalid(format!("{}: {e}", src.display())))?;
+    let header = read_header(src)?;
     let name = src.file_name().ok_or_else(|| Error::invalid(format!("{} is not a file", src.display())))?;
     let name = if Path::new(name).extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
         PathBuf::from(name)

@@ -39,6 +39,10 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Project> {
     })
 }
 
+fn in_trash(name: &str) -> Error {
+    Error::Conflict(format!("project “{name}” is in the trash; restore it first"))
+}
+
 /// Trims and checks a project name; the message is shown to the user as is.
 pub fn validate_name(name: &str) -> Result<String> {
     let name = name.trim();
@@ -169,14 +173,14 @@ impl Store {
             .optional()?;
         match row {
             None => Err(Error::NotFound { what: "project", id }),
-            Some((name, Some(_))) => Err(Error::Conflict(format!("project “{name}” is in the trash; restore it first"))),
+            Some((name, Some(_))) => Err(in_trash(&name)),
             Some((_, None)) => Ok(()),
         }
     }
 
     fn missing_or_trashed(&self, id: i64) -> Error {
         match self.project(id) {
-            Ok(p) => Error::Conflict(format!("project “{}” is in the trash; restore it first", p.name)),
+            Ok(p) => in_trash(&p.name),
             Err(e) => e,
         }
     }
