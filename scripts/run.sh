@@ -6,6 +6,10 @@ source "$(dirname "$0")/lib.sh"
 ensure_apt "${APP_PACKAGES[@]}"
 ensure_toolchains
 ensure_npm
+ensure_model_smollm2
+ensure_model_qwen
+APP_HOME=${ATELIER_HOME:-${XDG_DATA_HOME:-$HOME/.local/share}/atelier}
+install_models "$APP_HOME/models" "$SMOLLM2_ID" "$QWEN_ID"
 build_ui
 say "building the app (the first build takes 15-25 minutes on 2 cores)"
 (cd "$ROOT" && cargo build --release --features custom-protocol --bin atelier)

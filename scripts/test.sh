@@ -8,6 +8,7 @@ ensure_apt "${APP_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
 ensure_toolchains
 ensure_npm
 ensure_vocab_fixtures
+ensure_model_smollm2
 if ! command -v tauri-driver >/dev/null; then
   say "installing tauri-driver"
   cargo install tauri-driver --locked --quiet

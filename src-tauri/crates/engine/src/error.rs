@@ -48,12 +48,51 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A remote model server failed; `failure` says how (the UI offers different fixes).
+    #[error("{message}")]
+    Remote { failure: RemoteFailure, message: String },
+
     #[error("cancelled")]
     Cancelled,
 
     /// A bug or an unexpected state inside the engine (a panicked job, a poisoned channel).
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// How a remote server failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteFailure {
+    /// Connection refused, DNS failure, TLS failure.
+    Unreachable,
+    /// 401/403: the API key.
+    Auth,
+    /// 429: rate limit or quota.
+    RateLimited,
+    /// Another 4xx: the server did not accept the request as sent.
+    Rejected,
+    /// 5xx, or an error reported inside the stream.
+    Server,
+    Timeout,
+    /// The stream broke off before the reply was complete.
+    Interrupted,
+    /// The reply was not OpenAI-style.
+    Protocol,
+}
+
+impl RemoteFailure {
+    pub fn kind(self) -> &'static str {
+        match self {
+            RemoteFailure::Unreachable => "remote_unreachable",
+            RemoteFailure::Auth => "remote_auth",
+            RemoteFailure::RateLimited => "remote_rate_limited",
+            RemoteFailure::Rejected => "remote_rejected",
+            RemoteFailure::Server => "remote_server",
+            RemoteFailure::Timeout => "remote_timeout",
+            RemoteFailure::Interrupted => "remote_interrupted",
+            RemoteFailure::Protocol => "remote_protocol",
+        }
+    }
 }
 
 impl Error {
@@ -70,6 +109,7 @@ impl Error {
             Error::AlreadyRunning { .. } => "already_running",
             Error::Database(_) => "database",
             Error::Io { .. } => "io",
+            Error::Remote { failure, .. } => failure.kind(),
             Error::Cancelled => "cancelled",
             Error::Internal(_) => "internal",
         }

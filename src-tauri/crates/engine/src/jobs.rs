@@ -21,6 +21,9 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use crate::store::{JobStatus, Store};
 
+/// How long a cancelled job may take to stop by itself before it is aborted.
+const CANCEL_GRACE: Duration = Duration::from_secs(10);
+
 /// What a job streams while it runs. Serialised with a `type` tag for the UI.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(tag = "type")]
@@ -73,6 +76,9 @@ pub struct JobRequest {
     pub project_id: Option<i64>,
     pub payload: serde_json::Value,
     pub retry_of: Option<i64>,
+    /// The work watches its cancellation token and records its own end (model runs): on cancel
+    /// it gets [`CANCEL_GRACE`] to finish before being aborted. Other work is dropped at once.
+    pub stops_itself: bool,
 }
 
 pub type EventSink = Arc<dyn Fn(JobEvent) + Send + Sync>;
@@ -189,8 +195,9 @@ impl JobRunner {
         };
         let runtime = inner.runtime.clone();
         let resource = req.resource;
+        let stops_itself = req.stops_itself;
         runtime.spawn(async move {
-            let outcome = run_one(&inner, id, resource, &token, &emit, ctx, work).await;
+            let outcome = run_one(&inner, id, resource, stops_itself, &token, &emit, ctx, work).await;
             let (status, event) = match outcome {
                 Ok(result) => (JobStatus::Succeeded, JobEvent::Finished { result }),
                 Err(Error::Cancelled) => (JobStatus::Cancelled, JobEvent::Cancelled),
@@ -233,10 +240,12 @@ impl JobRunner {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_one<F>(
     inner: &Inner,
     id: i64,
     resource: Resource,
+    stops_itself: bool,
     token: &CancellationToken,
     emit: &Arc<dyn Fn(JobEvent) + Send + Sync>,
     ctx: JobContext,
@@ -278,7 +287,11 @@ where
             Err(_) => Err(Error::Cancelled),
         },
         _ = token.cancelled() => {
-            task.abort();
+            // Work that watches its token (model runs) winds down by itself and records what
+            // it had; give it that chance before cutting it off at its next await.
+            if !stops_itself || tokio::time::timeout(CANCEL_GRACE, &mut task).await.is_err() {
+                task.abort();
+            }
             Err(Error::Cancelled)
         }
     }

@@ -30,6 +30,7 @@ pub struct Engine {
     home: Home,
     store: Arc<Store>,
     jobs: JobRunner,
+    text: Arc<text::service::TextService>,
     /// Jobs the previous process left unfinished, found when this one opened.
     interrupted_at_open: usize,
     _lock: Option<InstanceLock>,
@@ -63,7 +64,7 @@ impl Engine {
         }
         let slots = store.settings()?.heavy_job_slots as usize;
         let jobs = JobRunner::new(store.clone(), runtime, slots);
-        Ok(Engine { home, store, jobs, interrupted_at_open, _lock: lock })
+        Ok(Engine { home, store, jobs, text: Arc::default(), interrupted_at_open, _lock: lock })
     }
 
     pub fn home(&self) -> &Home {
@@ -74,6 +75,9 @@ impl Engine {
     }
     pub fn jobs(&self) -> &JobRunner {
         &self.jobs
+    }
+    pub fn text(&self) -> &Arc<text::service::TextService> {
+        &self.text
     }
     pub fn interrupted_at_open(&self) -> usize {
         self.interrupted_at_open
@@ -104,10 +108,21 @@ impl Engine {
                 project_id: None,
                 payload: serde_json::json!({}),
                 retry_of,
+                stops_itself: false,
             },
             sink,
             move |ctx| Box::pin(maintenance::run(store, ctx)),
         )
+    }
+
+    /// Queues a text generation (local model or remote server); text streams to `sink`.
+    pub fn generate_text(&self, job: text::service::TextJob, sink: Option<EventSink>) -> Result<i64> {
+        text::service::submit(&self.jobs, self.store.clone(), self.home.clone(), self.text.clone(), job, sink, None)
+    }
+
+    /// The text model to use when none is named (setting, else by language and what is installed).
+    pub fn default_text_model(&self) -> Result<Option<String>> {
+        text::service::default_model(&self.home, &self.store.settings()?)
     }
 
     /// Runs a failed, cancelled or interrupted job again as a new job (linked by `retry_of`).
@@ -118,6 +133,11 @@ impl Engine {
         }
         match job.kind.as_str() {
             maintenance::KIND => self.start_maintenance(sink, Some(id)),
+            text::service::JOB_KIND => {
+                let job: text::service::TextJob = serde_json::from_value(job.payload)
+                    .map_err(|e| Error::Conflict(format!("job {id} cannot be retried: its request is unreadable ({e})")))?;
+                text::service::submit(&self.jobs, self.store.clone(), self.home.clone(), self.text.clone(), job, sink, Some(id))
+            }
             other => Err(Error::Conflict(format!("jobs of kind “{other}” cannot be retried by this version of Atelier"))),
         }
     }

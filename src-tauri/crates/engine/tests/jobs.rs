@@ -8,7 +8,7 @@ use atelier_engine::{Access, Engine, Error, Home, JobEvent, JobRequest, Resource
 use tokio::sync::mpsc;
 
 fn request(kind: &str, resource: Resource) -> JobRequest {
-    JobRequest { kind: kind.into(), resource, project_id: None, payload: serde_json::json!({"n": 1}), retry_of: None }
+    JobRequest { kind: kind.into(), resource, project_id: None, payload: serde_json::json!({"n": 1}), retry_of: None, stops_itself: false }
 }
 
 fn sink() -> (atelier_engine::EventSink, mpsc::UnboundedReceiver<JobEvent>) {

@@ -64,6 +64,7 @@ fn migrating_from_every_older_version_keeps_data_makes_a_backup_and_indexes_old_
         {
             // A file as that version of Atelier left it.
             let mut conn = Connection::open(&path).unwrap();
+            atelier_engine::store::bigrams::register(&conn).unwrap(); // as every version did
             migrations().to_version(&mut conn, from).unwrap();
             conn.execute("INSERT INTO projects (name, created_at, updated_at) VALUES ('旧项目', 1, 1)", []).unwrap();
             conn.execute(

@@ -97,7 +97,7 @@ fn info_from(path: &Path, h: &Header) -> ModelInfo {
     }
 }
 
-fn model_id(path: &Path) -> String {
+pub fn model_id(path: &Path) -> String {
     path.file_stem().map(|s| s.to_string_lossy().to_lowercase()).unwrap_or_default()
 }
 

@@ -51,7 +51,7 @@ pub(crate) fn tokens(text: &str) -> String {
     out
 }
 
-pub(crate) fn register(conn: &Connection) -> rusqlite::Result<()> {
+pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     conn.create_scalar_function(
         "atelier_bigrams",
         1,

@@ -84,6 +84,11 @@ pub struct GenerationOutcome {
     pub asset_id: Option<i64>,
     pub prompt_tokens: Option<i64>,
     pub output_tokens: Option<i64>,
+    pub first_token_ms: Option<i64>,
+    pub tokens_per_s: Option<f64>,
+    pub stop_reason: Option<String>,
+    /// Other figures of the run (load time, prefill speed, device...).
+    pub metrics: Option<serde_json::Value>,
 }
 
 /// A History row: enough to list, not the full parameters.
@@ -122,6 +127,10 @@ pub struct GenerationRecord {
     pub asset: Option<super::Asset>,
     pub prompt_tokens: Option<i64>,
     pub output_tokens: Option<i64>,
+    pub first_token_ms: Option<i64>,
+    pub tokens_per_s: Option<f64>,
+    pub stop_reason: Option<String>,
+    pub metrics: Option<serde_json::Value>,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub duration_ms: Option<i64>,
@@ -193,7 +202,8 @@ impl Store {
         let n = self.conn().execute(
             "UPDATE generations SET status = ?2, output_text = ?3, asset_id = ?4, prompt_tokens = ?5,
                  output_tokens = ?6, error_kind = ?7, error_message = ?8, finished_at = ?9,
-                 duration_ms = ?9 - coalesce(started_at, ?9)
+                 duration_ms = ?9 - coalesce(started_at, ?9), first_token_ms = ?10, tokens_per_s = ?11,
+                 stop_reason = ?12, metrics = ?13
              WHERE id = ?1",
             params![
                 id,
@@ -204,7 +214,11 @@ impl Store {
                 o.output_tokens,
                 o.error.as_ref().map(|e| &e.0),
                 o.error.as_ref().map(|e| &e.1),
-                now
+                now,
+                o.first_token_ms,
+                o.tokens_per_s,
+                o.stop_reason,
+                o.metrics.as_ref().map(|m| m.to_string()),
             ],
         )?;
         if n == 0 {
@@ -220,7 +234,7 @@ impl Store {
                 "SELECT g.id, g.project_id, p.name, g.job_id, g.kind, g.model_id, g.prompt, g.params, g.seed,
                         g.status, g.error_kind, g.error_message, g.output_text, g.asset_id, g.prompt_tokens,
                         g.output_tokens, g.started_at, g.finished_at, g.duration_ms, g.rating, g.starred,
-                        g.created_at
+                        g.created_at, g.first_token_ms, g.tokens_per_s, g.stop_reason, g.metrics
                  FROM generations g JOIN projects p ON p.id = g.project_id WHERE g.id = ?1",
                 [id],
                 |r| {
@@ -246,6 +260,10 @@ impl Store {
                             asset: None,
                             prompt_tokens: r.get(14)?,
                             output_tokens: r.get(15)?,
+                            first_token_ms: r.get(22)?,
+                            tokens_per_s: r.get(23)?,
+                            stop_reason: r.get(24)?,
+                            metrics: r.get::<_, Option<String>>(25)?.and_then(|m| serde_json::from_str(&m).ok()),
                             started_at: r.get(16)?,
                             finished_at: r.get(17)?,
                             duration_ms: r.get(18)?,

@@ -168,9 +168,18 @@ INSERT INTO generations_bigrams(rowid, grams)
     SELECT id, atelier_bigrams(prompt || ' ' || coalesce(output_text, '')) FROM generations;
 "#;
 
+/// Version 4: how a text run went (time to first token, speed, why it stopped, and the rest of
+/// its figures as JSON), for History and for comparing models.
+const RUN_METRICS: &str = r#"
+ALTER TABLE generations ADD COLUMN first_token_ms INTEGER;
+ALTER TABLE generations ADD COLUMN tokens_per_s REAL;
+ALTER TABLE generations ADD COLUMN stop_reason TEXT;
+ALTER TABLE generations ADD COLUMN metrics TEXT CHECK (metrics IS NULL OR json_valid(metrics));
+"#;
+
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(CORE), M::up(SEARCH), M::up(SHORT_WORDS)])
+    Migrations::new(vec![M::up(CORE), M::up(SEARCH), M::up(SHORT_WORDS), M::up(RUN_METRICS)])
 }
 
 /// The schema version this build writes.
-pub const LATEST_VERSION: usize = 3;
+pub const LATEST_VERSION: usize = 4;

@@ -5,7 +5,7 @@
 //! disk, written atomically; rows point to them.
 
 mod assets;
-mod bigrams;
+pub mod bigrams;
 mod documents;
 mod generations;
 mod jobs;
@@ -21,7 +21,7 @@ pub use generations::{
 };
 pub use jobs::{JobRecord, JobStatus};
 pub use projects::{Project, MAX_PROJECT_NAME_CHARS};
-pub use settings::{Settings, SettingsPatch, Theme};
+pub use settings::{DevicePreference, Settings, SettingsPatch, Theme};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};

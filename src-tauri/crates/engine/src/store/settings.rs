@@ -1,7 +1,9 @@
 //! App settings, one row per key (JSON values). Only known keys with valid values are written,
-//! so the UI cannot store something the app would later fail to read.
+//! so the UI cannot store something the app would later fail to read. The remote server's API
+//! key is a setting row too, but never part of [`Settings`]: it goes to the server and nowhere
+//! else (not to the UI, not to logs).
 
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, in_tx, now_ms};
@@ -17,91 +19,232 @@ pub enum Theme {
     System,
 }
 
+/// Where local models run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DevicePreference {
+    /// A GPU when this build has one and it opens; otherwise the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+    Metal,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Settings {
     /// "zh-CN" (default) or "en".
     pub language: String,
     pub theme: Theme,
     /// How many heavy (model) jobs may run at once; applies from the next start.
     pub heavy_job_slots: u32,
+    /// The text model studios use; `None`: by language (Qwen for zh-CN, SmolLM2 for en).
+    pub text_model: Option<String>,
+    /// Loaded models stay in memory up to this many MiB (least recently used leave first).
+    pub model_memory_mb: u32,
+    /// CPU threads for local models; 0 = the number of physical cores.
+    pub threads: u32,
+    pub device: DevicePreference,
+    /// Keep repacked copies of slow-to-run model files, so the next load is instant.
+    pub cache_repacked_models: bool,
+    /// OpenAI-compatible server, e.g. `http://127.0.0.1:8080/v1`; empty = none.
+    pub remote_base_url: String,
+    pub remote_model: String,
+    pub remote_timeout_s: u32,
+    pub remote_extra_sampling: bool,
+    /// Whether an API key is stored (the key itself is never sent to the UI).
+    pub remote_api_key_set: bool,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { language: "zh-CN".into(), theme: Theme::Light, heavy_job_slots: 1 }
+        Settings {
+            language: "zh-CN".into(),
+            theme: Theme::Light,
+            heavy_job_slots: 1,
+            text_model: None,
+            model_memory_mb: 4096,
+            threads: 0,
+            device: DevicePreference::Auto,
+            cache_repacked_models: true,
+            remote_base_url: String::new(),
+            remote_model: String::new(),
+            remote_timeout_s: 120,
+            remote_extra_sampling: true,
+            remote_api_key_set: false,
+        }
     }
 }
 
 /// A partial update; `None` leaves a setting as it is.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SettingsPatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub language: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub theme: Option<Theme>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub heavy_job_slots: Option<u32>,
+    /// `Some(None)` clears the choice (back to the language's default).
+    #[serde(skip_serializing_if = "Option::is_none", with = "double_option")]
+    pub text_model: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_memory_mb: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<DevicePreference>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_repacked_models: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_base_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_timeout_s: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_extra_sampling: Option<bool>,
+    /// `Some("")` removes the key. Written to its own row; never read back by the UI.
+    #[serde(skip_serializing)]
+    pub remote_api_key: Option<String>,
+}
+
+/// `null` in JSON means "clear", absence means "leave".
+mod double_option {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    pub fn serialize<S: Serializer, T: Serialize>(v: &Option<Option<T>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(inner) => inner.serialize(s),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+        Option::<T>::deserialize(d).map(Some)
+    }
 }
 
 pub const LANGUAGES: [&str; 2] = ["zh-CN", "en"];
+const API_KEY: &str = "remote_api_key";
+
+impl Settings {
+    fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::invalid(m));
+        if !LANGUAGES.contains(&self.language.as_str()) {
+            return Err(Error::invalid(format!("unsupported language “{}” (zh-CN or en)", self.language)));
+        }
+        if !(1..=4).contains(&self.heavy_job_slots) {
+            return bad("heavy job slots must be between 1 and 4");
+        }
+        if !(256..=1_048_576).contains(&self.model_memory_mb) {
+            return bad("the model memory budget must be between 256 MiB and 1 TiB");
+        }
+        if self.threads > 256 {
+            return bad("threads must be between 0 (automatic) and 256");
+        }
+        if !(1..=3600).contains(&self.remote_timeout_s) {
+            return bad("the remote timeout must be between 1 and 3600 seconds");
+        }
+        if self.text_model.as_deref().is_some_and(|m| m.trim().is_empty()) {
+            return bad("the text model cannot be an empty name");
+        }
+        let url = self.remote_base_url.trim();
+        if !url.is_empty() && !(url.starts_with("http://") || url.starts_with("https://")) {
+            return bad("the server address must start with http:// or https://");
+        }
+        Ok(())
+    }
+}
 
 impl Store {
     /// Current settings; missing or unreadable keys take their defaults.
     pub fn settings(&self) -> Result<Settings> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT key, value FROM settings")?;
-        let mut s = Settings::default();
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let defaults = Settings::default();
+        let mut obj = match serde_json::to_value(&defaults)? {
+            serde_json::Value::Object(m) => m,
+            _ => return Err(Error::Internal("settings are not an object".into())),
+        };
+        let mut key_set = false;
         for row in rows {
             let (key, value) = row?;
-            let ok = match key.as_str() {
-                "language" => serde_json::from_str(&value).map(|v: String| s.language = v).is_ok(),
-                "theme" => serde_json::from_str(&value).map(|v| s.theme = v).is_ok(),
-                "heavy_job_slots" => serde_json::from_str(&value).map(|v| s.heavy_job_slots = v).is_ok(),
-                _ => true, // keys of a newer version: kept, ignored
-            };
-            if !ok {
+            if key == API_KEY {
+                key_set = !value.is_empty() && value != "\"\"";
+                continue;
+            }
+            if !obj.contains_key(&key) {
+                continue; // keys of a newer version: kept, ignored
+            }
+            // A value is taken only if the whole still reads and validates: one bad row
+            // falls back to its default instead of breaking every setting.
+            let Ok(parsed) = serde_json::from_str::<serde_json::Value>(&value) else {
                 tracing::warn!(key, value, "unreadable setting, using the default");
+                continue;
+            };
+            let mut trial = obj.clone();
+            trial.insert(key.clone(), parsed);
+            match serde_json::from_value::<Settings>(serde_json::Value::Object(trial.clone())) {
+                Ok(s) if s.validate().is_ok() => obj = trial,
+                _ => tracing::warn!(key, value, "invalid setting, using the default"),
             }
         }
-        if !LANGUAGES.contains(&s.language.as_str()) {
-            s.language = Settings::default().language;
-        }
+        let mut s: Settings = serde_json::from_value(serde_json::Value::Object(obj))?;
+        s.remote_api_key_set = key_set;
         Ok(s)
     }
 
     pub fn update_settings(&self, patch: &SettingsPatch) -> Result<Settings> {
-        if let Some(lang) = &patch.language {
-            if !LANGUAGES.contains(&lang.as_str()) {
-                return Err(Error::invalid(format!("unsupported language “{lang}” (zh-CN or en)")));
-            }
+        let current = self.settings()?;
+        let mut merged = match serde_json::to_value(&current)? {
+            serde_json::Value::Object(m) => m,
+            _ => return Err(Error::Internal("settings are not an object".into())),
+        };
+        let changes = match serde_json::to_value(patch)? {
+            serde_json::Value::Object(m) => m,
+            _ => return Err(Error::Internal("settings patch is not an object".into())),
+        };
+        for (k, v) in &changes {
+            merged.insert(k.clone(), v.clone());
         }
-        if let Some(n) = patch.heavy_job_slots {
-            if !(1..=4).contains(&n) {
-                return Err(Error::invalid("heavy job slots must be between 1 and 4"));
-            }
-        }
+        let next: Settings = serde_json::from_value(serde_json::Value::Object(merged))
+            .map_err(|e| Error::invalid(format!("invalid settings: {e}")))?;
+        next.validate()?;
         let now = now_ms();
         let mut conn = self.conn();
         in_tx(&mut conn, |tx| {
-            let put = |key: &str, value: serde_json::Value| -> Result<()> {
+            let put = |key: &str, value: String| -> Result<()> {
                 tx.execute(
                     "INSERT INTO settings (key, value, updated_at) VALUES (?1, ?2, ?3)
                      ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                    params![key, value.to_string(), now],
+                    params![key, value, now],
                 )?;
                 Ok(())
             };
-            if let Some(v) = &patch.language {
-                put("language", serde_json::json!(v))?;
+            for (k, v) in &changes {
+                put(k, v.to_string())?;
             }
-            if let Some(v) = patch.theme {
-                put("theme", serde_json::to_value(v)?)?;
-            }
-            if let Some(v) = patch.heavy_job_slots {
-                put("heavy_job_slots", serde_json::json!(v))?;
+            if let Some(key) = &patch.remote_api_key {
+                if key.trim().is_empty() {
+                    tx.execute("DELETE FROM settings WHERE key = ?1", [API_KEY])?;
+                } else {
+                    put(API_KEY, serde_json::json!(key.trim()).to_string())?;
+                }
             }
             Ok(())
         })?;
         drop(conn);
         self.settings()
+    }
+
+    /// The stored API key for the remote server, for the request only.
+    pub fn remote_api_key(&self) -> Result<Option<String>> {
+        let v: Option<String> = self
+            .conn()
+            .query_row("SELECT value FROM settings WHERE key = ?1", [API_KEY], |r| r.get(0))
+            .optional()?;
+        Ok(v.and_then(|v| serde_json::from_str::<String>(&v).ok()).filter(|k| !k.is_empty()))
     }
 }

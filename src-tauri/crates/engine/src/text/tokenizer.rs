@@ -111,7 +111,9 @@ impl TextTokenizer {
             .filter_map(|(i, t)| tokens.get(i).map(|s| AddedToken::from(s.clone(), *t == 3)))
             .collect();
         let mut with_special = plain.clone();
-        with_special.add_special_tokens(&specials);
+        with_special
+            .add_special_tokens(specials)
+            .map_err(|e| Error::invalid(format!("the model's special tokens are inconsistent: {e}")))?;
 
         let id = |key: &str| h.u64(key).and_then(|v| u32::try_from(v).ok()).filter(|&v| (v as usize) < tokens.len());
         let bos = id("tokenizer.ggml.bos_token_id");
