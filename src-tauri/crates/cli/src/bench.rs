@@ -174,3 +174,86 @@ fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// `atelier-cli bench text`: prefill and decode speed of a local model.
+pub struct TextBench {
+    pub model: Option<String>,
+    pub file: Option<std::path::PathBuf>,
+    pub prompt_tokens: usize,
+    pub gen_tokens: usize,
+    pub threads: Option<usize>,
+    pub runs: usize,
+    pub repack: bool,
+}
+
+pub fn text_model(engine: &atelier_engine::Engine, a: TextBench, as_json: bool) -> Result<()> {
+    use atelier_engine::text::local::{LoadOptions, LocalModel, default_threads};
+    let (id, file) = match (&a.file, &a.model) {
+        (Some(f), _) => (f.file_stem().map(|s| s.to_string_lossy().to_lowercase()).unwrap_or_default(), f.clone()),
+        (None, Some(m)) => (m.clone(), atelier_engine::text::service::find_model(engine.home(), m)?.file),
+        (None, None) => {
+            let m = engine
+                .default_text_model()?
+                .ok_or_else(|| atelier_engine::Error::invalid("no model installed; pass --file PATH"))?;
+            (m.clone(), atelier_engine::text::service::find_model(engine.home(), &m)?.file)
+        }
+    };
+    let threads = a.threads.unwrap_or_else(default_threads).max(1);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| atelier_engine::Error::Internal(format!("thread pool: {e}")))?;
+    let settings = engine.store().settings()?;
+    let opts = LoadOptions {
+        device: settings.device,
+        cache_dir: Some(engine.home().root().join("cache").join("repacked")),
+        repack: a.repack,
+    };
+    let t0 = Instant::now();
+    let model = pool.install(|| LocalModel::load(&id, &file, &opts, &|_, _| {}))?;
+    let load_s = t0.elapsed().as_secs_f64();
+    pool.install(|| model.bench(a.prompt_tokens, a.gen_tokens))?; // warm-up
+    let mut prefill = Vec::new();
+    let mut decode = Vec::new();
+    for _ in 0..a.runs.max(1) {
+        let (p, d) = pool.install(|| model.bench(a.prompt_tokens, a.gen_tokens))?;
+        prefill.push(p);
+        decode.push(d);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|x, y| x.total_cmp(y));
+        v[v.len() / 2]
+    };
+    let (p, d) = (median(&mut prefill), median(&mut decode));
+    let result = json!({
+        "model": id,
+        "file": file,
+        "device": model.report.device,
+        "threads": threads,
+        "repacked": model.report.repacked,
+        "prompt_tokens": a.prompt_tokens,
+        "gen_tokens": a.gen_tokens,
+        "runs": a.runs.max(1),
+        "load_s": load_s,
+        "prefill_tokens_per_s": a.prompt_tokens as f64 / p,
+        "decode_tokens_per_s": a.gen_tokens as f64 / d,
+        "time_to_first_token_ms": p * 1000.0,
+    });
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        println!(
+            "{id} on {} ({threads} threads{}), median of {} runs:\n  prefill {} tokens: {:.1} tok/s\n  decode {} tokens:  {:.1} tok/s\n  time to first token: {:.0} ms\n  load: {:.2} s",
+            model.report.device,
+            if model.report.repacked.is_empty() { String::new() } else { format!(", repacked {:?}", model.report.repacked) },
+            a.runs.max(1),
+            a.prompt_tokens,
+            a.prompt_tokens as f64 / p,
+            a.gen_tokens,
+            a.gen_tokens as f64 / d,
+            p * 1000.0,
+            load_s
+        );
+    }
+    Ok(())
+}

@@ -3,6 +3,7 @@
 //! it prints one line, `error[<kind>]: <message>`, and exits non-zero.
 
 mod bench;
+mod generate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,6 +49,8 @@ enum Command {
         #[command(subcommand)]
         action: ModelsCmd,
     },
+    /// Generate text with a local model (or `remote`), streaming it to stdout.
+    Generate(GenerateArgs),
     /// Benchmarks (not tests): print timings of the engine on this machine.
     Bench {
         #[command(subcommand)]
@@ -94,6 +97,45 @@ enum ModelsCmd {
     List,
     /// Validate a GGUF file and copy it into the models folder.
     Import { path: PathBuf },
+    /// Delete an installed model's file (asks for --yes).
+    Remove {
+        id: String,
+        /// Really delete it.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// Model id (see `models list`), or `remote` / `remote:NAME` for the configured server.
+    /// Default: the model the settings choose.
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long)]
+    system: Option<String>,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    temperature: Option<f32>,
+    #[arg(long)]
+    top_p: Option<f32>,
+    #[arg(long)]
+    top_k: Option<u32>,
+    #[arg(long)]
+    min_p: Option<f32>,
+    #[arg(long)]
+    repeat_penalty: Option<f32>,
+    #[arg(long)]
+    max_tokens: Option<u32>,
+    /// Stop before this string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Project to record the generation in (default: the most recent one, or a new “CLI”).
+    #[arg(long)]
+    project: Option<i64>,
 }
 
 #[derive(Subcommand)]
@@ -115,6 +157,28 @@ enum BenchCmd {
         /// Keep the filled database at PATH and reuse it on the next run (skips the fill).
         #[arg(long, value_name = "PATH")]
         reuse: Option<PathBuf>,
+    },
+    /// Prefill and decode speed of a local model (no sampling; fixed token ids).
+    Text {
+        /// An installed model id.
+        #[arg(long, conflicts_with = "file")]
+        model: Option<String>,
+        /// Or a GGUF file anywhere.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[arg(long, default_value_t = 128)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 64)]
+        gen_tokens: usize,
+        /// Default: the number of physical cores.
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Measured runs after one warm-up; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Load as shipped, without repacking slow tensor types.
+        #[arg(long)]
+        no_repack: bool,
     },
 }
 
@@ -149,6 +213,13 @@ fn run(cli: Cli) -> Result<()> {
         return bench::store(rows, samples, reuse, cli.json);
     }
     let engine = Engine::open(Home::resolve(cli.home)?, Access::Shared, runtime.handle().clone())?;
+    if let Command::Bench { action: BenchCmd::Text { model, file, prompt_tokens, gen_tokens, threads, runs, no_repack } } = cli.command {
+        let args = bench::TextBench { model, file, prompt_tokens, gen_tokens, threads, runs, repack: !no_repack };
+        return bench::text_model(&engine, args, cli.json);
+    }
+    if let Command::Generate(args) = cli.command {
+        return runtime.block_on(generate::run(&engine, args, cli.json));
+    }
     let store = engine.store();
     let out = Output { json: cli.json };
     match cli.command {
@@ -218,14 +289,22 @@ fn run(cli: Cli) -> Result<()> {
                     m.file_bytes as f64 / 1e6,
                     m.license.as_deref().unwrap_or("licence unknown"),
                     m.unsupported.as_deref().map(|u| format!("  [not runnable: {u}]")).unwrap_or_default()
-                ),
+                ) + &if m.repacked_on_cpu.is_empty() { String::new() } else { format!("  ({} repacked to Q8_0 on CPU)", m.repacked_on_cpu.join(", ")) },
                 ModelEntry::Broken { file, error } => format!("{}  [broken: {error}]", file.display()),
             }),
+            ModelsCmd::Remove { id, yes } => {
+                if !yes {
+                    return Err(Error::invalid(format!("this deletes the model file of {id}; run again with --yes to do it")));
+                }
+                let file = atelier_engine::models::registry::remove(&engine.home().models_dir(), &id)?;
+                engine.text().unload(&id);
+                out.one(&file, |f| format!("removed {}", f.display()))
+            }
             ModelsCmd::Import { path } => out.one(&atelier_engine::models::registry::import(&engine.home().models_dir(), &path)?, |m| {
                 format!("imported {} ({}, {:.0}M parameters, {})", m.id, m.architecture, m.parameters as f64 / 1e6, m.quantization)
             }),
         },
-        Command::Bench { .. } => unreachable!("handled above"),
+        Command::Bench { .. } | Command::Generate(_) => unreachable!("handled above"),
     }
 }
 

@@ -31,7 +31,7 @@ fn model() -> Arc<LocalModel> {
     static MODEL: Mutex<Option<Arc<LocalModel>>> = Mutex::new(None);
     let mut m = MODEL.lock().unwrap_or_else(|p| p.into_inner());
     m.get_or_insert_with(|| {
-        let opts = LoadOptions { device: DevicePreference::Cpu, cache_dir: None };
+        let opts = LoadOptions { device: DevicePreference::Cpu, cache_dir: None, repack: true };
         Arc::new(LocalModel::load(ID, &model_file(), &opts, &|_, _| {}).unwrap())
     })
     .clone()
@@ -124,7 +124,7 @@ fn chinese_and_emoji_stream_without_broken_characters() {
 #[test]
 fn repacked_file_is_cached_and_the_second_load_uses_it() {
     let cache = tempfile::tempdir().unwrap();
-    let opts = LoadOptions { device: DevicePreference::Cpu, cache_dir: Some(cache.path().to_path_buf()) };
+    let opts = LoadOptions { device: DevicePreference::Cpu, cache_dir: Some(cache.path().to_path_buf()), repack: true };
     let first = LocalModel::load(ID, &model_file(), &opts, &|_, _| {}).unwrap();
     assert!(!first.report.from_cache);
     assert!(first.report.repacked.get("Q4_1→Q8_0").is_some_and(|n| *n > 100), "{:?}", first.report.repacked);
@@ -145,7 +145,7 @@ fn resident_models_leave_least_recently_used_first() {
         std::fs::copy(model_file(), dir.path().join(format!("{name}.gguf"))).unwrap();
     }
     let engine = LocalEngine::default();
-    let opts = LoadOptions { device: DevicePreference::Cpu, cache_dir: None };
+    let opts = LoadOptions { device: DevicePreference::Cpu, cache_dir: None, repack: true };
     let budget = 200 * 1024 * 1024; // one 135M model at Q8_0 fits, two do not
     let (_, loaded) = engine.get("a", &dir.path().join("a.gguf"), &opts, budget, &|_, _| {}).unwrap();
     assert!(loaded);
@@ -158,7 +158,7 @@ fn resident_models_leave_least_recently_used_first() {
 #[test]
 fn damaged_and_foreign_files_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = LoadOptions { device: DevicePreference::Cpu, cache_dir: None };
+    let opts = LoadOptions { device: DevicePreference::Cpu, cache_dir: None, repack: true };
     let bytes = std::fs::read(model_file()).unwrap();
     let cut = dir.path().join("cut.gguf");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();

@@ -35,6 +35,9 @@ pub struct ModelInfo {
     pub has_chat_template: bool,
     /// `None` when the local engine can run it; otherwise why not.
     pub unsupported: Option<String>,
+    /// Tensor types the CPU engine repacks to Q8_0 on load (candle has no fast kernel for
+    /// them), e.g. `["Q4_1"]`; the repacked copy is cached, so only the first load pays.
+    pub repacked_on_cpu: Vec<String>,
 }
 
 /// One file of the models folder: described, or why it could not be read.
@@ -80,7 +83,10 @@ fn info_from(path: &Path, h: &Header) -> ModelInfo {
         Some(pre) => format!("{m}/{pre}"),
         None => m.to_owned(),
     });
+    let repacked_on_cpu =
+        tensor_types.keys().filter(|t| matches!(t.as_str(), "Q4_1" | "Q5_0" | "Q5_1")).cloned().collect();
     ModelInfo {
+        repacked_on_cpu,
         id: model_id(path),
         file: path.to_path_buf(),
         file_bytes: h.file_size,
@@ -145,4 +151,19 @@ pub fn import(dir: &Path, src: &Path) -> Result<ModelInfo> {
     let mut from = std::fs::File::open(src).map_err(|e| Error::io(format!("cannot open {}", src.display()), e))?;
     write_atomic_with(&target, |to| std::io::copy(&mut from, to).map(|_| ()))?;
     Ok(info_from(&target, &header))
+}
+
+/// Deletes the installed model `id` (its file in `dir`). The caller has asked the user.
+pub fn remove(dir: &Path, id: &str) -> Result<PathBuf> {
+    for entry in list(dir)? {
+        let file = match entry {
+            ModelEntry::Ok(i) => i.file,
+            ModelEntry::Broken { file, .. } => file,
+        };
+        if model_id(&file) == id {
+            std::fs::remove_file(&file).map_err(|e| Error::io(format!("cannot remove {}", file.display()), e))?;
+            return Ok(file);
+        }
+    }
+    Err(Error::invalid(format!("no model “{id}” is installed")))
 }

@@ -163,6 +163,8 @@ pub struct LoadOptions {
     pub device: DevicePreference,
     /// Folder for repacked files; `None` repacks in memory every load.
     pub cache_dir: Option<PathBuf>,
+    /// Repack slow tensor types on the CPU (off only to measure the file as shipped).
+    pub repack: bool,
 }
 
 fn needs_repack(t: GgmlDType) -> bool {
@@ -206,7 +208,7 @@ impl LocalModel {
         let to_repack: Vec<String> =
             content.tensor_infos.iter().filter(|(_, t)| needs_repack(t.ggml_dtype)).map(|(n, _)| n.clone()).collect();
 
-        let weights = if to_repack.is_empty() || !device.is_cpu() {
+        let weights = if to_repack.is_empty() || !device.is_cpu() || !opts.repack {
             // GPUs have kernels for every type: repacking would only cost quality.
             progress(0, 1);
             let w = build_weights(&architecture, content, &mut file, &device)?;

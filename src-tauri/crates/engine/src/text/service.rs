@@ -83,6 +83,7 @@ impl TextService {
         let opts = LoadOptions {
             device: settings.device,
             cache_dir: settings.cache_repacked_models.then(|| home.root().join("cache").join("repacked")),
+            repack: true,
         };
         let threads = if settings.threads == 0 { default_threads() } else { settings.threads as usize };
         let pool = self.pool(threads)?;
