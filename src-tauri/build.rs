@@ -22,6 +22,11 @@ const COMMANDS: &[&str] = &[
     "start_maintenance",
     "get_settings",
     "update_settings",
+    "list_models",
+    "import_model",
+    "remove_model",
+    "unload_model",
+    "generate_text",
 ];
 
 fn main() {

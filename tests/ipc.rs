@@ -192,3 +192,22 @@ fn an_unwritable_data_folder_is_reported_and_retry_recovers_once_fixed() {
     assert!(invoke_at(&w, APP_URL, "retry_open", json!({})).unwrap()["error"].is_null());
     invoke_at(&w, APP_URL, "create_project", json!({"name": "修好了"})).unwrap();
 }
+
+#[test]
+fn models_and_remote_settings_through_the_main_window() {
+    let h = harness();
+    let overview = invoke(&h, "list_models", json!({})).unwrap();
+    assert_eq!(overview["models"].as_array().unwrap().len(), 0);
+    assert!(overview["models_dir"].as_str().unwrap().ends_with("models"));
+    assert!(overview["default_threads"].as_u64().unwrap() >= 1);
+    // The API key is stored but never comes back to the webview.
+    let s = invoke(&h, "update_settings", json!({"patch": {"remote_base_url": "http://127.0.0.1:9/v1", "remote_api_key": "sk-hidden"}})).unwrap();
+    assert_eq!(s["remote_api_key_set"], true);
+    assert!(!s.to_string().contains("sk-hidden"));
+    let err = invoke(&h, "update_settings", json!({"patch": {"threads": 9999}})).unwrap_err();
+    assert_eq!(kind(err), "invalid_input");
+    let err = invoke(&h, "import_model", json!({"path": "/nonexistent/model.gguf"})).unwrap_err();
+    assert_eq!(kind(err), "invalid_input");
+    let err = invoke(&h, "remove_model", json!({"id": "nothing"})).unwrap_err();
+    assert_eq!(kind(err), "invalid_input");
+}

@@ -39,6 +39,11 @@ pub fn builder<R: Runtime>(builder: tauri::Builder<R>, home: Result<Home, atelie
             commands::jobs::start_maintenance,
             commands::settings::get_settings,
             commands::settings::update_settings,
+            commands::models::list_models,
+            commands::models::import_model,
+            commands::models::remove_model,
+            commands::models::unload_model,
+            commands::text::generate_text,
         ])
 }
 

@@ -6,7 +6,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, mkdirSync, writeFileSync, existsSync, rmSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, writeFileSync, existsSync, rmSync, copyFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Builder, By, until } from 'selenium-webdriver';
@@ -108,6 +108,45 @@ test('a project created in the real app is still there after a restart', async (
     await driver.findElement(By.css('[data-view=projects]')).click();
     await driver.wait(until.elementLocated(By.css('[data-testid=project-list] li')), 5_000);
     await shot(driver, '03-projects-after-restart.png');
+  } finally {
+    await driver.quit();
+  }
+});
+
+test('a real model writes in the Models screen, streams, stops, and lands in History', async () => {
+  const modelCache = process.env.ATELIER_MODEL_CACHE ?? join(process.env.HOME, '.cache/atelier/models');
+  mkdirSync(join(home, 'models'), { recursive: true });
+  copyFileSync(join(modelCache, 'smollm2-135m-instruct.gguf'), join(home, 'models', 'smollm2-135m-instruct.gguf'));
+  const driver = await startApp();
+  try {
+    await driver.findElement(By.css('[data-view=models]')).click();
+    await driver.wait(until.elementLocated(By.css('[data-testid=model-table]')), 10_000);
+    const table = await driver.findElement(By.css('[data-testid=model-table]')).getText();
+    assert.match(table, /smollm2-135m-instruct/);
+    assert.match(table, /Q4_1/);
+    const prompt = await driver.findElement(By.css('[data-testid=try-prompt]'));
+    await prompt.sendKeys('Write a one-line slogan for a tea shop.');
+    await driver.findElement(By.css('[data-testid=generate]')).click();
+    const stats = await driver.wait(until.elementLocated(By.css('[data-testid=run-stats]')), 120_000);
+    assert.match(await stats.getText(), /tok|token/);
+    const text = await driver.findElement(By.css('[data-testid=run-text]')).getText();
+    assert.ok(text.trim().length > 0, 'the model wrote something');
+    await shot(driver, '04-models-generated.png');
+
+    // A long run, stopped mid-stream: the text so far stays.
+    await prompt.clear();
+    await prompt.sendKeys('Write a long story about a dragon who runs a bakery.');
+    const maxTokens = await driver.findElement(By.css('[data-testid=max-tokens]'));
+    await maxTokens.clear();
+    await maxTokens.sendKeys('2000');
+    await driver.findElement(By.css('[data-testid=generate]')).click();
+    await driver.wait(async () => (await driver.findElement(By.css('[data-testid=run-text]')).getText()).length > 20, 60_000);
+    await driver.findElement(By.css('[data-testid=stop]')).click();
+    await driver.wait(until.elementLocated(By.css('[data-testid=run-cancelled]')), 15_000);
+
+    await driver.findElement(By.css('[data-view=history]')).click();
+    await driver.wait(until.elementLocated(By.xpath("//*[contains(text(), 'slogan for a tea shop')]")), 10_000);
+    await shot(driver, '05-history-with-generations.png');
   } finally {
     await driver.quit();
   }

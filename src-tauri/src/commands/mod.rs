@@ -4,5 +4,7 @@
 pub mod app;
 pub mod history;
 pub mod jobs;
+pub mod models;
 pub mod projects;
 pub mod settings;
+pub mod text;

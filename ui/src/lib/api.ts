@@ -10,7 +10,11 @@ import type {
   JobRecord,
   JobUpdate,
   Project,
+  ModelInfo,
+  ModelsOverview,
   Settings,
+  SettingsPatch,
+  TextRequest,
 } from './types';
 
 export class ApiError extends Error {
@@ -76,5 +80,15 @@ export const api = {
   },
 
   getSettings: () => call<Settings>('get_settings'),
-  updateSettings: (patch: Partial<Settings>) => call<Settings>('update_settings', { patch }),
+  updateSettings: (patch: SettingsPatch) => call<Settings>('update_settings', { patch }),
+
+  listModels: () => call<ModelsOverview>('list_models'),
+  importModel: (path: string) => call<ModelInfo>('import_model', { path }),
+  removeModel: (id: string) => call<void>('remove_model', { id }),
+  unloadModel: (id: string) => call<void>('unload_model', { id }),
+  generateText: (projectId: number, request: TextRequest, onEvent: (e: JobEvent) => void) => {
+    const ch = new Channel<JobEvent>();
+    ch.onmessage = onEvent;
+    return call<number>('generate_text', { projectId, request, onEvent: ch });
+  },
 };

@@ -3,7 +3,7 @@ import { api, ApiError, toApiError } from './api';
 import { setLanguage } from './i18n';
 import { _ } from 'svelte-i18n';
 import { get } from 'svelte/store';
-import type { AppStatus, JobRecord, JobUpdate, Project, Settings, Theme } from './types';
+import type { AppStatus, JobRecord, JobUpdate, Project, Settings, SettingsPatch, Theme } from './types';
 
 export type View = 'projects' | 'writing' | 'images' | 'scripts' | 'history' | 'models' | 'settings';
 
@@ -20,7 +20,11 @@ class AppModel {
   view = $state<View>('projects');
   projects = $state<Project[]>([]);
   currentProjectId = $state<number | null>(null);
-  settings = $state<Settings>({ language: 'zh-CN', theme: 'light', heavy_job_slots: 1 });
+  settings = $state<Settings>({
+    language: 'zh-CN', theme: 'light', heavy_job_slots: 1, text_model: null, model_memory_mb: 4096, threads: 0,
+    device: 'auto', cache_repacked_models: true, remote_base_url: '', remote_model: '', remote_timeout_s: 120,
+    remote_extra_sampling: true, remote_api_key_set: false,
+  });
   jobs = $state<JobRecord[]>([]);
   toasts = $state<Toast[]>([]);
   private toastSeq = 0;
@@ -60,7 +64,7 @@ class AppModel {
     applyTheme(s.theme);
   }
 
-  async updateSettings(patch: Partial<Settings>) {
+  async updateSettings(patch: SettingsPatch) {
     this.settings = await api.updateSettings(patch);
     this.applySettings(this.settings);
   }

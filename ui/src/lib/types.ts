@@ -127,8 +127,99 @@ export interface JobUpdate {
 
 export type Theme = 'light' | 'dark' | 'system';
 
+export type DevicePreference = 'auto' | 'cpu' | 'cuda' | 'metal';
+
 export interface Settings {
   language: 'zh-CN' | 'en';
   theme: Theme;
   heavy_job_slots: number;
+  text_model: string | null;
+  model_memory_mb: number;
+  threads: number;
+  device: DevicePreference;
+  cache_repacked_models: boolean;
+  remote_base_url: string;
+  remote_model: string;
+  remote_timeout_s: number;
+  remote_extra_sampling: boolean;
+  remote_api_key_set: boolean;
+}
+
+/** A settings change; `remote_api_key` is write-only ('' removes it). */
+export type SettingsPatch = Partial<Omit<Settings, 'remote_api_key_set'>> & { remote_api_key?: string };
+
+export interface ModelInfo {
+  id: string;
+  file: string;
+  file_bytes: number;
+  architecture: string;
+  name: string | null;
+  parameters: number;
+  quantization: string;
+  tensor_types: Record<string, number>;
+  context_length: number | null;
+  license: string | null;
+  tokenizer: string | null;
+  has_chat_template: boolean;
+  unsupported: string | null;
+  repacked_on_cpu: string[];
+}
+
+export type ModelEntry = ({ status: 'ok' } & ModelInfo) | { status: 'broken'; file: string; error: string };
+
+export interface LoadReport {
+  repacked: Record<string, number>;
+  from_cache: boolean;
+  device: string;
+  device_note: string | null;
+  load_ms: number;
+  resident_bytes: number;
+}
+
+export interface ModelsOverview {
+  models: ModelEntry[];
+  resident: { id: string; report: LoadReport; context_length: number }[];
+  default_model: string | null;
+  models_dir: string;
+  default_threads: number;
+  gpu_backends: string[];
+}
+
+export interface SamplingParams {
+  temperature: number;
+  top_p: number;
+  top_k: number;
+  min_p: number;
+  repeat_penalty: number;
+  repeat_last_n: number;
+  max_tokens: number;
+  stop: string[];
+  seed: number | null;
+}
+
+export interface ChatMessage {
+  role: 'system' | 'user' | 'assistant';
+  content: string;
+}
+
+export interface TextRequest {
+  model: string;
+  messages: ChatMessage[];
+  params: SamplingParams;
+}
+
+export type StopReason = 'end_of_text' | 'stop_string' | 'max_tokens' | 'context_full' | 'cancelled';
+
+export interface TextResult {
+  generation_id: number;
+  text: string;
+  seed: number;
+  prompt_tokens: number;
+  completion_tokens: number;
+  stop_reason: StopReason;
+  first_token_ms: number;
+  load_ms: number;
+  total_ms: number;
+  prefill_tokens_per_s: number;
+  decode_tokens_per_s: number;
 }

@@ -7,7 +7,11 @@ let now = Date.parse('2026-11-20T10:00:00Z');
 const tick = () => (now += 60_000);
 let projects: Project[] = [];
 let seq = 0;
-let settings: Settings = { language: 'zh-CN', theme: 'light', heavy_job_slots: 1 };
+let settings: Settings = {
+  language: 'zh-CN', theme: 'light', heavy_job_slots: 1, text_model: null, model_memory_mb: 4096, threads: 0, device: 'auto',
+  cache_repacked_models: true, remote_base_url: '', remote_model: '', remote_timeout_s: 120, remote_extra_sampling: true,
+  remote_api_key_set: false,
+};
 const generations: GenerationRecord[] = [];
 const jobs: JobRecord[] = [];
 

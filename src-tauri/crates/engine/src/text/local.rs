@@ -560,6 +560,10 @@ impl LocalEngine {
         self.resident.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|m| m.id.clone()).collect()
     }
 
+    pub fn models(&self) -> Vec<Arc<LocalModel>> {
+        self.resident.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub fn unload(&self, id: &str) {
         self.resident.lock().unwrap_or_else(|p| p.into_inner()).retain(|m| m.id != id);
     }

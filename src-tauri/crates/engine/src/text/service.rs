@@ -73,6 +73,15 @@ impl TextService {
         self.local.resident()
     }
 
+    /// Loaded models with what loading them did (device, repacking, memory).
+    pub fn resident_models(&self) -> Vec<ResidentModel> {
+        self.local
+            .models()
+            .into_iter()
+            .map(|m| ResidentModel { id: m.id.clone(), report: m.report.clone(), context_length: m.context_length })
+            .collect()
+    }
+
     pub fn unload(&self, id: &str) {
         self.local.unload(id)
     }

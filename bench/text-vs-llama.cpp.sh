@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Atelier's local text engine against llama.cpp on the same model file, thread count and
+# token counts; prints both and our ÷ llama.cpp. A benchmark, not a test: run it by hand.
+#
+#   bench/text-vs-llama.cpp.sh [MODEL_ID...]     (default: both default models)
+#   THREADS=2 PROMPT_TOKENS=128 GEN_TOKENS=64 RUNS=3 bench/text-vs-llama.cpp.sh
+#
+# The peer is built from source by `pip install llama-cpp-python==0.3.36` in a virtualenv under
+# ~/.cache/atelier/bench-venv (10-20 minutes on 2 cores, once).
+source "$(dirname "$0")/../scripts/lib.sh"
+
+THREADS=${THREADS:-$(python3 -c 'import os; print(len(os.sched_getaffinity(0)))')}
+PROMPT_TOKENS=${PROMPT_TOKENS:-128}
+GEN_TOKENS=${GEN_TOKENS:-64}
+RUNS=${RUNS:-3}
+VENV=${ATELIER_BENCH_VENV:-$HOME/.cache/atelier/bench-venv}
+[ $# -gt 0 ] && MODELS=("$@") || MODELS=("$SMOLLM2_ID" "$QWEN_ID")
+
+ensure_model_smollm2
+ensure_model_qwen
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import llama_cpp' 2>/dev/null; then
+  say "building llama.cpp through llama-cpp-python (10-20 minutes on 2 cores)"
+  python3 -m venv "$VENV"
+  CMAKE_BUILD_PARALLEL_LEVEL=$THREADS "$VENV/bin/pip" install -q llama-cpp-python==0.3.36
+fi
+say "building atelier-cli (release)"
+(cd "$ROOT" && cargo build --release -p atelier-cli --quiet)
+CLI=$CARGO_TARGET_DIR/release/atelier-cli
+BENCH_HOME=$(mktemp -d)
+trap 'rm -rf "$BENCH_HOME"' EXIT
+
+printf '\n%-30s %-9s %8s %10s %10s %8s\n' model engine threads "prefill/s" "decode/s" ""
+for id in "${MODELS[@]}"; do
+  file="$MODEL_CACHE/$id.gguf"
+  ours=$("$CLI" --home "$BENCH_HOME" --json bench text --file "$file" --threads "$THREADS" \
+    --prompt-tokens "$PROMPT_TOKENS" --gen-tokens "$GEN_TOKENS" --runs "$RUNS")
+  asis=$("$CLI" --home "$BENCH_HOME" --json bench text --file "$file" --threads "$THREADS" \
+    --prompt-tokens "$PROMPT_TOKENS" --gen-tokens "$GEN_TOKENS" --runs 1 --no-repack)
+  peer=$("$VENV/bin/python" "$ROOT/bench/llama_cpp_peer.py" "$file" "$THREADS" "$PROMPT_TOKENS" "$GEN_TOKENS" "$RUNS")
+  python3 - "$id" "$THREADS" "$ours" "$asis" "$peer" <<'PY'
+import json, sys
+mid, threads, ours, asis, peer = sys.argv[1], sys.argv[2], *map(json.loads, sys.argv[3:6])
+row = lambda name, r: print(f"{mid:<30} {name:<9} {threads:>8} {r['prefill_tokens_per_s']:>10.1f} {r['decode_tokens_per_s']:>10.1f}")
+row("llama.cpp", peer)
+row("atelier", ours)
+row("as-shipped", asis)
+print(f"{'':<30} {'ratio':<9} {'':>8} {ours['prefill_tokens_per_s'] / peer['prefill_tokens_per_s']:>9.2f}x {ours['decode_tokens_per_s'] / peer['decode_tokens_per_s']:>9.2f}x   (atelier ÷ llama.cpp; repacked {ours['repacked']})")
+PY
+done
