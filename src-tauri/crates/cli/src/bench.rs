@@ -206,7 +206,7 @@ pub fn text_model(engine: &atelier_engine::Engine, a: TextBench, as_json: bool) 
     let settings = engine.store().settings()?;
     let opts = LoadOptions {
         device: settings.device,
-        cache_dir: Some(engine.home().root().join("cache").join("repacked")),
+        cache_dir: Some(engine.home().repacked_models_dir()),
         repack: a.repack,
     };
     let t0 = Instant::now();

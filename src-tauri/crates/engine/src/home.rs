@@ -43,6 +43,10 @@ impl Home {
     pub fn exports_dir(&self) -> PathBuf {
         self.root.join("exports")
     }
+    /// Model files repacked for fast CPU kernels (see `text::local`); safe to delete.
+    pub fn repacked_models_dir(&self) -> PathBuf {
+        self.root.join("cache").join("repacked")
+    }
     pub fn logs_dir(&self) -> PathBuf {
         self.root.join("logs")
     }

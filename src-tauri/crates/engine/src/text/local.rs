@@ -220,27 +220,24 @@ impl LocalModel {
                     *report.repacked.entry(format!("{:?}→Q8_0", t.ggml_dtype)).or_insert(0) += 1;
                 }
             }
-            let cached = opts.cache_dir.as_ref().map(|dir| repack_cache_path(dir, id, path)).transpose()?;
-            match cached.filter(|p| p.is_file()) {
-                Some(cache_file) => {
+            let cache_file = opts.cache_dir.as_ref().map(|dir| repack_cache_path(dir, id, path)).transpose()?;
+            match cache_file {
+                Some(cache_file) if cache_file.is_file() => {
                     report.from_cache = true;
                     load_file(&architecture, &cache_file, &device)?
                 }
-                None => {
+                cache_file => {
                     let bytes = repack(&content, &mut file, &to_repack, progress)?;
-                    match opts.cache_dir.as_ref().map(|dir| repack_cache_path(dir, id, path)).transpose()? {
-                        Some(cache_file) => {
-                            if let Some(dir) = cache_file.parent() {
-                                std::fs::create_dir_all(dir)
-                                    .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
-                            }
-                            // The cache is an optimisation: failing to write it (disk full) is
-                            // logged, and the model still loads from memory.
-                            if let Err(e) = write_atomic_with(&cache_file, |w| std::io::Write::write_all(w, &bytes)) {
-                                tracing::warn!(file = %cache_file.display(), error = %e, "could not cache the repacked model");
-                            }
+                    if let Some(cache_file) = cache_file {
+                        if let Some(dir) = cache_file.parent() {
+                            std::fs::create_dir_all(dir)
+                                .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
                         }
-                        None => {}
+                        // The cache is an optimisation: failing to write it (disk full) is
+                        // logged, and the model still loads from memory.
+                        if let Err(e) = write_atomic_with(&cache_file, |w| std::io::Write::write_all(w, &bytes)) {
+                            tracing::warn!(file = %cache_file.display(), error = %e, "could not cache the repacked model");
+                        }
                     }
                     let mut cursor = std::io::Cursor::new(bytes);
                     let content = gguf_file::Content::read(&mut cursor).map_err(candle_err("re-reading the repacked model"))?;

@@ -91,11 +91,10 @@ impl TextService {
         let info = find_model(home, id)?;
         let opts = LoadOptions {
             device: settings.device,
-            cache_dir: settings.cache_repacked_models.then(|| home.root().join("cache").join("repacked")),
+            cache_dir: settings.cache_repacked_models.then(|| home.repacked_models_dir()),
             repack: true,
         };
-        let threads = if settings.threads == 0 { default_threads() } else { settings.threads as usize };
-        let pool = self.pool(threads)?;
+        let pool = self.pool_for(settings)?;
         let budget = settings.model_memory_mb as u64 * 1024 * 1024;
         pool.install(|| self.local.get(&info.id, &info.file, &opts, budget, progress))
     }
