@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use atelier_engine::models::gguf::read_header;
+use atelier_engine::models::gguf::{Value, read_header};
 use atelier_engine::text::tokenizer::TextTokenizer;
 
 fn fixtures() -> PathBuf {
@@ -40,13 +40,15 @@ fn cases(name: &str) -> Vec<(String, Vec<u32>)> {
 fn matches_llama_cpp(name: &str) {
     let tok = load(name);
     let mut wrong = Vec::new();
-    for (input, expected) in cases(name) {
+    let cases = cases(name);
+    let total = cases.len();
+    for (input, expected) in cases {
         let got = tok.encode(&input, false).unwrap();
         if got != expected {
             wrong.push(format!("{input:?}\n   llama.cpp {expected:?}\n   ours      {got:?}"));
         }
     }
-    assert!(wrong.is_empty(), "{name}: {} of 46 differ:\n{}", wrong.len(), wrong.join("\n"));
+    assert!(wrong.is_empty(), "{name}: {} of {total} differ:\n{}", wrong.len(), wrong.join("\n"));
 }
 
 #[test]
@@ -86,9 +88,42 @@ fn special_tokens_only_when_asked() {
 }
 
 #[test]
-fn an_unknown_pre_tokenizer_or_spm_is_refused_not_guessed() {
-    let header = read_header(&fixtures().join("ggml-vocab-llama-spm.gguf")).unwrap();
-    let err = TextTokenizer::from_gguf(&header).unwrap_err();
-    assert_eq!(err.kind(), "invalid_input");
-    assert!(err.to_string().contains("not supported"), "{err}");
+fn sentencepiece_matches_llama_cpp() {
+    matches_llama_cpp("llama-spm");
+}
+
+#[test]
+fn sentencepiece_round_trips_and_falls_back_to_bytes() {
+    let tok = load("llama-spm");
+    assert_eq!(tok.pre, "spm");
+    for text in ["直播间的家人们，这款面霜¥199！", "🎉限时福利🎁 3件8折", "  two leading spaces\n\ttab", "Hello world"] {
+        let ids = tok.encode(text, false).unwrap();
+        assert_eq!(tok.decode(&ids).unwrap(), text);
+    }
+    // A character outside Llama 2's vocabulary is spelt as its UTF-8 bytes.
+    let ids = tok.encode("🎁", false).unwrap();
+    let pieces: Vec<String> = ids.iter().map(|&i| tok.decode(&[i]).unwrap()).collect();
+    assert!(ids.len() >= 4, "{pieces:?}");
+    // Specials: `</s>` ends a reply and is only a token when asked for.
+    let eos = tok.eos.expect("llama has </s>");
+    assert!(tok.stop.contains(&eos));
+    assert!(tok.encode("hi</s>", true).unwrap().contains(&eos));
+    assert!(!tok.encode("hi</s>", false).unwrap().contains(&eos));
+}
+
+#[test]
+fn an_unknown_pre_tokenizer_or_vocabulary_type_is_refused_not_guessed() {
+    let header = read_header(&fixtures().join("ggml-vocab-qwen2.gguf")).unwrap();
+    for (key, value) in [("tokenizer.ggml.pre", "falcon"), ("tokenizer.ggml.model", "bert")] {
+        let mut h = header.clone();
+        h.metadata.insert(key.into(), Value::String(value.into()));
+        let err = TextTokenizer::from_gguf(&h).unwrap_err();
+        assert_eq!(err.kind(), "invalid_input");
+        assert!(err.to_string().contains("not supported") && err.to_string().contains(value), "{err}");
+    }
+    // A SentencePiece vocabulary without scores cannot be merged correctly.
+    let mut h = read_header(&fixtures().join("ggml-vocab-llama-spm.gguf")).unwrap();
+    h.metadata.remove("tokenizer.ggml.scores");
+    let err = TextTokenizer::from_gguf(&h).unwrap_err();
+    assert!(err.to_string().contains("scores"), "{err}");
 }
