@@ -3,6 +3,7 @@
 //! it prints one line, `error[<kind>]: <message>`, and exits non-zero.
 
 mod bench;
+mod check;
 mod generate;
 
 use std::path::PathBuf;
@@ -51,11 +52,34 @@ enum Command {
     },
     /// Generate text with a local model (or `remote`), streaming it to stdout.
     Generate(GenerateArgs),
+    /// Check copy against advertising-law and platform rules (exit 1 when a violation is found).
+    Check(CheckArgs),
     /// Benchmarks (not tests): print timings of the engine on this machine.
     Bench {
         #[command(subcommand)]
         action: BenchCmd,
     },
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// Product category: adds its pack (cosmetics, food, health_food, finance, education, …).
+    #[arg(long)]
+    category: Option<String>,
+    /// Platform: adds the platform packs (douyin, xiaohongshu, taobao, kuaishou, wechat).
+    #[arg(long)]
+    platform: Option<String>,
+    /// The text is spoken by an AI (virtual) host: adds the honesty pack.
+    #[arg(long)]
+    virtual_host: bool,
+    /// A registered trademark of yours that contains a flagged word (repeatable).
+    #[arg(long = "trademark", value_name = "NAME")]
+    trademarks: Vec<String>,
+    /// English reasons instead of Chinese.
+    #[arg(long)]
+    en: bool,
+    /// The file to check; `-` or nothing reads standard input.
+    file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -158,6 +182,14 @@ enum BenchCmd {
         #[arg(long, value_name = "PATH")]
         reuse: Option<PathBuf>,
     },
+    /// Compliance checker throughput (MB/s on one thread) on generated mixed copy.
+    Check {
+        /// Megabytes of copy to check.
+        #[arg(long, default_value_t = 1)]
+        mb: usize,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// Prefill and decode speed of a local model (no sampling; fixed token ids).
     Text {
         /// An installed model id.
@@ -198,7 +230,7 @@ fn main() -> ExitCode {
             } else {
                 eprintln!("error[{}]: {e}", e.kind());
             }
-            ExitCode::FAILURE
+            ExitCode::from(2)
         }
     }
 }
@@ -211,6 +243,13 @@ fn run(cli: Cli) -> Result<()> {
         .map_err(|e| Error::io("cannot start the async runtime", e))?;
     if let Command::Bench { action: BenchCmd::Store { rows, samples, reuse } } = cli.command {
         return bench::store(rows, samples, reuse, cli.json);
+    }
+    if let Command::Bench { action: BenchCmd::Check { mb, runs } } = cli.command {
+        return bench::check(mb, runs, cli.json);
+    }
+    if let Command::Check(args) = cli.command {
+        let home = Home::resolve(cli.home)?;
+        return check::run(&home, args, cli.json);
     }
     let engine = Engine::open(Home::resolve(cli.home)?, Access::Shared, runtime.handle().clone())?;
     if let Command::Bench { action: BenchCmd::Text { model, file, prompt_tokens, gen_tokens, threads, runs, no_repack } } = cli.command {
@@ -304,7 +343,7 @@ fn run(cli: Cli) -> Result<()> {
                 format!("imported {} ({}, {:.0}M parameters, {})", m.id, m.architecture, m.parameters as f64 / 1e6, m.quantization)
             }),
         },
-        Command::Bench { .. } | Command::Generate(_) => unreachable!("handled above"),
+        Command::Bench { .. } | Command::Generate(_) | Command::Check(_) => unreachable!("handled above"),
     }
 }
 

@@ -110,3 +110,35 @@ fn a_process_killed_mid_write_leaves_a_consistent_file_and_recovery_marks_what_i
         assert_eq!(engine.store().generation(g.id).unwrap().error_kind.as_deref(), Some("interrupted"));
     }
 }
+
+#[test]
+fn check_reports_findings_with_exit_codes_like_a_linter() {
+    let home = tempfile::tempdir().unwrap();
+    let file = home.path().join("copy.txt");
+    std::fs::write(&file, "第一行很普通。\n这是全网最低价的面霜，加微信领券！").unwrap();
+    let f = file.to_str().unwrap();
+
+    let out = cli(home.path(), &["check", "--platform", "douyin", f]);
+    assert_eq!(out.status.code(), Some(1), "violations found: exit 1");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("copy.txt:2:3: F1 violation"), "{text}");
+    assert!(text.contains("H1 violation") && text.contains("2 violation(s)"), "{text}");
+
+    let out = cli(home.path(), &["--json", "check", f]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let findings = report["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 1, "no platform: the diversion rule is off");
+    assert_eq!(findings[0]["matched"], "全网最低价");
+    assert_eq!((findings[0]["start"].as_u64(), findings[0]["start_utf16"].as_u64()), (Some(10), Some(10)));
+
+    std::fs::write(&file, "很受欢迎的一款，性价比高。").unwrap();
+    assert_eq!(cli(home.path(), &["check", f]).status.code(), Some(0));
+    let out = cli(home.path(), &["check", "--category", "weapons", f]);
+    assert_eq!(out.status.code(), Some(2), "errors exit 2");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown product category"));
+    std::fs::write(&file, [0xff, 0xfe, 0x00]).unwrap();
+    let out = cli(home.path(), &["check", f]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not UTF-8"));
+}

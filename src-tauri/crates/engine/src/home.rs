@@ -47,6 +47,10 @@ impl Home {
     pub fn repacked_models_dir(&self) -> PathBuf {
         self.root.join("cache").join("repacked")
     }
+    /// Rule packs that add to or replace the shipped ones (same id replaces).
+    pub fn compliance_dir(&self) -> PathBuf {
+        self.root.join("compliance")
+    }
     pub fn logs_dir(&self) -> PathBuf {
         self.root.join("logs")
     }

@@ -7,8 +7,12 @@
 //! - [`store`]: SQLite (projects, documents, generations, assets, jobs, settings, search)
 //! - [`jobs`]: the queue that runs long work with progress and cancellation
 //! - [`fsutil`]: atomic file writes
+//! - [`models`], [`text`]: GGUF model registry, local and remote text generation
+//! - [`compliance`]: the advertising-law checker and AI-content labels
 
+pub mod compliance;
 pub mod error;
+pub mod export;
 pub mod fsutil;
 pub mod home;
 pub mod jobs;
