@@ -20,6 +20,7 @@ pub mod maintenance;
 pub mod models;
 pub mod store;
 pub mod text;
+pub mod writing;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -363,22 +363,25 @@ impl Checker {
     }
 
     /// A short summary of the rules that apply, for generation prompts: copy should be compliant
-    /// by construction, with the checker as the second line.
+    /// by construction, with the checker as the second line. Kept short (a few examples per rule)
+    /// because small local models have small contexts.
     pub fn prompt_summary(&self, opts: &CheckOptions, zh: bool) -> Result<String> {
         let active = self.active_packs(opts)?;
-        let mut out = String::new();
-        out.push_str(if zh { "合规要求（中国广告法与平台规则）：\n" } else { "Compliance (Chinese advertising law and platform rules):\n" });
+        let mut words: Vec<&str> = Vec::new();
         for r in self.rules.iter().filter(|r| active[r.pack]) {
-            let examples: Vec<&str> = r.rule.words.iter().take(6).map(String::as_str).collect();
-            let reason = if zh { &r.rule.reason_zh } else { &r.rule.reason_en };
-            if examples.is_empty() {
-                out.push_str(&format!("- {reason}\n"));
-            } else {
-                let avoid = if zh { "避免" } else { "avoid" };
-                out.push_str(&format!("- {reason} {avoid}: {}\n", examples.join("、")));
-            }
+            words.extend(r.rule.words.iter().take(3).map(String::as_str));
         }
-        Ok(out)
+        Ok(if zh {
+            format!(
+                "合规要求：不要使用这些说法及同类说法：{}。价格对比写明依据，限时限量写明具体时间和数量，数据写明来源，不宣称医疗功效。",
+                words.join("、")
+            )
+        } else {
+            format!(
+                "Compliance (Chinese advertising law): avoid these and similar phrases: {}. State the basis of any price comparison, the actual time and quantity of any limit, the source of any figure; no medical claims.",
+                words.join(", ")
+            )
+        })
     }
 }
 

@@ -1,0 +1,5 @@
+//! The writing studio's engine: the template catalogue (data in `assets/templates/`) and prompt
+//! building. Generation itself goes through [`crate::text`]; checking through
+//! [`crate::compliance`].
+
+pub mod templates;
