@@ -27,6 +27,10 @@ const COMMANDS: &[&str] = &[
     "remove_model",
     "unload_model",
     "generate_text",
+    "check_text",
+    "compliance_packs",
+    "list_templates",
+    "export_text",
 ];
 
 fn main() {

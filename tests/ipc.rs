@@ -211,3 +211,34 @@ fn models_and_remote_settings_through_the_main_window() {
     let err = invoke(&h, "remove_model", json!({"id": "nothing"})).unwrap_err();
     assert_eq!(kind(err), "invalid_input");
 }
+
+#[test]
+fn copy_commands_check_list_templates_and_export_labelled_files() {
+    let h = harness();
+    let report = invoke(&h, "check_text", json!({"text": "🎉全网最低价！加微信", "options": {"platform": "douyin"}})).unwrap();
+    let findings = report["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 2);
+    // UTF-16 offsets for the editor: the emoji is two units.
+    assert_eq!((findings[0]["start"].as_u64(), findings[0]["start_utf16"].as_u64()), (Some(1), Some(2)));
+    assert_eq!(findings[1]["rule"], "H1");
+    assert_eq!(kind(invoke(&h, "check_text", json!({"text": "x", "options": {"platform": "myspace"}})).unwrap_err()), "invalid_input");
+
+    let packs = invoke(&h, "compliance_packs", json!({})).unwrap();
+    assert!(packs["packs"].as_array().unwrap().iter().any(|p| p["id"] == "base" && p["last_reviewed"].is_string()));
+
+    let t = invoke(&h, "list_templates", json!({})).unwrap();
+    assert!(t["templates"].as_array().unwrap().len() >= 24);
+    assert_eq!(t["problems"], json!([]));
+
+    let path = invoke(&h, "export_text", json!({"body": "# 标题\n正文", "title": "新品", "format": "md"})).unwrap();
+    let md = std::fs::read_to_string(path.as_str().unwrap()).unwrap();
+    assert!(md.starts_with("---\nAIGC: {\"Label\":\"1\""), "{md}");
+    assert!(md.contains("人工智能生成"));
+    assert_eq!(kind(invoke(&h, "export_text", json!({"body": "", "title": "t", "format": "md"})).unwrap_err()), "invalid_input");
+    assert!(invoke(&h, "export_text", json!({"body": "x", "title": "t", "format": "exe"})).is_err());
+
+    // Turning the explicit label off needs the acknowledgement.
+    assert_eq!(kind(invoke(&h, "update_settings", json!({"patch": {"label_explicit": false}})).unwrap_err()), "invalid_input");
+    let s = invoke(&h, "update_settings", json!({"patch": {"label_explicit": false, "acknowledge_unlabelled": true}})).unwrap();
+    assert_eq!(s["label_explicit"], false);
+}

@@ -44,6 +44,10 @@ pub fn builder<R: Runtime>(builder: tauri::Builder<R>, home: Result<Home, atelie
             commands::models::remove_model,
             commands::models::unload_model,
             commands::text::generate_text,
+            commands::writing::check_text,
+            commands::writing::compliance_packs,
+            commands::writing::list_templates,
+            commands::writing::export_text,
         ])
 }
 

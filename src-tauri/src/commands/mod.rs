@@ -8,3 +8,4 @@ pub mod models;
 pub mod projects;
 pub mod settings;
 pub mod text;
+pub mod writing;

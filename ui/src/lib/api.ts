@@ -2,6 +2,11 @@
 // `{kind, message}` the backend sent (or `ipc` for a transport/permission failure).
 import { invoke, Channel } from '@tauri-apps/api/core';
 import type {
+  CheckOptions,
+  CheckReport,
+  ExportFormat,
+  PacksOverview,
+  TemplatesOverview,
   AppStatus,
   GenerationRecord,
   HistoryPage,
@@ -91,4 +96,9 @@ export const api = {
     ch.onmessage = onEvent;
     return call<number>('generate_text', { projectId, request, onEvent: ch });
   },
+
+  checkText: (text: string, options: CheckOptions = {}) => call<CheckReport>('check_text', { text, options }),
+  compliancePacks: () => call<PacksOverview>('compliance_packs'),
+  listTemplates: () => call<TemplatesOverview>('list_templates'),
+  exportText: (body: string, title: string, format: ExportFormat) => call<string>('export_text', { body, title, format }),
 };

@@ -143,10 +143,22 @@ export interface Settings {
   remote_timeout_s: number;
   remote_extra_sampling: boolean;
   remote_api_key_set: boolean;
+  /** Explicit AI-content notice (must keep 人工智能/AI and 生成/合成). */
+  label_notice_zh: string;
+  label_notice_en: string;
+  label_position: 'start' | 'end';
+  /** Off only after an acknowledgement, which the app logs locally. */
+  label_explicit: boolean;
+  /** Registered provider code for ContentProducer; '' = "Atelier". */
+  label_producer: string;
 }
 
-/** A settings change; `remote_api_key` is write-only ('' removes it). */
-export type SettingsPatch = Partial<Omit<Settings, 'remote_api_key_set'>> & { remote_api_key?: string };
+/** A settings change; `remote_api_key` is write-only ('' removes it); turning `label_explicit`
+ * off needs `acknowledge_unlabelled: true`. */
+export type SettingsPatch = Partial<Omit<Settings, 'remote_api_key_set'>> & {
+  remote_api_key?: string;
+  acknowledge_unlabelled?: boolean;
+};
 
 export interface ModelInfo {
   id: string;
@@ -223,3 +235,100 @@ export interface TextResult {
   prefill_tokens_per_s: number;
   decode_tokens_per_s: number;
 }
+
+/** Which compliance packs apply: the product's category, the platform, an AI host. */
+export interface CheckOptions {
+  category?: string | null;
+  platform?: string | null;
+  virtual_host?: boolean;
+  trademarks?: string[];
+}
+
+export interface Finding {
+  rule: string;
+  pack: string;
+  category: string;
+  severity: 'low' | 'medium' | 'high';
+  verdict: 'violation' | 'needs_evidence';
+  matched: string;
+  /** Unicode scalar values. */
+  start: number;
+  end: number;
+  /** UTF-16 units: JavaScript string offsets. */
+  start_utf16: number;
+  end_utf16: number;
+  basis_zh: string;
+  basis_en: string;
+  reason_zh: string;
+  reason_en: string;
+  suggestions: string[];
+  exception: string | null;
+}
+
+export interface PackInfo {
+  id: string;
+  name_zh: string;
+  name_en: string;
+  version: string;
+  last_reviewed: string;
+  rules: number;
+}
+
+export interface CheckReport {
+  findings: Finding[];
+  packs: PackInfo[];
+  chars: number;
+}
+
+export interface FileProblem {
+  file: string;
+  message: string;
+}
+
+export interface PacksOverview {
+  packs: PackInfo[];
+  problems: FileProblem[];
+  folder: string;
+}
+
+export interface TemplateInput {
+  id: string;
+  type: 'text' | 'textarea' | 'select' | 'number';
+  label_zh: string;
+  label_en: string;
+  help_zh?: string;
+  help_en?: string;
+  required: boolean;
+  max_chars: number | null;
+  options: string[];
+  min: number | null;
+  max: number | null;
+  default: string | null;
+  sample: string | null;
+}
+
+export interface CopyTemplate {
+  id: string;
+  group: 'product' | 'platform' | 'ads' | 'live' | 'rewrite';
+  name_zh: string;
+  name_en: string;
+  description_zh: string;
+  description_en: string;
+  framework: string;
+  output_language: 'zh' | 'en' | 'input';
+  tones: string[];
+  limits: { chars: number | null; title_chars: number | null; hashtags: number | null };
+  platform: string | null;
+  compliance: string[];
+  inputs: TemplateInput[];
+  prompt: string;
+  source: string;
+}
+
+export interface TemplatesOverview {
+  templates: CopyTemplate[];
+  problems: FileProblem[];
+  folder: string;
+}
+
+export type ExportFormat = 'txt' | 'md' | 'docx';

@@ -118,3 +118,25 @@ test('the interrupted job can be retried, and the language switches to English',
   await p.screenshot({ path: join(shots, 'settings-en-dark.png') });
   assert.deepEqual(errors, []);
 });
+
+test('AI labels: turning the explicit notice off asks first, and an edited notice is saved', async () => {
+  const { p, errors } = await page();
+  await p.locator('[data-view=settings]').click();
+  const toggle = p.getByTestId('label-explicit');
+  assert.equal(await toggle.isChecked(), true);
+  await toggle.click();
+  const dialog = p.getByRole('dialog');
+  await dialog.getByText('关闭显式提示？').waitFor();
+  assert.equal(await toggle.isChecked(), true, 'still on until confirmed');
+  await dialog.getByRole('button', { name: '取消' }).click();
+  assert.equal(await toggle.isChecked(), true);
+  await toggle.click();
+  await p.getByTestId('confirm').click();
+  await p.waitForFunction(() => !document.querySelector('[data-testid=label-explicit]').checked);
+  const notice = p.getByTestId('label-notice-zh');
+  await notice.fill('本文由 AI 生成，请审核后发布');
+  await notice.press('Tab');
+  await p.getByText('已保存').first().waitFor();
+  await p.screenshot({ path: join(shots, 'settings-labels.png'), fullPage: true });
+  assert.deepEqual(errors, []);
+});

@@ -26,6 +26,22 @@ impl Format {
     }
 }
 
+/// A file name for an export: the title without characters file systems refuse, a timestamp
+/// so exports never overwrite each other, and the extension.
+pub fn file_name(title: &str, format: Format) -> String {
+    let clean: String = title
+        .chars()
+        .filter(|c| !c.is_control() && !matches!(c, '/' | '\\' | ':' | '*' | '?' | '"' | '<' | '>' | '|'))
+        .take(60)
+        .collect();
+    let clean = clean.trim().trim_matches('.');
+    let stamp = time::OffsetDateTime::now_utc()
+        .format(time::macros::format_description!("[year][month][day]-[hour][minute][second]-[subsecond digits:3]"))
+        .unwrap_or_default();
+    let base = if clean.is_empty() { "export" } else { clean };
+    format!("{base}-{stamp}.{}", format.extension())
+}
+
 /// What goes on an export besides the text.
 #[derive(Debug, Clone)]
 pub struct Labelling {

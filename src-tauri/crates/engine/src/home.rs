@@ -47,6 +47,10 @@ impl Home {
     pub fn repacked_models_dir(&self) -> PathBuf {
         self.root.join("cache").join("repacked")
     }
+    /// Copy templates the user made or edited (same id replaces a shipped one).
+    pub fn templates_dir(&self) -> PathBuf {
+        self.root.join("templates")
+    }
     /// Rule packs that add to or replace the shipped ones (same id replaces).
     pub fn compliance_dir(&self) -> PathBuf {
         self.root.join("compliance")

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::sync::{Semaphore, broadcast};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
@@ -126,10 +126,20 @@ impl JobContext {
     }
 }
 
+/// Heavy jobs waiting for a slot, in submission order. A job takes its place when it is submitted
+/// (not when its task first runs, which a multi-threaded runtime may reorder); the dispatcher
+/// hands each free slot to the first job still waiting.
+#[derive(Default)]
+struct HeavyQueue {
+    waiting: Mutex<std::collections::VecDeque<oneshot::Sender<OwnedSemaphorePermit>>>,
+    arrived: Notify,
+}
+
 struct Inner {
     store: Arc<Store>,
     runtime: tokio::runtime::Handle,
     heavy: Arc<Semaphore>,
+    heavy_queue: Arc<HeavyQueue>,
     running: Mutex<HashMap<i64, CancellationToken>>,
     updates: broadcast::Sender<JobUpdate>,
 }
@@ -141,7 +151,8 @@ pub struct JobRunner {
 
 impl std::fmt::Debug for JobRunner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobRunner").field("heavy_slots_free", &self.inner.heavy.available_permits()).finish()
+        let waiting = self.inner.heavy_queue.waiting.lock().map(|q| q.len()).unwrap_or(0);
+        f.debug_struct("JobRunner").field("heavy_jobs_waiting", &waiting).finish()
     }
 }
 
@@ -149,14 +160,11 @@ impl JobRunner {
     /// `heavy_slots`: how many heavy jobs may run at once (at least 1).
     pub fn new(store: Arc<Store>, runtime: tokio::runtime::Handle, heavy_slots: usize) -> JobRunner {
         let (updates, _) = broadcast::channel(1024);
+        let heavy = Arc::new(Semaphore::new(heavy_slots.max(1)));
+        let heavy_queue = Arc::new(HeavyQueue::default());
+        runtime.spawn(dispatch_heavy(heavy.clone(), heavy_queue.clone()));
         JobRunner {
-            inner: Arc::new(Inner {
-                store,
-                runtime,
-                heavy: Arc::new(Semaphore::new(heavy_slots.max(1))),
-                running: Mutex::new(HashMap::new()),
-                updates,
-            }),
+            inner: Arc::new(Inner { store, runtime, heavy, heavy_queue, running: Mutex::new(HashMap::new()), updates }),
         }
     }
 
@@ -194,10 +202,18 @@ impl JobRunner {
             last_progress_write: Arc::new(Mutex::new(None)),
         };
         let runtime = inner.runtime.clone();
-        let resource = req.resource;
         let stops_itself = req.stops_itself;
+        let slot = match req.resource {
+            Resource::Heavy => {
+                let (tx, rx) = oneshot::channel();
+                inner.heavy_queue.waiting.lock().unwrap_or_else(|p| p.into_inner()).push_back(tx);
+                inner.heavy_queue.arrived.notify_one();
+                Some(rx)
+            }
+            Resource::Light => None,
+        };
         runtime.spawn(async move {
-            let outcome = run_one(&inner, id, resource, stops_itself, &token, &emit, ctx, work).await;
+            let outcome = run_one(&inner, id, slot, stops_itself, &token, &emit, ctx, work).await;
             let (status, event) = match outcome {
                 Ok(result) => (JobStatus::Succeeded, JobEvent::Finished { result }),
                 Err(Error::Cancelled) => (JobStatus::Cancelled, JobEvent::Cancelled),
@@ -240,11 +256,43 @@ impl JobRunner {
     }
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Ends the dispatcher.
+        self.heavy.close();
+        self.heavy_queue.arrived.notify_one();
+    }
+}
+
+/// Hands each free heavy slot to the longest-waiting heavy job. A job cancelled while waiting
+/// has dropped its receiver; its turn passes to the next.
+async fn dispatch_heavy(heavy: Arc<Semaphore>, queue: Arc<HeavyQueue>) {
+    loop {
+        let Ok(mut permit) = heavy.clone().acquire_owned().await else { return };
+        loop {
+            let next = queue.waiting.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+            match next {
+                Some(tx) => match tx.send(permit) {
+                    Ok(()) => break,
+                    Err(back) => permit = back,
+                },
+                None => {
+                    // notify_one stores a wake-up if a job arrived between the check and here.
+                    queue.arrived.notified().await;
+                    if heavy.is_closed() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_one<F>(
     inner: &Inner,
     id: i64,
-    resource: Resource,
+    slot: Option<oneshot::Receiver<OwnedSemaphorePermit>>,
     stops_itself: bool,
     token: &CancellationToken,
     emit: &Arc<dyn Fn(JobEvent) + Send + Sync>,
@@ -254,15 +302,13 @@ async fn run_one<F>(
 where
     F: FnOnce(JobContext) -> JobFuture + Send + 'static,
 {
-    // Wait for a slot (heavy jobs) unless cancelled first. tokio's semaphore is FIFO-fair, so
-    // heavy jobs start in submission order.
-    let _permit = match resource {
-        Resource::Heavy => tokio::select! {
-            permit = inner.heavy.clone().acquire_owned() =>
-                Some(permit.map_err(|_| Error::Internal("job queue closed".into()))?),
+    // Wait for a slot (heavy jobs, in submission order: see HeavyQueue) unless cancelled first.
+    let _permit = match slot {
+        Some(rx) => tokio::select! {
+            permit = rx => Some(permit.map_err(|_| Error::Internal("job queue closed".into()))?),
             _ = token.cancelled() => return Err(Error::Cancelled),
         },
-        Resource::Light => None,
+        None => None,
     };
     if token.is_cancelled() {
         return Err(Error::Cancelled);

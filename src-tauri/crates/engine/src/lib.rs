@@ -36,6 +36,8 @@ pub struct Engine {
     store: Arc<Store>,
     jobs: JobRunner,
     text: Arc<text::service::TextService>,
+    /// The compliance checker, compiled on first use from the shipped and the user's packs.
+    checker: std::sync::OnceLock<Arc<compliance::Checker>>,
     /// Jobs the previous process left unfinished, found when this one opened.
     interrupted_at_open: usize,
     _lock: Option<InstanceLock>,
@@ -69,11 +71,52 @@ impl Engine {
         }
         let slots = store.settings()?.heavy_job_slots as usize;
         let jobs = JobRunner::new(store.clone(), runtime, slots);
-        Ok(Engine { home, store, jobs, text: Arc::default(), interrupted_at_open, _lock: lock })
+        Ok(Engine { home, store, jobs, text: Arc::default(), checker: std::sync::OnceLock::new(), interrupted_at_open, _lock: lock })
     }
 
     pub fn home(&self) -> &Home {
         &self.home
+    }
+
+    /// The compliance checker over the shipped packs and `$ATELIER_HOME/compliance/*.toml`.
+    pub fn checker(&self) -> Result<Arc<compliance::Checker>> {
+        if let Some(c) = self.checker.get() {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(compliance::Checker::load(&self.home.compliance_dir())?);
+        for p in &c.problems {
+            tracing::warn!(file = %p.file, "rule pack skipped: {}", p.message);
+        }
+        Ok(self.checker.get_or_init(|| c).clone())
+    }
+
+    /// The template catalogue (shipped and `$ATELIER_HOME/templates/*.toml`), read afresh so
+    /// an edited copy shows at once.
+    pub fn templates(&self) -> (Vec<writing::templates::Template>, Vec<writing::templates::TemplateProblem>) {
+        writing::templates::load(Some(&self.home.templates_dir()))
+    }
+
+    /// Exports `body` as a labelled file in the exports folder (written atomically) and returns
+    /// its path. The labels follow Settings; an export without the explicit notice is logged.
+    pub fn export_text(&self, body: &str, title: &str, format: export::Format) -> Result<PathBuf> {
+        if body.trim().is_empty() {
+            return Err(Error::invalid("there is nothing to export: the text is empty"));
+        }
+        let s = self.store.settings()?;
+        let notice = if s.language == "en" { s.label_notice_en.clone() } else { s.label_notice_zh.clone() };
+        let labelling = export::Labelling {
+            notice: s.label_explicit.then_some((notice, s.label_position)),
+            label: compliance::labels::ImplicitLabel::new(Some(&s.label_producer)),
+        };
+        let bytes = export::render(body, title, format, &labelling)?;
+        let dir = self.home.exports_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+        let path = dir.join(export::file_name(title, format));
+        fsutil::write_atomic(&path, &bytes)?;
+        if !s.label_explicit {
+            self.store.log_unlabelled_export(&format!("{} ({})", path.display(), labelling.label.produce_id))?;
+        }
+        Ok(path)
     }
     pub fn store(&self) -> &Arc<Store> {
         &self.store

@@ -75,3 +75,37 @@ fn docx_is_a_valid_package_with_the_aigc_property() {
     assert!(doc.contains("这款面霜质地清爽 &amp; 不黏腻。"));
     assert!(doc.contains("<w:pStyle w:val=\"Heading1\"/>"));
 }
+
+#[test]
+fn the_engine_exports_into_the_data_folder_with_the_settings_labels() {
+    use atelier_engine::store::SettingsPatch;
+    use atelier_engine::{Access, Engine, Home};
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let engine = Engine::open(Home::at(dir.path()), Access::Exclusive, rt.handle().clone()).unwrap();
+    let producer = "001191110102MAD55U9H0F10002";
+    engine.store().update_settings(&SettingsPatch { label_producer: Some(producer.into()), ..Default::default() }).unwrap();
+    let path = engine.export_text(BODY, "春季/新品:<限定>", Format::Md).unwrap();
+    assert!(path.starts_with(engine.home().exports_dir()));
+    let name = path.file_name().unwrap().to_str().unwrap();
+    assert!(name.starts_with("春季新品限定-") && name.ends_with(".md"), "{name}");
+    let md = std::fs::read_to_string(&path).unwrap();
+    let label = labels::read_markdown_label(&md).unwrap();
+    assert_eq!(label.content_producer, producer);
+    assert!(md.contains(DEFAULT_NOTICE_ZH));
+    assert!(engine.store().label_events(5).unwrap().is_empty());
+
+    // Without the explicit notice (acknowledged): the implicit label stays, the export is logged.
+    engine
+        .store()
+        .update_settings(&SettingsPatch { label_explicit: Some(false), acknowledge_unlabelled: Some(true), ..Default::default() })
+        .unwrap();
+    let path = engine.export_text(BODY, "t", Format::Docx).unwrap();
+    assert!(std::fs::metadata(&path).unwrap().len() > 500);
+    let events = engine.store().label_events(5).unwrap();
+    assert_eq!(events[0].1, "export_unlabelled");
+    assert!(events[0].2.contains(path.file_name().unwrap().to_str().unwrap()));
+    assert_eq!(engine.export_text("  \n", "t", Format::Txt).unwrap_err().kind(), "invalid_input");
+    let leftovers = std::fs::read_dir(engine.home().exports_dir()).unwrap().count();
+    assert_eq!(leftovers, 2, "no temporary files left behind");
+}

@@ -450,3 +450,33 @@ fn a_read_only_data_folder_is_a_clear_error_and_its_data_is_untouched() {
     let store = Store::open(&Home::at(&home).db_path()).unwrap();
     assert_eq!(store.list_projects().unwrap()[0].name, "只读前的项目");
 }
+
+#[test]
+fn ai_labels_cannot_be_turned_off_without_an_acknowledgement_and_the_choice_is_logged() {
+    use atelier_engine::compliance::labels::DEFAULT_NOTICE_ZH;
+    let (_dir, store) = temp_store();
+    let s = store.settings().unwrap();
+    assert!(s.label_explicit);
+    assert_eq!(s.label_notice_zh, DEFAULT_NOTICE_ZH);
+
+    let off = SettingsPatch { label_explicit: Some(false), ..Default::default() };
+    let err = store.update_settings(&off).unwrap_err();
+    assert_eq!(err.kind(), "invalid_input");
+    assert!(store.settings().unwrap().label_explicit, "nothing changed");
+    assert!(store.label_events(10).unwrap().is_empty());
+
+    let ack = SettingsPatch { label_explicit: Some(false), acknowledge_unlabelled: Some(true), ..Default::default() };
+    assert!(!store.update_settings(&ack).unwrap().label_explicit);
+    store.log_unlabelled_export("md 春季新品.md").unwrap();
+    store.update_settings(&SettingsPatch { label_explicit: Some(true), ..Default::default() }).unwrap();
+    let events: Vec<String> = store.label_events(10).unwrap().into_iter().map(|e| e.1).collect();
+    assert_eq!(events, ["explicit_on", "export_unlabelled", "explicit_off"]);
+
+    // An edited notice must still say it is AI-generated; a producer code must be ASCII.
+    let bad = SettingsPatch { label_notice_zh: Some("仅供参考".into()), ..Default::default() };
+    assert_eq!(store.update_settings(&bad).unwrap_err().kind(), "invalid_input");
+    let ok = SettingsPatch { label_notice_zh: Some("本文由 AI 合成".into()), label_producer: Some("001191110102MAD55U9H0F10002".into()), ..Default::default() };
+    assert_eq!(store.update_settings(&ok).unwrap().label_notice_zh, "本文由 AI 合成");
+    let bad = SettingsPatch { label_producer: Some("创作工坊".into()), ..Default::default() };
+    assert_eq!(store.update_settings(&bad).unwrap_err().kind(), "invalid_input");
+}

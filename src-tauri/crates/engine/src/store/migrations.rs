@@ -177,9 +177,21 @@ ALTER TABLE generations ADD COLUMN stop_reason TEXT;
 ALTER TABLE generations ADD COLUMN metrics TEXT CHECK (metrics IS NULL OR json_valid(metrics));
 "#;
 
+/// Version 5: a local log of AI-content label decisions (the explicit notice turned off or on,
+/// exports made without it). The Labelling Measures (art. 9) ask for such records to be kept at
+/// least six months; Atelier keeps them and never prunes them.
+const LABEL_EVENTS: &str = r#"
+CREATE TABLE label_events (
+    id INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL,
+    event TEXT NOT NULL CHECK (event IN ('explicit_off', 'explicit_on', 'export_unlabelled')),
+    detail TEXT NOT NULL DEFAULT ''
+);
+"#;
+
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(CORE), M::up(SEARCH), M::up(SHORT_WORDS), M::up(RUN_METRICS)])
+    Migrations::new(vec![M::up(CORE), M::up(SEARCH), M::up(SHORT_WORDS), M::up(RUN_METRICS), M::up(LABEL_EVENTS)])
 }
 
 /// The schema version this build writes.
-pub const LATEST_VERSION: usize = 4;
+pub const LATEST_VERSION: usize = 5;

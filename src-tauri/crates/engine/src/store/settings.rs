@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Store, in_tx, now_ms};
 use crate::error::{Error, Result};
+use crate::compliance::labels::{self, NoticePosition};
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -55,6 +56,15 @@ pub struct Settings {
     pub remote_extra_sampling: bool,
     /// Whether an API key is stored (the key itself is never sent to the UI).
     pub remote_api_key_set: bool,
+    /// The explicit AI-content notice on exports and copies (validated: it must keep
+    /// 人工智能/AI and 生成/合成).
+    pub label_notice_zh: String,
+    pub label_notice_en: String,
+    pub label_position: NoticePosition,
+    /// `false` only after an acknowledgement, which is logged (`label_events`).
+    pub label_explicit: bool,
+    /// The registered provider code for `ContentProducer`; empty = “Atelier”.
+    pub label_producer: String,
 }
 
 impl Default for Settings {
@@ -73,6 +83,11 @@ impl Default for Settings {
             remote_timeout_s: 120,
             remote_extra_sampling: true,
             remote_api_key_set: false,
+            label_notice_zh: labels::DEFAULT_NOTICE_ZH.into(),
+            label_notice_en: labels::DEFAULT_NOTICE_EN.into(),
+            label_position: NoticePosition::End,
+            label_explicit: true,
+            label_producer: String::new(),
         }
     }
 }
@@ -109,6 +124,19 @@ pub struct SettingsPatch {
     /// `Some("")` removes the key. Written to its own row; never read back by the UI.
     #[serde(skip_serializing)]
     pub remote_api_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_notice_zh: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_notice_en: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_position: Option<NoticePosition>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_explicit: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_producer: Option<String>,
+    /// Must be `true` to turn the explicit notice off: the user has read what that means.
+    #[serde(skip_serializing)]
+    pub acknowledge_unlabelled: Option<bool>,
 }
 
 /// `null` in JSON means "clear", absence means "leave".
@@ -148,6 +176,11 @@ impl Settings {
         }
         if self.text_model.as_deref().is_some_and(|m| m.trim().is_empty()) {
             return bad("the text model cannot be an empty name");
+        }
+        labels::validate_notice(&self.label_notice_zh)?;
+        labels::validate_notice(&self.label_notice_en)?;
+        if !self.label_producer.trim().is_empty() {
+            labels::validate_producer(&self.label_producer)?;
         }
         let url = self.remote_base_url.trim();
         if !url.is_empty() && !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -212,6 +245,12 @@ impl Store {
         let next: Settings = serde_json::from_value(serde_json::Value::Object(merged))
             .map_err(|e| Error::invalid(format!("invalid settings: {e}")))?;
         next.validate()?;
+        let turning_off = current.label_explicit && !next.label_explicit;
+        if turning_off && patch.acknowledge_unlabelled != Some(true) {
+            return Err(Error::invalid(
+                "turning the AI-content notice off needs your acknowledgement that you will label the content yourself where it is published",
+            ));
+        }
         let now = now_ms();
         let mut conn = self.conn();
         in_tx(&mut conn, |tx| {
@@ -226,6 +265,14 @@ impl Store {
             for (k, v) in &changes {
                 put(k, v.to_string())?;
             }
+            if turning_off {
+                tx.execute(
+                    "INSERT INTO label_events (at, event, detail) VALUES (?1, 'explicit_off', 'acknowledged in Settings')",
+                    [now],
+                )?;
+            } else if !current.label_explicit && next.label_explicit {
+                tx.execute("INSERT INTO label_events (at, event, detail) VALUES (?1, 'explicit_on', '')", [now])?;
+            }
             if let Some(key) = &patch.remote_api_key {
                 if key.trim().is_empty() {
                     tx.execute("DELETE FROM settings WHERE key = ?1", [API_KEY])?;
@@ -237,6 +284,23 @@ impl Store {
         })?;
         drop(conn);
         self.settings()
+    }
+
+    /// Records an export made without the explicit notice (what and where), kept locally.
+    pub fn log_unlabelled_export(&self, detail: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO label_events (at, event, detail) VALUES (?1, 'export_unlabelled', ?2)",
+            params![now_ms(), detail],
+        )?;
+        Ok(())
+    }
+
+    /// The label log, newest first: (at ms, event, detail).
+    pub fn label_events(&self, limit: usize) -> Result<Vec<(i64, String, String)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT at, event, detail FROM label_events ORDER BY id DESC LIMIT ?1")?;
+        let rows = stmt.query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// The stored API key for the remote server, for the request only.

@@ -1,0 +1,63 @@
+//! Commands for copy: the compliance checker, the template catalogue and labelled exports.
+
+use atelier_engine::compliance::{CheckOptions, PackInfo, PackProblem, Report};
+use atelier_engine::export::Format;
+use atelier_engine::writing::templates::{Template, TemplateProblem};
+use serde::Serialize;
+use tauri::State;
+
+use crate::error::CmdResult;
+use crate::state::AppState;
+
+/// Checks text for advertising-law and platform risks. Offsets come in UTF-16 units too, so
+/// the editor can underline them directly.
+#[tauri::command]
+pub async fn check_text(state: State<'_, AppState>, text: String, options: Option<CheckOptions>) -> CmdResult<Report> {
+    let checker = state.engine()?.checker()?;
+    let options = options.unwrap_or_default();
+    // Up to 16 MB of text: off the async runtime.
+    let report = tauri::async_runtime::spawn_blocking(move || checker.check(&text, &options))
+        .await
+        .map_err(|e| atelier_engine::Error::Internal(e.to_string()))??;
+    Ok(report)
+}
+
+#[derive(Serialize)]
+pub struct PacksOverview {
+    pub packs: Vec<PackInfo>,
+    /// Pack files in the data folder that could not be used, and why.
+    pub problems: Vec<PackProblem>,
+    pub folder: String,
+}
+
+#[tauri::command]
+pub async fn compliance_packs(state: State<'_, AppState>) -> CmdResult<PacksOverview> {
+    let engine = state.engine()?;
+    let checker = engine.checker()?;
+    Ok(PacksOverview {
+        packs: checker.packs(),
+        problems: checker.problems.clone(),
+        folder: engine.home().compliance_dir().display().to_string(),
+    })
+}
+
+#[derive(Serialize)]
+pub struct TemplatesOverview {
+    pub templates: Vec<Template>,
+    pub problems: Vec<TemplateProblem>,
+    pub folder: String,
+}
+
+#[tauri::command]
+pub async fn list_templates(state: State<'_, AppState>) -> CmdResult<TemplatesOverview> {
+    let engine = state.engine()?;
+    let (templates, problems) = engine.templates();
+    Ok(TemplatesOverview { templates, problems, folder: engine.home().templates_dir().display().to_string() })
+}
+
+/// Writes a labelled TXT, Markdown or DOCX file into the exports folder; returns its path.
+#[tauri::command]
+pub async fn export_text(state: State<'_, AppState>, body: String, title: String, format: Format) -> CmdResult<String> {
+    let path = state.engine()?.export_text(&body, &title, format)?;
+    Ok(path.display().to_string())
+}
