@@ -101,6 +101,14 @@ pub fn run() {
         unsafe { std::env::set_var("WEBKIT_DISABLE_DMABUF_RENDERER", "1") };
     }
     let home = Home::resolve(None);
+    // Before any thread starts: the model thread count from Settings (0 or unset: physical cores).
+    let threads = home
+        .as_ref()
+        .ok()
+        .and_then(|h| atelier_engine::store::peek_setting(&h.db_path(), "threads"))
+        .and_then(|v| v.parse::<usize>().ok());
+    // SAFETY: still single-threaded (only environment reads and one read-only SQLite query so far).
+    unsafe { atelier_engine::text::local::configure_process_threads(threads) };
     init_logging(home.as_ref().ok());
     let app = builder(tauri::Builder::default(), home).build(context());
     match app {

@@ -221,6 +221,17 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let json = cli.json;
+    // Model threads: `bench text --threads`, else the Settings value (0 or unset: physical cores).
+    let threads = match &cli.command {
+        Command::Bench { action: BenchCmd::Text { threads, .. } } => *threads,
+        _ => None,
+    }
+    .or_else(|| {
+        let home = Home::resolve(cli.home.clone()).ok()?;
+        atelier_engine::store::peek_setting(&home.db_path(), "threads")?.parse().ok()
+    });
+    // SAFETY: no thread has been started yet (the async runtime is built in `run`).
+    unsafe { atelier_engine::text::local::configure_process_threads(threads) };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

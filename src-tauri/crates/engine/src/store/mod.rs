@@ -216,3 +216,11 @@ pub(crate) fn search_terms(query: &str) -> Result<Vec<String>> {
 
 /// The trigram tokenizer can only match terms of 3 or more characters.
 pub(crate) const FTS_MIN_CHARS: usize = 3;
+
+/// Reads one setting straight from a database file, read-only, without migrating or locking:
+/// for decisions made before the app has opened its engine (the thread count). `None` when
+/// the file, table or key is missing or unreadable.
+pub fn peek_setting(db: &std::path::Path, key: &str) -> Option<String> {
+    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+    conn.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get::<_, String>(0)).ok()
+}
