@@ -31,6 +31,7 @@ const COMMANDS: &[&str] = &[
     "compliance_packs",
     "list_templates",
     "export_text",
+    "generate_copy",
 ];
 
 fn main() {

@@ -237,6 +237,11 @@ fn copy_commands_check_list_templates_and_export_labelled_files() {
     assert_eq!(kind(invoke(&h, "export_text", json!({"body": "", "title": "t", "format": "md"})).unwrap_err()), "invalid_input");
     assert!(invoke(&h, "export_text", json!({"body": "x", "title": "t", "format": "exe"})).is_err());
 
+    // Copy requests are validated before anything is queued (no model is installed here).
+    let p = invoke(&h, "create_project", json!({"name": "文案"})).unwrap();
+    let req = json!({"project_id": p["id"], "template_id": "slogan", "values": {"product": "保温杯"}, "model": "none", "variants": 9});
+    assert_eq!(kind(invoke(&h, "generate_copy", json!({"request": req, "onEvent": "__CHANNEL__:9"})).unwrap_err()), "invalid_input");
+
     // Turning the explicit label off needs the acknowledgement.
     assert_eq!(kind(invoke(&h, "update_settings", json!({"patch": {"label_explicit": false}})).unwrap_err()), "invalid_input");
     let s = invoke(&h, "update_settings", json!({"patch": {"label_explicit": false, "acknowledge_unlabelled": true}})).unwrap();

@@ -48,6 +48,7 @@ pub fn builder<R: Runtime>(builder: tauri::Builder<R>, home: Result<Home, atelie
             commands::writing::compliance_packs,
             commands::writing::list_templates,
             commands::writing::export_text,
+            commands::writing::generate_copy,
         ])
 }
 

@@ -1,6 +1,11 @@
 //! Commands for copy: the compliance checker, the template catalogue and labelled exports.
 
+use std::sync::Arc;
+
+use atelier_engine::JobEvent;
 use atelier_engine::compliance::{CheckOptions, PackInfo, PackProblem, Report};
+use atelier_engine::writing::compose::CopyRequest;
+use tauri::ipc::Channel;
 use atelier_engine::export::Format;
 use atelier_engine::writing::templates::{Template, TemplateProblem};
 use serde::Serialize;
@@ -60,4 +65,32 @@ pub async fn list_templates(state: State<'_, AppState>) -> CmdResult<TemplatesOv
 pub async fn export_text(state: State<'_, AppState>, body: String, title: String, format: Format) -> CmdResult<String> {
     let path = state.engine()?.export_text(&body, &title, format)?;
     Ok(path.display().to_string())
+}
+
+/// One variant's job event.
+#[derive(Clone, Serialize)]
+pub struct VariantEvent {
+    /// 0-based.
+    pub variant: u32,
+    pub event: JobEvent,
+}
+
+/// Queues 1–4 variants of a template's copy; every variant's events come through `on_event`,
+/// tagged with its index. Returns the job ids in variant order.
+#[tauri::command]
+pub async fn generate_copy(
+    state: State<'_, AppState>,
+    request: CopyRequest,
+    on_event: Channel<VariantEvent>,
+) -> CmdResult<Vec<i64>> {
+    let on_event = Arc::new(on_event);
+    let ids = state.engine()?.generate_copy(&request, |variant| {
+        let ch = on_event.clone();
+        Some(Arc::new(move |event| {
+            if let Err(e) = ch.send(VariantEvent { variant, event }) {
+                tracing::debug!(error = %e, "copy channel closed");
+            }
+        }))
+    })?;
+    Ok(ids)
 }

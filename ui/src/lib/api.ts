@@ -4,6 +4,8 @@ import { invoke, Channel } from '@tauri-apps/api/core';
 import type {
   CheckOptions,
   CheckReport,
+  CopyRequest,
+  VariantEvent,
   ExportFormat,
   PacksOverview,
   TemplatesOverview,
@@ -101,4 +103,9 @@ export const api = {
   compliancePacks: () => call<PacksOverview>('compliance_packs'),
   listTemplates: () => call<TemplatesOverview>('list_templates'),
   exportText: (body: string, title: string, format: ExportFormat) => call<string>('export_text', { body, title, format }),
+  generateCopy: (request: CopyRequest, onEvent: (e: VariantEvent) => void) => {
+    const ch = new Channel<VariantEvent>();
+    ch.onmessage = onEvent;
+    return call<number[]>('generate_copy', { request, onEvent: ch });
+  },
 };

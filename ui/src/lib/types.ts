@@ -332,3 +332,21 @@ export interface TemplatesOverview {
 }
 
 export type ExportFormat = 'txt' | 'md' | 'docx';
+
+/** One template's copy in 1–4 variants (each its own job, seed + i when a seed is given). */
+export interface CopyRequest {
+  project_id: number;
+  template_id: string;
+  values: Record<string, string>;
+  tone?: string | null;
+  brand?: { tone_words: string[]; must_mention: string[]; banned: string[]; examples: string[] } | null;
+  model: string;
+  params?: Partial<SamplingParams>;
+  variants: number;
+}
+
+export interface VariantEvent {
+  /** 0-based. */
+  variant: number;
+  event: JobEvent;
+}

@@ -48,7 +48,7 @@ pub async fn run(engine: &Engine, a: GenerateArgs, json: bool) -> Result<()> {
     let sink: atelier_engine::EventSink = Arc::new(move |e| {
         let _ = tx.send(e);
     });
-    let job = engine.generate_text(TextJob { project_id, request: TextRequest { model, messages, params } }, Some(sink))?;
+    let job = engine.generate_text(TextJob { project_id, request: TextRequest { model, messages, params }, purpose: None }, Some(sink))?;
     let mut stdout = std::io::stdout();
     let mut progress_shown = false;
     loop {

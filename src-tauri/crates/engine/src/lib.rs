@@ -168,6 +168,24 @@ impl Engine {
         text::service::submit(&self.jobs, self.store.clone(), self.home.clone(), self.text.clone(), job, sink, None)
     }
 
+    /// Queues one text job per variant of a template's copy; `sink(i)` receives variant i's
+    /// events (0-based). Returns the job ids in variant order.
+    pub fn generate_copy(
+        &self,
+        req: &writing::compose::CopyRequest,
+        sink: impl Fn(u32) -> Option<EventSink>,
+    ) -> Result<Vec<i64>> {
+        let (templates, _) = self.templates();
+        let t = templates
+            .iter()
+            .find(|t| t.id == req.template_id)
+            .ok_or_else(|| Error::invalid(format!("there is no template “{}”", req.template_id)))?;
+        self.store.project(req.project_id)?;
+        let checker = self.checker()?;
+        let jobs = writing::compose::jobs(req, t, &checker)?;
+        jobs.into_iter().enumerate().map(|(i, job)| self.generate_text(job, sink(i as u32))).collect()
+    }
+
     /// The text model to use when none is named (setting, else by language and what is installed).
     pub fn default_text_model(&self) -> Result<Option<String>> {
         text::service::default_model(&self.home, &self.store.settings()?)

@@ -186,7 +186,7 @@ async fn generation_job_streams_records_and_cancels_promptly() {
 
     // A whole run: tokens stream, the generation is recorded with its figures.
     let (tx, mut rx) = sink();
-    let job = TextJob { project_id: project.id, request: request("Write one sentence about tea.", sampled(16)) };
+    let job = TextJob { project_id: project.id, request: request("Write one sentence about tea.", sampled(16)), purpose: None };
     let job_id = engine.generate_text(job, Some(tx)).unwrap();
     let mut streamed = String::new();
     let result = loop {
@@ -207,7 +207,7 @@ async fn generation_job_streams_records_and_cancels_promptly() {
 
     // Cancel after the first few tokens: the job ends promptly and the partial text is kept.
     let (tx, mut rx) = sink();
-    let job = TextJob { project_id: project.id, request: request("Write a long story about a dragon.", sampled(2000)) };
+    let job = TextJob { project_id: project.id, request: request("Write a long story about a dragon.", sampled(2000)), purpose: None };
     let job_id = engine.generate_text(job, Some(tx)).unwrap();
     let mut tokens = 0;
     let mut partial = String::new();
@@ -240,10 +240,76 @@ async fn bad_requests_are_refused_before_queueing() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(Home::at(dir.path()), Access::Exclusive, tokio::runtime::Handle::current()).unwrap();
     let project = engine.store().create_project("Tests").unwrap();
-    let submit = |req: TextRequest| engine.generate_text(TextJob { project_id: project.id, request: req }, None).unwrap_err();
+    let submit = |req: TextRequest| engine.generate_text(TextJob { project_id: project.id, request: req, purpose: None }, None).unwrap_err();
     assert_eq!(submit(request("   ", sampled(8))).kind(), "invalid_input");
     assert!(submit(request("hi", SamplingParams { temperature: -1.0, ..Default::default() })).to_string().contains("temperature"));
     assert!(submit(request(&"x".repeat(300_000), sampled(8))).to_string().contains("300000"));
     assert!(submit(request("hi", sampled(8))).to_string().contains("no model"));
     assert!(engine.jobs().active_ids().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_from_a_template_runs_one_recorded_job_per_variant() {
+    use atelier_engine::writing::compose::CopyRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::at(dir.path());
+    home.ensure().unwrap();
+    std::fs::copy(model_file(), home.models_dir().join(format!("{ID}.gguf"))).unwrap();
+    let engine = Engine::open(home, Access::Exclusive, tokio::runtime::Handle::current()).unwrap();
+    engine.store().update_settings(&SettingsPatch { threads: Some(2), ..Default::default() }).unwrap();
+    let project = engine.store().create_project("文案").unwrap();
+    let (templates, _) = engine.templates();
+    let slogan = templates.iter().find(|t| t.id == "slogan").unwrap();
+    let req = CopyRequest {
+        project_id: project.id,
+        template_id: "slogan".into(),
+        values: slogan.samples(),
+        tone: Some("活泼有趣".into()),
+        brand: None,
+        model: ID.into(),
+        params: SamplingParams { max_tokens: 12, seed: Some(41), ..Default::default() },
+        variants: 2,
+    };
+    let sinks: Arc<Mutex<Vec<mpsc::UnboundedReceiver<JobEvent>>>> = Arc::default();
+    let s2 = sinks.clone();
+    let ids = engine
+        .generate_copy(&req, move |_| {
+            let (tx, rx) = sink();
+            s2.lock().unwrap().push(rx);
+            Some(tx)
+        })
+        .unwrap();
+    assert_eq!(ids.len(), 2);
+    let receivers = std::mem::take(&mut *sinks.lock().unwrap());
+    let mut gens = Vec::new();
+    for mut rx in receivers {
+        let result = loop {
+            match tokio::time::timeout(Duration::from_secs(120), rx.recv()).await.unwrap().unwrap() {
+                JobEvent::Finished { result } => break result,
+                JobEvent::Failed { kind, message } => panic!("{kind}: {message}"),
+                _ => {}
+            }
+        };
+        gens.push(engine.store().generation(result["generation_id"].as_i64().unwrap()).unwrap());
+    }
+    // Each variant is recorded with its template, form values and variant number; seeds follow on.
+    let seeds: Vec<Option<i64>> = gens.iter().map(|g| g.seed).collect();
+    assert_eq!(seeds, [Some(41), Some(42)]);
+    for (i, g) in gens.iter().enumerate() {
+        let purpose = &g.params["purpose"];
+        assert_eq!((purpose["template"].as_str(), purpose["variant"].as_u64()), (Some("slogan"), Some(i as u64 + 1)));
+        assert_eq!(purpose["values"]["product"], slogan.samples()["product"].as_str());
+        assert!(g.prompt.contains("合规要求") && g.prompt.contains("活泼有趣"), "{}", g.prompt);
+    }
+
+    // Bad requests are refused before anything is queued.
+    let bad = CopyRequest { variants: 5, ..req.clone() };
+    assert_eq!(engine.generate_copy(&bad, |_| None).unwrap_err().kind(), "invalid_input");
+    let bad = CopyRequest { template_id: "nope".into(), ..req.clone() };
+    assert_eq!(engine.generate_copy(&bad, |_| None).unwrap_err().kind(), "invalid_input");
+    let mut values = req.values.clone();
+    values.remove("product");
+    let bad = CopyRequest { values, ..req };
+    assert!(engine.generate_copy(&bad, |_| None).unwrap_err().to_string().contains("商品名称"));
+    assert_eq!(engine.store().list_jobs(20).unwrap().len(), 2, "nothing queued for the bad requests");
 }

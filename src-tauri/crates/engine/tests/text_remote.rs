@@ -247,7 +247,7 @@ async fn remote_jobs_are_recorded_cancelled_and_never_retried_by_themselves() {
 
     // The stream breaks: one request only, a failed generation holding the partial text.
     let (tx, rx) = sink();
-    engine.generate_text(TextJob { project_id: project.id, request: request() }, Some(tx)).unwrap();
+    engine.generate_text(TextJob { project_id: project.id, request: request(), purpose: None }, Some(tx)).unwrap();
     assert!(matches!(wait(rx).await, JobEvent::Failed { kind, .. } if kind == "remote_interrupted"));
     assert_eq!(seen.lock().unwrap().len(), 1, "a failed generation must not be sent again");
     let id = engine.store().history(&Default::default()).unwrap().items[0].id;
@@ -260,7 +260,7 @@ async fn remote_jobs_are_recorded_cancelled_and_never_retried_by_themselves() {
     let (tx, mut rx) = sink();
     let mut req = request();
     req.model = "remote:endless".into();
-    let job = engine.generate_text(TextJob { project_id: project.id, request: req }, Some(tx)).unwrap();
+    let job = engine.generate_text(TextJob { project_id: project.id, request: req, purpose: None }, Some(tx)).unwrap();
     loop {
         if let JobEvent::Token { .. } = rx.recv().await.unwrap() {
             break;

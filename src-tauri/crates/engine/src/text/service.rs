@@ -29,6 +29,10 @@ pub const MAX_SEED: u64 = (1 << 53) - 1;
 pub struct TextJob {
     pub project_id: i64,
     pub request: TextRequest,
+    /// What the text is for (a template and its form, a variant number…), recorded with the
+    /// generation so History and "recall settings" can show it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<serde_json::Value>,
 }
 
 /// What a finished text job returns to the UI.
@@ -212,7 +216,7 @@ async fn run(ctx: JobContext, store: Arc<Store>, home: Home, service: Arc<TextSe
         kind: GenerationKind::Text,
         model_id: model_label,
         prompt: req.prompt_text(),
-        params: serde_json::json!({ "messages": req.messages, "sampling": req.params }),
+        params: serde_json::json!({ "messages": req.messages, "sampling": req.params, "purpose": job.purpose }),
         seed: Some(seed as i64),
     })?;
     // What was shown so far: kept when the run fails or is cancelled.

@@ -2,4 +2,5 @@
 //! building. Generation itself goes through [`crate::text`]; checking through
 //! [`crate::compliance`].
 
+pub mod compose;
 pub mod templates;
