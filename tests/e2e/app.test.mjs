@@ -6,7 +6,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, mkdirSync, writeFileSync, existsSync, rmSync, copyFileSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, writeFileSync, existsSync, rmSync, copyFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Builder, By, until } from 'selenium-webdriver';
@@ -147,6 +147,54 @@ test('a real model writes in the Models screen, streams, stops, and lands in His
     await driver.findElement(By.css('[data-view=history]')).click();
     await driver.wait(until.elementLocated(By.xpath("//*[contains(text(), 'slogan for a tea shop')]")), 10_000);
     await shot(driver, '05-history-with-generations.png');
+  } finally {
+    await driver.quit();
+  }
+});
+
+test('writing: a template drafts copy with the real model, risky words are flagged and fixed, the export carries both labels', async () => {
+  // The model was installed into this home by the previous test.
+  const driver = await startApp();
+  try {
+    await driver.findElement(By.css('[data-view=writing]')).click();
+    await driver.wait(until.elementLocated(By.css('[data-testid=template-picker] option[value=slogan]')), 15_000);
+    await driver.executeScript(`const s = document.querySelector('[data-testid=template-picker]'); s.value = 'slogan'; s.dispatchEvent(new Event('change'));`);
+    const product = await driver.wait(until.elementLocated(By.css('[data-testid=input-product]')), 5_000);
+    await product.sendKeys('保温杯');
+    await driver.executeScript(`const s = document.querySelector('[data-testid=variants]'); s.value = '1'; s.dispatchEvent(new Event('change'));`);
+    const maxTokens = await driver.findElement(By.css('[data-testid=max-tokens]'));
+    await maxTokens.clear();
+    await maxTokens.sendKeys('24');
+    await driver.findElement(By.css('[data-testid=generate-copy]')).click();
+    await driver.wait(until.elementLocated(By.css('[data-testid=use-variant]')), 120_000);
+    const drafted = await driver.findElement(By.css('[data-testid=variant-text]')).getText();
+    assert.ok(drafted.trim().length > 0, 'the model wrote a variant');
+    await driver.findElement(By.css('[data-testid=use-variant]')).click();
+
+    // Known risky copy (typed, as a user would paste it): flagged with reasons, fixed in one click.
+    const editor = await driver.findElement(By.css('[data-testid=editor]'));
+    await editor.clear();
+    await editor.sendKeys('这是全网最低价的保温杯，销量第一！');
+    await driver.findElement(By.css('[data-testid=check]')).click();
+    await driver.wait(async () => (await driver.findElements(By.css('[data-testid=finding]'))).length >= 2, 10_000);
+    const findings = await driver.findElement(By.css('[data-testid=findings]')).getText();
+    assert.match(findings, /全网最低价/);
+    assert.match(findings, /销量第一/);
+    await shot(driver, '06-writing-findings.png');
+    const chips = await driver.findElements(By.xpath("//button[@data-testid='apply-suggestion' and text()='热销款']"));
+    assert.ok(chips.length > 0, 'a safer phrasing is offered');
+    await chips[0].click();
+    await driver.wait(async () => (await editor.getAttribute('value')).includes('热销款'), 5_000);
+    assert.ok(!(await editor.getAttribute('value')).includes('销量第一'));
+
+    await driver.findElement(By.css('[data-testid=export-md]')).click();
+    const toast = await driver.wait(until.elementLocated(By.xpath("//*[@role='status' and contains(., '.md')]")), 10_000);
+    const path = (await toast.getText()).match(/(\/\S+\.md)/)[1];
+    const md = readFileSync(path, 'utf8');
+    assert.match(md, /^---\nAIGC: \{"Label":"1","ContentProducer":"Atelier","ProduceID":"[0-9a-f-]{36}"/);
+    assert.match(md, /本内容由人工智能生成，发布前请人工审核/);
+    assert.match(md, /热销款/);
+    await shot(driver, '07-writing-exported.png');
   } finally {
     await driver.quit();
   }

@@ -25,15 +25,20 @@ export class TextRun {
   cancelled = $state(false);
   jobId = $state<number | null>(null);
 
-  async start(projectId: number, request: TextRequest) {
+  /** Clears the last run and marks this one running. */
+  begin() {
     this.text = '';
     this.result = null;
     this.error = null;
     this.cancelled = false;
     this.loading = null;
     this.running = true;
+  }
+
+  async start(projectId: number, request: TextRequest) {
+    this.begin();
     try {
-      this.jobId = await api.generateText(projectId, request, (e) => this.onEvent(e));
+      this.jobId = await api.generateText(projectId, request, (e) => this.handle(e));
     } catch (e) {
       const err = toApiError(e);
       this.error = { kind: err.kind, message: err.message };
@@ -45,7 +50,8 @@ export class TextRun {
     if (this.jobId !== null && this.running) await api.cancelJob(this.jobId);
   }
 
-  private onEvent(e: JobEvent) {
+  /** Applies one job event (also used by multi-variant runs). */
+  handle(e: JobEvent) {
     switch (e.type) {
       case 'Progress':
         this.loading = { done: e.done, total: e.total };
