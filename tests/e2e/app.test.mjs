@@ -158,15 +158,19 @@ test('writing: a template drafts copy with the real model, risky words are flagg
   try {
     await driver.findElement(By.css('[data-view=writing]')).click();
     await driver.wait(until.elementLocated(By.css('[data-testid=template-picker] option[value=slogan]')), 15_000);
-    await driver.executeScript(`const s = document.querySelector('[data-testid=template-picker]'); s.value = 'slogan'; s.dispatchEvent(new Event('change'));`);
+    await driver.executeScript(`const s = document.querySelector('[data-testid=template-picker]'); s.value = 'slogan'; s.dispatchEvent(new Event('change', { bubbles: true }));`);
     const product = await driver.wait(until.elementLocated(By.css('[data-testid=input-product]')), 5_000);
     await product.sendKeys('保温杯');
-    await driver.executeScript(`const s = document.querySelector('[data-testid=variants]'); s.value = '1'; s.dispatchEvent(new Event('change'));`);
+    await driver.executeScript(`const s = document.querySelector('[data-testid=variants]'); s.value = '1'; s.dispatchEvent(new Event('change', { bubbles: true }));`);
     const maxTokens = await driver.findElement(By.css('[data-testid=max-tokens]'));
     await maxTokens.clear();
     await maxTokens.sendKeys('24');
     await driver.findElement(By.css('[data-testid=generate-copy]')).click();
-    await driver.wait(until.elementLocated(By.css('[data-testid=use-variant]')), 120_000);
+    try {
+      await driver.wait(until.elementLocated(By.css('[data-testid=use-variant]')), 120_000);
+    } finally {
+      await shot(driver, '06-writing-variants.png');
+    }
     const drafted = await driver.findElement(By.css('[data-testid=variant-text]')).getText();
     assert.ok(drafted.trim().length > 0, 'the model wrote a variant');
     await driver.findElement(By.css('[data-testid=use-variant]')).click();
@@ -180,7 +184,7 @@ test('writing: a template drafts copy with the real model, risky words are flagg
     const findings = await driver.findElement(By.css('[data-testid=findings]')).getText();
     assert.match(findings, /全网最低价/);
     assert.match(findings, /销量第一/);
-    await shot(driver, '06-writing-findings.png');
+    await shot(driver, '07-writing-findings.png');
     const chips = await driver.findElements(By.xpath("//button[@data-testid='apply-suggestion' and text()='热销款']"));
     assert.ok(chips.length > 0, 'a safer phrasing is offered');
     await chips[0].click();
@@ -189,12 +193,12 @@ test('writing: a template drafts copy with the real model, risky words are flagg
 
     await driver.findElement(By.css('[data-testid=export-md]')).click();
     const toast = await driver.wait(until.elementLocated(By.xpath("//*[@role='status' and contains(., '.md')]")), 10_000);
-    const path = (await toast.getText()).match(/(\/\S+\.md)/)[1];
+    const path = (await toast.getText()).match(/(\/.+\.md)/)[1];
     const md = readFileSync(path, 'utf8');
     assert.match(md, /^---\nAIGC: \{"Label":"1","ContentProducer":"Atelier","ProduceID":"[0-9a-f-]{36}"/);
     assert.match(md, /本内容由人工智能生成，发布前请人工审核/);
     assert.match(md, /热销款/);
-    await shot(driver, '07-writing-exported.png');
+    await shot(driver, '08-writing-exported.png');
   } finally {
     await driver.quit();
   }

@@ -248,7 +248,8 @@ export interface Finding {
   rule: string;
   pack: string;
   category: string;
-  severity: 'low' | 'medium' | 'high';
+  /** High, medium, low (the rule packs' H / M / L). */
+  severity: 'H' | 'M' | 'L';
   verdict: 'violation' | 'needs_evidence';
   matched: string;
   /** Unicode scalar values. */
