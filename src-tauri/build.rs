@@ -32,6 +32,8 @@ const COMMANDS: &[&str] = &[
     "list_templates",
     "export_text",
     "generate_copy",
+    "get_brand_voice",
+    "set_brand_voice",
 ];
 
 fn main() {

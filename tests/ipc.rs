@@ -242,6 +242,13 @@ fn copy_commands_check_list_templates_and_export_labelled_files() {
     let req = json!({"project_id": p["id"], "template_id": "slogan", "values": {"product": "保温杯"}, "model": "none", "variants": 9});
     assert_eq!(kind(invoke(&h, "generate_copy", json!({"request": req, "onEvent": "__CHANNEL__:9"})).unwrap_err()), "invalid_input");
 
+    // The project's brand voice round-trips, cleaned; an oversized one is refused.
+    let v = invoke(&h, "set_brand_voice", json!({"projectId": p["id"], "voice": {"tone_words": [" 温柔 ", ""], "must_mention": ["水润"]}})).unwrap();
+    assert_eq!(v["tone_words"], json!(["温柔"]));
+    assert_eq!(invoke(&h, "get_brand_voice", json!({"projectId": p["id"]})).unwrap(), v);
+    let big = json!({"projectId": p["id"], "voice": {"examples": ["a", "b", "c", "d"]}});
+    assert_eq!(kind(invoke(&h, "set_brand_voice", big).unwrap_err()), "invalid_input");
+
     // Turning the explicit label off needs the acknowledgement.
     assert_eq!(kind(invoke(&h, "update_settings", json!({"patch": {"label_explicit": false}})).unwrap_err()), "invalid_input");
     let s = invoke(&h, "update_settings", json!({"patch": {"label_explicit": false, "acknowledge_unlabelled": true}})).unwrap();

@@ -49,6 +49,8 @@ pub fn builder<R: Runtime>(builder: tauri::Builder<R>, home: Result<Home, atelie
             commands::writing::list_templates,
             commands::writing::export_text,
             commands::writing::generate_copy,
+            commands::writing::get_brand_voice,
+            commands::writing::set_brand_voice,
         ])
 }
 

@@ -162,6 +162,11 @@ test('writing: a template drafts copy with the real model, risky words are flagg
     const product = await driver.wait(until.elementLocated(By.css('[data-testid=input-product]')), 5_000);
     await product.sendKeys('保温杯');
     await driver.executeScript(`const s = document.querySelector('[data-testid=variants]'); s.value = '1'; s.dispatchEvent(new Event('change', { bubbles: true }));`);
+    // The project's brand voice is saved with the project (and goes into its prompts).
+    await driver.findElement(By.css('[data-testid=brand-voice] summary')).click();
+    await driver.findElement(By.css('[data-testid=voice-must_mention]')).sendKeys('真空双层');
+    await driver.findElement(By.css('[data-testid=save-voice]')).click();
+    await driver.wait(until.elementLocated(By.xpath("//*[@role='status' and contains(., '已保存')]")), 10_000);
     const maxTokens = await driver.findElement(By.css('[data-testid=max-tokens]'));
     await maxTokens.clear();
     await maxTokens.sendKeys('24');
@@ -198,6 +203,9 @@ test('writing: a template drafts copy with the real model, risky words are flagg
     assert.match(md, /^---\nAIGC: \{"Label":"1","ContentProducer":"Atelier","ProduceID":"[0-9a-f-]{36}"/);
     assert.match(md, /本内容由人工智能生成，发布前请人工审核/);
     assert.match(md, /热销款/);
+    // The variant's prompt (in History) carried the brand voice.
+    await driver.findElement(By.css('[data-view=history]')).click();
+    await driver.wait(until.elementLocated(By.xpath("//*[contains(text(), '真空双层')]")), 10_000);
     await shot(driver, '08-writing-exported.png');
   } finally {
     await driver.quit();

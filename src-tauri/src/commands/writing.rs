@@ -7,7 +7,7 @@ use atelier_engine::compliance::{CheckOptions, PackInfo, PackProblem, Report};
 use atelier_engine::writing::compose::CopyRequest;
 use tauri::ipc::Channel;
 use atelier_engine::export::Format;
-use atelier_engine::writing::templates::{Template, TemplateProblem};
+use atelier_engine::writing::templates::{BrandVoice, Template, TemplateProblem};
 use serde::Serialize;
 use tauri::State;
 
@@ -93,4 +93,15 @@ pub async fn generate_copy(
         }))
     })?;
     Ok(ids)
+}
+
+#[tauri::command]
+pub async fn get_brand_voice(state: State<'_, AppState>, project_id: i64) -> CmdResult<BrandVoice> {
+    Ok(state.engine()?.brand_voice(project_id)?)
+}
+
+/// Saves the project's brand voice (used in every prompt of the project); returns it cleaned.
+#[tauri::command]
+pub async fn set_brand_voice(state: State<'_, AppState>, project_id: i64, voice: BrandVoice) -> CmdResult<BrandVoice> {
+    Ok(state.engine()?.set_brand_voice(project_id, &voice)?)
 }

@@ -2,6 +2,7 @@
 // `{kind, message}` the backend sent (or `ipc` for a transport/permission failure).
 import { invoke, Channel } from '@tauri-apps/api/core';
 import type {
+  BrandVoice,
   CheckOptions,
   CheckReport,
   CopyRequest,
@@ -103,6 +104,8 @@ export const api = {
   compliancePacks: () => call<PacksOverview>('compliance_packs'),
   listTemplates: () => call<TemplatesOverview>('list_templates'),
   exportText: (body: string, title: string, format: ExportFormat) => call<string>('export_text', { body, title, format }),
+  getBrandVoice: (projectId: number) => call<BrandVoice>('get_brand_voice', { projectId }),
+  setBrandVoice: (projectId: number, voice: BrandVoice) => call<BrandVoice>('set_brand_voice', { projectId, voice }),
   generateCopy: (request: CopyRequest, onEvent: (e: VariantEvent) => void) => {
     const ch = new Channel<VariantEvent>();
     ch.onmessage = onEvent;

@@ -340,7 +340,8 @@ export interface CopyRequest {
   template_id: string;
   values: Record<string, string>;
   tone?: string | null;
-  brand?: { tone_words: string[]; must_mention: string[]; banned: string[]; examples: string[] } | null;
+  /** Omitted: the project's saved brand voice is used. */
+  brand?: BrandVoice | null;
   model: string;
   params?: Partial<SamplingParams>;
   variants: number;
@@ -350,4 +351,12 @@ export interface VariantEvent {
   /** 0-based. */
   variant: number;
   event: JobEvent;
+}
+
+/** A project's brand voice, put into every prompt of the project. */
+export interface BrandVoice {
+  tone_words: string[];
+  must_mention: string[];
+  banned: string[];
+  examples: string[];
 }

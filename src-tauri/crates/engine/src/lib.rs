@@ -180,10 +180,32 @@ impl Engine {
             .iter()
             .find(|t| t.id == req.template_id)
             .ok_or_else(|| Error::invalid(format!("there is no template “{}”", req.template_id)))?;
-        self.store.project(req.project_id)?;
+        self.store.ensure_live_project(req.project_id)?;
+        // The project's brand voice goes into every prompt of the project unless the request
+        // brings its own.
+        let mut req = req.clone();
+        if req.brand.is_none() {
+            req.brand = Some(self.brand_voice(req.project_id)?).filter(|b| !b.is_empty());
+        }
         let checker = self.checker()?;
-        let jobs = writing::compose::jobs(req, t, &checker)?;
+        let jobs = writing::compose::jobs(&req, t, &checker)?;
         jobs.into_iter().enumerate().map(|(i, job)| self.generate_text(job, sink(i as u32))).collect()
+    }
+
+    /// A project's brand voice (empty when none was set).
+    pub fn brand_voice(&self, project_id: i64) -> Result<writing::templates::BrandVoice> {
+        Ok(self
+            .store
+            .project_setting(project_id, "brand_voice")?
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default())
+    }
+
+    /// Saves a project's brand voice (trimmed and size-checked); returns what was stored.
+    pub fn set_brand_voice(&self, project_id: i64, voice: &writing::templates::BrandVoice) -> Result<writing::templates::BrandVoice> {
+        let voice = voice.normalized()?;
+        self.store.set_project_setting(project_id, "brand_voice", &serde_json::to_value(&voice)?)?;
+        Ok(voice)
     }
 
     /// The text model to use when none is named (setting, else by language and what is installed).

@@ -260,6 +260,9 @@ async fn copy_from_a_template_runs_one_recorded_job_per_variant() {
     let project = engine.store().create_project("文案").unwrap();
     let (templates, _) = engine.templates();
     let slogan = templates.iter().find(|t| t.id == "slogan").unwrap();
+    // The project's brand voice goes into its prompts.
+    let voice = atelier_engine::writing::templates::BrandVoice { must_mention: vec!["真空双层".into()], ..Default::default() };
+    engine.set_brand_voice(project.id, &voice).unwrap();
     let req = CopyRequest {
         project_id: project.id,
         template_id: "slogan".into(),
@@ -299,7 +302,7 @@ async fn copy_from_a_template_runs_one_recorded_job_per_variant() {
         let purpose = &g.params["purpose"];
         assert_eq!((purpose["template"].as_str(), purpose["variant"].as_u64()), (Some("slogan"), Some(i as u64 + 1)));
         assert_eq!(purpose["values"]["product"], slogan.samples()["product"].as_str());
-        assert!(g.prompt.contains("合规要求") && g.prompt.contains("活泼有趣"), "{}", g.prompt);
+        assert!(g.prompt.contains("合规要求") && g.prompt.contains("活泼有趣") && g.prompt.contains("真空双层"), "{}", g.prompt);
     }
 
     // Bad requests are refused before anything is queued.

@@ -138,3 +138,28 @@ fn print_a_rendered_prompt() {
     };
     println!("{}", t.render(&t.samples(), &ctx).unwrap());
 }
+
+#[test]
+fn a_projects_brand_voice_is_stored_trimmed_and_size_checked() {
+    use atelier_engine::{Access, Engine, Home};
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let engine = Engine::open(Home::at(dir.path()), Access::Exclusive, rt.handle().clone()).unwrap();
+    let p = engine.store().create_project("品牌").unwrap();
+    assert!(engine.brand_voice(p.id).unwrap().is_empty());
+    let v = BrandVoice {
+        tone_words: vec![" 温柔 ".into(), "".into()],
+        must_mention: vec!["水润".into()],
+        banned: vec!["便宜".into()],
+        examples: vec!["每一天都水润。".into()],
+    };
+    let stored = engine.set_brand_voice(p.id, &v).unwrap();
+    assert_eq!(stored.tone_words, ["温柔"]);
+    assert_eq!(engine.brand_voice(p.id).unwrap(), stored);
+    let too_many = BrandVoice { examples: vec!["x".into(); 4], ..Default::default() };
+    assert_eq!(engine.set_brand_voice(p.id, &too_many).unwrap_err().kind(), "invalid_input");
+    assert_eq!(engine.brand_voice(p.id).unwrap(), stored, "nothing lost on a refused save");
+    engine.store().trash_project(p.id).unwrap();
+    assert!(engine.set_brand_voice(p.id, &v).is_err(), "a trashed project is read-only");
+    assert_eq!(engine.set_brand_voice(999, &v).unwrap_err().kind(), "not_found");
+}

@@ -163,6 +163,34 @@ impl Store {
         })
     }
 
+    /// One entry of a project's settings (a JSON object per project), `None` when unset.
+    pub fn project_setting(&self, id: i64, key: &str) -> Result<Option<serde_json::Value>> {
+        let raw: Option<String> =
+            self.conn().query_row("SELECT settings FROM projects WHERE id = ?1", [id], |r| r.get(0)).optional()?;
+        let raw = raw.ok_or(Error::NotFound { what: "project", id })?;
+        let obj: serde_json::Value = serde_json::from_str(&raw).unwrap_or_default();
+        Ok(obj.get(key).cloned().filter(|v| !v.is_null()))
+    }
+
+    /// Sets one entry of a live project's settings (the rest are kept).
+    pub fn set_project_setting(&self, id: i64, key: &str, value: &serde_json::Value) -> Result<()> {
+        self.ensure_live_project(id)?;
+        let mut conn = self.conn();
+        in_tx(&mut conn, |tx| {
+            let raw: String = tx.query_row("SELECT settings FROM projects WHERE id = ?1", [id], |r| r.get(0))?;
+            let mut obj = match serde_json::from_str::<serde_json::Value>(&raw) {
+                Ok(serde_json::Value::Object(m)) => m,
+                _ => serde_json::Map::new(),
+            };
+            obj.insert(key.to_owned(), value.clone());
+            tx.execute(
+                "UPDATE projects SET settings = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id, serde_json::Value::Object(obj).to_string(), now_ms()],
+            )?;
+            Ok(())
+        })
+    }
+
     /// `Ok(())` if the project exists and is not trashed; used before writing into it.
     pub fn ensure_live_project(&self, id: i64) -> Result<()> {
         // Called before every write into a project: a primary-key read, not `project()`, which

@@ -127,7 +127,7 @@ pub struct PromptContext {
     pub rules: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BrandVoice {
     #[serde(default)]
     pub tone_words: Vec<String>,
@@ -137,6 +137,33 @@ pub struct BrandVoice {
     pub banned: Vec<String>,
     #[serde(default)]
     pub examples: Vec<String>,
+}
+
+impl BrandVoice {
+    /// Trims entries, drops empty ones, and checks the sizes (a brand voice goes into every
+    /// prompt of its project, so it must stay short).
+    pub fn normalized(&self) -> Result<BrandVoice> {
+        let clean = |v: &[String], what: &str, max_items: usize, max_chars: usize| -> Result<Vec<String>> {
+            let items: Vec<String> = v.iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+            if items.len() > max_items {
+                return Err(Error::invalid(format!("{what}: at most {max_items} entries")));
+            }
+            if let Some(long) = items.iter().find(|s| s.chars().count() > max_chars) {
+                return Err(Error::invalid(format!("{what}: “{}…” is longer than {max_chars} characters", long.chars().take(12).collect::<String>())));
+            }
+            Ok(items)
+        };
+        Ok(BrandVoice {
+            tone_words: clean(&self.tone_words, "tone words", 20, 20)?,
+            must_mention: clean(&self.must_mention, "must-mention terms", 20, 40)?,
+            banned: clean(&self.banned, "banned words", 100, 40)?,
+            examples: clean(&self.examples, "example texts", 3, 500)?,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tone_words.is_empty() && self.must_mention.is_empty() && self.banned.is_empty() && self.examples.is_empty()
+    }
 }
 
 fn environment() -> Environment<'static> {
