@@ -178,6 +178,9 @@ test('writing: a template drafts copy with the real model, risky words are flagg
     }
     const drafted = await driver.findElement(By.css('[data-testid=variant-text]')).getText();
     assert.ok(drafted.trim().length > 0, 'the model wrote a variant');
+    // Rated through the real command: pressed only once it is stored.
+    await driver.findElement(By.css('[data-testid=rate-up]')).click();
+    await driver.wait(async () => (await driver.findElement(By.css('[data-testid=rate-up]')).getAttribute('aria-pressed')) === 'true', 5_000);
     await driver.findElement(By.css('[data-testid=use-variant]')).click();
 
     // Known risky copy (typed, as a user would paste it): flagged with reasons, fixed in one click.
