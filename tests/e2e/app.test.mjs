@@ -192,7 +192,13 @@ test('writing: a template drafts copy with the real model, risky words are flagg
     const findings = await driver.findElement(By.css('[data-testid=findings]')).getText();
     assert.match(findings, /全网最低价/);
     assert.match(findings, /销量第一/);
+    // "Make compliant": the model's rewrite is a suggestion; rejecting it leaves the text alone.
+    await driver.findElement(By.css('[data-testid=make-compliant]')).click();
+    await driver.wait(until.elementLocated(By.css('[data-testid=reject-fix]')), 120_000);
+    assert.ok((await driver.findElement(By.css('[data-testid=fix-text]')).getText()).trim().length > 0, 'the model suggested a rewrite');
     await shot(driver, '07-writing-findings.png');
+    await driver.findElement(By.css('[data-testid=reject-fix]')).click();
+    assert.equal(await editor.getAttribute('value'), '这是全网最低价的保温杯，销量第一！');
     const chips = await driver.findElements(By.xpath("//button[@data-testid='apply-suggestion' and text()='热销款']"));
     assert.ok(chips.length > 0, 'a safer phrasing is offered');
     await chips[0].click();
