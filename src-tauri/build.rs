@@ -34,6 +34,9 @@ const COMMANDS: &[&str] = &[
     "generate_copy",
     "get_brand_voice",
     "set_brand_voice",
+    "save_copy_version",
+    "list_versions",
+    "restore_version",
 ];
 
 fn main() {

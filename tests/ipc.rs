@@ -249,6 +249,16 @@ fn copy_commands_check_list_templates_and_export_labelled_files() {
     let big = json!({"projectId": p["id"], "voice": {"examples": ["a", "b", "c", "d"]}});
     assert_eq!(kind(invoke(&h, "set_brand_voice", big).unwrap_err()), "invalid_input");
 
+    // The editor's text is saved as versions of a copy document; restoring appends a copy.
+    let v1 = invoke(&h, "save_copy_version", json!({"projectId": p["id"], "documentId": null, "title": "保温杯", "templateId": "slogan", "body": "第一版", "generationId": null})).unwrap();
+    let doc = v1["document_id"].clone();
+    let v2 = invoke(&h, "save_copy_version", json!({"projectId": p["id"], "documentId": doc, "title": "保温杯", "templateId": "slogan", "body": "第二版", "generationId": null})).unwrap();
+    assert_eq!((v1["number"].as_i64(), v2["number"].as_i64()), (Some(1), Some(2)));
+    let v3 = invoke(&h, "restore_version", json!({"versionId": v1["id"]})).unwrap();
+    assert_eq!((v3["number"].as_i64(), v3["body"].as_str(), v3["source"].as_str()), (Some(3), Some("第一版"), Some("restore")));
+    let all = invoke(&h, "list_versions", json!({"documentId": doc})).unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 3);
+
     // Turning the explicit label off needs the acknowledgement.
     assert_eq!(kind(invoke(&h, "update_settings", json!({"patch": {"label_explicit": false}})).unwrap_err()), "invalid_input");
     let s = invoke(&h, "update_settings", json!({"patch": {"label_explicit": false, "acknowledge_unlabelled": true}})).unwrap();

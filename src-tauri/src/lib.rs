@@ -51,6 +51,9 @@ pub fn builder<R: Runtime>(builder: tauri::Builder<R>, home: Result<Home, atelie
             commands::writing::generate_copy,
             commands::writing::get_brand_voice,
             commands::writing::set_brand_voice,
+            commands::writing::save_copy_version,
+            commands::writing::list_versions,
+            commands::writing::restore_version,
         ])
 }
 

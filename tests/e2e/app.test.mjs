@@ -204,6 +204,9 @@ test('writing: a template drafts copy with the real model, risky words are flagg
     await chips[0].click();
     await driver.wait(async () => (await editor.getAttribute('value')).includes('热销款'), 5_000);
     assert.ok(!(await editor.getAttribute('value')).includes('销量第一'));
+    // Taking the variant saved version 1; saving now adds version 2.
+    await driver.findElement(By.css('[data-testid=save-version]')).click();
+    await driver.wait(async () => /（2）/.test(await driver.findElement(By.css('[data-testid=versions] summary')).getText()), 10_000);
 
     await driver.findElement(By.css('[data-testid=export-md]')).click();
     const toast = await driver.wait(until.elementLocated(By.xpath("//*[@role='status' and contains(., '.md')]")), 10_000);

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use atelier_engine::JobEvent;
 use atelier_engine::compliance::{CheckOptions, PackInfo, PackProblem, Report};
+use atelier_engine::store::{DocumentKind, DocumentVersion, NewVersion, VersionSource};
 use atelier_engine::writing::compose::CopyRequest;
 use tauri::ipc::Channel;
 use atelier_engine::export::Format;
@@ -104,4 +105,38 @@ pub async fn get_brand_voice(state: State<'_, AppState>, project_id: i64) -> Cmd
 #[tauri::command]
 pub async fn set_brand_voice(state: State<'_, AppState>, project_id: i64, voice: BrandVoice) -> CmdResult<BrandVoice> {
     Ok(state.engine()?.set_brand_voice(project_id, &voice)?)
+}
+
+/// Appends the editor's text as a new version of a copy document (created on the first save)
+/// and returns the version. `generation_id` links a version taken from a variant.
+#[tauri::command]
+pub async fn save_copy_version(
+    state: State<'_, AppState>,
+    project_id: i64,
+    document_id: Option<i64>,
+    title: String,
+    template_id: Option<String>,
+    body: String,
+    generation_id: Option<i64>,
+) -> CmdResult<DocumentVersion> {
+    let engine = state.engine()?;
+    let store = engine.store();
+    let document_id = match document_id {
+        Some(id) => id,
+        None => store.create_document(project_id, DocumentKind::Copy, &title, template_id.as_deref())?.id,
+    };
+    let source = if generation_id.is_some() { VersionSource::Generation } else { VersionSource::Save };
+    Ok(store.add_version(document_id, &NewVersion { body: &body, source, generation_id, note: "" })?)
+}
+
+/// A document's versions, newest first.
+#[tauri::command]
+pub async fn list_versions(state: State<'_, AppState>, document_id: i64) -> CmdResult<Vec<DocumentVersion>> {
+    Ok(state.engine()?.store().list_versions(document_id)?)
+}
+
+/// Makes an old version current by appending a copy of it (nothing is overwritten).
+#[tauri::command]
+pub async fn restore_version(state: State<'_, AppState>, version_id: i64) -> CmdResult<DocumentVersion> {
+    Ok(state.engine()?.store().restore_version(version_id)?)
 }

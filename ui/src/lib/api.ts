@@ -4,6 +4,7 @@ import { invoke, Channel } from '@tauri-apps/api/core';
 import type {
   BrandVoice,
   CheckOptions,
+  DocumentVersion,
   CheckReport,
   CopyRequest,
   VariantEvent,
@@ -104,6 +105,10 @@ export const api = {
   compliancePacks: () => call<PacksOverview>('compliance_packs'),
   listTemplates: () => call<TemplatesOverview>('list_templates'),
   exportText: (body: string, title: string, format: ExportFormat) => call<string>('export_text', { body, title, format }),
+  saveCopyVersion: (a: { projectId: number; documentId: number | null; title: string; templateId: string | null; body: string; generationId: number | null }) =>
+    call<DocumentVersion>('save_copy_version', a),
+  listVersions: (documentId: number) => call<DocumentVersion[]>('list_versions', { documentId }),
+  restoreVersion: (versionId: number) => call<DocumentVersion>('restore_version', { versionId }),
   getBrandVoice: (projectId: number) => call<BrandVoice>('get_brand_voice', { projectId }),
   setBrandVoice: (projectId: number, voice: BrandVoice) => call<BrandVoice>('set_brand_voice', { projectId, voice }),
   generateCopy: (request: CopyRequest, onEvent: (e: VariantEvent) => void) => {

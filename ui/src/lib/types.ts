@@ -360,3 +360,15 @@ export interface BrandVoice {
   banned: string[];
   examples: string[];
 }
+
+/** One saved state of a document; versions are only ever appended. */
+export interface DocumentVersion {
+  id: number;
+  document_id: number;
+  number: number;
+  body: string;
+  source: 'save' | 'generation' | 'restore';
+  generation_id: number | null;
+  note: string;
+  created_at: number;
+}
