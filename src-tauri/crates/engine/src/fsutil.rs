@@ -1,4 +1,5 @@
-//! Atomic file writes: a reader sees the old file or the new one, never half of one.
+//! Atomic file writes (a reader sees the old file or the new one, never half of one), and
+//! reading the folders of data files users may add or edit (rule packs, templates).
 
 use std::io::Write;
 use std::path::Path;
@@ -70,4 +71,38 @@ mod tests {
     fn a_path_without_folder_is_refused() {
         assert_eq!(write_atomic(Path::new(""), b"x").unwrap_err().kind(), "invalid_input");
     }
+}
+
+/// A data file (rule pack, template) that could not be used, and why; the others still load.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FileProblem {
+    pub file: String,
+    pub message: String,
+}
+
+/// The `*.toml` files of `dir`, sorted by name, each as (path shown to the user, contents), or
+/// why it could not be read: larger than `max_bytes` (named `what` in the message), unreadable,
+/// not UTF-8. A missing folder has no files.
+pub fn read_toml_files(dir: &Path, max_bytes: u64, what: &str) -> Vec<std::result::Result<(String, String), FileProblem>> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut files: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let file = path.display().to_string();
+            let problem = |message: String| FileProblem { file: file.clone(), message };
+            match std::fs::metadata(&path) {
+                Ok(m) if m.len() > max_bytes => Err(problem(format!("larger than {} MiB; not {what}", max_bytes >> 20))),
+                Ok(_) => match std::fs::read_to_string(&path) {
+                    Ok(text) => Ok((file.clone(), text)),
+                    Err(e) => Err(problem(e.to_string())),
+                },
+                Err(e) => Err(problem(e.to_string())),
+            }
+        })
+        .collect()
 }

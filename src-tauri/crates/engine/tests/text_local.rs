@@ -173,14 +173,20 @@ fn sink() -> (atelier_engine::EventSink, mpsc::UnboundedReceiver<JobEvent>) {
     (Arc::new(move |e| { let _ = tx.send(e); }), rx)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn generation_job_streams_records_and_cancels_promptly() {
-    let dir = tempfile::tempdir().unwrap();
-    let home = Home::at(dir.path());
+/// An engine on a new data folder with SmolLM2 installed, running on 2 threads.
+fn engine_with_model(dir: &Path) -> Engine {
+    let home = Home::at(dir);
     home.ensure().unwrap();
     std::fs::copy(model_file(), home.models_dir().join(format!("{ID}.gguf"))).unwrap();
     let engine = Engine::open(home, Access::Exclusive, tokio::runtime::Handle::current()).unwrap();
     engine.store().update_settings(&SettingsPatch { threads: Some(2), ..Default::default() }).unwrap();
+    engine
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generation_job_streams_records_and_cancels_promptly() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine_with_model(dir.path());
     assert_eq!(engine.default_text_model().unwrap().as_deref(), Some(ID));
     let project = engine.store().create_project("Tests").unwrap();
 
@@ -252,11 +258,7 @@ async fn bad_requests_are_refused_before_queueing() {
 async fn copy_from_a_template_runs_one_recorded_job_per_variant() {
     use atelier_engine::writing::compose::CopyRequest;
     let dir = tempfile::tempdir().unwrap();
-    let home = Home::at(dir.path());
-    home.ensure().unwrap();
-    std::fs::copy(model_file(), home.models_dir().join(format!("{ID}.gguf"))).unwrap();
-    let engine = Engine::open(home, Access::Exclusive, tokio::runtime::Handle::current()).unwrap();
-    engine.store().update_settings(&SettingsPatch { threads: Some(2), ..Default::default() }).unwrap();
+    let engine = engine_with_model(dir.path());
     let project = engine.store().create_project("文案").unwrap();
     let (templates, _) = engine.templates();
     let slogan = templates.iter().find(|t| t.id == "slogan").unwrap();

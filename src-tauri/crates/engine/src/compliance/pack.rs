@@ -173,47 +173,24 @@ impl Pack {
 }
 
 /// A pack file that could not be used, and why (the other packs still load).
-#[derive(Debug, Clone, Serialize)]
-pub struct PackProblem {
-    pub file: String,
-    pub message: String,
-}
+pub type PackProblem = crate::fsutil::FileProblem;
 
 /// The shipped packs, then `*.toml` in `dir` (when given and present): a pack whose id is already
 /// loaded replaces it. Broken files are reported and skipped.
 pub fn load(dir: Option<&Path>) -> (Vec<Pack>, Vec<PackProblem>) {
     let mut packs: Vec<Pack> = Vec::new();
     let mut problems = Vec::new();
-    let add = |name: &str, text: &str, packs: &mut Vec<Pack>, problems: &mut Vec<PackProblem>| match Pack::parse(name, text) {
-        Ok(p) => {
-            packs.retain(|q| q.id != p.id);
-            packs.push(p);
-        }
-        Err(e) => problems.push(PackProblem { file: name.to_owned(), message: e.to_string() }),
-    };
-    for (name, text) in BUILTIN {
-        add(name, text, &mut packs, &mut problems);
-    }
-    if let Some(dir) = dir
-        && let Ok(entries) = std::fs::read_dir(dir)
-    {
-        let mut files: Vec<_> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-            .collect();
-        files.sort();
-        for path in files {
-            let name = path.display().to_string();
-            match std::fs::metadata(&path).map(|m| m.len()) {
-                Ok(len) if len > 4 << 20 => {
-                    problems.push(PackProblem { file: name, message: "larger than 4 MiB; not a rule pack".into() })
-                }
-                Ok(_) => match std::fs::read_to_string(&path) {
-                    Ok(text) => add(&name, &text, &mut packs, &mut problems),
-                    Err(e) => problems.push(PackProblem { file: name, message: e.to_string() }),
-                },
-                Err(e) => problems.push(PackProblem { file: name, message: e.to_string() }),
+    let builtin = BUILTIN.iter().map(|&(name, text)| Ok((name.to_owned(), text.to_owned())));
+    let user = dir.map(|d| crate::fsutil::read_toml_files(d, 4 << 20, "a rule pack")).unwrap_or_default();
+    for file in builtin.chain(user) {
+        match file.and_then(|(name, text)| {
+            Pack::parse(&name, &text).map_err(|e| PackProblem { file: name.clone(), message: e.to_string() })
+        }) {
+            Ok(p) => {
+                packs.retain(|q| q.id != p.id);
+                packs.push(p);
             }
+            Err(problem) => problems.push(problem),
         }
     }
     (packs, problems)

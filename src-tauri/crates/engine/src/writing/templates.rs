@@ -108,11 +108,7 @@ pub struct Template {
 }
 
 /// A template file that could not be used, and why.
-#[derive(Debug, Clone, Serialize)]
-pub struct TemplateProblem {
-    pub file: String,
-    pub message: String,
-}
+pub type TemplateProblem = crate::fsutil::FileProblem;
 
 /// Values typed into a template's form, by input id.
 pub type Values = BTreeMap<String, String>;
@@ -318,37 +314,23 @@ impl Template {
 pub fn load(dir: Option<&Path>) -> (Vec<Template>, Vec<TemplateProblem>) {
     let mut out: Vec<Template> = Vec::new();
     let mut problems = Vec::new();
-    let add = |name: &str, text: &str, source: &str, out: &mut Vec<Template>, problems: &mut Vec<TemplateProblem>| {
-        match Template::parse(name, text) {
-            Ok(mut t) => {
-                t.source = source.to_owned();
+    let builtin = BUILTIN_TEMPLATES.iter().map(|&(name, text)| Ok((name.to_owned(), text.to_owned(), "builtin".to_owned())));
+    let user = dir
+        .map(|d| crate::fsutil::read_toml_files(d, 1 << 20, "a template"))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|f| f.map(|(name, text)| (name.clone(), text, name)));
+    for file in builtin.chain(user) {
+        match file.and_then(|(name, text, source)| {
+            Template::parse(&name, &text)
+                .map(|t| Template { source, ..t })
+                .map_err(|e| TemplateProblem { file: name.clone(), message: e.to_string() })
+        }) {
+            Ok(t) => {
                 out.retain(|q| q.id != t.id);
                 out.push(t);
             }
-            Err(e) => problems.push(TemplateProblem { file: name.to_owned(), message: e.to_string() }),
-        }
-    };
-    for (name, text) in BUILTIN_TEMPLATES {
-        add(name, text, "builtin", &mut out, &mut problems);
-    }
-    if let Some(dir) = dir
-        && let Ok(entries) = std::fs::read_dir(dir)
-    {
-        let mut files: Vec<_> =
-            entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect();
-        files.sort();
-        for path in files {
-            let name = path.display().to_string();
-            match std::fs::metadata(&path) {
-                Ok(m) if m.len() > 1 << 20 => {
-                    problems.push(TemplateProblem { file: name, message: "larger than 1 MiB; not a template".into() })
-                }
-                Ok(_) => match std::fs::read_to_string(&path) {
-                    Ok(text) => add(&name, &text, &name, &mut out, &mut problems),
-                    Err(e) => problems.push(TemplateProblem { file: name, message: e.to_string() }),
-                },
-                Err(e) => problems.push(TemplateProblem { file: name, message: e.to_string() }),
-            }
+            Err(problem) => problems.push(problem),
         }
     }
     (out, problems)
