@@ -37,6 +37,16 @@ const COMMANDS: &[&str] = &[
     "save_copy_version",
     "list_versions",
     "restore_version",
+    "list_copy_documents",
+    "open_document",
+    "star_document",
+    "rename_document",
+    "clipboard_text",
+    "template_source",
+    "duplicate_template",
+    "save_template",
+    "delete_template",
+    "preview_template",
 ];
 
 fn main() {

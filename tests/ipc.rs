@@ -259,6 +259,37 @@ fn copy_commands_check_list_templates_and_export_labelled_files() {
     let all = invoke(&h, "list_versions", json!({"documentId": doc})).unwrap();
     assert_eq!(all.as_array().unwrap().len(), 3);
 
+    // Documents list, star and rename; opening one brings its versions.
+    let docs = invoke(&h, "list_copy_documents", json!({"projectId": p["id"]})).unwrap();
+    assert_eq!(docs.as_array().unwrap().len(), 1);
+    let starred = invoke(&h, "star_document", json!({"documentId": doc, "starred": true})).unwrap();
+    assert_eq!(starred["starred"], true);
+    assert_eq!(invoke(&h, "rename_document", json!({"documentId": doc, "title": "保温杯 · 定稿"})).unwrap()["title"], "保温杯 · 定稿");
+    let opened = invoke(&h, "open_document", json!({"documentId": doc})).unwrap();
+    assert_eq!(opened["versions"][0]["body"], "第一版");
+    assert_eq!(opened["document"]["starred"], true);
+    assert_eq!(kind(invoke(&h, "open_document", json!({"documentId": 4242})).unwrap_err()), "not_found");
+
+    // The clipboard gets the text with the notice.
+    let clip = invoke(&h, "clipboard_text", json!({"body": "保温杯，12 小时保温。"})).unwrap();
+    assert!(clip.as_str().unwrap().contains("人工智能生成") && clip.as_str().unwrap().contains("12 小时保温"), "{clip}");
+    assert_eq!(kind(invoke(&h, "clipboard_text", json!({"body": "  "})).unwrap_err()), "invalid_input");
+
+    // A template is duplicated, edited and saved as the user's own; a broken edit is refused.
+    let copy = invoke(&h, "duplicate_template", json!({"id": "slogan"})).unwrap();
+    assert_eq!(copy["id"], "slogan-copy");
+    let text = copy["text"].as_str().unwrap().replace("（副本）", "（我的）");
+    let saved = invoke(&h, "save_template", json!({"text": text, "previousId": null})).unwrap();
+    assert!(saved["name_zh"].as_str().unwrap().ends_with("（我的）"));
+    let listed = invoke(&h, "list_templates", json!({})).unwrap();
+    assert!(listed["templates"].as_array().unwrap().iter().any(|t| t["id"] == "slogan-copy"));
+    assert_eq!(invoke(&h, "template_source", json!({"id": "slogan-copy"})).unwrap()["user"], true);
+    let broken = text.replace("group = \"", "group = \"zz");
+    assert_eq!(kind(invoke(&h, "save_template", json!({"text": broken, "previousId": "slogan-copy"})).unwrap_err()), "invalid_input");
+    assert!(invoke(&h, "preview_template", json!({"text": text})).unwrap().as_str().unwrap().len() > 20);
+    invoke(&h, "delete_template", json!({"id": "slogan-copy"})).unwrap();
+    assert_eq!(kind(invoke(&h, "delete_template", json!({"id": "slogan"})).unwrap_err()), "invalid_input");
+
     // Turning the explicit label off needs the acknowledgement.
     assert_eq!(kind(invoke(&h, "update_settings", json!({"patch": {"label_explicit": false}})).unwrap_err()), "invalid_input");
     let s = invoke(&h, "update_settings", json!({"patch": {"label_explicit": false, "acknowledge_unlabelled": true}})).unwrap();

@@ -54,6 +54,16 @@ pub fn builder<R: Runtime>(builder: tauri::Builder<R>, home: Result<Home, atelie
             commands::writing::save_copy_version,
             commands::writing::list_versions,
             commands::writing::restore_version,
+            commands::writing::list_copy_documents,
+            commands::writing::open_document,
+            commands::writing::star_document,
+            commands::writing::rename_document,
+            commands::writing::clipboard_text,
+            commands::writing::template_source,
+            commands::writing::duplicate_template,
+            commands::writing::save_template,
+            commands::writing::delete_template,
+            commands::writing::preview_template,
         ])
 }
 

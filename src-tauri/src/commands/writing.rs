@@ -4,11 +4,12 @@ use std::sync::Arc;
 
 use atelier_engine::JobEvent;
 use atelier_engine::compliance::{CheckOptions, PackInfo, PackProblem, Report};
-use atelier_engine::store::{DocumentKind, DocumentVersion, NewVersion, VersionSource};
+use atelier_engine::store::{Document, DocumentKind, DocumentVersion, NewVersion, VersionSource};
 use atelier_engine::writing::compose::CopyRequest;
 use tauri::ipc::Channel;
 use atelier_engine::export::Format;
 use atelier_engine::writing::templates::{BrandVoice, Template, TemplateProblem};
+use atelier_engine::writing::user_templates::TemplateSource;
 use serde::Serialize;
 use tauri::State;
 
@@ -139,4 +140,71 @@ pub async fn list_versions(state: State<'_, AppState>, document_id: i64) -> CmdR
 #[tauri::command]
 pub async fn restore_version(state: State<'_, AppState>, version_id: i64) -> CmdResult<DocumentVersion> {
     Ok(state.engine()?.store().restore_version(version_id)?)
+}
+
+/// The project's copy documents, starred first, then most recently changed.
+#[tauri::command]
+pub async fn list_copy_documents(state: State<'_, AppState>, project_id: i64) -> CmdResult<Vec<Document>> {
+    let docs = state.engine()?.store().list_documents(project_id)?;
+    Ok(docs.into_iter().filter(|d| d.kind == DocumentKind::Copy).collect())
+}
+
+#[derive(Serialize)]
+pub struct OpenedDocument {
+    pub document: Document,
+    /// Newest first; the first is the current text.
+    pub versions: Vec<DocumentVersion>,
+}
+
+/// A document with its versions, to open in the editor.
+#[tauri::command]
+pub async fn open_document(state: State<'_, AppState>, document_id: i64) -> CmdResult<OpenedDocument> {
+    let engine = state.engine()?;
+    let store = engine.store();
+    Ok(OpenedDocument { document: store.document(document_id)?, versions: store.list_versions(document_id)? })
+}
+
+#[tauri::command]
+pub async fn star_document(state: State<'_, AppState>, document_id: i64, starred: bool) -> CmdResult<Document> {
+    Ok(state.engine()?.store().set_document_starred(document_id, starred)?)
+}
+
+#[tauri::command]
+pub async fn rename_document(state: State<'_, AppState>, document_id: i64, title: String) -> CmdResult<Document> {
+    Ok(state.engine()?.store().rename_document(document_id, &title)?)
+}
+
+/// The text to put on the clipboard: labelled as Settings say (the UI writes it).
+#[tauri::command]
+pub async fn clipboard_text(state: State<'_, AppState>, body: String) -> CmdResult<String> {
+    Ok(state.engine()?.clipboard_text(&body)?)
+}
+
+/// The TOML of a template, for viewing or editing.
+#[tauri::command]
+pub async fn template_source(state: State<'_, AppState>, id: String) -> CmdResult<TemplateSource> {
+    Ok(state.engine()?.template_source(&id)?)
+}
+
+/// A copy of a template with a free id, ready to edit (not saved until `save_template`).
+#[tauri::command]
+pub async fn duplicate_template(state: State<'_, AppState>, id: String) -> CmdResult<TemplateSource> {
+    Ok(state.engine()?.duplicate_template(&id)?)
+}
+
+/// Validates and saves one of the user's templates; `previous_id` when editing an existing one.
+#[tauri::command]
+pub async fn save_template(state: State<'_, AppState>, text: String, previous_id: Option<String>) -> CmdResult<Template> {
+    Ok(state.engine()?.save_template(&text, previous_id.as_deref())?)
+}
+
+#[tauri::command]
+pub async fn delete_template(state: State<'_, AppState>, id: String) -> CmdResult<()> {
+    Ok(state.engine()?.delete_template(&id)?)
+}
+
+/// The prompt a template's text renders with its sample values (shown while editing).
+#[tauri::command]
+pub async fn preview_template(text: String) -> CmdResult<String> {
+    Ok(atelier_engine::writing::user_templates::preview(&text)?)
 }

@@ -372,3 +372,28 @@ export interface DocumentVersion {
   note: string;
   created_at: number;
 }
+
+export interface CopyDocument {
+  id: number;
+  project_id: number;
+  kind: 'copy' | 'script';
+  title: string;
+  template_id: string | null;
+  starred: boolean;
+  created_at: number;
+  updated_at: number;
+  version_count: number;
+}
+
+export interface OpenedDocument {
+  document: CopyDocument;
+  /** Newest first; the first is the current text. */
+  versions: DocumentVersion[];
+}
+
+/** A template's TOML; `user` when it is one of the user's own files (editable, deletable). */
+export interface TemplateSource {
+  id: string;
+  text: string;
+  user: boolean;
+}

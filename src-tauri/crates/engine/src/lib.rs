@@ -96,28 +96,68 @@ impl Engine {
         writing::templates::load(Some(&self.home.templates_dir()))
     }
 
+    /// The labels Settings ask for: the explicit notice (unless turned off after acknowledging)
+    /// and a fresh implicit label.
+    fn labelling(&self) -> Result<export::Labelling> {
+        let s = self.store.settings()?;
+        let notice = if s.language == "en" { s.label_notice_en } else { s.label_notice_zh };
+        Ok(export::Labelling {
+            notice: s.label_explicit.then_some((notice, s.label_position)),
+            label: compliance::labels::ImplicitLabel::new(Some(&s.label_producer)),
+        })
+    }
+
     /// Exports `body` as a labelled file in the exports folder (written atomically) and returns
     /// its path. The labels follow Settings; an export without the explicit notice is logged.
     pub fn export_text(&self, body: &str, title: &str, format: export::Format) -> Result<PathBuf> {
         if body.trim().is_empty() {
             return Err(Error::invalid("there is nothing to export: the text is empty"));
         }
-        let s = self.store.settings()?;
-        let notice = if s.language == "en" { s.label_notice_en.clone() } else { s.label_notice_zh.clone() };
-        let labelling = export::Labelling {
-            notice: s.label_explicit.then_some((notice, s.label_position)),
-            label: compliance::labels::ImplicitLabel::new(Some(&s.label_producer)),
-        };
+        let labelling = self.labelling()?;
         let bytes = export::render(body, title, format, &labelling)?;
         let dir = self.home.exports_dir();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
         let path = dir.join(export::file_name(title, format));
         fsutil::write_atomic(&path, &bytes)?;
-        if !s.label_explicit {
+        if labelling.notice.is_none() {
             self.store.log_unlabelled_export(&format!("{} ({})", path.display(), labelling.label.produce_id))?;
         }
         Ok(path)
     }
+
+    /// `body` as it goes to the clipboard: with the explicit notice where Settings put it (plain
+    /// text has nowhere to carry the implicit label). A copy without the notice is logged.
+    pub fn clipboard_text(&self, body: &str) -> Result<String> {
+        if body.trim().is_empty() {
+            return Err(Error::invalid("there is nothing to copy: the text is empty"));
+        }
+        let labelling = self.labelling()?;
+        let bytes = export::render(body, "", export::Format::Txt, &labelling)?;
+        if labelling.notice.is_none() {
+            self.store.log_unlabelled_export(&format!("clipboard ({})", labelling.label.produce_id))?;
+        }
+        String::from_utf8(bytes).map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    /// The TOML of template `id` (the user's copy when there is one).
+    pub fn template_source(&self, id: &str) -> Result<writing::user_templates::TemplateSource> {
+        writing::user_templates::source(&self.home.templates_dir(), id)
+    }
+
+    /// A copy of template `id` to edit (not saved yet).
+    pub fn duplicate_template(&self, id: &str) -> Result<writing::user_templates::TemplateSource> {
+        writing::user_templates::duplicate(&self.home.templates_dir(), id)
+    }
+
+    /// Validates and saves the user's template (replacing `previous_id` when editing one).
+    pub fn save_template(&self, text: &str, previous_id: Option<&str>) -> Result<writing::templates::Template> {
+        writing::user_templates::save(&self.home.templates_dir(), text, previous_id)
+    }
+
+    pub fn delete_template(&self, id: &str) -> Result<()> {
+        writing::user_templates::delete(&self.home.templates_dir(), id)
+    }
+
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }

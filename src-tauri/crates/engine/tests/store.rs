@@ -273,6 +273,26 @@ fn documents_keep_every_version_and_restore_appends() {
 }
 
 #[test]
+fn starred_documents_list_first_and_titles_can_change() {
+    let (_dir, store) = temp_store();
+    let p = store.create_project("p").unwrap();
+    let a = store.create_document(p.id, DocumentKind::Copy, "旧的", None).unwrap();
+    let b = store.create_document(p.id, DocumentKind::Copy, "新的", None).unwrap();
+    store.add_version(b.id, &NewVersion { body: "b", source: VersionSource::Save, generation_id: None, note: "" }).unwrap();
+    let order = |s: &Store| s.list_documents(p.id).unwrap().iter().map(|d| d.id).collect::<Vec<_>>();
+    assert_eq!(order(&store), vec![b.id, a.id], "most recently updated first");
+    assert!(store.set_document_starred(a.id, true).unwrap().starred);
+    assert_eq!(order(&store), vec![a.id, b.id], "starred first");
+    assert!(!store.set_document_starred(a.id, false).unwrap().starred);
+    assert_eq!(order(&store), vec![b.id, a.id]);
+    assert_eq!(store.rename_document(a.id, "  面霜  ").unwrap().title, "面霜");
+    assert_eq!(store.search_documents("面霜", None).unwrap().len(), 1, "the search index follows the title");
+    assert_eq!(store.rename_document(a.id, " ").unwrap_err().kind(), "invalid_input");
+    assert_eq!(store.set_document_starred(999, true).unwrap_err().kind(), "not_found");
+    assert_eq!(store.rename_document(999, "x").unwrap_err().kind(), "not_found");
+}
+
+#[test]
 fn a_full_disk_fails_the_write_cleanly_and_keeps_what_was_there() {
     let (_dir, store) = temp_store();
     let p = store.create_project("满盘").unwrap();

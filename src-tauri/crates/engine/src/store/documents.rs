@@ -155,10 +155,33 @@ impl Store {
     pub fn list_documents(&self, project_id: i64) -> Result<Vec<Document>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
-            "SELECT {DOC_COLUMNS} FROM documents d WHERE d.project_id = ?1 ORDER BY d.updated_at DESC, d.id DESC"
+            "SELECT {DOC_COLUMNS} FROM documents d WHERE d.project_id = ?1
+             ORDER BY d.starred DESC, d.updated_at DESC, d.id DESC"
         ))?;
         let rows = stmt.query_map([project_id], doc_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
+    }
+
+    /// Stars or unstars a document (starred ones list first).
+    pub fn set_document_starred(&self, id: i64, starred: bool) -> Result<Document> {
+        let n = self.conn().execute("UPDATE documents SET starred = ?2 WHERE id = ?1", params![id, starred])?;
+        if n == 0 {
+            return Err(Error::NotFound { what: "document", id });
+        }
+        self.document(id)
+    }
+
+    /// Renames a document (the title is what lists and exports show).
+    pub fn rename_document(&self, id: i64, title: &str) -> Result<Document> {
+        let title = title.trim();
+        if title.is_empty() || title.chars().count() > 200 {
+            return Err(Error::invalid("a document title must have 1 to 200 characters"));
+        }
+        let n = self.conn().execute("UPDATE documents SET title = ?2 WHERE id = ?1", params![id, title])?;
+        if n == 0 {
+            return Err(Error::NotFound { what: "document", id });
+        }
+        self.document(id)
     }
 
     /// Appends a version (numbered 1, 2, ...) and returns it.

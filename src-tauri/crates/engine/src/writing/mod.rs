@@ -4,3 +4,4 @@
 
 pub mod compose;
 pub mod templates;
+pub mod user_templates;
