@@ -359,6 +359,8 @@ export interface BrandVoice {
   must_mention: string[];
   banned: string[];
   examples: string[];
+  /** Registered trademarks the brand owns: an absolute word inside one needs evidence only. */
+  trademarks: string[];
 }
 
 /** One saved state of a document; versions are only ever appended. */

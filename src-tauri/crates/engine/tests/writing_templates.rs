@@ -18,6 +18,7 @@ fn the_catalogue_covers_every_group_and_every_template_renders() {
         must_mention: vec!["水润".into()],
         banned: vec!["便宜".into()],
         examples: vec!["每一天都水润。".into()],
+        trademarks: vec![" 最牛 ".into()],
     };
     for t in &catalogue {
         let samples = t.samples();
@@ -152,9 +153,11 @@ fn a_projects_brand_voice_is_stored_trimmed_and_size_checked() {
         must_mention: vec!["水润".into()],
         banned: vec!["便宜".into()],
         examples: vec!["每一天都水润。".into()],
+        trademarks: vec![" 最牛 ".into()],
     };
     let stored = engine.set_brand_voice(p.id, &v).unwrap();
     assert_eq!(stored.tone_words, ["温柔"]);
+    assert_eq!(stored.trademarks, ["最牛"]);
     assert_eq!(engine.brand_voice(p.id).unwrap(), stored);
     let too_many = BrandVoice { examples: vec!["x".into(); 4], ..Default::default() };
     assert_eq!(engine.set_brand_voice(p.id, &too_many).unwrap_err().kind(), "invalid_input");
@@ -162,4 +165,24 @@ fn a_projects_brand_voice_is_stored_trimmed_and_size_checked() {
     engine.store().trash_project(p.id).unwrap();
     assert!(engine.set_brand_voice(p.id, &v).is_err(), "a trashed project is read-only");
     assert_eq!(engine.set_brand_voice(999, &v).unwrap_err().kind(), "not_found");
+}
+
+#[test]
+fn a_brands_trademarks_go_into_the_check_scope_of_its_copy() {
+    use atelier_engine::writing::compose::{self, CopyRequest};
+    let (catalogue, _) = templates::load(None);
+    let t = catalogue.iter().find(|t| t.id == "slogan").unwrap();
+    let checker = Checker::builtin().unwrap();
+    let req: CopyRequest = serde_json::from_value(serde_json::json!({
+        "project_id": 1, "template_id": "slogan", "values": {"product": "最牛牌保温杯"}, "model": "m", "variants": 1,
+        "brand": {"trademarks": ["最牛"]}
+    }))
+    .unwrap();
+    let jobs = compose::jobs(&req, t, &checker).unwrap();
+    let scope: CheckOptions = serde_json::from_value(jobs[0].purpose.as_ref().unwrap()["check"].clone()).unwrap();
+    assert_eq!(scope.trademarks, ["最牛"]);
+    // Checked with that scope, the trademark needs evidence instead of being a violation.
+    let report = checker.check("最牛牌保温杯，保温一整天", &scope).unwrap();
+    assert!(report.findings.iter().all(|f| f.verdict == atelier_engine::compliance::Verdict::NeedsEvidence), "{:?}", report.findings);
+    assert!(!report.findings.is_empty());
 }

@@ -62,7 +62,9 @@ pub fn jobs(req: &CopyRequest, t: &Template, checker: &Checker) -> Result<Vec<Te
         return Err(Error::invalid(format!("the seed must be at most {}", MAX_SEED - u64::from(req.variants))));
     }
     let zh = writes_chinese(t, &req.values);
-    let opts = check_options(t, &req.values);
+    let mut opts = check_options(t, &req.values);
+    // The brand's own trademarks are exceptions wherever its copy is checked.
+    opts.trademarks = req.brand.as_ref().map(|b| b.trademarks.clone()).unwrap_or_default();
     let ctx = PromptContext { tone: req.tone.clone(), brand: req.brand.clone(), rules: Some(checker.prompt_summary(&opts, zh)?) };
     let prompt = t.render(&req.values, &ctx)?;
     let system = if zh {

@@ -133,6 +133,10 @@ pub struct BrandVoice {
     pub banned: Vec<String>,
     #[serde(default)]
     pub examples: Vec<String>,
+    /// Registered trademarks and product names the brand owns (e.g. “最牛”牌): the checker treats
+    /// an absolute word inside one as “needs evidence” (the trademark certificate), not a violation.
+    #[serde(default)]
+    pub trademarks: Vec<String>,
 }
 
 impl BrandVoice {
@@ -154,11 +158,12 @@ impl BrandVoice {
             must_mention: clean(&self.must_mention, "must-mention terms", 20, 40)?,
             banned: clean(&self.banned, "banned words", 100, 40)?,
             examples: clean(&self.examples, "example texts", 3, 500)?,
+            trademarks: clean(&self.trademarks, "trademarks", 50, 40)?,
         })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tone_words.is_empty() && self.must_mention.is_empty() && self.banned.is_empty() && self.examples.is_empty()
+        self.tone_words.is_empty() && self.must_mention.is_empty() && self.banned.is_empty() && self.examples.is_empty() && self.trademarks.is_empty()
     }
 }
 
