@@ -17,6 +17,7 @@ pub mod fsutil;
 pub mod home;
 pub mod jobs;
 pub mod maintenance;
+pub mod script;
 pub mod models;
 pub mod store;
 pub mod text;

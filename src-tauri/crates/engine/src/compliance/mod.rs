@@ -49,7 +49,7 @@ pub enum Verdict {
     NeedsEvidence,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Finding {
     pub rule: String,
     pub pack: String,
