@@ -68,3 +68,12 @@ describe('findingsAt', () => {
 it('offers only phrasings that can stand in for the span', () => {
   expect(replacements(finding(0, 2, '最佳', ['优秀', 'X 天见效', '（删除）', '好用']))).toEqual(['优秀', '好用']);
 });
+
+import { hashtags, titleChars } from './limits';
+
+it('measures the title and the hashtags as platforms do', () => {
+  const note = '\n  冬天通勤神器😀 \n正文……\n#保温杯 #通勤好物 #保温杯\n#微博话题#';
+  expect(titleChars(note)).toBe(7);
+  expect(hashtags(note)).toBe(3);
+  expect(hashtags('没有话题')).toBe(0);
+});
