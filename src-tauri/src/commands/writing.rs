@@ -145,8 +145,7 @@ pub async fn restore_version(state: State<'_, AppState>, version_id: i64) -> Cmd
 /// The project's copy documents, starred first, then most recently changed.
 #[tauri::command]
 pub async fn list_copy_documents(state: State<'_, AppState>, project_id: i64) -> CmdResult<Vec<Document>> {
-    let docs = state.engine()?.store().list_documents(project_id)?;
-    Ok(docs.into_iter().filter(|d| d.kind == DocumentKind::Copy).collect())
+    Ok(state.engine()?.store().list_documents(project_id, DocumentKind::Copy)?)
 }
 
 #[derive(Serialize)]

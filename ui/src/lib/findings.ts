@@ -33,3 +33,11 @@ export function findingsAt(findings: Finding[], start: number, end: number = sta
 export function replacements(f: Finding): string[] {
   return f.suggestions.filter((s) => !/X|（|\(/.test(s));
 }
+
+/** Severity level names (the rule packs' H / M / L). */
+export const SEVERITY = { H: 'high', M: 'medium', L: 'low' } as const;
+
+/** The CSS class a finding is marked with: its severity, or `evidence` when it needs evidence. */
+export function severityClass(f: Finding): 'high' | 'medium' | 'low' | 'evidence' {
+  return f.verdict === 'needs_evidence' ? 'evidence' : SEVERITY[f.severity];
+}

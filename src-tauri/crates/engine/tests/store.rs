@@ -279,8 +279,9 @@ fn starred_documents_list_first_and_titles_can_change() {
     let a = store.create_document(p.id, DocumentKind::Copy, "旧的", None).unwrap();
     let b = store.create_document(p.id, DocumentKind::Copy, "新的", None).unwrap();
     store.add_version(b.id, &NewVersion { body: "b", source: VersionSource::Save, generation_id: None, note: "" }).unwrap();
-    let order = |s: &Store| s.list_documents(p.id).unwrap().iter().map(|d| d.id).collect::<Vec<_>>();
-    assert_eq!(order(&store), vec![b.id, a.id], "most recently updated first");
+    let order = |s: &Store| s.list_documents(p.id, DocumentKind::Copy).unwrap().iter().map(|d| d.id).collect::<Vec<_>>();
+    store.create_document(p.id, DocumentKind::Script, "脚本", None).unwrap();
+    assert_eq!(order(&store), vec![b.id, a.id], "most recently updated first, copy only");
     assert!(store.set_document_starred(a.id, true).unwrap().starred);
     assert_eq!(order(&store), vec![a.id, b.id], "starred first");
     assert!(!store.set_document_starred(a.id, false).unwrap().starred);

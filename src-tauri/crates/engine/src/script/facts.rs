@@ -81,7 +81,6 @@ pub struct KnownNumbers {
     /// (value, unit) pairs; a number written without a unit has the unit "".
     with_unit: HashSet<(u64, String)>,
     values: HashSet<u64>,
-    digit_strings: HashSet<String>,
 }
 
 fn key(v: f64) -> u64 {
@@ -110,7 +109,6 @@ impl KnownNumbers {
             for m in ARABIC.captures_iter(f) {
                 let number = half_width(m.get(0).map_or("", |x| x.as_str()));
                 let digits: String = number.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
-                k.digit_strings.insert(digits.clone());
                 if let Ok(v) = digits.parse::<f64>() {
                     k.values.insert(key(v));
                     k.with_unit.insert((key(v), unit_of(m.get(1).map_or("", |u| u.as_str()))));
@@ -152,8 +150,7 @@ impl KnownNumbers {
             let digits: String = number.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
             let unit = m.get(1).map_or("", |u| u.as_str());
             let fact_like = digits.chars().filter(char::is_ascii_digit).count() >= 2 || digits.contains('.') || !unit.trim().is_empty();
-            let known = self.digit_strings.contains(&digits) && unit.trim().is_empty()
-                || digits.parse::<f64>().is_ok_and(|v| self.knows(v, unit));
+            let known = digits.parse::<f64>().is_ok_and(|v| self.knows(v, unit));
             if fact_like && !known {
                 let text = whole.as_str().trim_end();
                 out.push(UnknownNumber { text: text.to_owned(), start_utf16: utf16(whole.start()), end_utf16: utf16(whole.start()) + text.encode_utf16().count() });

@@ -194,22 +194,9 @@ pub fn segment_prompt(p: &Product, show: &ShowSettings, planned: &Planned, check
 #[cfg(test)]
 mod tests {
     use super::*;
-    use product::SellingPoint;
 
     fn product() -> Product {
-        Product {
-            name: "真空保温杯".into(),
-            category: "food".into(),
-            selling_points: vec![SellingPoint { feature: "316 不锈钢内胆".into(), benefit: "装果汁也放心".into(), ..Default::default() }],
-            daily_price: Some(199.0),
-            live_price: Some(129.0),
-            price_basis: "前 7 日最低成交价".into(),
-            stock: Some(500),
-            link_no: Some(3),
-            ..Default::default()
-        }
-        .normalized()
-        .unwrap()
+        Product { category: "food".into(), ..product::sample() }.normalized().unwrap()
     }
 
     #[test]

@@ -290,28 +290,30 @@ impl ShowSettings {
     }
 }
 
+/// A valid product form for tests (a 500 ml vacuum flask with a lawful comparison price).
+#[cfg(test)]
+pub(crate) fn sample() -> Product {
+    Product {
+        name: "真空保温杯 500ml".into(),
+        category: String::new(),
+        selling_points: vec![SellingPoint {
+            feature: "316 不锈钢内胆".into(),
+            advantage: "耐腐蚀".into(),
+            benefit: "泡茶装果汁都放心".into(),
+            proof: "SGS 检测报告".into(),
+        }],
+        daily_price: Some(199.0),
+        live_price: Some(129.0),
+        price_basis: "前 7 日最低成交价".into(),
+        stock: Some(500),
+        link_no: Some(3),
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    pub(crate) fn sample() -> Product {
-        Product {
-            name: "真空保温杯 500ml".into(),
-            category: String::new(),
-            selling_points: vec![SellingPoint {
-                feature: "316 不锈钢内胆".into(),
-                advantage: "耐腐蚀".into(),
-                benefit: "泡茶装果汁都放心".into(),
-                proof: "SGS 检测报告".into(),
-            }],
-            daily_price: Some(199.0),
-            live_price: Some(129.0),
-            price_basis: "前 7 日最低成交价".into(),
-            stock: Some(500),
-            link_no: Some(3),
-            ..Default::default()
-        }
-    }
 
     #[test]
     fn a_valid_form_is_trimmed_and_kept() {

@@ -152,13 +152,14 @@ impl Store {
             .ok_or(Error::NotFound { what: "document", id })
     }
 
-    pub fn list_documents(&self, project_id: i64) -> Result<Vec<Document>> {
+    /// A project's documents of one kind, starred first, then most recently changed.
+    pub fn list_documents(&self, project_id: i64, kind: DocumentKind) -> Result<Vec<Document>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
-            "SELECT {DOC_COLUMNS} FROM documents d WHERE d.project_id = ?1
+            "SELECT {DOC_COLUMNS} FROM documents d WHERE d.project_id = ?1 AND d.kind = ?2
              ORDER BY d.starred DESC, d.updated_at DESC, d.id DESC"
         ))?;
-        let rows = stmt.query_map([project_id], doc_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        let rows = stmt.query_map(params![project_id, kind.as_str()], doc_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
 
