@@ -21,11 +21,22 @@ fn harness() -> Harness {
     let app = atelier_lib::builder(mock_builder(), Ok(Home::at(dir.path().join("home"))))
         .build(atelier_lib::context())
         .expect("app builds with the real context");
-    let main = WebviewWindowBuilder::new(&app, "main", Default::default()).build().unwrap();
-    Harness { _dir: dir, _app: app, main }
+    let main = WebviewWindowBuilder::new(&app, "main", Default::default())
+        .build()
+        .unwrap();
+    Harness {
+        _dir: dir,
+        _app: app,
+        main,
+    }
 }
 
-fn invoke_at(w: &WebviewWindow<MockRuntime>, url: &str, cmd: &str, args: Value) -> Result<Value, Value> {
+fn invoke_at(
+    w: &WebviewWindow<MockRuntime>,
+    url: &str,
+    cmd: &str,
+    args: Value,
+) -> Result<Value, Value> {
     tauri::test::get_ipc_response(
         w,
         InvokeRequest {
@@ -46,7 +57,10 @@ fn invoke(h: &Harness, cmd: &str, args: Value) -> Result<Value, Value> {
 }
 
 fn kind(err: Value) -> String {
-    err["kind"].as_str().unwrap_or_else(|| panic!("not a {{kind, message}} error: {err}")).to_owned()
+    err["kind"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not a {{kind, message}} error: {err}"))
+        .to_owned()
 }
 
 #[test]
@@ -59,38 +73,101 @@ fn project_lifecycle_through_the_main_window() {
     let p = invoke(&h, "create_project", json!({"name": "  直播专场  "})).unwrap();
     assert_eq!(p["name"], "直播专场");
     let id = p["id"].as_i64().unwrap();
-    assert_eq!(invoke(&h, "list_projects", json!({})).unwrap().as_array().unwrap().len(), 1);
-    assert_eq!(invoke(&h, "rename_project", json!({"id": id, "name": "618 专场"})).unwrap()["name"], "618 专场");
+    assert_eq!(
+        invoke(&h, "list_projects", json!({}))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        invoke(&h, "rename_project", json!({"id": id, "name": "618 专场"})).unwrap()["name"],
+        "618 专场"
+    );
 
-    assert_eq!(kind(invoke(&h, "create_project", json!({"name": ""})).unwrap_err()), "invalid_input");
-    assert_eq!(kind(invoke(&h, "create_project", json!({"name": "名".repeat(500)})).unwrap_err()), "invalid_input");
-    assert_eq!(kind(invoke(&h, "purge_project", json!({"id": id})).unwrap_err()), "conflict", "purge only from trash");
+    assert_eq!(
+        kind(invoke(&h, "create_project", json!({"name": ""})).unwrap_err()),
+        "invalid_input"
+    );
+    assert_eq!(
+        kind(invoke(&h, "create_project", json!({"name": "名".repeat(500)})).unwrap_err()),
+        "invalid_input"
+    );
+    assert_eq!(
+        kind(invoke(&h, "purge_project", json!({"id": id})).unwrap_err()),
+        "conflict",
+        "purge only from trash"
+    );
 
     invoke(&h, "trash_project", json!({"id": id})).unwrap();
-    assert!(invoke(&h, "list_projects", json!({})).unwrap().as_array().unwrap().is_empty());
+    assert!(
+        invoke(&h, "list_projects", json!({}))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(invoke(&h, "list_trash", json!({})).unwrap()[0]["id"], id);
     invoke(&h, "restore_project", json!({"id": id})).unwrap();
     invoke(&h, "trash_project", json!({"id": id})).unwrap();
-    assert_eq!(invoke(&h, "purge_project", json!({"id": id})).unwrap(), json!(0));
-    assert!(invoke(&h, "list_trash", json!({})).unwrap().as_array().unwrap().is_empty());
+    assert_eq!(
+        invoke(&h, "purge_project", json!({"id": id})).unwrap(),
+        json!(0)
+    );
+    assert!(
+        invoke(&h, "list_trash", json!({}))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
 fn history_jobs_and_settings_commands() {
     let h = harness();
-    let page = invoke(&h, "search_history", json!({"query": {"text": "口红", "limit": 20}})).unwrap();
+    let page = invoke(
+        &h,
+        "search_history",
+        json!({"query": {"text": "口红", "limit": 20}}),
+    )
+    .unwrap();
     assert_eq!(page["items"], json!([]));
     assert!(page["next_before"].is_null());
-    assert_eq!(kind(invoke(&h, "search_history", json!({"query": {"limit": 9999}})).unwrap_err()), "invalid_input");
-    assert_eq!(kind(invoke(&h, "get_generation", json!({"id": 1})).unwrap_err()), "not_found");
-    assert_eq!(kind(invoke(&h, "star_generation", json!({"id": 1, "starred": true})).unwrap_err()), "not_found");
-    assert_eq!(kind(invoke(&h, "rate_generation", json!({"id": 1, "rating": 1})).unwrap_err()), "not_found");
+    assert_eq!(
+        kind(invoke(&h, "search_history", json!({"query": {"limit": 9999}})).unwrap_err()),
+        "invalid_input"
+    );
+    assert_eq!(
+        kind(invoke(&h, "get_generation", json!({"id": 1})).unwrap_err()),
+        "not_found"
+    );
+    assert_eq!(
+        kind(invoke(&h, "star_generation", json!({"id": 1, "starred": true})).unwrap_err()),
+        "not_found"
+    );
+    assert_eq!(
+        kind(invoke(&h, "rate_generation", json!({"id": 1, "rating": 1})).unwrap_err()),
+        "not_found"
+    );
 
     let settings = invoke(&h, "get_settings", json!({})).unwrap();
     assert_eq!(settings["language"], "zh-CN");
-    let s = invoke(&h, "update_settings", json!({"patch": {"language": "en", "theme": "dark"}})).unwrap();
-    assert_eq!((s["language"].as_str(), s["theme"].as_str()), (Some("en"), Some("dark")));
-    assert_eq!(kind(invoke(&h, "update_settings", json!({"patch": {"language": "xx"}})).unwrap_err()), "invalid_input");
+    let s = invoke(
+        &h,
+        "update_settings",
+        json!({"patch": {"language": "en", "theme": "dark"}}),
+    )
+    .unwrap();
+    assert_eq!(
+        (s["language"].as_str(), s["theme"].as_str()),
+        (Some("en"), Some("dark"))
+    );
+    assert_eq!(
+        kind(invoke(&h, "update_settings", json!({"patch": {"language": "xx"}})).unwrap_err()),
+        "invalid_input"
+    );
 
     // A job through a channel argument; its end is visible in the job list.
     let job = invoke(&h, "start_maintenance", json!({"onEvent": "__CHANNEL__:7"})).unwrap();
@@ -98,31 +175,68 @@ fn history_jobs_and_settings_commands() {
     let mut status = String::new();
     for _ in 0..200 {
         let jobs = invoke(&h, "list_jobs", json!({})).unwrap();
-        status = jobs.as_array().unwrap().iter().find(|j| j["id"] == job_id).unwrap()["status"].as_str().unwrap().to_owned();
+        status = jobs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["id"] == job_id)
+            .unwrap()["status"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         if status == "succeeded" {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert_eq!(status, "succeeded");
-    assert_eq!(invoke(&h, "cancel_job", json!({"id": job_id})).unwrap(), json!(false), "already finished");
-    assert_eq!(kind(invoke(&h, "cancel_job", json!({"id": 999})).unwrap_err()), "not_found");
-    assert_eq!(kind(invoke(&h, "retry_job", json!({"id": job_id, "onEvent": "__CHANNEL__:8"})).unwrap_err()), "conflict");
+    assert_eq!(
+        invoke(&h, "cancel_job", json!({"id": job_id})).unwrap(),
+        json!(false),
+        "already finished"
+    );
+    assert_eq!(
+        kind(invoke(&h, "cancel_job", json!({"id": 999})).unwrap_err()),
+        "not_found"
+    );
+    assert_eq!(
+        kind(
+            invoke(
+                &h,
+                "retry_job",
+                json!({"id": job_id, "onEvent": "__CHANNEL__:8"})
+            )
+            .unwrap_err()
+        ),
+        "conflict"
+    );
     invoke(&h, "watch_jobs", json!({"onUpdate": "__CHANNEL__:9"})).unwrap();
-    assert_eq!(kind(invoke(&h, "start_new_database", json!({})).unwrap_err()), "conflict", "only for a damaged file");
+    assert_eq!(
+        kind(invoke(&h, "start_new_database", json!({})).unwrap_err()),
+        "conflict",
+        "only for a damaged file"
+    );
     assert!(invoke(&h, "retry_open", json!({})).unwrap()["error"].is_null());
 }
 
 #[test]
 fn a_window_without_a_capability_is_refused() {
     let h = harness();
-    let other = WebviewWindowBuilder::new(&h._app, "other", Default::default()).build().unwrap();
+    let other = WebviewWindowBuilder::new(&h._app, "other", Default::default())
+        .build()
+        .unwrap();
     let err = invoke_at(&other, APP_URL, "list_projects", json!({})).unwrap_err();
     assert!(err.to_string().contains("not allowed"), "{err}");
     let err = invoke_at(&other, APP_URL, "create_project", json!({"name": "x"})).unwrap_err();
     assert!(err.to_string().contains("not allowed"), "{err}");
     // Nothing was created by the refused call.
-    assert!(invoke(&h, "list_projects", json!({})).unwrap().as_array().unwrap().is_empty());
+    assert!(
+        invoke(&h, "list_projects", json!({}))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -146,16 +260,31 @@ fn a_corrupt_database_opens_in_a_recoverable_error_state() {
     let home = dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
     std::fs::write(home.join("atelier.db"), b"garbage, not sqlite ".repeat(100)).unwrap();
-    let app = atelier_lib::builder(mock_builder(), Ok(Home::at(&home))).build(atelier_lib::context()).unwrap();
-    let w = WebviewWindowBuilder::new(&app, "main", Default::default()).build().unwrap();
+    let app = atelier_lib::builder(mock_builder(), Ok(Home::at(&home)))
+        .build(atelier_lib::context())
+        .unwrap();
+    let w = WebviewWindowBuilder::new(&app, "main", Default::default())
+        .build()
+        .unwrap();
     let status = invoke_at(&w, APP_URL, "app_status", json!({})).unwrap();
     assert_eq!(status["error"]["kind"], "corrupt_database");
-    assert_eq!(kind(invoke_at(&w, APP_URL, "list_projects", json!({})).unwrap_err()), "not_ready");
+    assert_eq!(
+        kind(invoke_at(&w, APP_URL, "list_projects", json!({})).unwrap_err()),
+        "not_ready"
+    );
 
     let kept = invoke_at(&w, APP_URL, "start_new_database", json!({})).unwrap();
     let kept = std::path::PathBuf::from(kept.as_str().unwrap());
-    assert!(kept.file_name().unwrap().to_string_lossy().starts_with("atelier.db.damaged-"));
-    assert!(std::fs::read(&kept).unwrap().starts_with(b"garbage"), "the old file is kept as it was");
+    assert!(
+        kept.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("atelier.db.damaged-")
+    );
+    assert!(
+        std::fs::read(&kept).unwrap().starts_with(b"garbage"),
+        "the old file is kept as it was"
+    );
     assert!(invoke_at(&w, APP_URL, "app_status", json!({})).unwrap()["error"].is_null());
     invoke_at(&w, APP_URL, "create_project", json!({"name": "重新开始"})).unwrap();
 }
@@ -164,8 +293,12 @@ fn a_corrupt_database_opens_in_a_recoverable_error_state() {
 fn a_second_instance_on_the_same_folder_reports_already_running() {
     let first = harness();
     let home = first._dir.path().join("home");
-    let app = atelier_lib::builder(mock_builder(), Ok(Home::at(&home))).build(atelier_lib::context()).unwrap();
-    let w = WebviewWindowBuilder::new(&app, "main", Default::default()).build().unwrap();
+    let app = atelier_lib::builder(mock_builder(), Ok(Home::at(&home)))
+        .build(atelier_lib::context())
+        .unwrap();
+    let w = WebviewWindowBuilder::new(&app, "main", Default::default())
+        .build()
+        .unwrap();
     let status = invoke_at(&w, APP_URL, "app_status", json!({})).unwrap();
     assert_eq!(status["error"]["kind"], "already_running");
     // The first instance is unaffected.
@@ -179,13 +312,29 @@ fn an_unwritable_data_folder_is_reported_and_retry_recovers_once_fixed() {
     let blocker = dir.path().join("blocked");
     std::fs::write(&blocker, b"a file where a folder should be").unwrap();
     let home = blocker.join("atelier");
-    let app = atelier_lib::builder(mock_builder(), Ok(Home::at(&home))).build(atelier_lib::context()).unwrap();
-    let w = WebviewWindowBuilder::new(&app, "main", Default::default()).build().unwrap();
+    let app = atelier_lib::builder(mock_builder(), Ok(Home::at(&home)))
+        .build(atelier_lib::context())
+        .unwrap();
+    let w = WebviewWindowBuilder::new(&app, "main", Default::default())
+        .build()
+        .unwrap();
     let status = invoke_at(&w, APP_URL, "app_status", json!({})).unwrap();
     assert_eq!(status["error"]["kind"], "read_only");
-    assert!(status["error"]["message"].as_str().unwrap().contains("blocked"), "{status}");
-    assert_eq!(kind(invoke_at(&w, APP_URL, "create_project", json!({"name": "x"})).unwrap_err()), "not_ready");
-    assert_eq!(invoke_at(&w, APP_URL, "retry_open", json!({})).unwrap()["error"]["kind"], "read_only");
+    assert!(
+        status["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("blocked"),
+        "{status}"
+    );
+    assert_eq!(
+        kind(invoke_at(&w, APP_URL, "create_project", json!({"name": "x"})).unwrap_err()),
+        "not_ready"
+    );
+    assert_eq!(
+        invoke_at(&w, APP_URL, "retry_open", json!({})).unwrap()["error"]["kind"],
+        "read_only"
+    );
 
     // The user fixes it; retry opens the folder without restarting the app.
     std::fs::remove_file(&blocker).unwrap();
@@ -206,7 +355,12 @@ fn models_and_remote_settings_through_the_main_window() {
     assert!(!s.to_string().contains("sk-hidden"));
     let err = invoke(&h, "update_settings", json!({"patch": {"threads": 9999}})).unwrap_err();
     assert_eq!(kind(err), "invalid_input");
-    let err = invoke(&h, "import_model", json!({"path": "/nonexistent/model.gguf"})).unwrap_err();
+    let err = invoke(
+        &h,
+        "import_model",
+        json!({"path": "/nonexistent/model.gguf"}),
+    )
+    .unwrap_err();
     assert_eq!(kind(err), "invalid_input");
     let err = invoke(&h, "remove_model", json!({"id": "nothing"})).unwrap_err();
     assert_eq!(kind(err), "invalid_input");
@@ -215,83 +369,238 @@ fn models_and_remote_settings_through_the_main_window() {
 #[test]
 fn copy_commands_check_list_templates_and_export_labelled_files() {
     let h = harness();
-    let report = invoke(&h, "check_text", json!({"text": "🎉全网最低价！加微信", "options": {"platform": "douyin"}})).unwrap();
+    let report = invoke(
+        &h,
+        "check_text",
+        json!({"text": "🎉全网最低价！加微信", "options": {"platform": "douyin"}}),
+    )
+    .unwrap();
     let findings = report["findings"].as_array().unwrap();
     assert_eq!(findings.len(), 2);
     // UTF-16 offsets for the editor: the emoji is two units.
-    assert_eq!((findings[0]["start"].as_u64(), findings[0]["start_utf16"].as_u64()), (Some(1), Some(2)));
+    assert_eq!(
+        (
+            findings[0]["start"].as_u64(),
+            findings[0]["start_utf16"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
     assert_eq!(findings[1]["rule"], "H1");
-    assert_eq!(kind(invoke(&h, "check_text", json!({"text": "x", "options": {"platform": "myspace"}})).unwrap_err()), "invalid_input");
+    assert_eq!(
+        kind(
+            invoke(
+                &h,
+                "check_text",
+                json!({"text": "x", "options": {"platform": "myspace"}})
+            )
+            .unwrap_err()
+        ),
+        "invalid_input"
+    );
 
     let packs = invoke(&h, "compliance_packs", json!({})).unwrap();
-    assert!(packs["packs"].as_array().unwrap().iter().any(|p| p["id"] == "base" && p["last_reviewed"].is_string()));
+    assert!(
+        packs["packs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"] == "base" && p["last_reviewed"].is_string())
+    );
 
     let t = invoke(&h, "list_templates", json!({})).unwrap();
     assert!(t["templates"].as_array().unwrap().len() >= 24);
     assert_eq!(t["problems"], json!([]));
 
-    let path = invoke(&h, "export_text", json!({"body": "# 标题\n正文", "title": "新品", "format": "md"})).unwrap();
+    let path = invoke(
+        &h,
+        "export_text",
+        json!({"body": "# 标题\n正文", "title": "新品", "format": "md"}),
+    )
+    .unwrap();
     let md = std::fs::read_to_string(path.as_str().unwrap()).unwrap();
     assert!(md.starts_with("---\nAIGC: {\"Label\":\"1\""), "{md}");
     assert!(md.contains("人工智能生成"));
-    assert_eq!(kind(invoke(&h, "export_text", json!({"body": "", "title": "t", "format": "md"})).unwrap_err()), "invalid_input");
-    assert!(invoke(&h, "export_text", json!({"body": "x", "title": "t", "format": "exe"})).is_err());
+    assert_eq!(
+        kind(
+            invoke(
+                &h,
+                "export_text",
+                json!({"body": "", "title": "t", "format": "md"})
+            )
+            .unwrap_err()
+        ),
+        "invalid_input"
+    );
+    assert!(
+        invoke(
+            &h,
+            "export_text",
+            json!({"body": "x", "title": "t", "format": "exe"})
+        )
+        .is_err()
+    );
 
     // Copy requests are validated before anything is queued (no model is installed here).
     let p = invoke(&h, "create_project", json!({"name": "文案"})).unwrap();
     let req = json!({"project_id": p["id"], "template_id": "slogan", "values": {"product": "保温杯"}, "model": "none", "variants": 9});
-    assert_eq!(kind(invoke(&h, "generate_copy", json!({"request": req, "onEvent": "__CHANNEL__:9"})).unwrap_err()), "invalid_input");
+    assert_eq!(
+        kind(
+            invoke(
+                &h,
+                "generate_copy",
+                json!({"request": req, "onEvent": "__CHANNEL__:9"})
+            )
+            .unwrap_err()
+        ),
+        "invalid_input"
+    );
 
     // The project's brand voice round-trips, cleaned; an oversized one is refused.
     let v = invoke(&h, "set_brand_voice", json!({"projectId": p["id"], "voice": {"tone_words": [" 温柔 ", ""], "must_mention": ["水润"]}})).unwrap();
     assert_eq!(v["tone_words"], json!(["温柔"]));
-    assert_eq!(invoke(&h, "get_brand_voice", json!({"projectId": p["id"]})).unwrap(), v);
+    assert_eq!(
+        invoke(&h, "get_brand_voice", json!({"projectId": p["id"]})).unwrap(),
+        v
+    );
     let big = json!({"projectId": p["id"], "voice": {"examples": ["a", "b", "c", "d"]}});
-    assert_eq!(kind(invoke(&h, "set_brand_voice", big).unwrap_err()), "invalid_input");
+    assert_eq!(
+        kind(invoke(&h, "set_brand_voice", big).unwrap_err()),
+        "invalid_input"
+    );
 
     // The editor's text is saved as versions of a copy document; restoring appends a copy.
     let v1 = invoke(&h, "save_copy_version", json!({"projectId": p["id"], "documentId": null, "title": "保温杯", "templateId": "slogan", "body": "第一版", "generationId": null})).unwrap();
     let doc = v1["document_id"].clone();
     let v2 = invoke(&h, "save_copy_version", json!({"projectId": p["id"], "documentId": doc, "title": "保温杯", "templateId": "slogan", "body": "第二版", "generationId": null})).unwrap();
-    assert_eq!((v1["number"].as_i64(), v2["number"].as_i64()), (Some(1), Some(2)));
+    assert_eq!(
+        (v1["number"].as_i64(), v2["number"].as_i64()),
+        (Some(1), Some(2))
+    );
     let v3 = invoke(&h, "restore_version", json!({"versionId": v1["id"]})).unwrap();
-    assert_eq!((v3["number"].as_i64(), v3["body"].as_str(), v3["source"].as_str()), (Some(3), Some("第一版"), Some("restore")));
+    assert_eq!(
+        (
+            v3["number"].as_i64(),
+            v3["body"].as_str(),
+            v3["source"].as_str()
+        ),
+        (Some(3), Some("第一版"), Some("restore"))
+    );
     let all = invoke(&h, "list_versions", json!({"documentId": doc})).unwrap();
     assert_eq!(all.as_array().unwrap().len(), 3);
 
     // Documents list, star and rename; opening one brings its versions.
     let docs = invoke(&h, "list_copy_documents", json!({"projectId": p["id"]})).unwrap();
     assert_eq!(docs.as_array().unwrap().len(), 1);
-    let starred = invoke(&h, "star_document", json!({"documentId": doc, "starred": true})).unwrap();
+    let starred = invoke(
+        &h,
+        "star_document",
+        json!({"documentId": doc, "starred": true}),
+    )
+    .unwrap();
     assert_eq!(starred["starred"], true);
-    assert_eq!(invoke(&h, "rename_document", json!({"documentId": doc, "title": "保温杯 · 定稿"})).unwrap()["title"], "保温杯 · 定稿");
+    assert_eq!(
+        invoke(
+            &h,
+            "rename_document",
+            json!({"documentId": doc, "title": "保温杯 · 定稿"})
+        )
+        .unwrap()["title"],
+        "保温杯 · 定稿"
+    );
     let opened = invoke(&h, "open_document", json!({"documentId": doc})).unwrap();
     assert_eq!(opened["versions"][0]["body"], "第一版");
     assert_eq!(opened["document"]["starred"], true);
-    assert_eq!(kind(invoke(&h, "open_document", json!({"documentId": 4242})).unwrap_err()), "not_found");
+    assert_eq!(
+        kind(invoke(&h, "open_document", json!({"documentId": 4242})).unwrap_err()),
+        "not_found"
+    );
 
     // The clipboard gets the text with the notice.
-    let clip = invoke(&h, "clipboard_text", json!({"body": "保温杯，12 小时保温。"})).unwrap();
-    assert!(clip.as_str().unwrap().contains("人工智能生成") && clip.as_str().unwrap().contains("12 小时保温"), "{clip}");
-    assert_eq!(kind(invoke(&h, "clipboard_text", json!({"body": "  "})).unwrap_err()), "invalid_input");
+    let clip = invoke(
+        &h,
+        "clipboard_text",
+        json!({"body": "保温杯，12 小时保温。"}),
+    )
+    .unwrap();
+    assert!(
+        clip.as_str().unwrap().contains("人工智能生成")
+            && clip.as_str().unwrap().contains("12 小时保温"),
+        "{clip}"
+    );
+    assert_eq!(
+        kind(invoke(&h, "clipboard_text", json!({"body": "  "})).unwrap_err()),
+        "invalid_input"
+    );
 
     // A template is duplicated, edited and saved as the user's own; a broken edit is refused.
     let copy = invoke(&h, "duplicate_template", json!({"id": "slogan"})).unwrap();
     assert_eq!(copy["id"], "slogan-copy");
-    let text = copy["text"].as_str().unwrap().replace("（副本）", "（我的）");
-    let saved = invoke(&h, "save_template", json!({"text": text, "previousId": null})).unwrap();
+    let text = copy["text"]
+        .as_str()
+        .unwrap()
+        .replace("（副本）", "（我的）");
+    let saved = invoke(
+        &h,
+        "save_template",
+        json!({"text": text, "previousId": null}),
+    )
+    .unwrap();
     assert!(saved["name_zh"].as_str().unwrap().ends_with("（我的）"));
     let listed = invoke(&h, "list_templates", json!({})).unwrap();
-    assert!(listed["templates"].as_array().unwrap().iter().any(|t| t["id"] == "slogan-copy"));
-    assert_eq!(invoke(&h, "template_source", json!({"id": "slogan-copy"})).unwrap()["user"], true);
+    assert!(
+        listed["templates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"] == "slogan-copy")
+    );
+    assert_eq!(
+        invoke(&h, "template_source", json!({"id": "slogan-copy"})).unwrap()["user"],
+        true
+    );
     let broken = text.replace("group = \"", "group = \"zz");
-    assert_eq!(kind(invoke(&h, "save_template", json!({"text": broken, "previousId": "slogan-copy"})).unwrap_err()), "invalid_input");
-    assert!(invoke(&h, "preview_template", json!({"text": text})).unwrap().as_str().unwrap().len() > 20);
+    assert_eq!(
+        kind(
+            invoke(
+                &h,
+                "save_template",
+                json!({"text": broken, "previousId": "slogan-copy"})
+            )
+            .unwrap_err()
+        ),
+        "invalid_input"
+    );
+    assert!(
+        invoke(&h, "preview_template", json!({"text": text}))
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .len()
+            > 20
+    );
     invoke(&h, "delete_template", json!({"id": "slogan-copy"})).unwrap();
-    assert_eq!(kind(invoke(&h, "delete_template", json!({"id": "slogan"})).unwrap_err()), "invalid_input");
+    assert_eq!(
+        kind(invoke(&h, "delete_template", json!({"id": "slogan"})).unwrap_err()),
+        "invalid_input"
+    );
 
     // Turning the explicit label off needs the acknowledgement.
-    assert_eq!(kind(invoke(&h, "update_settings", json!({"patch": {"label_explicit": false}})).unwrap_err()), "invalid_input");
-    let s = invoke(&h, "update_settings", json!({"patch": {"label_explicit": false, "acknowledge_unlabelled": true}})).unwrap();
+    assert_eq!(
+        kind(
+            invoke(
+                &h,
+                "update_settings",
+                json!({"patch": {"label_explicit": false}})
+            )
+            .unwrap_err()
+        ),
+        "invalid_input"
+    );
+    let s = invoke(
+        &h,
+        "update_settings",
+        json!({"patch": {"label_explicit": false, "acknowledge_unlabelled": true}}),
+    )
+    .unwrap();
     assert_eq!(s["label_explicit"], false);
 }

@@ -10,13 +10,19 @@ pub struct UiError {
 
 impl UiError {
     pub fn new(kind: &str, message: impl Into<String>) -> Self {
-        UiError { kind: kind.into(), message: message.into() }
+        UiError {
+            kind: kind.into(),
+            message: message.into(),
+        }
     }
 }
 
 impl From<atelier_engine::Error> for UiError {
     fn from(e: atelier_engine::Error) -> Self {
-        UiError { kind: e.kind().into(), message: e.to_string() }
+        UiError {
+            kind: e.kind().into(),
+            message: e.to_string(),
+        }
     }
 }
 

@@ -11,7 +11,10 @@ use atelier_engine::Home;
 use tauri::Runtime;
 
 /// Registers state and commands on a builder; shared by `run` and the mock-runtime tests.
-pub fn builder<R: Runtime>(builder: tauri::Builder<R>, home: Result<Home, atelier_engine::Error>) -> tauri::Builder<R> {
+pub fn builder<R: Runtime>(
+    builder: tauri::Builder<R>,
+    home: Result<Home, atelier_engine::Error>,
+) -> tauri::Builder<R> {
     let runtime = match tauri::async_runtime::handle() {
         tauri::async_runtime::RuntimeHandle::Tokio(h) => h,
     };
@@ -77,7 +80,8 @@ pub fn context<R: Runtime>() -> tauri::Context<R> {
 fn init_logging(home: Option<&Home>) {
     use tracing_subscriber::fmt::writer::MakeWriterExt;
     let filter = || {
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,atelier=debug".into())
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| "info,atelier=debug".into())
     };
     let file = home.and_then(|h| {
         let dir = h.logs_dir();
@@ -86,7 +90,11 @@ fn init_logging(home: Option<&Home>) {
         if std::fs::metadata(&path).is_ok_and(|m| m.len() > 10 * 1024 * 1024) {
             let _ = std::fs::rename(&path, dir.join("atelier.log.1"));
         }
-        std::fs::OpenOptions::new().create(true).append(true).open(path).ok()
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .ok()
     });
     match file {
         Some(f) => tracing_subscriber::fmt()
@@ -94,7 +102,10 @@ fn init_logging(home: Option<&Home>) {
             .with_ansi(false)
             .with_writer(std::io::stderr.and(std::sync::Mutex::new(f)))
             .init(),
-        None => tracing_subscriber::fmt().with_env_filter(filter()).with_writer(std::io::stderr).init(),
+        None => tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .init(),
     }
 }
 
@@ -131,8 +142,12 @@ pub fn run() {
         Ok(app) => app.run(|_, _| {}),
         Err(e) => {
             eprintln!("Atelier could not start: {e}");
-            if std::env::var_os("DISPLAY").is_none() && std::env::var_os("WAYLAND_DISPLAY").is_none() {
-                eprintln!("No display found. On a machine without a desktop, run it under a virtual one:\n  xvfb-run -a atelier");
+            if std::env::var_os("DISPLAY").is_none()
+                && std::env::var_os("WAYLAND_DISPLAY").is_none()
+            {
+                eprintln!(
+                    "No display found. On a machine without a desktop, run it under a virtual one:\n  xvfb-run -a atelier"
+                );
             }
             std::process::exit(1);
         }

@@ -27,11 +27,16 @@ pub struct AppStatus {
 
 /// The app opens its data folder exclusively (instance lock, stale-job recovery).
 fn open_engine(home: &Home, runtime: &tokio::runtime::Handle) -> Result<Arc<Engine>, UiError> {
-    Engine::open(home.clone(), Access::Exclusive, runtime.clone()).map(Arc::new).map_err(UiError::from)
+    Engine::open(home.clone(), Access::Exclusive, runtime.clone())
+        .map(Arc::new)
+        .map_err(UiError::from)
 }
 
 impl AppState {
-    pub fn open(home: Result<Home, atelier_engine::Error>, runtime: tokio::runtime::Handle) -> AppState {
+    pub fn open(
+        home: Result<Home, atelier_engine::Error>,
+        runtime: tokio::runtime::Handle,
+    ) -> AppState {
         let (home, opened) = match home {
             Ok(home) => {
                 let opened = open_engine(&home, &runtime);
@@ -42,14 +47,21 @@ impl AppState {
         if let Err(e) = &opened {
             tracing::error!(kind = %e.kind, message = %e.message, "could not open the data folder");
         }
-        AppState { home, runtime, opened: RwLock::new(opened) }
+        AppState {
+            home,
+            runtime,
+            opened: RwLock::new(opened),
+        }
     }
 
     /// The engine, or the start-up error as a `not_ready` command error.
     pub fn engine(&self) -> CmdResult<Arc<Engine>> {
         match &*self.opened.read().unwrap_or_else(|p| p.into_inner()) {
             Ok(engine) => Ok(engine.clone()),
-            Err(e) => Err(UiError::new("not_ready", format!("Atelier could not open its data: {}", e.message))),
+            Err(e) => Err(UiError::new(
+                "not_ready",
+                format!("Atelier could not open its data: {}", e.message),
+            )),
         }
     }
 
@@ -59,14 +71,20 @@ impl AppState {
             Ok(engine) => (
                 None,
                 engine.interrupted_at_open(),
-                engine.store().migration_backup().map(|p| p.display().to_string()),
+                engine
+                    .store()
+                    .migration_backup()
+                    .map(|p| p.display().to_string()),
             ),
             Err(e) => (Some(e.clone()), 0, None),
         };
         AppStatus {
             version: env!("CARGO_PKG_VERSION"),
             data_dir: self.home.as_ref().map(|h| h.root().display().to_string()),
-            db_path: self.home.as_ref().map(|h| h.db_path().display().to_string()),
+            db_path: self
+                .home
+                .as_ref()
+                .map(|h| h.db_path().display().to_string()),
             error,
             interrupted_jobs,
             migration_backup,
@@ -88,11 +106,19 @@ impl AppState {
 
     /// Only when the database is damaged: sets the file aside (kept, renamed) and starts a new one.
     pub fn start_new_database(&self) -> CmdResult<String> {
-        let home = self.home.clone().ok_or_else(|| UiError::new("not_ready", "no data folder"))?;
+        let home = self
+            .home
+            .clone()
+            .ok_or_else(|| UiError::new("not_ready", "no data folder"))?;
         let mut opened = self.opened.write().unwrap_or_else(|p| p.into_inner());
         match &*opened {
             Err(e) if e.kind == "corrupt_database" => {}
-            _ => return Err(UiError::new("conflict", "the database is not damaged; nothing was changed")),
+            _ => {
+                return Err(UiError::new(
+                    "conflict",
+                    "the database is not damaged; nothing was changed",
+                ));
+            }
         }
         let kept = atelier_engine::set_aside_database(&home)?;
         *opened = open_engine(&home, &self.runtime);

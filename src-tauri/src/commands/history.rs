@@ -5,7 +5,10 @@ use crate::error::CmdResult;
 use crate::state::AppState;
 
 #[tauri::command]
-pub async fn search_history(state: State<'_, AppState>, query: HistoryQuery) -> CmdResult<HistoryPage> {
+pub async fn search_history(
+    state: State<'_, AppState>,
+    query: HistoryQuery,
+) -> CmdResult<HistoryPage> {
     Ok(state.engine()?.store().history(&query)?)
 }
 
@@ -16,7 +19,10 @@ pub async fn get_generation(state: State<'_, AppState>, id: i64) -> CmdResult<Ge
 
 #[tauri::command]
 pub async fn star_generation(state: State<'_, AppState>, id: i64, starred: bool) -> CmdResult<()> {
-    Ok(state.engine()?.store().set_generation_starred(id, starred)?)
+    Ok(state
+        .engine()?
+        .store()
+        .set_generation_starred(id, starred)?)
 }
 
 #[tauri::command]

@@ -30,13 +30,22 @@ pub async fn cancel_job(state: State<'_, AppState>, id: i64) -> CmdResult<bool> 
 }
 
 #[tauri::command]
-pub async fn retry_job(state: State<'_, AppState>, id: i64, on_event: Channel<JobEvent>) -> CmdResult<i64> {
-    Ok(state.engine()?.retry_job(id, Some(channel_sink(on_event)))?)
+pub async fn retry_job(
+    state: State<'_, AppState>,
+    id: i64,
+    on_event: Channel<JobEvent>,
+) -> CmdResult<i64> {
+    Ok(state
+        .engine()?
+        .retry_job(id, Some(channel_sink(on_event)))?)
 }
 
 /// Streams every job's events to the job panel until the page goes away.
 #[tauri::command]
-pub async fn watch_jobs(state: State<'_, AppState>, on_update: Channel<JobUpdate>) -> CmdResult<()> {
+pub async fn watch_jobs(
+    state: State<'_, AppState>,
+    on_update: Channel<JobUpdate>,
+) -> CmdResult<()> {
     let mut rx = state.engine()?.jobs().subscribe();
     tauri::async_runtime::spawn(async move {
         loop {
@@ -55,6 +64,11 @@ pub async fn watch_jobs(state: State<'_, AppState>, on_update: Channel<JobUpdate
 }
 
 #[tauri::command]
-pub async fn start_maintenance(state: State<'_, AppState>, on_event: Channel<JobEvent>) -> CmdResult<i64> {
-    Ok(state.engine()?.start_maintenance(Some(channel_sink(on_event)), None)?)
+pub async fn start_maintenance(
+    state: State<'_, AppState>,
+    on_event: Channel<JobEvent>,
+) -> CmdResult<i64> {
+    Ok(state
+        .engine()?
+        .start_maintenance(Some(channel_sink(on_event)), None)?)
 }

@@ -48,9 +48,11 @@ pub async fn import_model(state: State<'_, AppState>, path: String) -> CmdResult
     let engine = state.engine()?;
     let dir = engine.home().models_dir();
     // Copying hundreds of MB must not hold up the async runtime.
-    let info = tauri::async_runtime::spawn_blocking(move || registry::import(&dir, &PathBuf::from(path.trim())))
-        .await
-        .map_err(|e| atelier_engine::Error::Internal(e.to_string()))??;
+    let info = tauri::async_runtime::spawn_blocking(move || {
+        registry::import(&dir, &PathBuf::from(path.trim()))
+    })
+    .await
+    .map_err(|e| atelier_engine::Error::Internal(e.to_string()))??;
     Ok(info)
 }
 

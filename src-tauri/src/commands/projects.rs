@@ -20,7 +20,11 @@ pub async fn create_project(state: State<'_, AppState>, name: String) -> CmdResu
 }
 
 #[tauri::command]
-pub async fn rename_project(state: State<'_, AppState>, id: i64, name: String) -> CmdResult<Project> {
+pub async fn rename_project(
+    state: State<'_, AppState>,
+    id: i64,
+    name: String,
+) -> CmdResult<Project> {
     Ok(state.engine()?.store().rename_project(id, &name)?)
 }
 

@@ -10,6 +10,9 @@ pub async fn get_settings(state: State<'_, AppState>) -> CmdResult<Settings> {
 }
 
 #[tauri::command]
-pub async fn update_settings(state: State<'_, AppState>, patch: SettingsPatch) -> CmdResult<Settings> {
+pub async fn update_settings(
+    state: State<'_, AppState>,
+    patch: SettingsPatch,
+) -> CmdResult<Settings> {
     Ok(state.engine()?.store().update_settings(&patch)?)
 }

@@ -17,5 +17,12 @@ pub async fn generate_text(
     request: TextRequest,
     on_event: Channel<JobEvent>,
 ) -> CmdResult<i64> {
-    Ok(state.engine()?.generate_text(TextJob { project_id, request, purpose: None }, Some(channel_sink(on_event)))?)
+    Ok(state.engine()?.generate_text(
+        TextJob {
+            project_id,
+            request,
+            purpose: None,
+        },
+        Some(channel_sink(on_event)),
+    )?)
 }

@@ -4,14 +4,14 @@ use std::sync::Arc;
 
 use atelier_engine::JobEvent;
 use atelier_engine::compliance::{CheckOptions, PackInfo, PackProblem, Report};
+use atelier_engine::export::Format;
 use atelier_engine::store::{Document, DocumentKind, DocumentVersion, NewVersion, VersionSource};
 use atelier_engine::writing::compose::CopyRequest;
-use tauri::ipc::Channel;
-use atelier_engine::export::Format;
 use atelier_engine::writing::templates::{BrandVoice, Template, TemplateProblem};
 use atelier_engine::writing::user_templates::TemplateSource;
 use serde::Serialize;
 use tauri::State;
+use tauri::ipc::Channel;
 
 use crate::error::CmdResult;
 use crate::state::AppState;
@@ -19,7 +19,11 @@ use crate::state::AppState;
 /// Checks text for advertising-law and platform risks. Offsets come in UTF-16 units too, so
 /// the editor can underline them directly.
 #[tauri::command]
-pub async fn check_text(state: State<'_, AppState>, text: String, options: Option<CheckOptions>) -> CmdResult<Report> {
+pub async fn check_text(
+    state: State<'_, AppState>,
+    text: String,
+    options: Option<CheckOptions>,
+) -> CmdResult<Report> {
     let checker = state.engine()?.checker()?;
     let options = options.unwrap_or_default();
     // Up to 16 MB of text: off the async runtime.
@@ -59,12 +63,21 @@ pub struct TemplatesOverview {
 pub async fn list_templates(state: State<'_, AppState>) -> CmdResult<TemplatesOverview> {
     let engine = state.engine()?;
     let (templates, problems) = engine.templates();
-    Ok(TemplatesOverview { templates, problems, folder: engine.home().templates_dir().display().to_string() })
+    Ok(TemplatesOverview {
+        templates,
+        problems,
+        folder: engine.home().templates_dir().display().to_string(),
+    })
 }
 
 /// Writes a labelled TXT, Markdown or DOCX file into the exports folder; returns its path.
 #[tauri::command]
-pub async fn export_text(state: State<'_, AppState>, body: String, title: String, format: Format) -> CmdResult<String> {
+pub async fn export_text(
+    state: State<'_, AppState>,
+    body: String,
+    title: String,
+    format: Format,
+) -> CmdResult<String> {
     let path = state.engine()?.export_text(&body, &title, format)?;
     Ok(path.display().to_string())
 }
@@ -104,7 +117,11 @@ pub async fn get_brand_voice(state: State<'_, AppState>, project_id: i64) -> Cmd
 
 /// Saves the project's brand voice (used in every prompt of the project); returns it cleaned.
 #[tauri::command]
-pub async fn set_brand_voice(state: State<'_, AppState>, project_id: i64, voice: BrandVoice) -> CmdResult<BrandVoice> {
+pub async fn set_brand_voice(
+    state: State<'_, AppState>,
+    project_id: i64,
+    voice: BrandVoice,
+) -> CmdResult<BrandVoice> {
     Ok(state.engine()?.set_brand_voice(project_id, &voice)?)
 }
 
@@ -124,28 +141,61 @@ pub async fn save_copy_version(
     let store = engine.store();
     let document_id = match document_id {
         Some(id) => id,
-        None => store.create_document(project_id, DocumentKind::Copy, &title, template_id.as_deref())?.id,
+        None => {
+            store
+                .create_document(
+                    project_id,
+                    DocumentKind::Copy,
+                    &title,
+                    template_id.as_deref(),
+                )?
+                .id
+        }
     };
-    let source = if generation_id.is_some() { VersionSource::Generation } else { VersionSource::Save };
-    Ok(store.add_version(document_id, &NewVersion { body: &body, source, generation_id, note: "" })?)
+    let source = if generation_id.is_some() {
+        VersionSource::Generation
+    } else {
+        VersionSource::Save
+    };
+    Ok(store.add_version(
+        document_id,
+        &NewVersion {
+            body: &body,
+            source,
+            generation_id,
+            note: "",
+        },
+    )?)
 }
 
 /// A document's versions, newest first.
 #[tauri::command]
-pub async fn list_versions(state: State<'_, AppState>, document_id: i64) -> CmdResult<Vec<DocumentVersion>> {
+pub async fn list_versions(
+    state: State<'_, AppState>,
+    document_id: i64,
+) -> CmdResult<Vec<DocumentVersion>> {
     Ok(state.engine()?.store().list_versions(document_id)?)
 }
 
 /// Makes an old version current by appending a copy of it (nothing is overwritten).
 #[tauri::command]
-pub async fn restore_version(state: State<'_, AppState>, version_id: i64) -> CmdResult<DocumentVersion> {
+pub async fn restore_version(
+    state: State<'_, AppState>,
+    version_id: i64,
+) -> CmdResult<DocumentVersion> {
     Ok(state.engine()?.store().restore_version(version_id)?)
 }
 
 /// The project's copy documents, starred first, then most recently changed.
 #[tauri::command]
-pub async fn list_copy_documents(state: State<'_, AppState>, project_id: i64) -> CmdResult<Vec<Document>> {
-    Ok(state.engine()?.store().list_documents(project_id, DocumentKind::Copy)?)
+pub async fn list_copy_documents(
+    state: State<'_, AppState>,
+    project_id: i64,
+) -> CmdResult<Vec<Document>> {
+    Ok(state
+        .engine()?
+        .store()
+        .list_documents(project_id, DocumentKind::Copy)?)
 }
 
 #[derive(Serialize)]
@@ -157,20 +207,40 @@ pub struct OpenedDocument {
 
 /// A document with its versions, to open in the editor.
 #[tauri::command]
-pub async fn open_document(state: State<'_, AppState>, document_id: i64) -> CmdResult<OpenedDocument> {
+pub async fn open_document(
+    state: State<'_, AppState>,
+    document_id: i64,
+) -> CmdResult<OpenedDocument> {
     let engine = state.engine()?;
     let store = engine.store();
-    Ok(OpenedDocument { document: store.document(document_id)?, versions: store.list_versions(document_id)? })
+    Ok(OpenedDocument {
+        document: store.document(document_id)?,
+        versions: store.list_versions(document_id)?,
+    })
 }
 
 #[tauri::command]
-pub async fn star_document(state: State<'_, AppState>, document_id: i64, starred: bool) -> CmdResult<Document> {
-    Ok(state.engine()?.store().set_document_starred(document_id, starred)?)
+pub async fn star_document(
+    state: State<'_, AppState>,
+    document_id: i64,
+    starred: bool,
+) -> CmdResult<Document> {
+    Ok(state
+        .engine()?
+        .store()
+        .set_document_starred(document_id, starred)?)
 }
 
 #[tauri::command]
-pub async fn rename_document(state: State<'_, AppState>, document_id: i64, title: String) -> CmdResult<Document> {
-    Ok(state.engine()?.store().rename_document(document_id, &title)?)
+pub async fn rename_document(
+    state: State<'_, AppState>,
+    document_id: i64,
+    title: String,
+) -> CmdResult<Document> {
+    Ok(state
+        .engine()?
+        .store()
+        .rename_document(document_id, &title)?)
 }
 
 /// The text to put on the clipboard: labelled as Settings say (the UI writes it).
@@ -187,14 +257,23 @@ pub async fn template_source(state: State<'_, AppState>, id: String) -> CmdResul
 
 /// A copy of a template with a free id, ready to edit (not saved until `save_template`).
 #[tauri::command]
-pub async fn duplicate_template(state: State<'_, AppState>, id: String) -> CmdResult<TemplateSource> {
+pub async fn duplicate_template(
+    state: State<'_, AppState>,
+    id: String,
+) -> CmdResult<TemplateSource> {
     Ok(state.engine()?.duplicate_template(&id)?)
 }
 
 /// Validates and saves one of the user's templates; `previous_id` when editing an existing one.
 #[tauri::command]
-pub async fn save_template(state: State<'_, AppState>, text: String, previous_id: Option<String>) -> CmdResult<Template> {
-    Ok(state.engine()?.save_template(&text, previous_id.as_deref())?)
+pub async fn save_template(
+    state: State<'_, AppState>,
+    text: String,
+    previous_id: Option<String>,
+) -> CmdResult<Template> {
+    Ok(state
+        .engine()?
+        .save_template(&text, previous_id.as_deref())?)
 }
 
 #[tauri::command]

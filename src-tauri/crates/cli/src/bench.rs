@@ -27,21 +27,59 @@ impl Rng {
 }
 
 const PRODUCTS: &[&str] = &[
-    "保湿面霜", "玻尿酸精华", "氨基酸洗面奶", "防晒喷雾", "蓝牙耳机", "空气炸锅", "羊毛大衣", "运动跑鞋",
-    "坚果礼盒", "有机绿茶", "儿童绘本", "猫粮", "电动牙刷", "真丝枕套", "露营帐篷", "咖啡豆",
+    "保湿面霜",
+    "玻尿酸精华",
+    "氨基酸洗面奶",
+    "防晒喷雾",
+    "蓝牙耳机",
+    "空气炸锅",
+    "羊毛大衣",
+    "运动跑鞋",
+    "坚果礼盒",
+    "有机绿茶",
+    "儿童绘本",
+    "猫粮",
+    "电动牙刷",
+    "真丝枕套",
+    "露营帐篷",
+    "咖啡豆",
 ];
 const PHRASES: &[&str] = &[
-    "温和不刺激，敏感肌也能放心用", "一抹化水，清爽不黏腻", "家人们今天给大家带来", "限时福利，库存有限",
-    "这个价格真的很难再有了", "点击下方小黄车", "成分表干净，孕妈也能用", "通勤党必备", "质地轻薄好推开",
-    "支持七天无理由退换", "上班族的早餐神器", "颜值超高，送礼有面子", "姐妹们冲！", "实测续航一整天",
-    "写一段小红书种草笔记", "突出产品卖点和使用场景", "语气亲切自然，适当使用表情",
+    "温和不刺激，敏感肌也能放心用",
+    "一抹化水，清爽不黏腻",
+    "家人们今天给大家带来",
+    "限时福利，库存有限",
+    "这个价格真的很难再有了",
+    "点击下方小黄车",
+    "成分表干净，孕妈也能用",
+    "通勤党必备",
+    "质地轻薄好推开",
+    "支持七天无理由退换",
+    "上班族的早餐神器",
+    "颜值超高，送礼有面子",
+    "姐妹们冲！",
+    "实测续航一整天",
+    "写一段小红书种草笔记",
+    "突出产品卖点和使用场景",
+    "语气亲切自然，适当使用表情",
 ];
 const ENGLISH: &[&str] = &[
-    "a cozy living room with warm light", "product photo on a marble table", "write a short slogan",
-    "highlight the key benefits", "studio lighting, soft shadows", "minimalist packaging design",
-    "for busy professionals", "limited time offer", "cinematic, 35mm, shallow depth of field",
+    "a cozy living room with warm light",
+    "product photo on a marble table",
+    "write a short slogan",
+    "highlight the key benefits",
+    "studio lighting, soft shadows",
+    "minimalist packaging design",
+    "for busy professionals",
+    "limited time offer",
+    "cinematic, 35mm, shallow depth of field",
 ];
-const MODELS: &[&str] = &["qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct", "sd15", "sd-turbo"];
+const MODELS: &[&str] = &[
+    "qwen2.5-coder-0.5b-instruct",
+    "smollm2-135m-instruct",
+    "sd15",
+    "sd-turbo",
+];
 
 fn text(rng: &mut Rng, min_chars: usize, max_chars: usize) -> String {
     let target = min_chars + rng.below(max_chars - min_chars + 1);
@@ -64,7 +102,10 @@ struct Stats {
 
 impl Stats {
     fn new(name: &'static str) -> Self {
-        Stats { name, samples: Vec::new() }
+        Stats {
+            name,
+            samples: Vec::new(),
+        }
     }
     fn time<T>(&mut self, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let t = Instant::now();
@@ -76,21 +117,44 @@ impl Stats {
         let mut v = self.samples.clone();
         v.sort_unstable();
         let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-        v.get(i).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(f64::NAN)
+        v.get(i)
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(f64::NAN)
     }
 }
 
-pub fn store(rows: usize, samples: usize, reuse: Option<std::path::PathBuf>, json_out: bool) -> Result<()> {
-    let dir = tempfile::tempdir().map_err(|e| atelier_engine::Error::io("cannot make a temp folder", e))?;
-    let path = reuse.clone().unwrap_or_else(|| dir.path().join("atelier.db"));
+pub fn store(
+    rows: usize,
+    samples: usize,
+    reuse: Option<std::path::PathBuf>,
+    json_out: bool,
+) -> Result<()> {
+    let dir = tempfile::tempdir()
+        .map_err(|e| atelier_engine::Error::io("cannot make a temp folder", e))?;
+    let path = reuse
+        .clone()
+        .unwrap_or_else(|| dir.path().join("atelier.db"));
     let existed = reuse.is_some() && path.exists();
     let store = Store::open(&path)?;
     let projects: Vec<i64> = if existed {
         store.list_projects()?.iter().map(|p| p.id).collect()
     } else {
-        (0..20).map(|i| store.create_project(&format!("项目 {i}")).map(|p| p.id)).collect::<Result<_>>()?
+        (0..20)
+            .map(|i| store.create_project(&format!("项目 {i}")).map(|p| p.id))
+            .collect::<Result<_>>()?
     };
-    let rows = if existed { store.history(&HistoryQuery { limit: 1, ..Default::default() })?.items.first().map_or(0, |g| g.id as usize) } else { rows };
+    let rows = if existed {
+        store
+            .history(&HistoryQuery {
+                limit: 1,
+                ..Default::default()
+            })?
+            .items
+            .first()
+            .map_or(0, |g| g.id as usize)
+    } else {
+        rows
+    };
     let mut rng = Rng(20261122);
     let mut insert = Stats::new("insert");
     let fill = Instant::now();
@@ -101,7 +165,11 @@ pub fn store(rows: usize, samples: usize, reuse: Option<std::path::PathBuf>, jso
             _ => GenerationKind::Image,
         };
         let prompt = text(&mut rng, 20, 200);
-        let output = if kind == GenerationKind::Image { String::new() } else { text(&mut rng, 100, 1500) };
+        let output = if kind == GenerationKind::Image {
+            String::new()
+        } else {
+            text(&mut rng, 100, 1500)
+        };
         let g = NewGeneration {
             project_id: projects[rng.below(projects.len())],
             job_id: None,
@@ -114,7 +182,15 @@ pub fn store(rows: usize, samples: usize, reuse: Option<std::path::PathBuf>, jso
         // An insert is what a finished generation costs: the row, then its result.
         insert.time(|| {
             let id = store.begin_generation(&g)?;
-            store.finish_generation(id, &GenerationOutcome { output_text: Some(output), prompt_tokens: Some(80), output_tokens: Some(300), ..Default::default() })?;
+            store.finish_generation(
+                id,
+                &GenerationOutcome {
+                    output_text: Some(output),
+                    prompt_tokens: Some(80),
+                    output_tokens: Some(300),
+                    ..Default::default()
+                },
+            )?;
             if i % 50 == 0 {
                 store.set_generation_starred(id, true)?;
             }
@@ -135,16 +211,53 @@ pub fn store(rows: usize, samples: usize, reuse: Option<std::path::PathBuf>, jso
         let q = match rng.below(4) {
             0 => rng.pick(PRODUCTS).to_owned(),
             1 => rng.pick(PHRASES).chars().take(4 + rng.below(4)).collect(),
-            2 => rng.pick(ENGLISH).split(' ').take(2).collect::<Vec<_>>().join(" "),
-            _ => format!("{} {}", rng.pick(PRODUCTS), &rng.pick(PHRASES).chars().take(3).collect::<String>()),
+            2 => rng
+                .pick(ENGLISH)
+                .split(' ')
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" "),
+            _ => format!(
+                "{} {}",
+                rng.pick(PRODUCTS),
+                &rng.pick(PHRASES).chars().take(3).collect::<String>()
+            ),
         };
-        search.time(|| store.history(&HistoryQuery { text: q, limit: 100, ..Default::default() }))?;
+        search.time(|| {
+            store.history(&HistoryQuery {
+                text: q,
+                limit: 100,
+                ..Default::default()
+            })
+        })?;
         let short: String = rng.pick(PRODUCTS).chars().take(2).collect();
-        search_short.time(|| store.history(&HistoryQuery { text: short, limit: 100, ..Default::default() }))?;
+        search_short.time(|| {
+            store.history(&HistoryQuery {
+                text: short,
+                limit: 100,
+                ..Default::default()
+            })
+        })?;
         // Worst cases: a word that occurs nowhere reads the whole index (FTS) or table (LIKE).
-        miss_long.time(|| store.history(&HistoryQuery { text: "不存在的词".into(), limit: 100, ..Default::default() }))?;
-        miss_short.time(|| store.history(&HistoryQuery { text: "鲸鱼".into(), limit: 100, ..Default::default() }))?;
-        let mut hq = HistoryQuery { limit: 100, before: Some(1 + rng.below(rows) as i64), ..Default::default() };
+        miss_long.time(|| {
+            store.history(&HistoryQuery {
+                text: "不存在的词".into(),
+                limit: 100,
+                ..Default::default()
+            })
+        })?;
+        miss_short.time(|| {
+            store.history(&HistoryQuery {
+                text: "鲸鱼".into(),
+                limit: 100,
+                ..Default::default()
+            })
+        })?;
+        let mut hq = HistoryQuery {
+            limit: 100,
+            before: Some(1 + rng.below(rows) as i64),
+            ..Default::default()
+        };
         match rng.below(4) {
             0 => hq.kind = Some(GenerationKind::Script),
             1 => hq.project_id = Some(projects[rng.below(projects.len())]),
@@ -155,16 +268,44 @@ pub fn store(rows: usize, samples: usize, reuse: Option<std::path::PathBuf>, jso
         let id = 1 + rng.below(max_id as usize) as i64;
         open.time(|| store.generation(id))?;
     }
-    let db_bytes = std::fs::metadata(store.path()).map(|m| m.len()).unwrap_or(0);
-    let all = [&insert, &search, &search_short, &miss_long, &miss_short, &page, &open];
+    let db_bytes = std::fs::metadata(store.path())
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let all = [
+        &insert,
+        &search,
+        &search_short,
+        &miss_long,
+        &miss_short,
+        &page,
+        &open,
+    ];
     if json_out {
         let ops: Vec<_> = all.iter().map(|s| json!({"op": s.name, "n": s.samples.len(), "p50_ms": s.pct(0.5), "p95_ms": s.pct(0.95)})).collect();
-        println!("{}", serde_json::to_string_pretty(&json!({"rows": rows, "fill_s": fill_s, "db_bytes": db_bytes, "peak_rss_kib": peak_rss_kib(), "ops": ops}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"rows": rows, "fill_s": fill_s, "db_bytes": db_bytes, "peak_rss_kib": peak_rss_kib(), "ops": ops})
+            )?
+        );
     } else {
-        println!("store benchmark: {rows} generations, {:.1} MB database, filled in {fill_s:.1} s, peak RSS {} MiB", db_bytes as f64 / 1e6, peak_rss_kib().unwrap_or(0) / 1024);
-        println!("{:<28} {:>7} {:>9} {:>9}", "operation", "n", "p50 ms", "p95 ms");
+        println!(
+            "store benchmark: {rows} generations, {:.1} MB database, filled in {fill_s:.1} s, peak RSS {} MiB",
+            db_bytes as f64 / 1e6,
+            peak_rss_kib().unwrap_or(0) / 1024
+        );
+        println!(
+            "{:<28} {:>7} {:>9} {:>9}",
+            "operation", "n", "p50 ms", "p95 ms"
+        );
         for s in all {
-            println!("{:<28} {:>7} {:>9.3} {:>9.3}", s.name, s.samples.len(), s.pct(0.5), s.pct(0.95));
+            println!(
+                "{:<28} {:>7} {:>9.3} {:>9.3}",
+                s.name,
+                s.samples.len(),
+                s.pct(0.5),
+                s.pct(0.95)
+            );
         }
     }
     Ok(())
@@ -172,7 +313,13 @@ pub fn store(rows: usize, samples: usize, reuse: Option<std::path::PathBuf>, jso
 
 fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// `atelier-cli bench text`: prefill and decode speed of a local model.
@@ -189,13 +336,24 @@ pub struct TextBench {
 pub fn text_model(engine: &atelier_engine::Engine, a: TextBench, as_json: bool) -> Result<()> {
     use atelier_engine::text::local::{LoadOptions, LocalModel, default_threads};
     let (id, file) = match (&a.file, &a.model) {
-        (Some(f), _) => (f.file_stem().map(|s| s.to_string_lossy().to_lowercase()).unwrap_or_default(), f.clone()),
-        (None, Some(m)) => (m.clone(), atelier_engine::text::service::find_model(engine.home(), m)?.file),
+        (Some(f), _) => (
+            f.file_stem()
+                .map(|s| s.to_string_lossy().to_lowercase())
+                .unwrap_or_default(),
+            f.clone(),
+        ),
+        (None, Some(m)) => (
+            m.clone(),
+            atelier_engine::text::service::find_model(engine.home(), m)?.file,
+        ),
         (None, None) => {
-            let m = engine
-                .default_text_model()?
-                .ok_or_else(|| atelier_engine::Error::invalid("no model installed; pass --file PATH"))?;
-            (m.clone(), atelier_engine::text::service::find_model(engine.home(), &m)?.file)
+            let m = engine.default_text_model()?.ok_or_else(|| {
+                atelier_engine::Error::invalid("no model installed; pass --file PATH")
+            })?;
+            (
+                m.clone(),
+                atelier_engine::text::service::find_model(engine.home(), &m)?.file,
+            )
         }
     };
     let threads = a.threads.unwrap_or_else(default_threads).max(1);
@@ -245,7 +403,11 @@ pub fn text_model(engine: &atelier_engine::Engine, a: TextBench, as_json: bool) 
         println!(
             "{id} on {} ({threads} threads{}), median of {} runs:\n  prefill {} tokens: {:.1} tok/s\n  decode {} tokens:  {:.1} tok/s\n  time to first token: {:.0} ms\n  load: {:.2} s",
             model.report.device,
-            if model.report.repacked.is_empty() { String::new() } else { format!(", repacked {:?}", model.report.repacked) },
+            if model.report.repacked.is_empty() {
+                String::new()
+            } else {
+                format!(", repacked {:?}", model.report.repacked)
+            },
             a.runs.max(1),
             a.prompt_tokens,
             a.prompt_tokens as f64 / p,
@@ -260,8 +422,18 @@ pub fn text_model(engine: &atelier_engine::Engine, a: TextBench, as_json: bool) 
 
 /// Risky sentences mixed into the checker benchmark's copy (about one in six pieces).
 const RISKY: &[&str] = &[
-    "全网最低价，错过再等一年", "销量第一的爆款", "蕞佳选择", "顶级面料", "100%有效", "加微信领券", "最后3件",
-    "本店最轻的一款", "据 2025 年第三方报告，回购率 90%", "最近很多用户反馈", "第一步先洗脸", "積極面對",
+    "全网最低价，错过再等一年",
+    "销量第一的爆款",
+    "蕞佳选择",
+    "顶级面料",
+    "100%有效",
+    "加微信领券",
+    "最后3件",
+    "本店最轻的一款",
+    "据 2025 年第三方报告，回购率 90%",
+    "最近很多用户反馈",
+    "第一步先洗脸",
+    "積極面對",
 ];
 
 /// `atelier-cli bench check`: the checker's throughput on `mb` MB of mixed copy, one thread.
@@ -282,7 +454,11 @@ pub fn check(mb: usize, runs: usize, as_json: bool) -> Result<()> {
     let t = Instant::now();
     let checker = Checker::builtin()?;
     let build_ms = t.elapsed().as_secs_f64() * 1000.0;
-    let opts = CheckOptions { platform: Some("douyin".into()), category: Some("cosmetics".into()), ..Default::default() };
+    let opts = CheckOptions {
+        platform: Some("douyin".into()),
+        category: Some("cosmetics".into()),
+        ..Default::default()
+    };
     let mut times = Vec::new();
     let mut findings = 0;
     for _ in 0..runs.max(1) + 1 {
@@ -300,8 +476,15 @@ pub fn check(mb: usize, runs: usize, as_json: bool) -> Result<()> {
             json!({"bytes": text.len(), "findings": findings, "median_s": median, "mb_per_s": mbps, "build_ms": build_ms})
         );
     } else {
-        println!("checked {:.2} MB of mixed copy (all packs for cosmetics on douyin), {findings} findings", text.len() as f64 / (1 << 20) as f64);
-        println!("median of {} runs: {:.1} ms = {mbps:.1} MB/s on one thread (rule packs compiled in {build_ms:.0} ms)", times.len(), median * 1000.0);
+        println!(
+            "checked {:.2} MB of mixed copy (all packs for cosmetics on douyin), {findings} findings",
+            text.len() as f64 / (1 << 20) as f64
+        );
+        println!(
+            "median of {} runs: {:.1} ms = {mbps:.1} MB/s on one thread (rule packs compiled in {build_ms:.0} ms)",
+            times.len(),
+            median * 1000.0
+        );
     }
     Ok(())
 }

@@ -12,12 +12,20 @@ pub fn run(home: &Home, args: CheckArgs, as_json: bool) -> Result<()> {
         None => read_stdin()?,
         Some(p) if p.as_os_str() == "-" => read_stdin()?,
         Some(p) => {
-            let len = std::fs::metadata(p).map_err(|e| Error::io(format!("cannot read {}", p.display()), e))?.len();
+            let len = std::fs::metadata(p)
+                .map_err(|e| Error::io(format!("cannot read {}", p.display()), e))?
+                .len();
             if len > MAX_CHECK_BYTES as u64 {
-                return Err(Error::invalid(format!("{} is larger than {} MB", p.display(), MAX_CHECK_BYTES >> 20)));
+                return Err(Error::invalid(format!(
+                    "{} is larger than {} MB",
+                    p.display(),
+                    MAX_CHECK_BYTES >> 20
+                )));
             }
-            let bytes = std::fs::read(p).map_err(|e| Error::io(format!("cannot read {}", p.display()), e))?;
-            String::from_utf8(bytes).map_err(|_| Error::invalid(format!("{} is not UTF-8 text", p.display())))?
+            let bytes = std::fs::read(p)
+                .map_err(|e| Error::io(format!("cannot read {}", p.display()), e))?;
+            String::from_utf8(bytes)
+                .map_err(|_| Error::invalid(format!("{} is not UTF-8 text", p.display())))?
         }
     };
     let checker = Checker::load(&home.compliance_dir())?;
@@ -33,7 +41,11 @@ pub fn run(home: &Home, args: CheckArgs, as_json: bool) -> Result<()> {
     let report = checker.check(&text, &opts)?;
     let mut out = std::io::stdout().lock();
     if as_json {
-        let _ = writeln!(out, "{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
     } else {
         // Line and column (in characters) of each finding, like a compiler.
         let mut line_starts = vec![0usize];
@@ -42,7 +54,10 @@ pub fn run(home: &Home, args: CheckArgs, as_json: bool) -> Result<()> {
                 line_starts.push(i + 1);
             }
         }
-        let name = args.file.as_ref().map_or("<stdin>".to_owned(), |p| p.display().to_string());
+        let name = args
+            .file
+            .as_ref()
+            .map_or("<stdin>".to_owned(), |p| p.display().to_string());
         for f in &report.findings {
             let line = line_starts.partition_point(|&s| s <= f.start);
             let col = f.start - line_starts[line - 1] + 1;
@@ -50,8 +65,19 @@ pub fn run(home: &Home, args: CheckArgs, as_json: bool) -> Result<()> {
                 Verdict::Violation => "violation",
                 Verdict::NeedsEvidence => "needs evidence",
             };
-            let (reason, basis) = if args.en { (&f.reason_en, &f.basis_en) } else { (&f.reason_zh, &f.basis_zh) };
-            let _ = writeln!(out, "{name}:{line}:{col}: {} {} [{}] 「{}」 {reason}", f.rule, verdict, f.severity.as_str(), f.matched);
+            let (reason, basis) = if args.en {
+                (&f.reason_en, &f.basis_en)
+            } else {
+                (&f.reason_zh, &f.basis_zh)
+            };
+            let _ = writeln!(
+                out,
+                "{name}:{line}:{col}: {} {} [{}] 「{}」 {reason}",
+                f.rule,
+                verdict,
+                f.severity.as_str(),
+                f.matched
+            );
             let _ = writeln!(out, "    {basis}");
             if let Some(e) = &f.exception {
                 let _ = writeln!(out, "    exception: {e}");
@@ -60,7 +86,11 @@ pub fn run(home: &Home, args: CheckArgs, as_json: bool) -> Result<()> {
                 let _ = writeln!(out, "    try: {}", f.suggestions.join(" / "));
             }
         }
-        let packs: Vec<String> = report.packs.iter().map(|p| format!("{} {}", p.id, p.version)).collect();
+        let packs: Vec<String> = report
+            .packs
+            .iter()
+            .map(|p| format!("{} {}", p.id, p.version))
+            .collect();
         let _ = writeln!(
             out,
             "{} violation(s), {} needing evidence; packs: {}",
@@ -84,7 +114,10 @@ fn read_stdin() -> Result<String> {
         .read_to_end(&mut buf)
         .map_err(|e| Error::io("cannot read standard input", e))?;
     if buf.len() > MAX_CHECK_BYTES {
-        return Err(Error::invalid(format!("standard input is larger than {} MB", MAX_CHECK_BYTES >> 20)));
+        return Err(Error::invalid(format!(
+            "standard input is larger than {} MB",
+            MAX_CHECK_BYTES >> 20
+        )));
     }
     String::from_utf8(buf).map_err(|_| Error::invalid("standard input is not UTF-8 text"))
 }

@@ -48,7 +48,18 @@ pub async fn run(engine: &Engine, a: GenerateArgs, json: bool) -> Result<()> {
     let sink: atelier_engine::EventSink = Arc::new(move |e| {
         let _ = tx.send(e);
     });
-    let job = engine.generate_text(TextJob { project_id, request: TextRequest { model, messages, params }, purpose: None }, Some(sink))?;
+    let job = engine.generate_text(
+        TextJob {
+            project_id,
+            request: TextRequest {
+                model,
+                messages,
+                params,
+            },
+            purpose: None,
+        },
+        Some(sink),
+    )?;
     let mut stdout = std::io::stdout();
     let mut progress_shown = false;
     loop {
@@ -59,9 +70,13 @@ pub async fn run(engine: &Engine, a: GenerateArgs, json: bool) -> Result<()> {
                 continue;
             }
         };
-        let Some(event) = event else { return Err(Error::Internal("the job ended without a result".into())) };
+        let Some(event) = event else {
+            return Err(Error::Internal("the job ended without a result".into()));
+        };
         match event {
-            JobEvent::Progress { done, total } if !json && std::io::IsTerminal::is_terminal(&std::io::stderr()) => {
+            JobEvent::Progress { done, total }
+                if !json && std::io::IsTerminal::is_terminal(&std::io::stderr()) =>
+            {
                 eprint!("\rloading the model {done}/{total}");
                 progress_shown = true;
             }

@@ -16,7 +16,11 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 #[derive(Parser)]
-#[command(name = "atelier-cli", version, about = "Atelier (创作工坊) from the command line")]
+#[command(
+    name = "atelier-cli",
+    version,
+    about = "Atelier (创作工坊) from the command line"
+)]
 struct Cli {
     /// Data folder (overrides ATELIER_HOME).
     #[arg(long, global = true, value_name = "DIR")]
@@ -89,12 +93,21 @@ enum ProjectsCmd {
         #[arg(long)]
         trash: bool,
     },
-    Create { name: String },
-    Rename { id: i64, name: String },
+    Create {
+        name: String,
+    },
+    Rename {
+        id: i64,
+        name: String,
+    },
     /// Move a project to the trash (restorable).
-    Delete { id: i64 },
+    Delete {
+        id: i64,
+    },
     /// Bring a project back from the trash.
-    Restore { id: i64 },
+    Restore {
+        id: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -216,19 +229,26 @@ enum BenchCmd {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ATELIER_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ATELIER_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let json = cli.json;
     // Model threads: `bench text --threads`, else the Settings value (0 or unset: physical cores).
     let threads = match &cli.command {
-        Command::Bench { action: BenchCmd::Text { threads, .. } } => *threads,
+        Command::Bench {
+            action: BenchCmd::Text { threads, .. },
+        } => *threads,
         _ => None,
     }
     .or_else(|| {
         let home = Home::resolve(cli.home.clone()).ok()?;
-        atelier_engine::store::peek_setting(&home.db_path(), "threads")?.parse().ok()
+        atelier_engine::store::peek_setting(&home.db_path(), "threads")?
+            .parse()
+            .ok()
     });
     // SAFETY: no thread has been started yet (the async runtime is built in `run`).
     unsafe { atelier_engine::text::local::configure_process_threads(threads) };
@@ -236,7 +256,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if json {
-                let body = serde_json::json!({"error": {"kind": e.kind(), "message": e.to_string()}});
+                let body =
+                    serde_json::json!({"error": {"kind": e.kind(), "message": e.to_string()}});
                 eprintln!("{body}");
             } else {
                 eprintln!("error[{}]: {e}", e.kind());
@@ -252,19 +273,54 @@ fn run(cli: Cli) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::io("cannot start the async runtime", e))?;
-    if let Command::Bench { action: BenchCmd::Store { rows, samples, reuse } } = cli.command {
+    if let Command::Bench {
+        action:
+            BenchCmd::Store {
+                rows,
+                samples,
+                reuse,
+            },
+    } = cli.command
+    {
         return bench::store(rows, samples, reuse, cli.json);
     }
-    if let Command::Bench { action: BenchCmd::Check { mb, runs } } = cli.command {
+    if let Command::Bench {
+        action: BenchCmd::Check { mb, runs },
+    } = cli.command
+    {
         return bench::check(mb, runs, cli.json);
     }
     if let Command::Check(args) = cli.command {
         let home = Home::resolve(cli.home)?;
         return check::run(&home, args, cli.json);
     }
-    let engine = Engine::open(Home::resolve(cli.home)?, Access::Shared, runtime.handle().clone())?;
-    if let Command::Bench { action: BenchCmd::Text { model, file, prompt_tokens, gen_tokens, threads, runs, no_repack } } = cli.command {
-        let args = bench::TextBench { model, file, prompt_tokens, gen_tokens, threads, runs, repack: !no_repack };
+    let engine = Engine::open(
+        Home::resolve(cli.home)?,
+        Access::Shared,
+        runtime.handle().clone(),
+    )?;
+    if let Command::Bench {
+        action:
+            BenchCmd::Text {
+                model,
+                file,
+                prompt_tokens,
+                gen_tokens,
+                threads,
+                runs,
+                no_repack,
+            },
+    } = cli.command
+    {
+        let args = bench::TextBench {
+            model,
+            file,
+            prompt_tokens,
+            gen_tokens,
+            threads,
+            runs,
+            repack: !no_repack,
+        };
         return bench::text_model(&engine, args, cli.json);
     }
     if let Command::Generate(args) = cli.command {
@@ -387,5 +443,9 @@ impl Output {
 }
 
 fn truncate(s: &str, chars: usize) -> String {
-    if s.chars().count() <= chars { s.to_owned() } else { s.chars().take(chars - 1).chain(['…']).collect() }
+    if s.chars().count() <= chars {
+        s.to_owned()
+    } else {
+        s.chars().take(chars - 1).chain(['…']).collect()
+    }
 }

@@ -13,7 +13,11 @@ fn cli(home: &std::path::Path, args: &[&str]) -> Output {
 }
 
 fn json(out: &Output) -> serde_json::Value {
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -24,14 +28,41 @@ fn projects_round_trip_with_json_output() {
     let p = json(&cli(home, &["--json", "projects", "create", "直播 618"]));
     let id = p["id"].as_i64().unwrap().to_string();
     assert_eq!(p["name"], "直播 618");
-    assert_eq!(json(&cli(home, &["--json", "projects", "rename", &id, "直播 双十一"]))["name"], "直播 双十一");
+    assert_eq!(
+        json(&cli(
+            home,
+            &["--json", "projects", "rename", &id, "直播 双十一"]
+        ))["name"],
+        "直播 双十一"
+    );
     json(&cli(home, &["--json", "projects", "delete", &id]));
-    assert_eq!(json(&cli(home, &["--json", "projects", "list"])), serde_json::json!([]));
-    assert_eq!(json(&cli(home, &["--json", "projects", "list", "--trash"]))[0]["id"].as_i64().unwrap().to_string(), id);
+    assert_eq!(
+        json(&cli(home, &["--json", "projects", "list"])),
+        serde_json::json!([])
+    );
+    assert_eq!(
+        json(&cli(home, &["--json", "projects", "list", "--trash"]))[0]["id"]
+            .as_i64()
+            .unwrap()
+            .to_string(),
+        id
+    );
     json(&cli(home, &["--json", "projects", "restore", &id]));
-    assert_eq!(json(&cli(home, &["--json", "projects", "list"])).as_array().unwrap().len(), 1);
-    assert_eq!(json(&cli(home, &["--json", "history", "search", "口红"])), serde_json::json!([]));
-    assert_eq!(json(&cli(home, &["--json", "jobs", "list"])), serde_json::json!([]));
+    assert_eq!(
+        json(&cli(home, &["--json", "projects", "list"]))
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        json(&cli(home, &["--json", "history", "search", "口红"])),
+        serde_json::json!([])
+    );
+    assert_eq!(
+        json(&cli(home, &["--json", "jobs", "list"])),
+        serde_json::json!([])
+    );
 }
 
 #[test]
@@ -63,7 +94,11 @@ fn a_corrupt_database_is_a_clear_error_and_is_left_alone() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.starts_with("error[corrupt_database]: "), "{err}");
-    assert!(std::fs::read(&db).unwrap().starts_with(b"definitely not sqlite"));
+    assert!(
+        std::fs::read(&db)
+            .unwrap()
+            .starts_with(b"definitely not sqlite")
+    );
 }
 
 #[test]
@@ -82,18 +117,35 @@ fn a_process_killed_mid_write_leaves_a_consistent_file_and_recovery_marks_what_i
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     // Wait until rows are being written, then kill without warning.
-    while std::fs::metadata(dir.path().join("atelier.db-wal")).map(|m| m.len()).unwrap_or(0) < 512 * 1024 {
-        assert!(std::time::Instant::now() < deadline, "the writer never got going");
+    while std::fs::metadata(dir.path().join("atelier.db-wal"))
+        .map(|m| m.len())
+        .unwrap_or(0)
+        < 512 * 1024
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never got going"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     child.kill().unwrap();
     child.wait().unwrap();
 
     let store = atelier_engine::Store::open(&db).unwrap();
-    store.quick_check().expect("the file is intact after a kill");
-    let page = store.history(&HistoryQuery { limit: 500, ..Default::default() }).unwrap();
+    store
+        .quick_check()
+        .expect("the file is intact after a kill");
+    let page = store
+        .history(&HistoryQuery {
+            limit: 500,
+            ..Default::default()
+        })
+        .unwrap();
     assert!(!page.items.is_empty(), "committed rows survived");
-    assert!(page.items.iter().all(|g| matches!(g.status, GenerationStatus::Succeeded | GenerationStatus::Running)));
+    assert!(page.items.iter().all(|g| matches!(
+        g.status,
+        GenerationStatus::Succeeded | GenerationStatus::Running
+    )));
     drop(store);
 
     // Opening as the app does (with the folder lock) closes what the dead process left open.
@@ -104,10 +156,33 @@ fn a_process_killed_mid_write_leaves_a_consistent_file_and_recovery_marks_what_i
         rt.handle().clone(),
     )
     .unwrap();
-    let page = engine.store().history(&HistoryQuery { limit: 500, ..Default::default() }).unwrap();
-    assert!(page.items.iter().all(|g| g.status != GenerationStatus::Running), "nothing stays 'running' forever");
-    if let Some(g) = page.items.iter().find(|g| g.status == GenerationStatus::Failed) {
-        assert_eq!(engine.store().generation(g.id).unwrap().error_kind.as_deref(), Some("interrupted"));
+    let page = engine
+        .store()
+        .history(&HistoryQuery {
+            limit: 500,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(
+        page.items
+            .iter()
+            .all(|g| g.status != GenerationStatus::Running),
+        "nothing stays 'running' forever"
+    );
+    if let Some(g) = page
+        .items
+        .iter()
+        .find(|g| g.status == GenerationStatus::Failed)
+    {
+        assert_eq!(
+            engine
+                .store()
+                .generation(g.id)
+                .unwrap()
+                .error_kind
+                .as_deref(),
+            Some("interrupted")
+        );
     }
 }
 
@@ -122,7 +197,10 @@ fn check_reports_findings_with_exit_codes_like_a_linter() {
     assert_eq!(out.status.code(), Some(1), "violations found: exit 1");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("copy.txt:2:3: F1 violation"), "{text}");
-    assert!(text.contains("H1 violation") && text.contains("2 violation(s)"), "{text}");
+    assert!(
+        text.contains("H1 violation") && text.contains("2 violation(s)"),
+        "{text}"
+    );
 
     let out = cli(home.path(), &["--json", "check", f]);
     assert_eq!(out.status.code(), Some(1));
@@ -130,7 +208,13 @@ fn check_reports_findings_with_exit_codes_like_a_linter() {
     let findings = report["findings"].as_array().unwrap();
     assert_eq!(findings.len(), 1, "no platform: the diversion rule is off");
     assert_eq!(findings[0]["matched"], "全网最低价");
-    assert_eq!((findings[0]["start"].as_u64(), findings[0]["start_utf16"].as_u64()), (Some(10), Some(10)));
+    assert_eq!(
+        (
+            findings[0]["start"].as_u64(),
+            findings[0]["start_utf16"].as_u64()
+        ),
+        (Some(10), Some(10))
+    );
 
     std::fs::write(&file, "很受欢迎的一款，性价比高。").unwrap();
     assert_eq!(cli(home.path(), &["check", f]).status.code(), Some(0));

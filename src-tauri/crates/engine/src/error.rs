@@ -24,9 +24,15 @@ pub enum Error {
     #[error(
         "the database {path} was written by a newer Atelier (schema version {found}); this build understands up to version {supported}. Update Atelier; the file was left untouched"
     )]
-    DatabaseTooNew { path: PathBuf, found: usize, supported: usize },
+    DatabaseTooNew {
+        path: PathBuf,
+        found: usize,
+        supported: usize,
+    },
 
-    #[error("the disk is full: {0}. Free some space and try again; nothing was saved by this action")]
+    #[error(
+        "the disk is full: {0}. Free some space and try again; nothing was saved by this action"
+    )]
     DiskFull(String),
 
     #[error("the data folder {path} cannot be written: {detail}")]
@@ -50,7 +56,10 @@ pub enum Error {
 
     /// A remote model server failed; `failure` says how (the UI offers different fixes).
     #[error("{message}")]
-    Remote { failure: RemoteFailure, message: String },
+    Remote {
+        failure: RemoteFailure,
+        message: String,
+    },
 
     #[error("cancelled")]
     Cancelled,
@@ -124,7 +133,10 @@ impl Error {
         if source.kind() == std::io::ErrorKind::StorageFull {
             return Error::DiskFull(format!("{}: {source}", context.into()));
         }
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 
@@ -135,10 +147,16 @@ impl From<rusqlite::Error> for Error {
             match code.code {
                 ErrorCode::DiskFull => return Error::DiskFull(e.to_string()),
                 ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => {
-                    return Error::CorruptDatabase { path: PathBuf::new(), detail: e.to_string() };
+                    return Error::CorruptDatabase {
+                        path: PathBuf::new(),
+                        detail: e.to_string(),
+                    };
                 }
                 ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::PermissionDenied => {
-                    return Error::ReadOnly { path: PathBuf::new(), detail: e.to_string() };
+                    return Error::ReadOnly {
+                        path: PathBuf::new(),
+                        detail: e.to_string(),
+                    };
                 }
                 _ => {}
             }

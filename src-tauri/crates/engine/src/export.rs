@@ -31,12 +31,16 @@ impl Format {
 pub fn file_name(title: &str, format: Format) -> String {
     let clean: String = title
         .chars()
-        .filter(|c| !c.is_control() && !matches!(c, '/' | '\\' | ':' | '*' | '?' | '"' | '<' | '>' | '|'))
+        .filter(|c| {
+            !c.is_control() && !matches!(c, '/' | '\\' | ':' | '*' | '?' | '"' | '<' | '>' | '|')
+        })
         .take(60)
         .collect();
     let clean = clean.trim().trim_matches('.');
     let stamp = time::OffsetDateTime::now_utc()
-        .format(time::macros::format_description!("[year][month][day]-[hour][minute][second]-[subsecond digits:3]"))
+        .format(time::macros::format_description!(
+            "[year][month][day]-[hour][minute][second]-[subsecond digits:3]"
+        ))
         .unwrap_or_default();
     let base = if clean.is_empty() { "export" } else { clean };
     format!("{base}-{stamp}.{}", format.extension())
@@ -84,13 +88,23 @@ fn xml_escape(s: &str) -> String {
 }
 
 fn paragraph(text: &str, style: Option<&str>) -> String {
-    let ppr = style.map(|s| format!("<w:pPr><w:pStyle w:val=\"{s}\"/></w:pPr>")).unwrap_or_default();
-    format!("<w:p>{ppr}<w:r><w:t xml:space=\"preserve\">{}</w:t></w:r></w:p>", xml_escape(text))
+    let ppr = style
+        .map(|s| format!("<w:pPr><w:pStyle w:val=\"{s}\"/></w:pPr>"))
+        .unwrap_or_default();
+    format!(
+        "<w:p>{ppr}<w:r><w:t xml:space=\"preserve\">{}</w:t></w:r></w:p>",
+        xml_escape(text)
+    )
 }
 
 /// A minimal WordprocessingML package: one paragraph per line (Markdown `#` lines become
 /// headings), the notice as its own paragraph, the label as custom property `AIGC`.
-fn docx(body: &str, title: &str, notice: Option<(&str, NoticePosition)>, label: &ImplicitLabel) -> Result<Vec<u8>> {
+fn docx(
+    body: &str,
+    title: &str,
+    notice: Option<(&str, NoticePosition)>,
+    label: &ImplicitLabel,
+) -> Result<Vec<u8>> {
     let mut paras = String::new();
     let notice_para = notice.map(|(n, _)| paragraph(&format!("（{n}）"), None));
     if let Some((_, NoticePosition::Start)) = notice {
@@ -99,7 +113,10 @@ fn docx(body: &str, title: &str, notice: Option<(&str, NoticePosition)>, label: 
     for line in body.lines() {
         let hashes = line.chars().take_while(|&c| c == '#').count();
         if (1..=3).contains(&hashes) && line[hashes..].starts_with(' ') {
-            paras.push_str(&paragraph(line[hashes..].trim(), Some(&format!("Heading{hashes}"))));
+            paras.push_str(&paragraph(
+                line[hashes..].trim(),
+                Some(&format!("Heading{hashes}")),
+            ));
         } else {
             paras.push_str(&paragraph(line, None));
         }
@@ -123,9 +140,11 @@ fn docx(body: &str, title: &str, notice: Option<(&str, NoticePosition)>, label: 
         xml_escape(&label.json())
     );
 
-    let zip_err = |e: zip::result::ZipError| Error::Internal(format!("writing the DOCX package: {e}"));
+    let zip_err =
+        |e: zip::result::ZipError| Error::Internal(format!("writing the DOCX package: {e}"));
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
     for (name, data) in [
         ("[Content_Types].xml", content_types),
         ("_rels/.rels", rels),
@@ -136,7 +155,8 @@ fn docx(body: &str, title: &str, notice: Option<(&str, NoticePosition)>, label: 
         ("docProps/custom.xml", custom.as_str()),
     ] {
         zip.start_file(name, opts).map_err(zip_err)?;
-        zip.write_all(data.as_bytes()).map_err(|e| Error::Internal(format!("writing the DOCX package: {e}")))?;
+        zip.write_all(data.as_bytes())
+            .map_err(|e| Error::Internal(format!("writing the DOCX package: {e}")))?;
     }
     Ok(zip.finish().map_err(zip_err)?.into_inner())
 }

@@ -21,7 +21,8 @@ pub fn write_atomic_with(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .ok_or_else(|| Error::invalid(format!("{} has no parent folder", path.display())))?;
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
     let ctx = || format!("cannot write {}", path.display());
     // NamedTempFile deletes itself on drop, so every early return below cleans up.
     let mut tmp = tempfile::Builder::new()
@@ -58,18 +59,31 @@ mod tests {
         write_atomic(&p, b"keep me").unwrap();
         let err = write_atomic_with(&p, |f| {
             f.write_all(b"half of the new")?;
-            Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "simulated full disk"))
+            Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "simulated full disk",
+            ))
         })
         .unwrap_err();
         assert_eq!(err.kind(), "disk_full");
         assert_eq!(std::fs::read(&p).unwrap(), b"keep me");
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("doc.md")], "temp file left behind");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("doc.md")],
+            "temp file left behind"
+        );
     }
 
     #[test]
     fn a_path_without_folder_is_refused() {
-        assert_eq!(write_atomic(Path::new(""), b"x").unwrap_err().kind(), "invalid_input");
+        assert_eq!(
+            write_atomic(Path::new(""), b"x").unwrap_err().kind(),
+            "invalid_input"
+        );
     }
 }
 
@@ -83,8 +97,14 @@ pub struct FileProblem {
 /// The `*.toml` files of `dir`, sorted by name, each as (path shown to the user, contents), or
 /// why it could not be read: larger than `max_bytes` (named `what` in the message), unreadable,
 /// not UTF-8. A missing folder has no files.
-pub fn read_toml_files(dir: &Path, max_bytes: u64, what: &str) -> Vec<std::result::Result<(String, String), FileProblem>> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+pub fn read_toml_files(
+    dir: &Path,
+    max_bytes: u64,
+    what: &str,
+) -> Vec<std::result::Result<(String, String), FileProblem>> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
     let mut files: Vec<_> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
@@ -94,9 +114,15 @@ pub fn read_toml_files(dir: &Path, max_bytes: u64, what: &str) -> Vec<std::resul
         .into_iter()
         .map(|path| {
             let file = path.display().to_string();
-            let problem = |message: String| FileProblem { file: file.clone(), message };
+            let problem = |message: String| FileProblem {
+                file: file.clone(),
+                message,
+            };
             match std::fs::metadata(&path) {
-                Ok(m) if m.len() > max_bytes => Err(problem(format!("larger than {} MiB; not {what}", max_bytes >> 20))),
+                Ok(m) if m.len() > max_bytes => Err(problem(format!(
+                    "larger than {} MiB; not {what}",
+                    max_bytes >> 20
+                ))),
                 Ok(_) => match std::fs::read_to_string(&path) {
                     Ok(text) => Ok((file.clone(), text)),
                     Err(e) => Err(problem(e.to_string())),

@@ -16,11 +16,13 @@ impl Home {
     /// `explicit` (a `--home` flag) wins, then `$ATELIER_HOME`, then `~/.local/share/atelier`.
     pub fn resolve(explicit: Option<PathBuf>) -> Result<Home> {
         let root = explicit
-            .or_else(|| std::env::var_os("ATELIER_HOME").filter(|v| !v.is_empty()).map(PathBuf::from))
+            .or_else(|| {
+                std::env::var_os("ATELIER_HOME")
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+            })
             .or_else(|| dirs::data_dir().map(|d| d.join("atelier")))
-            .ok_or_else(|| {
-                Error::invalid("cannot find a data folder: set ATELIER_HOME or HOME")
-            })?;
+            .ok_or_else(|| Error::invalid("cannot find a data folder: set ATELIER_HOME or HOME"))?;
         Ok(Home { root })
     }
 
@@ -62,11 +64,18 @@ impl Home {
     /// Creates the folder tree and proves it is writable, so a read-only or missing volume is
     /// reported up front with the folder's name rather than as an SQLite error later.
     pub fn ensure(&self) -> Result<()> {
-        for dir in [self.root.clone(), self.models_dir(), self.assets_dir(), self.exports_dir(), self.logs_dir()] {
+        for dir in [
+            self.root.clone(),
+            self.models_dir(),
+            self.assets_dir(),
+            self.exports_dir(),
+            self.logs_dir(),
+        ] {
             fs::create_dir_all(&dir).map_err(|e| self.unwritable(&dir, e))?;
         }
         let probe = self.root.join(".write-probe");
-        let written = File::create(&probe).and_then(|mut f| f.write_all(b"ok").and_then(|_| f.sync_all()));
+        let written =
+            File::create(&probe).and_then(|mut f| f.write_all(b"ok").and_then(|_| f.sync_all()));
         let _ = fs::remove_file(&probe);
         written.map_err(|e| self.unwritable(&self.root, e))
     }
@@ -75,7 +84,10 @@ impl Home {
         if e.kind() == std::io::ErrorKind::StorageFull {
             return Error::DiskFull(format!("cannot write in {}", dir.display()));
         }
-        Error::ReadOnly { path: dir.to_path_buf(), detail: e.to_string() }
+        Error::ReadOnly {
+            path: dir.to_path_buf(),
+            detail: e.to_string(),
+        }
     }
 
     /// Takes the instance lock of this data folder. A second app on the same folder gets
@@ -101,9 +113,14 @@ impl Home {
                 let mut pid = String::new();
                 let _ = file.seek(SeekFrom::Start(0));
                 let _ = file.read_to_string(&mut pid);
-                Err(Error::AlreadyRunning { path: self.root.clone(), pid: pid.trim().parse().ok() })
+                Err(Error::AlreadyRunning {
+                    path: self.root.clone(),
+                    pid: pid.trim().parse().ok(),
+                })
             }
-            Err(fs::TryLockError::Error(e)) => Err(Error::io(format!("cannot lock {}", path.display()), e)),
+            Err(fs::TryLockError::Error(e)) => {
+                Err(Error::io(format!("cannot lock {}", path.display()), e))
+            }
         }
     }
 }

@@ -39,7 +39,10 @@ pub enum JobEvent {
 
 impl JobEvent {
     pub fn is_terminal(&self) -> bool {
-        matches!(self, JobEvent::Finished { .. } | JobEvent::Failed { .. } | JobEvent::Cancelled)
+        matches!(
+            self,
+            JobEvent::Finished { .. } | JobEvent::Failed { .. } | JobEvent::Cancelled
+        )
     }
 }
 
@@ -103,7 +106,11 @@ impl JobContext {
     }
     /// `Err(Cancelled)` once the job was cancelled: `ctx.check()?` between steps.
     pub fn check(&self) -> Result<()> {
-        if self.is_cancelled() { Err(Error::Cancelled) } else { Ok(()) }
+        if self.is_cancelled() {
+            Err(Error::Cancelled)
+        } else {
+            Ok(())
+        }
     }
     pub fn cancellation(&self) -> &CancellationToken {
         &self.token
@@ -112,7 +119,10 @@ impl JobContext {
     /// (and always for the last step) so a token-per-step job does not hammer the disk.
     pub fn progress(&self, done: u64, total: u64) {
         (self.emit)(JobEvent::Progress { done, total });
-        let mut last = self.last_progress_write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = self
+            .last_progress_write
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let due = last.is_none_or(|t| t.elapsed() >= Duration::from_millis(250)) || done >= total;
         if due {
             *last = Some(Instant::now());
@@ -151,20 +161,39 @@ pub struct JobRunner {
 
 impl std::fmt::Debug for JobRunner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let waiting = self.inner.heavy_queue.waiting.lock().map(|q| q.len()).unwrap_or(0);
-        f.debug_struct("JobRunner").field("heavy_jobs_waiting", &waiting).finish()
+        let waiting = self
+            .inner
+            .heavy_queue
+            .waiting
+            .lock()
+            .map(|q| q.len())
+            .unwrap_or(0);
+        f.debug_struct("JobRunner")
+            .field("heavy_jobs_waiting", &waiting)
+            .finish()
     }
 }
 
 impl JobRunner {
     /// `heavy_slots`: how many heavy jobs may run at once (at least 1).
-    pub fn new(store: Arc<Store>, runtime: tokio::runtime::Handle, heavy_slots: usize) -> JobRunner {
+    pub fn new(
+        store: Arc<Store>,
+        runtime: tokio::runtime::Handle,
+        heavy_slots: usize,
+    ) -> JobRunner {
         let (updates, _) = broadcast::channel(1024);
         let heavy = Arc::new(Semaphore::new(heavy_slots.max(1)));
         let heavy_queue = Arc::new(HeavyQueue::default());
         runtime.spawn(dispatch_heavy(heavy.clone(), heavy_queue.clone()));
         JobRunner {
-            inner: Arc::new(Inner { store, runtime, heavy, heavy_queue, running: Mutex::new(HashMap::new()), updates }),
+            inner: Arc::new(Inner {
+                store,
+                runtime,
+                heavy,
+                heavy_queue,
+                running: Mutex::new(HashMap::new()),
+                updates,
+            }),
         }
     }
 
@@ -180,9 +209,19 @@ impl JobRunner {
         F: FnOnce(JobContext) -> JobFuture + Send + 'static,
     {
         let inner = self.inner.clone();
-        let id = inner.store.insert_job(&req.kind, req.resource.as_str(), req.project_id, &req.payload, req.retry_of)?;
+        let id = inner.store.insert_job(
+            &req.kind,
+            req.resource.as_str(),
+            req.project_id,
+            &req.payload,
+            req.retry_of,
+        )?;
         let token = CancellationToken::new();
-        inner.running.lock().unwrap_or_else(|p| p.into_inner()).insert(id, token.clone());
+        inner
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, token.clone());
 
         let kind = req.kind.clone();
         let updates = inner.updates.clone();
@@ -190,7 +229,11 @@ impl JobRunner {
             if let Some(sink) = &sink {
                 sink(event.clone());
             }
-            let _ = updates.send(JobUpdate { job_id: id, kind: kind.clone(), event });
+            let _ = updates.send(JobUpdate {
+                job_id: id,
+                kind: kind.clone(),
+                event,
+            });
         });
         emit(JobEvent::Queued);
 
@@ -206,7 +249,12 @@ impl JobRunner {
         let slot = match req.resource {
             Resource::Heavy => {
                 let (tx, rx) = oneshot::channel();
-                inner.heavy_queue.waiting.lock().unwrap_or_else(|p| p.into_inner()).push_back(tx);
+                inner
+                    .heavy_queue
+                    .waiting
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push_back(tx);
                 inner.heavy_queue.arrived.notify_one();
                 Some(rx)
             }
@@ -217,17 +265,33 @@ impl JobRunner {
             let (status, event) = match outcome {
                 Ok(result) => (JobStatus::Succeeded, JobEvent::Finished { result }),
                 Err(Error::Cancelled) => (JobStatus::Cancelled, JobEvent::Cancelled),
-                Err(e) => (JobStatus::Failed, JobEvent::Failed { kind: e.kind().into(), message: e.to_string() }),
+                Err(e) => (
+                    JobStatus::Failed,
+                    JobEvent::Failed {
+                        kind: e.kind().into(),
+                        message: e.to_string(),
+                    },
+                ),
             };
             let persisted = match &event {
-                JobEvent::Finished { result } => inner.store.finish_job(id, status, Some(result), None),
-                JobEvent::Failed { kind, message } => inner.store.finish_job(id, status, None, Some((kind, message))),
+                JobEvent::Finished { result } => {
+                    inner.store.finish_job(id, status, Some(result), None)
+                }
+                JobEvent::Failed { kind, message } => {
+                    inner
+                        .store
+                        .finish_job(id, status, None, Some((kind, message)))
+                }
                 _ => inner.store.finish_job(id, status, None, None),
             };
             if let Err(e) = persisted {
                 tracing::error!(job = id, error = %e, "could not record the end of a job");
             }
-            inner.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            inner
+                .running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
             emit(event);
         });
         Ok(id)
@@ -235,7 +299,13 @@ impl JobRunner {
 
     /// Cancels a queued or running job. `Ok(false)` if it had already ended.
     pub fn cancel(&self, id: i64) -> Result<bool> {
-        let token = self.inner.running.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned();
+        let token = self
+            .inner
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned();
         match token {
             Some(t) => {
                 t.cancel();
@@ -250,7 +320,14 @@ impl JobRunner {
 
     /// Ids of jobs this process is running or holding in its queue.
     pub fn active_ids(&self) -> Vec<i64> {
-        let mut ids: Vec<i64> = self.inner.running.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
+        let mut ids: Vec<i64> = self
+            .inner
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
         ids.sort_unstable();
         ids
     }
@@ -268,9 +345,15 @@ impl Drop for Inner {
 /// has dropped its receiver; its turn passes to the next.
 async fn dispatch_heavy(heavy: Arc<Semaphore>, queue: Arc<HeavyQueue>) {
     loop {
-        let Ok(mut permit) = heavy.clone().acquire_owned().await else { return };
+        let Ok(mut permit) = heavy.clone().acquire_owned().await else {
+            return;
+        };
         loop {
-            let next = queue.waiting.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+            let next = queue
+                .waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front();
             match next {
                 Some(tx) => match tx.send(permit) {
                     Ok(()) => break,

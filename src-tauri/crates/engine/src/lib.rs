@@ -17,8 +17,8 @@ pub mod fsutil;
 pub mod home;
 pub mod jobs;
 pub mod maintenance;
-pub mod script;
 pub mod models;
+pub mod script;
 pub mod store;
 pub mod text;
 pub mod writing;
@@ -66,13 +66,28 @@ impl Engine {
         let store = Arc::new(Store::open(&home.db_path())?);
         // Only the holder of the lock may decide that running jobs are dead: with it, no other
         // process of ours can be running them.
-        let interrupted_at_open = if lock.is_some() { store.mark_stale_jobs_interrupted()? } else { 0 };
+        let interrupted_at_open = if lock.is_some() {
+            store.mark_stale_jobs_interrupted()?
+        } else {
+            0
+        };
         if interrupted_at_open > 0 {
-            tracing::warn!(count = interrupted_at_open, "jobs left unfinished by the last run marked interrupted");
+            tracing::warn!(
+                count = interrupted_at_open,
+                "jobs left unfinished by the last run marked interrupted"
+            );
         }
         let slots = store.settings()?.heavy_job_slots as usize;
         let jobs = JobRunner::new(store.clone(), runtime, slots);
-        Ok(Engine { home, store, jobs, text: Arc::default(), checker: std::sync::OnceLock::new(), interrupted_at_open, _lock: lock })
+        Ok(Engine {
+            home,
+            store,
+            jobs,
+            text: Arc::default(),
+            checker: std::sync::OnceLock::new(),
+            interrupted_at_open,
+            _lock: lock,
+        })
     }
 
     pub fn home(&self) -> &Home {
@@ -93,7 +108,12 @@ impl Engine {
 
     /// The template catalogue (shipped and `$ATELIER_HOME/templates/*.toml`), read afresh so
     /// an edited copy shows at once.
-    pub fn templates(&self) -> (Vec<writing::templates::Template>, Vec<writing::templates::TemplateProblem>) {
+    pub fn templates(
+        &self,
+    ) -> (
+        Vec<writing::templates::Template>,
+        Vec<writing::templates::TemplateProblem>,
+    ) {
         writing::templates::load(Some(&self.home.templates_dir()))
     }
 
@@ -101,7 +121,11 @@ impl Engine {
     /// and a fresh implicit label.
     fn labelling(&self) -> Result<export::Labelling> {
         let s = self.store.settings()?;
-        let notice = if s.language == "en" { s.label_notice_en } else { s.label_notice_zh };
+        let notice = if s.language == "en" {
+            s.label_notice_en
+        } else {
+            s.label_notice_zh
+        };
         Ok(export::Labelling {
             notice: s.label_explicit.then_some((notice, s.label_position)),
             label: compliance::labels::ImplicitLabel::new(Some(&s.label_producer)),
@@ -112,16 +136,23 @@ impl Engine {
     /// its path. The labels follow Settings; an export without the explicit notice is logged.
     pub fn export_text(&self, body: &str, title: &str, format: export::Format) -> Result<PathBuf> {
         if body.trim().is_empty() {
-            return Err(Error::invalid("there is nothing to export: the text is empty"));
+            return Err(Error::invalid(
+                "there is nothing to export: the text is empty",
+            ));
         }
         let labelling = self.labelling()?;
         let bytes = export::render(body, title, format, &labelling)?;
         let dir = self.home.exports_dir();
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
         let path = dir.join(export::file_name(title, format));
         fsutil::write_atomic(&path, &bytes)?;
         if labelling.notice.is_none() {
-            self.store.log_unlabelled_export(&format!("{} ({})", path.display(), labelling.label.produce_id))?;
+            self.store.log_unlabelled_export(&format!(
+                "{} ({})",
+                path.display(),
+                labelling.label.produce_id
+            ))?;
         }
         Ok(path)
     }
@@ -130,12 +161,15 @@ impl Engine {
     /// text has nowhere to carry the implicit label). A copy without the notice is logged.
     pub fn clipboard_text(&self, body: &str) -> Result<String> {
         if body.trim().is_empty() {
-            return Err(Error::invalid("there is nothing to copy: the text is empty"));
+            return Err(Error::invalid(
+                "there is nothing to copy: the text is empty",
+            ));
         }
         let labelling = self.labelling()?;
         let bytes = export::render(body, "", export::Format::Txt, &labelling)?;
         if labelling.notice.is_none() {
-            self.store.log_unlabelled_export(&format!("clipboard ({})", labelling.label.produce_id))?;
+            self.store
+                .log_unlabelled_export(&format!("clipboard ({})", labelling.label.produce_id))?;
         }
         String::from_utf8(bytes).map_err(|e| Error::Internal(e.to_string()))
     }
@@ -151,7 +185,11 @@ impl Engine {
     }
 
     /// Validates and saves the user's template (replacing `previous_id` when editing one).
-    pub fn save_template(&self, text: &str, previous_id: Option<&str>) -> Result<writing::templates::Template> {
+    pub fn save_template(
+        &self,
+        text: &str,
+        previous_id: Option<&str>,
+    ) -> Result<writing::templates::Template> {
         writing::user_templates::save(&self.home.templates_dir(), text, previous_id)
     }
 
@@ -205,8 +243,20 @@ impl Engine {
     }
 
     /// Queues a text generation (local model or remote server); text streams to `sink`.
-    pub fn generate_text(&self, job: text::service::TextJob, sink: Option<EventSink>) -> Result<i64> {
-        text::service::submit(&self.jobs, self.store.clone(), self.home.clone(), self.text.clone(), job, sink, None)
+    pub fn generate_text(
+        &self,
+        job: text::service::TextJob,
+        sink: Option<EventSink>,
+    ) -> Result<i64> {
+        text::service::submit(
+            &self.jobs,
+            self.store.clone(),
+            self.home.clone(),
+            self.text.clone(),
+            job,
+            sink,
+            None,
+        )
     }
 
     /// Queues one text job per variant of a template's copy; `sink(i)` receives variant i's
@@ -230,7 +280,10 @@ impl Engine {
         }
         let checker = self.checker()?;
         let jobs = writing::compose::jobs(&req, t, &checker)?;
-        jobs.into_iter().enumerate().map(|(i, job)| self.generate_text(job, sink(i as u32))).collect()
+        jobs.into_iter()
+            .enumerate()
+            .map(|(i, job)| self.generate_text(job, sink(i as u32)))
+            .collect()
     }
 
     /// A project's brand voice (empty when none was set).
@@ -243,9 +296,17 @@ impl Engine {
     }
 
     /// Saves a project's brand voice (trimmed and size-checked); returns what was stored.
-    pub fn set_brand_voice(&self, project_id: i64, voice: &writing::templates::BrandVoice) -> Result<writing::templates::BrandVoice> {
+    pub fn set_brand_voice(
+        &self,
+        project_id: i64,
+        voice: &writing::templates::BrandVoice,
+    ) -> Result<writing::templates::BrandVoice> {
         let voice = voice.normalized()?;
-        self.store.set_project_setting(project_id, "brand_voice", &serde_json::to_value(&voice)?)?;
+        self.store.set_project_setting(
+            project_id,
+            "brand_voice",
+            &serde_json::to_value(&voice)?,
+        )?;
         Ok(voice)
     }
 
@@ -254,22 +315,307 @@ impl Engine {
         text::service::default_model(&self.home, &self.store.settings()?)
     }
 
+    /// Queues a live script (a product's or a whole show's), written one segment at a time;
+    /// each segment's text streams to `sink` and progress counts segments.
+    pub fn generate_script(
+        &self,
+        req: &script::generate::ScriptRequest,
+        sink: Option<EventSink>,
+    ) -> Result<i64> {
+        let req = script::generate::prepare(req)?;
+        self.store.ensure_live_project(req.project_id)?;
+        if let Some(id) = req.document_id {
+            let doc = self.store.document(id)?;
+            if doc.project_id != req.project_id || doc.kind != store::DocumentKind::Script {
+                return Err(Error::invalid(format!(
+                    "document {id} is not a live script of this project"
+                )));
+            }
+        }
+        self.submit_script(
+            req.project_id,
+            script::generate::ScriptJob::Script(req),
+            sink,
+            None,
+        )
+    }
+
+    /// Queues writing one segment (or one host line) of a saved script again.
+    pub fn regenerate_segment(
+        &self,
+        req: &script::generate::SegmentRequest,
+        sink: Option<EventSink>,
+    ) -> Result<i64> {
+        let doc = self.store.document(req.document_id)?;
+        let (_, s) = script::generate::latest(&self.store, req.document_id)?;
+        let seg = s.segments.get(req.segment).ok_or_else(|| {
+            Error::invalid(format!("the script has no segment {}", req.segment + 1))
+        })?;
+        if seg.locked {
+            return Err(Error::Conflict(
+                "this segment is locked: unlock it to write it again".into(),
+            ));
+        }
+        self.submit_script(
+            doc.project_id,
+            script::generate::ScriptJob::Segment(req.clone()),
+            sink,
+            None,
+        )
+    }
+
+    /// One product script per saved product (a batch), each its own queued job.
+    pub fn generate_scripts_for_products(
+        &self,
+        project_id: i64,
+        product_ids: &[i64],
+        show: &script::product::ShowSettings,
+        model: &str,
+        seed: Option<u64>,
+        sink: impl Fn(i64) -> Option<EventSink>,
+    ) -> Result<Vec<i64>> {
+        if product_ids.is_empty() {
+            return Err(Error::invalid("choose at least one product"));
+        }
+        // Every request is checked before any is queued: a bad one queues nothing.
+        let reqs = product_ids
+            .iter()
+            .map(|&id| {
+                let rec = self.store.product(id)?;
+                if rec.summary.project_id != project_id {
+                    return Err(Error::invalid(format!(
+                        "product {id} belongs to another project"
+                    )));
+                }
+                script::generate::prepare(&script::generate::ScriptRequest {
+                    project_id,
+                    kind: script::document::ScriptKind::Product,
+                    title: String::new(),
+                    products: vec![script::document::ShowProduct {
+                        product_id: Some(id),
+                        role: None,
+                        product: rec.product,
+                    }],
+                    show: show.clone(),
+                    model: model.to_owned(),
+                    seed,
+                    document_id: None,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        reqs.into_iter()
+            .zip(product_ids)
+            .map(|(r, &id)| {
+                self.submit_script(
+                    project_id,
+                    script::generate::ScriptJob::Script(r),
+                    sink(id),
+                    None,
+                )
+            })
+            .collect()
+    }
+
+    fn submit_script(
+        &self,
+        project_id: i64,
+        job: script::generate::ScriptJob,
+        sink: Option<EventSink>,
+        retry_of: Option<i64>,
+    ) -> Result<i64> {
+        let remote = text::service::is_remote(job.model());
+        if !remote {
+            text::service::find_model(&self.home, job.model())?;
+        }
+        let deps = script::generate::Deps {
+            store: self.store.clone(),
+            home: self.home.clone(),
+            service: self.text.clone(),
+            checker: self.checker()?,
+        };
+        self.jobs.submit(
+            JobRequest {
+                kind: script::generate::JOB_KIND.into(),
+                resource: if remote {
+                    Resource::Light
+                } else {
+                    Resource::Heavy
+                },
+                project_id: Some(project_id),
+                payload: serde_json::to_value(&job)?,
+                retry_of,
+                stops_itself: true,
+            },
+            sink,
+            move |ctx| Box::pin(script::generate::run(ctx, deps, job)),
+        )
+    }
+
+    /// A script document's latest version (or `version_id`) with the script it holds.
+    pub fn script(&self, document_id: i64, version_id: Option<i64>) -> Result<ScriptView> {
+        let document = self.store.document(document_id)?;
+        let (version, script) = match version_id {
+            Some(v) => {
+                let v = self.store.version(v)?;
+                if v.document_id != document_id {
+                    return Err(Error::invalid("that version belongs to another document"));
+                }
+                let s = script::generate::read(&v.body)?;
+                (v, s)
+            }
+            None => script::generate::latest(&self.store, document_id)?,
+        };
+        Ok(ScriptView {
+            document,
+            version_id: version.id,
+            version_number: version.number,
+            script,
+        })
+    }
+
+    /// Saves the user's edit of a script as a new version: validated, every line checked again
+    /// (time, numbers, compliance), the timeline recomputed.
+    pub fn save_script(
+        &self,
+        document_id: i64,
+        script: &script::document::Script,
+        note: &str,
+    ) -> Result<ScriptView> {
+        let doc = self.store.document(document_id)?;
+        if doc.kind != store::DocumentKind::Script {
+            return Err(Error::invalid(format!(
+                "document {document_id} is not a live script"
+            )));
+        }
+        script.validate()?;
+        let mut s = script.clone();
+        let checker = self.checker()?;
+        s.refresh(&checker)?;
+        let body = serde_json::to_string(&s)?;
+        let note = if note.trim().is_empty() {
+            "edited"
+        } else {
+            note.trim()
+        };
+        let v = self.store.add_version(
+            document_id,
+            &store::NewVersion {
+                body: &body,
+                source: store::VersionSource::Save,
+                generation_id: None,
+                note,
+            },
+        )?;
+        Ok(ScriptView {
+            document: self.store.document(document_id)?,
+            version_id: v.id,
+            version_number: v.number,
+            script: s,
+        })
+    }
+
+    /// Exports a script version as a labelled file in the exports folder (atomically).
+    pub fn export_script(
+        &self,
+        document_id: i64,
+        version_id: Option<i64>,
+        format: script::export::ScriptFormat,
+    ) -> Result<PathBuf> {
+        let view = self.script(document_id, version_id)?;
+        let labelling = self.labelling()?;
+        let bytes = script::export::render(&view.script, format, &labelling)?;
+        let dir = self.home.exports_dir();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+        let name = export::file_name(&view.document.title, export::Format::Txt);
+        let path = dir.join(name).with_extension(format.extension());
+        fsutil::write_atomic(&path, &bytes)?;
+        if labelling.notice.is_none() {
+            self.store.log_unlabelled_export(&format!(
+                "{} ({})",
+                path.display(),
+                labelling.label.produce_id
+            ))?;
+        }
+        Ok(path)
+    }
+
+    /// Reads a products CSV and saves the good rows (one transaction); row errors come back.
+    pub fn import_products_csv(&self, project_id: i64, bytes: &[u8]) -> Result<ImportReport> {
+        self.store.ensure_live_project(project_id)?;
+        let parsed = script::csv_import::parse(bytes)?;
+        let ids = self.store.import_products(project_id, &parsed.products)?;
+        Ok(ImportReport {
+            imported: ids.len(),
+            errors: parsed.errors,
+            encoding: parsed.encoding,
+            ignored_columns: parsed.ignored_columns,
+        })
+    }
+
     /// Runs a failed, cancelled or interrupted job again as a new job (linked by `retry_of`).
     pub fn retry_job(&self, id: i64, sink: Option<EventSink>) -> Result<i64> {
         let job = self.store.job(id)?;
         if job.status.is_active() || job.status == store::JobStatus::Succeeded {
-            return Err(Error::Conflict(format!("job {id} is {}; only failed, cancelled or interrupted jobs can be retried", job.status.as_str())));
+            return Err(Error::Conflict(format!(
+                "job {id} is {}; only failed, cancelled or interrupted jobs can be retried",
+                job.status.as_str()
+            )));
         }
         match job.kind.as_str() {
             maintenance::KIND => self.start_maintenance(sink, Some(id)),
             text::service::JOB_KIND => {
-                let job: text::service::TextJob = serde_json::from_value(job.payload)
-                    .map_err(|e| Error::Conflict(format!("job {id} cannot be retried: its request is unreadable ({e})")))?;
-                text::service::submit(&self.jobs, self.store.clone(), self.home.clone(), self.text.clone(), job, sink, Some(id))
+                let job: text::service::TextJob =
+                    serde_json::from_value(job.payload).map_err(|e| {
+                        Error::Conflict(format!(
+                            "job {id} cannot be retried: its request is unreadable ({e})"
+                        ))
+                    })?;
+                text::service::submit(
+                    &self.jobs,
+                    self.store.clone(),
+                    self.home.clone(),
+                    self.text.clone(),
+                    job,
+                    sink,
+                    Some(id),
+                )
             }
-            other => Err(Error::Conflict(format!("jobs of kind “{other}” cannot be retried by this version of Atelier"))),
+            script::generate::JOB_KIND => {
+                let payload: script::generate::ScriptJob = serde_json::from_value(job.payload)
+                    .map_err(|e| {
+                        Error::Conflict(format!(
+                            "job {id} cannot be retried: its request is unreadable ({e})"
+                        ))
+                    })?;
+                let project = job
+                    .project_id
+                    .ok_or_else(|| Error::Conflict(format!("job {id} has no project")))?;
+                self.submit_script(project, payload, sink, Some(id))
+            }
+            other => Err(Error::Conflict(format!(
+                "jobs of kind “{other}” cannot be retried by this version of Atelier"
+            ))),
         }
     }
+}
+
+/// A script version as the studio shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ScriptView {
+    pub document: store::Document,
+    pub version_id: i64,
+    pub version_number: i64,
+    pub script: script::document::Script,
+}
+
+/// What a products CSV import did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImportReport {
+    pub imported: usize,
+    pub errors: Vec<script::csv_import::RowError>,
+    pub encoding: &'static str,
+    pub ignored_columns: Vec<String>,
 }
 
 /// The damaged database is renamed (with its WAL and SHM files) to
@@ -279,12 +625,14 @@ pub fn set_aside_database(home: &Home) -> Result<PathBuf> {
     let db = home.db_path();
     let stamp = store::file_stamp();
     let target = db.with_file_name(format!("atelier.db.damaged-{stamp}"));
-    std::fs::rename(&db, &target).map_err(|e| Error::io(format!("cannot move {} aside", db.display()), e))?;
+    std::fs::rename(&db, &target)
+        .map_err(|e| Error::io(format!("cannot move {} aside", db.display()), e))?;
     for suffix in ["-wal", "-shm"] {
         let side = PathBuf::from(format!("{}{suffix}", db.display()));
         if side.exists() {
             let to = PathBuf::from(format!("{}{suffix}", target.display()));
-            std::fs::rename(&side, &to).map_err(|e| Error::io(format!("cannot move {} aside", side.display()), e))?;
+            std::fs::rename(&side, &to)
+                .map_err(|e| Error::io(format!("cannot move {} aside", side.display()), e))?;
         }
     }
     tracing::warn!(from = %db.display(), to = %target.display(), "damaged database set aside");

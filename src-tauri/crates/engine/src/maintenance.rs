@@ -23,6 +23,10 @@ pub async fn run(store: Arc<Store>, ctx: JobContext) -> Result<serde_json::Value
         .await
         .map_err(|e| crate::Error::Internal(e.to_string()))??;
     ctx.progress(2, 2);
-    let bytes = std::fs::metadata(store.path()).map(|m| m.len()).unwrap_or(0);
-    Ok(serde_json::json!({ "integrity": "ok", "database_bytes": bytes, "ms": started.elapsed().as_millis() as u64 }))
+    let bytes = std::fs::metadata(store.path())
+        .map(|m| m.len())
+        .unwrap_or(0);
+    Ok(
+        serde_json::json!({ "integrity": "ok", "database_bytes": bytes, "ms": started.elapsed().as_millis() as u64 }),
+    )
 }

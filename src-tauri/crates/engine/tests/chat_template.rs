@@ -45,7 +45,10 @@ fn smollm2_keeps_a_given_system_prompt_and_multi_turn_history() {
 fn no_template_falls_back_to_chatml() {
     let t = ChatTemplate::new(None, "", "").unwrap();
     assert!(!t.from_model);
-    assert_eq!(t.render(&[user("hi")], true).unwrap(), "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+    assert_eq!(
+        t.render(&[user("hi")], true).unwrap(),
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    );
 }
 
 #[test]
@@ -53,9 +56,15 @@ fn the_helpers_real_templates_call_work() {
     // raise_exception: the template's own message reaches the user.
     let strict = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversations must start with a user message') }}{% endif %}ok";
     let t = ChatTemplate::new(Some(strict), "", "").unwrap();
-    let err = t.render(&[ChatMessage::new(Role::Assistant, "x")], false).unwrap_err();
+    let err = t
+        .render(&[ChatMessage::new(Role::Assistant, "x")], false)
+        .unwrap_err();
     assert_eq!(err.kind(), "invalid_input");
-    assert!(err.to_string().contains("Conversations must start with a user message"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("Conversations must start with a user message"),
+        "{err}"
+    );
     assert_eq!(t.render(&[user("x")], false).unwrap(), "ok");
 
     // Python string methods (pycompat), bos_token, strftime_now and a non-escaping tojson.
@@ -66,7 +75,10 @@ fn the_helpers_real_templates_call_work() {
     )
     .unwrap();
     // Booleans print as Python does (True), as templates written for Jinja2 expect.
-    assert_eq!(t.render(&[user(" a<b> ")], false).unwrap(), "<s>A<B>|True|4|{\"k\":\"<b>&\"}");
+    assert_eq!(
+        t.render(&[user(" a<b> ")], false).unwrap(),
+        "<s>A<B>|True|4|{\"k\":\"<b>&\"}"
+    );
 }
 
 #[test]

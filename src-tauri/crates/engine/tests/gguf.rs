@@ -14,7 +14,13 @@ struct Gguf {
 
 impl Gguf {
     fn new() -> Self {
-        Gguf { kvs: Vec::new(), kv_count: 0, infos: Vec::new(), data: Vec::new(), tensor_count: 0 }
+        Gguf {
+            kvs: Vec::new(),
+            kv_count: 0,
+            infos: Vec::new(),
+            data: Vec::new(),
+            tensor_count: 0,
+        }
     }
     fn string(buf: &mut Vec<u8>, s: &str) {
         buf.extend((s.len() as u64).to_le_bytes());
@@ -106,8 +112,21 @@ fn a_well_formed_file_is_read() {
     assert_eq!(h.str("general.name"), Some("tiny 测试"));
     assert_eq!(h.u64("llama.context_length"), Some(256));
     // The tokenizer's arrays are kept (the tokenizer is built from them); others are skipped.
-    assert_eq!(h.get("tokenizer.ggml.tokens"), Some(&Value::Strings(vec!["<s>".into(), "你".into(), "好".into()])));
-    assert_eq!(h.get("general.tags"), Some(&Value::Array { item_type: 8, len: 2 }));
+    assert_eq!(
+        h.get("tokenizer.ggml.tokens"),
+        Some(&Value::Strings(vec![
+            "<s>".into(),
+            "你".into(),
+            "好".into()
+        ]))
+    );
+    assert_eq!(
+        h.get("general.tags"),
+        Some(&Value::Array {
+            item_type: 8,
+            len: 2
+        })
+    );
     assert_eq!(h.tensors.len(), 2);
     assert_eq!(h.tensors[0].dims, vec![8, 3]);
     assert_eq!(h.tensors[0].bytes, 96);
@@ -122,7 +141,10 @@ fn every_truncation_is_an_error_not_a_panic() {
         let (_d, path) = write(&full[..len]);
         let err = read_header(&path).expect_err(&format!("a file cut at {len} bytes was accepted"));
         assert!(
-            matches!(err, GgufError::Truncated(_) | GgufError::BadMagic(_) | GgufError::Implausible(_)),
+            matches!(
+                err,
+                GgufError::Truncated(_) | GgufError::BadMagic(_) | GgufError::Implausible(_)
+            ),
             "cut at {len}: {err}"
         );
     }
@@ -171,7 +193,9 @@ fn absurd_counts_and_lengths_are_refused_without_allocating() {
 #[test]
 fn a_tensor_that_points_past_the_end_is_refused() {
     // A shape that claims far more data than the file holds.
-    let g = Gguf::new().kv_str("general.architecture", "llama").tensor_f32("w", &[4]);
+    let g = Gguf::new()
+        .kv_str("general.architecture", "llama")
+        .tensor_f32("w", &[4]);
     let mut bytes = g.bytes();
     // dims[0] sits after: header (24) + kv (8+20 key, 4 type, 8+5 value) + name (8+1) + n_dims (4).
     let kv_len = 8 + "general.architecture".len() + 4 + 8 + "llama".len();
@@ -179,7 +203,10 @@ fn a_tensor_that_points_past_the_end_is_refused() {
     patch_u64(&mut bytes, dim_at, 1 << 40);
     let (_d, path) = write(&bytes);
     let err = read_header(&path).unwrap_err();
-    assert!(matches!(err, GgufError::Implausible(_) | GgufError::Truncated(_)), "{err}");
+    assert!(
+        matches!(err, GgufError::Implausible(_) | GgufError::Truncated(_)),
+        "{err}"
+    );
 }
 
 #[test]
@@ -203,7 +230,10 @@ mod registry {
         assert_eq!(info.context_length, Some(256));
         assert_eq!(info.quantization, "F32");
         assert!(info.unsupported.is_none());
-        assert_eq!(std::fs::read(models.path().join("m.gguf")).unwrap(), std::fs::read(&src).unwrap());
+        assert_eq!(
+            std::fs::read(models.path().join("m.gguf")).unwrap(),
+            std::fs::read(&src).unwrap()
+        );
         assert_eq!(import(models.path(), &src).unwrap_err().kind(), "conflict");
     }
 
@@ -211,7 +241,10 @@ mod registry {
     fn a_refused_import_leaves_nothing_behind() {
         let (_d, bad) = write(&tiny().bytes()[..40]);
         let models = tempfile::tempdir().unwrap();
-        assert_eq!(import(models.path(), &bad).unwrap_err().kind(), "invalid_input");
+        assert_eq!(
+            import(models.path(), &bad).unwrap_err().kind(),
+            "invalid_input"
+        );
         assert_eq!(std::fs::read_dir(models.path()).unwrap().count(), 0);
     }
 
@@ -219,7 +252,9 @@ mod registry {
     fn listing_describes_good_files_and_reports_broken_ones() {
         let models = tempfile::tempdir().unwrap();
         std::fs::write(models.path().join("a-good.gguf"), tiny().bytes()).unwrap();
-        let other = Gguf::new().kv_str("general.architecture", "mamba").tensor_f32("w", &[4, 4]);
+        let other = Gguf::new()
+            .kv_str("general.architecture", "mamba")
+            .tensor_f32("w", &[4, 4]);
         std::fs::write(models.path().join("b-other-arch.gguf"), other.bytes()).unwrap();
         std::fs::write(models.path().join("c-broken.gguf"), b"not a model").unwrap();
         std::fs::write(models.path().join("notes.txt"), b"ignored").unwrap();
@@ -234,7 +269,9 @@ mod registry {
             other => panic!("{other:?}"),
         }
         match &entries[2] {
-            ModelEntry::Broken { error, .. } => assert!(error.contains("not a GGUF file"), "{error}"),
+            ModelEntry::Broken { error, .. } => {
+                assert!(error.contains("not a GGUF file"), "{error}")
+            }
             other => panic!("{other:?}"),
         }
         assert!(list(&models.path().join("missing")).unwrap().is_empty());

@@ -8,17 +8,32 @@ use atelier_engine::{Access, Engine, Error, Home, JobEvent, JobRequest, Resource
 use tokio::sync::mpsc;
 
 fn request(kind: &str, resource: Resource) -> JobRequest {
-    JobRequest { kind: kind.into(), resource, project_id: None, payload: serde_json::json!({"n": 1}), retry_of: None, stops_itself: false }
+    JobRequest {
+        kind: kind.into(),
+        resource,
+        project_id: None,
+        payload: serde_json::json!({"n": 1}),
+        retry_of: None,
+        stops_itself: false,
+    }
 }
 
 fn sink() -> (atelier_engine::EventSink, mpsc::UnboundedReceiver<JobEvent>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    (Arc::new(move |e| { let _ = tx.send(e); }), rx)
+    (
+        Arc::new(move |e| {
+            let _ = tx.send(e);
+        }),
+        rx,
+    )
 }
 
 async fn until_terminal(rx: &mut mpsc::UnboundedReceiver<JobEvent>) -> Vec<JobEvent> {
     let mut events = Vec::new();
-    while let Some(e) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("job hung") {
+    while let Some(e) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("job hung")
+    {
         let end = e.is_terminal();
         events.push(e);
         if end {
@@ -29,7 +44,12 @@ async fn until_terminal(rx: &mut mpsc::UnboundedReceiver<JobEvent>) -> Vec<JobEv
 }
 
 fn open(dir: &std::path::Path) -> Engine {
-    Engine::open(Home::at(dir), Access::Exclusive, tokio::runtime::Handle::current()).unwrap()
+    Engine::open(
+        Home::at(dir),
+        Access::Exclusive,
+        tokio::runtime::Handle::current(),
+    )
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,12 +82,27 @@ async fn heavy_jobs_run_one_at_a_time_in_submission_order() {
         assert_eq!(events.first(), Some(&JobEvent::Queued));
         assert!(events.contains(&JobEvent::Started));
         assert!(events.contains(&JobEvent::Progress { done: 3, total: 3 }));
-        assert_eq!(events.last(), Some(&JobEvent::Finished { result: serde_json::json!(i) }));
+        assert_eq!(
+            events.last(),
+            Some(&JobEvent::Finished {
+                result: serde_json::json!(i)
+            })
+        );
     }
-    let expected: Vec<String> = (0..4).flat_map(|i| [format!("start {i}"), format!("end {i}")]).collect();
-    assert_eq!(*log.lock().unwrap(), expected, "no overlap, submission order");
+    let expected: Vec<String> = (0..4)
+        .flat_map(|i| [format!("start {i}"), format!("end {i}")])
+        .collect();
+    assert_eq!(
+        *log.lock().unwrap(),
+        expected,
+        "no overlap, submission order"
+    );
     let rows = engine.store().list_jobs(10).unwrap();
-    assert!(rows.iter().all(|j| j.status == JobStatus::Succeeded && j.progress_done == 3), "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|j| j.status == JobStatus::Succeeded && j.progress_done == 3),
+        "{rows:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,17 +146,35 @@ async fn cancel_stops_a_running_job_quickly_and_a_queued_one_before_it_starts() 
         }
     }
     assert!(engine.jobs().cancel(queued).unwrap());
-    assert_eq!(until_terminal(&mut rx2).await.last(), Some(&JobEvent::Cancelled));
-    assert!(!*started.lock().unwrap(), "a cancelled queued job never starts");
+    assert_eq!(
+        until_terminal(&mut rx2).await.last(),
+        Some(&JobEvent::Cancelled)
+    );
+    assert!(
+        !*started.lock().unwrap(),
+        "a cancelled queued job never starts"
+    );
 
     let t = Instant::now();
     assert!(engine.jobs().cancel(running).unwrap());
-    assert_eq!(until_terminal(&mut rx1).await.last(), Some(&JobEvent::Cancelled));
+    assert_eq!(
+        until_terminal(&mut rx1).await.last(),
+        Some(&JobEvent::Cancelled)
+    );
     let latency = t.elapsed();
-    assert!(latency < Duration::from_millis(200), "cancel took {latency:?}");
+    assert!(
+        latency < Duration::from_millis(200),
+        "cancel took {latency:?}"
+    );
 
-    assert_eq!(engine.store().job(running).unwrap().status, JobStatus::Cancelled);
-    assert_eq!(engine.store().job(queued).unwrap().status, JobStatus::Cancelled);
+    assert_eq!(
+        engine.store().job(running).unwrap().status,
+        JobStatus::Cancelled
+    );
+    assert_eq!(
+        engine.store().job(queued).unwrap().status,
+        JobStatus::Cancelled
+    );
     assert!(!engine.jobs().cancel(running).unwrap(), "already ended");
     assert_eq!(engine.jobs().cancel(12345).unwrap_err().kind(), "not_found");
 }
@@ -139,7 +192,10 @@ async fn failures_and_panics_become_failed_jobs_and_the_runner_keeps_going() {
         .unwrap();
     assert_eq!(
         until_terminal(&mut rx).await.last(),
-        Some(&JobEvent::Failed { kind: "invalid_input".into(), message: "the prompt is empty".into() })
+        Some(&JobEvent::Failed {
+            kind: "invalid_input".into(),
+            message: "the prompt is empty".into()
+        })
     );
     let (s, mut rx) = sink();
     let crashed = engine
@@ -160,13 +216,29 @@ async fn failures_and_panics_become_failed_jobs_and_the_runner_keeps_going() {
         other => panic!("expected a failure, got {other:?}"),
     }
     let row = engine.store().job(failed).unwrap();
-    assert_eq!((row.status, row.error_kind.as_deref()), (JobStatus::Failed, Some("invalid_input")));
-    assert_eq!(engine.store().job(crashed).unwrap().status, JobStatus::Failed);
+    assert_eq!(
+        (row.status, row.error_kind.as_deref()),
+        (JobStatus::Failed, Some("invalid_input"))
+    );
+    assert_eq!(
+        engine.store().job(crashed).unwrap().status,
+        JobStatus::Failed
+    );
 
     // The heavy slot was given back: another job runs.
     let (s, mut rx) = sink();
-    engine.jobs().submit(request("ok", Resource::Heavy), Some(s), |_| Box::pin(async { Ok(serde_json::json!("ok")) })).unwrap();
-    assert_eq!(until_terminal(&mut rx).await.last(), Some(&JobEvent::Finished { result: serde_json::json!("ok") }));
+    engine
+        .jobs()
+        .submit(request("ok", Resource::Heavy), Some(s), |_| {
+            Box::pin(async { Ok(serde_json::json!("ok")) })
+        })
+        .unwrap();
+    assert_eq!(
+        until_terminal(&mut rx).await.last(),
+        Some(&JobEvent::Finished {
+            result: serde_json::json!("ok")
+        })
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,17 +265,32 @@ async fn jobs_left_running_become_interrupted_on_reopen_and_can_be_retried() {
         let (s, mut rx) = sink();
         stuck = engine
             .jobs()
-            .submit(request("maintenance", Resource::Heavy), Some(s), move |_| {
-                Box::pin(async move {
-                    g.notified().await; // never notified: the "process" dies first
-                    Ok(serde_json::json!(null))
-                })
+            .submit(
+                request("maintenance", Resource::Heavy),
+                Some(s),
+                move |_| {
+                    Box::pin(async move {
+                        g.notified().await; // never notified: the "process" dies first
+                        Ok(serde_json::json!(null))
+                    })
+                },
+            )
+            .unwrap();
+        waiting = engine
+            .jobs()
+            .submit(request("maintenance", Resource::Heavy), None, |_| {
+                Box::pin(async { Ok(serde_json::json!(null)) })
             })
             .unwrap();
-        waiting = engine.jobs().submit(request("maintenance", Resource::Heavy), None, |_| Box::pin(async { Ok(serde_json::json!(null)) })).unwrap();
         while rx.recv().await != Some(JobEvent::Started) {}
-        assert_eq!(engine.store().job(stuck).unwrap().status, JobStatus::Running);
-        assert_eq!(engine.store().job(waiting).unwrap().status, JobStatus::Queued);
+        assert_eq!(
+            engine.store().job(stuck).unwrap().status,
+            JobStatus::Running
+        );
+        assert_eq!(
+            engine.store().job(waiting).unwrap().status,
+            JobStatus::Queued
+        );
         // Simulate a killed process: the engine goes away without finishing its jobs. The rows
         // stay as they were, as after a real kill.
         std::mem::forget(engine);
@@ -226,14 +313,25 @@ async fn jobs_left_running_become_interrupted_on_reopen_and_can_be_retried() {
         assert_eq!(row.error_kind.as_deref(), Some("interrupted"));
     }
     let g = engine.store().generation(generation).unwrap();
-    assert_eq!(g.status, atelier_engine::store::GenerationStatus::Failed, "not left 'running' forever");
+    assert_eq!(
+        g.status,
+        atelier_engine::store::GenerationStatus::Failed,
+        "not left 'running' forever"
+    );
     assert_eq!(g.error_kind.as_deref(), Some("interrupted"));
     assert_eq!(g.prompt, "写到一半");
     let (s, mut rx) = sink();
     let retry = engine.retry_job(stuck, Some(s)).unwrap();
-    assert!(matches!(until_terminal(&mut rx).await.last(), Some(JobEvent::Finished { .. })));
+    assert!(matches!(
+        until_terminal(&mut rx).await.last(),
+        Some(JobEvent::Finished { .. })
+    ));
     assert_eq!(engine.store().job(retry).unwrap().retry_of, Some(stuck));
-    assert_eq!(engine.retry_job(retry, None).unwrap_err().kind(), "conflict", "a succeeded job is not retried");
+    assert_eq!(
+        engine.retry_job(retry, None).unwrap_err().kind(),
+        "conflict",
+        "a succeeded job is not retried"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,15 +341,38 @@ async fn the_cli_shares_a_folder_with_a_running_app_without_touching_its_jobs() 
     let gate = Arc::new(tokio::sync::Notify::new());
     let g = gate.clone();
     let (s, mut rx) = sink();
-    let id = app.jobs().submit(request("x", Resource::Light), Some(s), move |_| Box::pin(async move { g.notified().await; Ok(serde_json::json!(1)) })).unwrap();
+    let id = app
+        .jobs()
+        .submit(request("x", Resource::Light), Some(s), move |_| {
+            Box::pin(async move {
+                g.notified().await;
+                Ok(serde_json::json!(1))
+            })
+        })
+        .unwrap();
     while rx.recv().await != Some(JobEvent::Started) {}
     assert_eq!(
-        Engine::open(Home::at(dir.path()), Access::Exclusive, tokio::runtime::Handle::current()).err().map(|e| e.kind()),
+        Engine::open(
+            Home::at(dir.path()),
+            Access::Exclusive,
+            tokio::runtime::Handle::current()
+        )
+        .err()
+        .map(|e| e.kind()),
         Some("already_running")
     );
-    let cli = Engine::open(Home::at(dir.path()), Access::Shared, tokio::runtime::Handle::current()).unwrap();
+    let cli = Engine::open(
+        Home::at(dir.path()),
+        Access::Shared,
+        tokio::runtime::Handle::current(),
+    )
+    .unwrap();
     assert_eq!(cli.interrupted_at_open(), 0);
-    assert_eq!(cli.store().job(id).unwrap().status, JobStatus::Running, "the app's job is left alone");
+    assert_eq!(
+        cli.store().job(id).unwrap().status,
+        JobStatus::Running,
+        "the app's job is left alone"
+    );
     gate.notify_one();
     until_terminal(&mut rx).await;
 }

@@ -20,9 +20,15 @@ const ID: &str = "smollm2-135m-instruct";
 fn model_file() -> PathBuf {
     let dir = std::env::var_os("ATELIER_MODEL_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/atelier/models"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/atelier/models")
+        });
     let f = dir.join(format!("{ID}.gguf"));
-    assert!(f.is_file(), "{} is missing: run ./scripts/test.sh (it downloads the model)", f.display());
+    assert!(
+        f.is_file(),
+        "{} is missing: run ./scripts/test.sh (it downloads the model)",
+        f.display()
+    );
     f
 }
 
@@ -31,23 +37,37 @@ fn model() -> Arc<LocalModel> {
     static MODEL: Mutex<Option<Arc<LocalModel>>> = Mutex::new(None);
     let mut m = MODEL.lock().unwrap_or_else(|p| p.into_inner());
     m.get_or_insert_with(|| {
-        let opts = LoadOptions { device: DevicePreference::Cpu, cache_dir: None, repack: true };
+        let opts = LoadOptions {
+            device: DevicePreference::Cpu,
+            cache_dir: None,
+            repack: true,
+        };
         Arc::new(LocalModel::load(ID, &model_file(), &opts, &|_, _| {}).unwrap())
     })
     .clone()
 }
 
 fn request(prompt: &str, params: SamplingParams) -> TextRequest {
-    TextRequest { model: ID.into(), messages: vec![ChatMessage::new(Role::User, prompt)], params }
+    TextRequest {
+        model: ID.into(),
+        messages: vec![ChatMessage::new(Role::User, prompt)],
+        params,
+    }
 }
 
 fn sampled(max_tokens: u32) -> SamplingParams {
-    SamplingParams { temperature: 0.9, max_tokens, ..Default::default() }
+    SamplingParams {
+        temperature: 0.9,
+        max_tokens,
+        ..Default::default()
+    }
 }
 
 fn run(req: &TextRequest, seed: u64) -> (String, Vec<String>, atelier_engine::text::TextOutcome) {
     let mut pieces = Vec::new();
-    let o = model().generate(req, seed, &|| false, &mut |t| pieces.push(t.to_owned())).unwrap();
+    let o = model()
+        .generate(req, seed, &|| false, &mut |t| pieces.push(t.to_owned()))
+        .unwrap();
     (pieces.concat(), pieces, o)
 }
 
@@ -67,8 +87,18 @@ fn same_seed_same_text_other_seed_other_text() {
 
 #[test]
 fn greedy_reply_ends_on_the_end_token() {
-    let params = SamplingParams { temperature: 0.0, max_tokens: 200, ..Default::default() };
-    let (text, _, o) = run(&request("What is the capital of France? Answer in one short sentence.", params), 1);
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_tokens: 200,
+        ..Default::default()
+    };
+    let (text, _, o) = run(
+        &request(
+            "What is the capital of France? Answer in one short sentence.",
+            params,
+        ),
+        1,
+    );
     assert_eq!(o.stop_reason, StopReason::EndOfText, "got {o:?}");
     assert!(text.contains("Paris"), "{text}");
     assert!(!text.contains("<|im_end|>") && !text.contains("<|im_start|>"));
@@ -76,20 +106,44 @@ fn greedy_reply_ends_on_the_end_token() {
 
 #[test]
 fn stop_strings_and_max_tokens_end_the_run() {
-    let params = SamplingParams { temperature: 0.0, max_tokens: 5, ..Default::default() };
-    let (_, _, o) = run(&request("Count from 1 to 50, separated by commas.", params), 1);
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_tokens: 5,
+        ..Default::default()
+    };
+    let (_, _, o) = run(
+        &request("Count from 1 to 50, separated by commas.", params),
+        1,
+    );
     assert_eq!(o.stop_reason, StopReason::MaxTokens);
     assert_eq!(o.completion_tokens, 5);
 
     // Whatever the model writes greedily, a stop string taken from the middle of it cuts the
     // text right before it, and the stop string itself is never shown.
-    let greedy = SamplingParams { temperature: 0.0, max_tokens: 40, ..Default::default() };
-    let (full, _, _) = run(&request("Count from 1 to 50, separated by commas.", greedy.clone()), 1);
-    let cut = full.char_indices().map(|(i, _)| i).nth(full.chars().count() / 2).unwrap();
+    let greedy = SamplingParams {
+        temperature: 0.0,
+        max_tokens: 40,
+        ..Default::default()
+    };
+    let (full, _, _) = run(
+        &request("Count from 1 to 50, separated by commas.", greedy.clone()),
+        1,
+    );
+    let cut = full
+        .char_indices()
+        .map(|(i, _)| i)
+        .nth(full.chars().count() / 2)
+        .unwrap();
     let stop: String = full[cut..].chars().take(3).collect();
     let before = &full[..full.find(&stop).unwrap()];
-    let params = SamplingParams { stop: vec![stop.clone()], ..greedy };
-    let (text, pieces, o) = run(&request("Count from 1 to 50, separated by commas.", params), 1);
+    let params = SamplingParams {
+        stop: vec![stop.clone()],
+        ..greedy
+    };
+    let (text, pieces, o) = run(
+        &request("Count from 1 to 50, separated by commas.", params),
+        1,
+    );
     assert_eq!(o.stop_reason, StopReason::StopString, "{full:?} / {stop:?}");
     assert_eq!(text, before);
     assert!(pieces.iter().all(|p| !p.contains(&stop)));
@@ -99,10 +153,15 @@ fn stop_strings_and_max_tokens_end_the_run() {
 fn prompt_longer_than_the_context_is_a_clear_error() {
     let m = model();
     let long = "apple ".repeat(m.context_length + 100);
-    let err = m.generate(&request(&long, sampled(8)), 1, &|| false, &mut |_| {}).unwrap_err();
+    let err = m
+        .generate(&request(&long, sampled(8)), 1, &|| false, &mut |_| {})
+        .unwrap_err();
     assert_eq!(err.kind(), "invalid_input");
     let msg = err.to_string();
-    assert!(msg.contains(&m.context_length.to_string()) && msg.contains("tokens long"), "{msg}");
+    assert!(
+        msg.contains(&m.context_length.to_string()) && msg.contains("tokens long"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -114,7 +173,10 @@ fn chinese_and_emoji_stream_without_broken_characters() {
     let mut out = String::new();
     for id in ids {
         let piece = stream.push(tok, id).unwrap();
-        assert!(!piece.contains('\u{FFFD}'), "piece {piece:?} shows a broken character");
+        assert!(
+            !piece.contains('\u{FFFD}'),
+            "piece {piece:?} shows a broken character"
+        );
         out.push_str(&piece);
     }
     out.push_str(&stream.finish(tok).unwrap());
@@ -124,14 +186,30 @@ fn chinese_and_emoji_stream_without_broken_characters() {
 #[test]
 fn repacked_file_is_cached_and_the_second_load_uses_it() {
     let cache = tempfile::tempdir().unwrap();
-    let opts = LoadOptions { device: DevicePreference::Cpu, cache_dir: Some(cache.path().to_path_buf()), repack: true };
+    let opts = LoadOptions {
+        device: DevicePreference::Cpu,
+        cache_dir: Some(cache.path().to_path_buf()),
+        repack: true,
+    };
     let first = LocalModel::load(ID, &model_file(), &opts, &|_, _| {}).unwrap();
     assert!(!first.report.from_cache);
-    assert!(first.report.repacked.get("Q4_1→Q8_0").is_some_and(|n| *n > 100), "{:?}", first.report.repacked);
+    assert!(
+        first
+            .report
+            .repacked
+            .get("Q4_1→Q8_0")
+            .is_some_and(|n| *n > 100),
+        "{:?}",
+        first.report.repacked
+    );
     assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1);
     let second = LocalModel::load(ID, &model_file(), &opts, &|_, _| {}).unwrap();
     assert!(second.report.from_cache);
-    let greedy = SamplingParams { temperature: 0.0, max_tokens: 12, ..Default::default() };
+    let greedy = SamplingParams {
+        temperature: 0.0,
+        max_tokens: 12,
+        ..Default::default()
+    };
     let req = request("Name a colour.", greedy);
     let a = first.generate(&req, 1, &|| false, &mut |_| {}).unwrap();
     let b = second.generate(&req, 1, &|| false, &mut |_| {}).unwrap();
@@ -145,32 +223,52 @@ fn resident_models_leave_least_recently_used_first() {
         std::fs::copy(model_file(), dir.path().join(format!("{name}.gguf"))).unwrap();
     }
     let engine = LocalEngine::default();
-    let opts = LoadOptions { device: DevicePreference::Cpu, cache_dir: None, repack: true };
+    let opts = LoadOptions {
+        device: DevicePreference::Cpu,
+        cache_dir: None,
+        repack: true,
+    };
     let budget = 200 * 1024 * 1024; // one 135M model at Q8_0 fits, two do not
-    let (_, loaded) = engine.get("a", &dir.path().join("a.gguf"), &opts, budget, &|_, _| {}).unwrap();
+    let (_, loaded) = engine
+        .get("a", &dir.path().join("a.gguf"), &opts, budget, &|_, _| {})
+        .unwrap();
     assert!(loaded);
-    let (_, loaded) = engine.get("a", &dir.path().join("a.gguf"), &opts, budget, &|_, _| {}).unwrap();
+    let (_, loaded) = engine
+        .get("a", &dir.path().join("a.gguf"), &opts, budget, &|_, _| {})
+        .unwrap();
     assert!(!loaded, "the second request finds it resident");
-    engine.get("b", &dir.path().join("b.gguf"), &opts, budget, &|_, _| {}).unwrap();
+    engine
+        .get("b", &dir.path().join("b.gguf"), &opts, budget, &|_, _| {})
+        .unwrap();
     assert_eq!(engine.resident(), vec!["b".to_string()]);
 }
 
 #[test]
 fn damaged_and_foreign_files_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = LoadOptions { device: DevicePreference::Cpu, cache_dir: None, repack: true };
+    let opts = LoadOptions {
+        device: DevicePreference::Cpu,
+        cache_dir: None,
+        repack: true,
+    };
     let bytes = std::fs::read(model_file()).unwrap();
     let cut = dir.path().join("cut.gguf");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
     let err = LocalModel::load("cut", &cut, &opts, &|_, _| {}).unwrap_err();
     assert_eq!(err.kind(), "invalid_input", "{err}");
-    let missing = LocalModel::load("none", Path::new("/nonexistent/x.gguf"), &opts, &|_, _| {}).unwrap_err();
+    let missing =
+        LocalModel::load("none", Path::new("/nonexistent/x.gguf"), &opts, &|_, _| {}).unwrap_err();
     assert!(missing.to_string().contains("x.gguf"), "{missing}");
 }
 
 fn sink() -> (atelier_engine::EventSink, mpsc::UnboundedReceiver<JobEvent>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    (Arc::new(move |e| { let _ = tx.send(e); }), rx)
+    (
+        Arc::new(move |e| {
+            let _ = tx.send(e);
+        }),
+        rx,
+    )
 }
 
 /// An engine on a new data folder with SmolLM2 installed, running on 2 threads.
@@ -179,7 +277,13 @@ fn engine_with_model(dir: &Path) -> Engine {
     home.ensure().unwrap();
     std::fs::copy(model_file(), home.models_dir().join(format!("{ID}.gguf"))).unwrap();
     let engine = Engine::open(home, Access::Exclusive, tokio::runtime::Handle::current()).unwrap();
-    engine.store().update_settings(&SettingsPatch { threads: Some(2), ..Default::default() }).unwrap();
+    engine
+        .store()
+        .update_settings(&SettingsPatch {
+            threads: Some(2),
+            ..Default::default()
+        })
+        .unwrap();
     engine
 }
 
@@ -192,11 +296,19 @@ async fn generation_job_streams_records_and_cancels_promptly() {
 
     // A whole run: tokens stream, the generation is recorded with its figures.
     let (tx, mut rx) = sink();
-    let job = TextJob { project_id: project.id, request: request("Write one sentence about tea.", sampled(16)), purpose: None };
+    let job = TextJob {
+        project_id: project.id,
+        request: request("Write one sentence about tea.", sampled(16)),
+        purpose: None,
+    };
     let job_id = engine.generate_text(job, Some(tx)).unwrap();
     let mut streamed = String::new();
     let result = loop {
-        match tokio::time::timeout(Duration::from_secs(120), rx.recv()).await.unwrap().unwrap() {
+        match tokio::time::timeout(Duration::from_secs(120), rx.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             JobEvent::Token { text } => streamed.push_str(&text),
             JobEvent::Finished { result } => break result,
             JobEvent::Failed { kind, message } => panic!("{kind}: {message}"),
@@ -213,13 +325,21 @@ async fn generation_job_streams_records_and_cancels_promptly() {
 
     // Cancel after the first few tokens: the job ends promptly and the partial text is kept.
     let (tx, mut rx) = sink();
-    let job = TextJob { project_id: project.id, request: request("Write a long story about a dragon.", sampled(2000)), purpose: None };
+    let job = TextJob {
+        project_id: project.id,
+        request: request("Write a long story about a dragon.", sampled(2000)),
+        purpose: None,
+    };
     let job_id = engine.generate_text(job, Some(tx)).unwrap();
     let mut tokens = 0;
     let mut partial = String::new();
     let mut cancelled_at = None;
     loop {
-        match tokio::time::timeout(Duration::from_secs(120), rx.recv()).await.unwrap().unwrap() {
+        match tokio::time::timeout(Duration::from_secs(120), rx.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             JobEvent::Token { text } => {
                 partial.push_str(&text);
                 tokens += 1;
@@ -229,28 +349,70 @@ async fn generation_job_streams_records_and_cancels_promptly() {
                 }
             }
             JobEvent::Cancelled => break,
-            JobEvent::Finished { .. } | JobEvent::Failed { .. } => panic!("expected a cancellation"),
+            JobEvent::Finished { .. } | JobEvent::Failed { .. } => {
+                panic!("expected a cancellation")
+            }
             _ => {}
         }
     }
-    assert!(cancelled_at.unwrap().elapsed() < Duration::from_secs(2), "cancel took too long");
+    assert!(
+        cancelled_at.unwrap().elapsed() < Duration::from_secs(2),
+        "cancel took too long"
+    );
     let history = engine.store().history(&Default::default()).unwrap();
     let rec = engine.store().generation(history.items[0].id).unwrap();
     assert_eq!(rec.status, GenerationStatus::Cancelled);
     let kept = rec.output_text.unwrap_or_default();
-    assert!(!kept.is_empty() && partial.starts_with(&kept), "kept {kept:?}, streamed {partial:?}");
+    assert!(
+        !kept.is_empty() && partial.starts_with(&kept),
+        "kept {kept:?}, streamed {partial:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_refused_before_queueing() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(Home::at(dir.path()), Access::Exclusive, tokio::runtime::Handle::current()).unwrap();
+    let engine = Engine::open(
+        Home::at(dir.path()),
+        Access::Exclusive,
+        tokio::runtime::Handle::current(),
+    )
+    .unwrap();
     let project = engine.store().create_project("Tests").unwrap();
-    let submit = |req: TextRequest| engine.generate_text(TextJob { project_id: project.id, request: req, purpose: None }, None).unwrap_err();
+    let submit = |req: TextRequest| {
+        engine
+            .generate_text(
+                TextJob {
+                    project_id: project.id,
+                    request: req,
+                    purpose: None,
+                },
+                None,
+            )
+            .unwrap_err()
+    };
     assert_eq!(submit(request("   ", sampled(8))).kind(), "invalid_input");
-    assert!(submit(request("hi", SamplingParams { temperature: -1.0, ..Default::default() })).to_string().contains("temperature"));
-    assert!(submit(request(&"x".repeat(300_000), sampled(8))).to_string().contains("300000"));
-    assert!(submit(request("hi", sampled(8))).to_string().contains("no model"));
+    assert!(
+        submit(request(
+            "hi",
+            SamplingParams {
+                temperature: -1.0,
+                ..Default::default()
+            }
+        ))
+        .to_string()
+        .contains("temperature")
+    );
+    assert!(
+        submit(request(&"x".repeat(300_000), sampled(8)))
+            .to_string()
+            .contains("300000")
+    );
+    assert!(
+        submit(request("hi", sampled(8)))
+            .to_string()
+            .contains("no model")
+    );
     assert!(engine.jobs().active_ids().is_empty());
 }
 
@@ -263,7 +425,10 @@ async fn copy_from_a_template_runs_one_recorded_job_per_variant() {
     let (templates, _) = engine.templates();
     let slogan = templates.iter().find(|t| t.id == "slogan").unwrap();
     // The project's brand voice goes into its prompts.
-    let voice = atelier_engine::writing::templates::BrandVoice { must_mention: vec!["真空双层".into()], ..Default::default() };
+    let voice = atelier_engine::writing::templates::BrandVoice {
+        must_mention: vec!["真空双层".into()],
+        ..Default::default()
+    };
     engine.set_brand_voice(project.id, &voice).unwrap();
     let req = CopyRequest {
         project_id: project.id,
@@ -272,7 +437,11 @@ async fn copy_from_a_template_runs_one_recorded_job_per_variant() {
         tone: Some("活泼有趣".into()),
         brand: None,
         model: ID.into(),
-        params: SamplingParams { max_tokens: 12, seed: Some(41), ..Default::default() },
+        params: SamplingParams {
+            max_tokens: 12,
+            seed: Some(41),
+            ..Default::default()
+        },
         variants: 2,
     };
     let sinks: Arc<Mutex<Vec<mpsc::UnboundedReceiver<JobEvent>>>> = Arc::default();
@@ -289,32 +458,75 @@ async fn copy_from_a_template_runs_one_recorded_job_per_variant() {
     let mut gens = Vec::new();
     for mut rx in receivers {
         let result = loop {
-            match tokio::time::timeout(Duration::from_secs(120), rx.recv()).await.unwrap().unwrap() {
+            match tokio::time::timeout(Duration::from_secs(120), rx.recv())
+                .await
+                .unwrap()
+                .unwrap()
+            {
                 JobEvent::Finished { result } => break result,
                 JobEvent::Failed { kind, message } => panic!("{kind}: {message}"),
                 _ => {}
             }
         };
-        gens.push(engine.store().generation(result["generation_id"].as_i64().unwrap()).unwrap());
+        gens.push(
+            engine
+                .store()
+                .generation(result["generation_id"].as_i64().unwrap())
+                .unwrap(),
+        );
     }
     // Each variant is recorded with its template, form values and variant number; seeds follow on.
     let seeds: Vec<Option<i64>> = gens.iter().map(|g| g.seed).collect();
     assert_eq!(seeds, [Some(41), Some(42)]);
     for (i, g) in gens.iter().enumerate() {
         let purpose = &g.params["purpose"];
-        assert_eq!((purpose["template"].as_str(), purpose["variant"].as_u64()), (Some("slogan"), Some(i as u64 + 1)));
-        assert_eq!(purpose["values"]["product"], slogan.samples()["product"].as_str());
-        assert!(g.prompt.contains("合规要求") && g.prompt.contains("活泼有趣") && g.prompt.contains("真空双层"), "{}", g.prompt);
+        assert_eq!(
+            (purpose["template"].as_str(), purpose["variant"].as_u64()),
+            (Some("slogan"), Some(i as u64 + 1))
+        );
+        assert_eq!(
+            purpose["values"]["product"],
+            slogan.samples()["product"].as_str()
+        );
+        assert!(
+            g.prompt.contains("合规要求")
+                && g.prompt.contains("活泼有趣")
+                && g.prompt.contains("真空双层"),
+            "{}",
+            g.prompt
+        );
     }
 
     // Bad requests are refused before anything is queued.
-    let bad = CopyRequest { variants: 5, ..req.clone() };
-    assert_eq!(engine.generate_copy(&bad, |_| None).unwrap_err().kind(), "invalid_input");
-    let bad = CopyRequest { template_id: "nope".into(), ..req.clone() };
-    assert_eq!(engine.generate_copy(&bad, |_| None).unwrap_err().kind(), "invalid_input");
+    let bad = CopyRequest {
+        variants: 5,
+        ..req.clone()
+    };
+    assert_eq!(
+        engine.generate_copy(&bad, |_| None).unwrap_err().kind(),
+        "invalid_input"
+    );
+    let bad = CopyRequest {
+        template_id: "nope".into(),
+        ..req.clone()
+    };
+    assert_eq!(
+        engine.generate_copy(&bad, |_| None).unwrap_err().kind(),
+        "invalid_input"
+    );
     let mut values = req.values.clone();
     values.remove("product");
     let bad = CopyRequest { values, ..req };
-    assert!(engine.generate_copy(&bad, |_| None).unwrap_err().to_string().contains("商品名称"));
-    assert_eq!(engine.store().list_jobs(20).unwrap().len(), 2, "nothing queued for the bad requests");
+    assert!(
+        engine
+            .generate_copy(&bad, |_| None)
+            .unwrap_err()
+            .to_string()
+            .contains("商品名称")
+    );
+    assert_eq!(
+        engine.store().list_jobs(20).unwrap().len(),
+        2,
+        "nothing queued for the bad requests"
+    );
 }

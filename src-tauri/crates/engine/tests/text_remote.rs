@@ -32,7 +32,10 @@ async fn serve() -> (String, Seen) {
 }
 
 fn chunk(content: &str) -> String {
-    format!("data: {}\n\n", serde_json::json!({"choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}]}))
+    format!(
+        "data: {}\n\n",
+        serde_json::json!({"choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}]})
+    )
 }
 
 async fn handle(mut sock: TcpStream, log: Seen) {
@@ -48,7 +51,11 @@ async fn handle(mut sock: TcpStream, log: Seen) {
             let head = String::from_utf8_lossy(&buf[..at]).to_string();
             let len: usize = head
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
                 .unwrap_or(0);
             let mut body = buf[at + 4..].to_vec();
             while body.len() < len {
@@ -67,11 +74,21 @@ async fn handle(mut sock: TcpStream, log: Seen) {
             serde_json::json!({"error": {"message": msg}})
         )
     };
-    let sse_head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+    let sse_head =
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
     match model.as_str() {
-        "e401" => sock.write_all(status(401, "Unauthorized", "Incorrect API key provided").as_bytes()).await.unwrap(),
-        "e429" => sock.write_all(status(429, "Too Many Requests", "Rate limit reached").as_bytes()).await.unwrap(),
-        "e500" => sock.write_all(status(500, "Internal Server Error", "CUDA out of memory").as_bytes()).await.unwrap(),
+        "e401" => sock
+            .write_all(status(401, "Unauthorized", "Incorrect API key provided").as_bytes())
+            .await
+            .unwrap(),
+        "e429" => sock
+            .write_all(status(429, "Too Many Requests", "Rate limit reached").as_bytes())
+            .await
+            .unwrap(),
+        "e500" => sock
+            .write_all(status(500, "Internal Server Error", "CUDA out of memory").as_bytes())
+            .await
+            .unwrap(),
         "slow" => {
             sock.write_all(sse_head.as_bytes()).await.unwrap();
             sock.write_all(chunk("Thinking").as_bytes()).await.unwrap();
@@ -86,7 +103,9 @@ async fn handle(mut sock: TcpStream, log: Seen) {
         "inband-error" => {
             sock.write_all(sse_head.as_bytes()).await.unwrap();
             sock.write_all(chunk("Partial").as_bytes()).await.unwrap();
-            sock.write_all(b"data: {\"error\": {\"message\": \"model overloaded\"}}\n\n").await.unwrap();
+            sock.write_all(b"data: {\"error\": {\"message\": \"model overloaded\"}}\n\n")
+                .await
+                .unwrap();
         }
         "endless" => {
             sock.write_all(sse_head.as_bytes()).await.unwrap();
@@ -115,7 +134,9 @@ async fn handle(mut sock: TcpStream, log: Seen) {
             sock.write_all(&bytes[split..]).await.unwrap();
             let fin = serde_json::json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
                                          "usage": {"prompt_tokens": 11, "completion_tokens": 7}});
-            sock.write_all(format!("data: {fin}\n\ndata: [DONE]\n\n").as_bytes()).await.unwrap();
+            sock.write_all(format!("data: {fin}\n\ndata: [DONE]\n\n").as_bytes())
+                .await
+                .unwrap();
         }
     }
     let _ = sock.shutdown().await;
@@ -134,14 +155,35 @@ fn config(base: &str, model: &str) -> RemoteConfig {
 fn request() -> TextRequest {
     TextRequest {
         model: "remote".into(),
-        messages: vec![ChatMessage::new(Role::System, "Be brief."), ChatMessage::new(Role::User, "Say hello")],
-        params: SamplingParams { temperature: 0.5, max_tokens: 32, ..Default::default() },
+        messages: vec![
+            ChatMessage::new(Role::System, "Be brief."),
+            ChatMessage::new(Role::User, "Say hello"),
+        ],
+        params: SamplingParams {
+            temperature: 0.5,
+            max_tokens: 32,
+            ..Default::default()
+        },
     }
 }
 
-async fn run(base: &str, model: &str, req: &TextRequest) -> (String, atelier_engine::Result<atelier_engine::text::TextOutcome>) {
+async fn run(
+    base: &str,
+    model: &str,
+    req: &TextRequest,
+) -> (
+    String,
+    atelier_engine::Result<atelier_engine::text::TextOutcome>,
+) {
     let mut got = String::new();
-    let r = generate(&config(base, model), req, 7, &CancellationToken::new(), &mut |t: &str| got.push_str(t)).await;
+    let r = generate(
+        &config(base, model),
+        req,
+        7,
+        &CancellationToken::new(),
+        &mut |t: &str| got.push_str(t),
+    )
+    .await;
     (got, r)
 }
 
@@ -156,7 +198,10 @@ async fn streams_a_reply_and_sends_what_was_asked() {
     assert_eq!((o.prompt_tokens, o.completion_tokens), (11, 7));
     let (head, body) = seen.lock().unwrap()[0].clone();
     assert!(head.starts_with("POST /v1/chat/completions"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("authorization: bearer sk-test-123"));
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("authorization: bearer sk-test-123")
+    );
     assert_eq!(body["stream"], true);
     assert_eq!(body["seed"], 7);
     assert_eq!(body["messages"][0]["role"], "system");
@@ -208,7 +253,14 @@ async fn a_server_that_is_down_is_named() {
     let e = r.unwrap_err();
     assert_eq!(e.kind(), "remote_unreachable");
     assert!(e.to_string().contains("cannot connect"), "{e}");
-    let bad = generate(&config("ftp://x", "m"), &request(), 1, &CancellationToken::new(), &mut |_: &str| {}).await;
+    let bad = generate(
+        &config("ftp://x", "m"),
+        &request(),
+        1,
+        &CancellationToken::new(),
+        &mut |_: &str| {},
+    )
+    .await;
     assert_eq!(bad.unwrap_err().kind(), "invalid_input");
 }
 
@@ -216,7 +268,12 @@ async fn a_server_that_is_down_is_named() {
 async fn remote_jobs_are_recorded_cancelled_and_never_retried_by_themselves() {
     let (base, seen) = serve().await;
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(Home::at(dir.path()), Access::Exclusive, tokio::runtime::Handle::current()).unwrap();
+    let engine = Engine::open(
+        Home::at(dir.path()),
+        Access::Exclusive,
+        tokio::runtime::Handle::current(),
+    )
+    .unwrap();
     engine
         .store()
         .update_settings(&SettingsPatch {
@@ -229,12 +286,19 @@ async fn remote_jobs_are_recorded_cancelled_and_never_retried_by_themselves() {
         .unwrap();
     let settings = engine.store().settings().unwrap();
     assert!(settings.remote_api_key_set);
-    assert!(!serde_json::to_string(&settings).unwrap().contains("sk-secret-key"));
+    assert!(
+        !serde_json::to_string(&settings)
+            .unwrap()
+            .contains("sk-secret-key")
+    );
     let project = engine.store().create_project("Remote").unwrap();
 
     let wait = |mut rx: tokio::sync::mpsc::UnboundedReceiver<JobEvent>| async move {
         loop {
-            let e = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.unwrap().unwrap();
+            let e = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
             if e.is_terminal() {
                 return e;
             }
@@ -242,14 +306,34 @@ async fn remote_jobs_are_recorded_cancelled_and_never_retried_by_themselves() {
     };
     let sink = || {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        (Arc::new(move |e| { let _ = tx.send(e); }) as atelier_engine::EventSink, rx)
+        (
+            Arc::new(move |e| {
+                let _ = tx.send(e);
+            }) as atelier_engine::EventSink,
+            rx,
+        )
     };
 
     // The stream breaks: one request only, a failed generation holding the partial text.
     let (tx, rx) = sink();
-    engine.generate_text(TextJob { project_id: project.id, request: request(), purpose: None }, Some(tx)).unwrap();
-    assert!(matches!(wait(rx).await, JobEvent::Failed { kind, .. } if kind == "remote_interrupted"));
-    assert_eq!(seen.lock().unwrap().len(), 1, "a failed generation must not be sent again");
+    engine
+        .generate_text(
+            TextJob {
+                project_id: project.id,
+                request: request(),
+                purpose: None,
+            },
+            Some(tx),
+        )
+        .unwrap();
+    assert!(
+        matches!(wait(rx).await, JobEvent::Failed { kind, .. } if kind == "remote_interrupted")
+    );
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "a failed generation must not be sent again"
+    );
     let id = engine.store().history(&Default::default()).unwrap().items[0].id;
     let rec = engine.store().generation(id).unwrap();
     assert_eq!(rec.status, GenerationStatus::Failed);
@@ -260,7 +344,16 @@ async fn remote_jobs_are_recorded_cancelled_and_never_retried_by_themselves() {
     let (tx, mut rx) = sink();
     let mut req = request();
     req.model = "remote:endless".into();
-    let job = engine.generate_text(TextJob { project_id: project.id, request: req, purpose: None }, Some(tx)).unwrap();
+    let job = engine
+        .generate_text(
+            TextJob {
+                project_id: project.id,
+                request: req,
+                purpose: None,
+            },
+            Some(tx),
+        )
+        .unwrap();
     loop {
         if let JobEvent::Token { .. } = rx.recv().await.unwrap() {
             break;

@@ -9,9 +9,12 @@ use atelier_engine::models::gguf::{Value, read_header};
 use atelier_engine::text::tokenizer::TextTokenizer;
 
 fn fixtures() -> PathBuf {
-    let dir = std::env::var_os("ATELIER_VOCAB_FIXTURES").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/atelier/fixtures/llama.cpp-vocab")
-    });
+    let dir = std::env::var_os("ATELIER_VOCAB_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+                .join(".cache/atelier/fixtures/llama.cpp-vocab")
+        });
     assert!(
         dir.join("ggml-vocab-qwen2.gguf").exists(),
         "llama.cpp's tokenizer fixtures are missing from {}: run ./scripts/test.sh (it downloads them)",
@@ -31,10 +34,20 @@ fn cases(name: &str) -> Vec<(String, Vec<u32>)> {
     let inp = std::fs::read_to_string(dir.join(format!("ggml-vocab-{name}.gguf.inp"))).unwrap();
     let out = std::fs::read_to_string(dir.join(format!("ggml-vocab-{name}.gguf.out"))).unwrap();
     let inputs: Vec<&str> = inp.split("\n__ggml_vocab_test__\n").collect();
-    let outputs: Vec<Vec<u32>> =
-        out.lines().map(|l| l.split_whitespace().map(|t| t.parse().unwrap()).collect()).collect();
-    assert_eq!(inputs.len() - 1, outputs.len(), "fixture {name} is malformed");
-    inputs.into_iter().zip(outputs).map(|(i, o)| (i.to_owned(), o)).collect()
+    let outputs: Vec<Vec<u32>> = out
+        .lines()
+        .map(|l| l.split_whitespace().map(|t| t.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(
+        inputs.len() - 1,
+        outputs.len(),
+        "fixture {name} is malformed"
+    );
+    inputs
+        .into_iter()
+        .zip(outputs)
+        .map(|(i, o)| (i.to_owned(), o))
+        .collect()
 }
 
 fn matches_llama_cpp(name: &str) {
@@ -45,10 +58,17 @@ fn matches_llama_cpp(name: &str) {
     for (input, expected) in cases {
         let got = tok.encode(&input, false).unwrap();
         if got != expected {
-            wrong.push(format!("{input:?}\n   llama.cpp {expected:?}\n   ours      {got:?}"));
+            wrong.push(format!(
+                "{input:?}\n   llama.cpp {expected:?}\n   ours      {got:?}"
+            ));
         }
     }
-    assert!(wrong.is_empty(), "{name}: {} of {total} differ:\n{}", wrong.len(), wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "{name}: {} of {total} differ:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
 }
 
 #[test]
@@ -70,7 +90,11 @@ fn qwen2_matches_llama_cpp() {
 fn chinese_emoji_and_mixed_text_round_trip() {
     for name in ["qwen2", "llama-bpe", "gpt-2"] {
         let tok = load(name);
-        for text in ["直播间的家人们，这款面霜¥199！", "🎉限时福利🎁 3件8折", "SmolLM2 和 Qwen2.5 混排 mixed text\n换行\t制表"] {
+        for text in [
+            "直播间的家人们，这款面霜¥199！",
+            "🎉限时福利🎁 3件8折",
+            "SmolLM2 和 Qwen2.5 混排 mixed text\n换行\t制表",
+        ] {
             let ids = tok.encode(text, false).unwrap();
             assert_eq!(tok.decode(&ids).unwrap(), text, "{name}");
         }
@@ -80,11 +104,24 @@ fn chinese_emoji_and_mixed_text_round_trip() {
 #[test]
 fn special_tokens_only_when_asked() {
     let tok = load("qwen2");
-    let with = tok.encode("<|im_start|>user\n你好<|im_end|>", true).unwrap();
-    let without = tok.encode("<|im_start|>user\n你好<|im_end|>", false).unwrap();
-    assert!(with.len() < without.len(), "the markers are single tokens only when parsing specials");
-    assert!(with.iter().any(|id| tok.stop.contains(id)), "<|im_end|> stops generation");
-    assert!(!without.iter().any(|id| tok.stop.contains(id)), "user text cannot inject a stop token");
+    let with = tok
+        .encode("<|im_start|>user\n你好<|im_end|>", true)
+        .unwrap();
+    let without = tok
+        .encode("<|im_start|>user\n你好<|im_end|>", false)
+        .unwrap();
+    assert!(
+        with.len() < without.len(),
+        "the markers are single tokens only when parsing specials"
+    );
+    assert!(
+        with.iter().any(|id| tok.stop.contains(id)),
+        "<|im_end|> stops generation"
+    );
+    assert!(
+        !without.iter().any(|id| tok.stop.contains(id)),
+        "user text cannot inject a stop token"
+    );
 }
 
 #[test]
@@ -96,7 +133,12 @@ fn sentencepiece_matches_llama_cpp() {
 fn sentencepiece_round_trips_and_falls_back_to_bytes() {
     let tok = load("llama-spm");
     assert_eq!(tok.pre, "spm");
-    for text in ["直播间的家人们，这款面霜¥199！", "🎉限时福利🎁 3件8折", "  two leading spaces\n\ttab", "Hello world"] {
+    for text in [
+        "直播间的家人们，这款面霜¥199！",
+        "🎉限时福利🎁 3件8折",
+        "  two leading spaces\n\ttab",
+        "Hello world",
+    ] {
         let ids = tok.encode(text, false).unwrap();
         assert_eq!(tok.decode(&ids).unwrap(), text);
     }
@@ -114,12 +156,18 @@ fn sentencepiece_round_trips_and_falls_back_to_bytes() {
 #[test]
 fn an_unknown_pre_tokenizer_or_vocabulary_type_is_refused_not_guessed() {
     let header = read_header(&fixtures().join("ggml-vocab-qwen2.gguf")).unwrap();
-    for (key, value) in [("tokenizer.ggml.pre", "falcon"), ("tokenizer.ggml.model", "bert")] {
+    for (key, value) in [
+        ("tokenizer.ggml.pre", "falcon"),
+        ("tokenizer.ggml.model", "bert"),
+    ] {
         let mut h = header.clone();
         h.metadata.insert(key.into(), Value::String(value.into()));
         let err = TextTokenizer::from_gguf(&h).unwrap_err();
         assert_eq!(err.kind(), "invalid_input");
-        assert!(err.to_string().contains("not supported") && err.to_string().contains(value), "{err}");
+        assert!(
+            err.to_string().contains("not supported") && err.to_string().contains(value),
+            "{err}"
+        );
     }
     // A SentencePiece vocabulary without scores cannot be merged correctly.
     let mut h = read_header(&fixtures().join("ggml-vocab-llama-spm.gguf")).unwrap();

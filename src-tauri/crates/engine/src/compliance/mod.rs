@@ -93,7 +93,10 @@ pub struct Report {
 
 impl Report {
     pub fn violations(&self) -> usize {
-        self.findings.iter().filter(|f| f.verdict == Verdict::Violation).count()
+        self.findings
+            .iter()
+            .filter(|f| f.verdict == Verdict::Violation)
+            .count()
     }
 }
 
@@ -121,7 +124,10 @@ pub struct Checker {
 
 impl std::fmt::Debug for Checker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Checker").field("packs", &self.packs.len()).field("rules", &self.rules.len()).finish()
+        f.debug_struct("Checker")
+            .field("packs", &self.packs.len())
+            .field("rules", &self.rules.len())
+            .finish()
     }
 }
 
@@ -137,7 +143,9 @@ impl Checker {
     }
 
     fn from_packs((packs, problems): (Vec<pack::Pack>, Vec<PackProblem>)) -> Result<Checker> {
-        let compile = |re: &str| Regex::new(re).map_err(|e| Error::Internal(format!("rule regex {re:?}: {e}")));
+        let compile = |re: &str| {
+            Regex::new(re).map_err(|e| Error::Internal(format!("rule regex {re:?}: {e}")))
+        };
         let mut exceptions = Vec::new();
         for p in &packs {
             for e in &p.exceptions {
@@ -145,7 +153,8 @@ impl Checker {
             }
         }
         let mut rules = Vec::new();
-        let (mut word_list, mut word_rule, mut stop_list, mut stop_rule) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut word_list, mut word_rule, mut stop_list, mut stop_rule) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut problems = problems;
         for (pi, p) in packs.iter().enumerate() {
             for r in &p.rules {
@@ -155,7 +164,10 @@ impl Checker {
                         Some(i) => ex.push(i),
                         None => problems.push(PackProblem {
                             file: p.id.clone(),
-                            message: format!("rule {} names an unknown exception “{id}”; ignored", r.id),
+                            message: format!(
+                                "rule {} names an unknown exception “{id}”; ignored",
+                                r.id
+                            ),
                         }),
                     }
                 }
@@ -171,7 +183,11 @@ impl Checker {
                 rules.push(CompiledRule {
                     pack: pi,
                     regex: r.regex.iter().map(|s| compile(s)).collect::<Result<_>>()?,
-                    stop_regex: r.stop_regex.iter().map(|s| compile(s)).collect::<Result<_>>()?,
+                    stop_regex: r
+                        .stop_regex
+                        .iter()
+                        .map(|s| compile(s))
+                        .collect::<Result<_>>()?,
                     exceptions: ex,
                     rule: r.clone(),
                 });
@@ -204,12 +220,18 @@ impl Checker {
         if let Some(c) = &opts.category
             && !pack::CATEGORIES.contains(&c.as_str())
         {
-            return Err(Error::invalid(format!("unknown product category “{c}” (known: {})", pack::CATEGORIES.join(", "))));
+            return Err(Error::invalid(format!(
+                "unknown product category “{c}” (known: {})",
+                pack::CATEGORIES.join(", ")
+            )));
         }
         if let Some(p) = &opts.platform
             && !pack::PLATFORMS.contains(&p.as_str())
         {
-            return Err(Error::invalid(format!("unknown platform “{p}” (known: {})", pack::PLATFORMS.join(", "))));
+            return Err(Error::invalid(format!(
+                "unknown platform “{p}” (known: {})",
+                pack::PLATFORMS.join(", ")
+            )));
         }
         Ok(self
             .packs
@@ -217,8 +239,14 @@ impl Checker {
             .map(|p| {
                 let s = &p.scope;
                 s.always
-                    || opts.category.as_ref().is_some_and(|c| s.categories.contains(c))
-                    || opts.platform.as_ref().is_some_and(|c| s.platforms.contains(c))
+                    || opts
+                        .category
+                        .as_ref()
+                        .is_some_and(|c| s.categories.contains(c))
+                    || opts
+                        .platform
+                        .as_ref()
+                        .is_some_and(|c| s.platforms.contains(c))
                     || (s.virtual_host && opts.virtual_host)
             })
             .collect())
@@ -252,24 +280,39 @@ impl Checker {
                 continue;
             }
             for re in &r.regex {
-                cands.extend(re.find_iter(t).filter(|m| !m.is_empty()).map(|m| (ri, m.start(), m.end())));
+                cands.extend(
+                    re.find_iter(t)
+                        .filter(|m| !m.is_empty())
+                        .map(|m| (ri, m.start(), m.end())),
+                );
             }
         }
         if cands.is_empty() {
-            return Ok(Report { findings: Vec::new(), packs: self.applied(&active), chars: text.chars().count() });
+            return Ok(Report {
+                findings: Vec::new(),
+                packs: self.applied(&active),
+                chars: text.chars().count(),
+            });
         }
 
         // Everyday compounds covering a candidate of their rule.
         let mut stops: HashMap<usize, Vec<(usize, usize)>> = HashMap::new();
         for m in self.stops.find_overlapping_iter(t) {
-            stops.entry(self.stop_rule[m.pattern().as_usize()]).or_default().push((m.start(), m.end()));
+            stops
+                .entry(self.stop_rule[m.pattern().as_usize()])
+                .or_default()
+                .push((m.start(), m.end()));
         }
         let trademarks: Vec<(usize, usize)> = opts
             .trademarks
             .iter()
             .map(|w| Normalized::new(w.trim()).text)
             .filter(|w| !w.is_empty())
-            .flat_map(|w| t.match_indices(w.as_str()).map(|(i, s)| (i, i + s.len())).collect::<Vec<_>>())
+            .flat_map(|w| {
+                t.match_indices(w.as_str())
+                    .map(|(i, s)| (i, i + s.len()))
+                    .collect::<Vec<_>>()
+            })
             .collect();
         for v in stops.values_mut() {
             v.sort_unstable();
@@ -293,7 +336,10 @@ impl Checker {
             }
             let (a, b) = norm.sentence(s, e);
             let sentence = &t[a..b];
-            !rule.stop_regex.iter().any(|re| re.find_iter(sentence).any(|m| a + m.start() <= s && e <= a + m.end()))
+            !rule.stop_regex.iter().any(|re| {
+                re.find_iter(sentence)
+                    .any(|m| a + m.start() <= s && e <= a + m.end())
+            })
         });
 
         // One finding per place: drop a candidate inside another of the same rule, or inside a
@@ -312,13 +358,20 @@ impl Checker {
                     (r2, s2, e2) != (r, s, e)
                         && s2 <= s
                         && e <= e2
-                        && (if r2 == r { (s2, e2) != (s, e) } else { e2 - s2 > e - s })
+                        && (if r2 == r {
+                            (s2, e2) != (s, e)
+                        } else {
+                            e2 - s2 > e - s
+                        })
                 })
             })
             .map(|(_, &c)| c)
             .collect();
 
-        let byte_spans: Vec<(usize, usize)> = keep.iter().map(|&(_, s, e)| norm.original_bytes(s, e)).collect();
+        let byte_spans: Vec<(usize, usize)> = keep
+            .iter()
+            .map(|&(_, s, e)| norm.original_bytes(s, e))
+            .collect();
         let spans = norm.spans(&byte_spans);
         let mut findings = Vec::with_capacity(keep.len());
         for ((r, s, e), span) in keep.into_iter().zip(spans) {
@@ -340,7 +393,11 @@ impl Checker {
                 pack: self.packs[cr.pack].id.clone(),
                 category: rule.category.clone(),
                 severity: rule.severity,
-                verdict: if exception.is_some() { Verdict::NeedsEvidence } else { Verdict::Violation },
+                verdict: if exception.is_some() {
+                    Verdict::NeedsEvidence
+                } else {
+                    Verdict::Violation
+                },
                 matched: text[span.start_byte..span.end_byte].to_owned(),
                 start: span.start,
                 end: span.end,
@@ -354,12 +411,22 @@ impl Checker {
                 exception,
             });
         }
-        let chars = findings.last().map_or(0, |f| f.end) + text[byte_spans.last().map_or(0, |s| s.1)..].chars().count();
-        Ok(Report { findings, packs: self.applied(&active), chars })
+        let chars = findings.last().map_or(0, |f| f.end)
+            + text[byte_spans.last().map_or(0, |s| s.1)..].chars().count();
+        Ok(Report {
+            findings,
+            packs: self.applied(&active),
+            chars,
+        })
     }
 
     fn applied(&self, active: &[bool]) -> Vec<PackInfo> {
-        self.packs.iter().zip(active).filter(|(_, on)| **on).map(|(p, _)| info(p)).collect()
+        self.packs
+            .iter()
+            .zip(active)
+            .filter(|(_, on)| **on)
+            .map(|(p, _)| info(p))
+            .collect()
     }
 
     /// A short summary of the rules that apply, for generation prompts: copy should be compliant

@@ -8,11 +8,40 @@
 
 /// Characters sellers use to look like another one, mapped to it. Only unambiguous evasions:
 /// a character with a common meaning of its own stays as it is.
-const LOOKALIKES: [(char, char); 5] = [('蕞', '最'), ('冣', '最'), ('㝡', '最'), ('苐', '第'), ('弚', '第')];
+const LOOKALIKES: [(char, char); 5] = [
+    ('蕞', '最'),
+    ('冣', '最'),
+    ('㝡', '最'),
+    ('苐', '第'),
+    ('弚', '第'),
+];
 
 /// Put between Chinese characters to break a word apart; removed there.
 fn is_spacer(c: char) -> bool {
-    matches!(c, ' ' | '\u{3000}' | '\u{00a0}' | '·' | '•' | '・' | '‧' | '-' | '_' | '*' | '.' | '|' | '/' | '~' | '^' | '丶' | '`' | '\'' | '"' | '\u{200b}' | '\u{200c}' | '\u{200d}')
+    matches!(
+        c,
+        ' ' | '\u{3000}'
+            | '\u{00a0}'
+            | '·'
+            | '•'
+            | '・'
+            | '‧'
+            | '-'
+            | '_'
+            | '*'
+            | '.'
+            | '|'
+            | '/'
+            | '~'
+            | '^'
+            | '丶'
+            | '`'
+            | '\''
+            | '"'
+            | '\u{200b}'
+            | '\u{200c}'
+            | '\u{200d}'
+    )
 }
 
 /// Traditional → simplified, one character to one character (so offsets stay put), as a direct
@@ -41,7 +70,11 @@ fn t2s_table() -> &'static [char] {
 
 fn simplified(table: &[char], c: char) -> char {
     let u = c as u32;
-    if (T2S_FROM..=T2S_TO).contains(&u) { table[(u - T2S_FROM) as usize] } else { c }
+    if (T2S_FROM..=T2S_TO).contains(&u) {
+        table[(u - T2S_FROM) as usize]
+    } else {
+        c
+    }
 }
 
 fn is_han(c: char) -> bool {
@@ -77,7 +110,10 @@ impl<'a> Normalized<'a> {
         let mut text = String::with_capacity(original.len());
         let mut origin: Vec<u32> = Vec::with_capacity(original.len());
         let simplify = t2s_table();
-        let mut chars = original.char_indices().map(|(b, c)| (b, simplified(simplify, c))).peekable();
+        let mut chars = original
+            .char_indices()
+            .map(|(b, c)| (b, simplified(simplify, c)))
+            .peekable();
         let mut last_emitted: Option<char> = None;
         while let Some((byte, c)) = chars.next() {
             if is_spacer(c) {
@@ -109,7 +145,11 @@ impl<'a> Normalized<'a> {
             let code = c as u32;
             match c {
                 // Full-width ASCII and the ideographic space.
-                '\u{FF01}'..='\u{FF5E}' => emit(char::from_u32(code - 0xFEE0).unwrap_or(c).to_ascii_lowercase()),
+                '\u{FF01}'..='\u{FF5E}' => emit(
+                    char::from_u32(code - 0xFEE0)
+                        .unwrap_or(c)
+                        .to_ascii_lowercase(),
+                ),
                 '\u{3000}' => emit(' '),
                 // Circled and parenthesised numbers ①–⑳, ⑴–⒇, ⒈–⒛.
                 '\u{2460}'..='\u{249B}' => {
@@ -121,18 +161,30 @@ impl<'a> Normalized<'a> {
                 }
                 '\u{24EA}' => emit('0'),
                 _ if c.is_ascii() => emit(c.to_ascii_lowercase()),
-                _ => emit(LOOKALIKES.iter().find(|(from, _)| *from == c).map_or(c, |&(_, to)| to)),
+                _ => emit(
+                    LOOKALIKES
+                        .iter()
+                        .find(|(from, _)| *from == c)
+                        .map_or(c, |&(_, to)| to),
+                ),
             }
             last_emitted = Some(c);
         }
-        Normalized { text, original, origin }
+        Normalized {
+            text,
+            original,
+            origin,
+        }
     }
 
     /// The original byte span of normalised bytes `start..end` (a non-empty match).
     pub fn original_bytes(&self, start: usize, end: usize) -> (usize, usize) {
         let first = self.origin[start] as usize;
         let last = self.origin[end.max(start + 1) - 1] as usize;
-        let last_len = self.original[last..].chars().next().map_or(0, char::len_utf8);
+        let last_len = self.original[last..]
+            .chars()
+            .next()
+            .map_or(0, char::len_utf8);
         (first, last + last_len)
     }
 
@@ -159,7 +211,14 @@ impl<'a> Normalized<'a> {
                 end += 1;
                 end_utf16 += c.len_utf16();
             }
-            out.push(Span { start, end, start_utf16, end_utf16, start_byte: s, end_byte: e });
+            out.push(Span {
+                start,
+                end,
+                start_utf16,
+                end_utf16,
+                start_byte: s,
+                end_byte: e,
+            });
         }
         out
     }
@@ -167,7 +226,8 @@ impl<'a> Normalized<'a> {
     /// Bounds (normalised bytes) of the sentence holding `start..end`, at most
     /// [`SENTENCE_REACH`] bytes either side (text without punctuation stays linear to check).
     pub fn sentence(&self, start: usize, end: usize) -> (usize, usize) {
-        let is_end = |c: char| matches!(c, '。' | '！' | '？' | '!' | '?' | '；' | ';' | '\n' | '…');
+        let is_end =
+            |c: char| matches!(c, '。' | '！' | '？' | '!' | '?' | '；' | ';' | '\n' | '…');
         let t = &self.text;
         let mut lo = start.saturating_sub(SENTENCE_REACH);
         while !t.is_char_boundary(lo) {
@@ -177,8 +237,15 @@ impl<'a> Normalized<'a> {
         while !t.is_char_boundary(hi) {
             hi -= 1;
         }
-        let from = t[lo..start].char_indices().rev().find(|&(_, c)| is_end(c)).map_or(lo, |(i, c)| lo + i + c.len_utf8());
-        let to = t[end..hi].char_indices().find(|&(_, c)| is_end(c)).map_or(hi, |(i, _)| end + i);
+        let from = t[lo..start]
+            .char_indices()
+            .rev()
+            .find(|&(_, c)| is_end(c))
+            .map_or(lo, |(i, c)| lo + i + c.len_utf8());
+        let to = t[end..hi]
+            .char_indices()
+            .find(|&(_, c)| is_end(c))
+            .map_or(hi, |(i, _)| end + i);
         (from, to)
     }
 }

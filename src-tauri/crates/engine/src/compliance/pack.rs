@@ -10,21 +10,60 @@ use crate::error::{Error, Result};
 
 /// The packs shipped with Atelier, by file name.
 pub const BUILTIN: [(&str, &str); 10] = [
-    ("base.toml", include_str!("../../../../../assets/compliance/base.toml")),
-    ("cosmetics.toml", include_str!("../../../../../assets/compliance/cosmetics.toml")),
-    ("food.toml", include_str!("../../../../../assets/compliance/food.toml")),
-    ("finance.toml", include_str!("../../../../../assets/compliance/finance.toml")),
-    ("education.toml", include_str!("../../../../../assets/compliance/education.toml")),
-    ("platform.toml", include_str!("../../../../../assets/compliance/platform.toml")),
-    ("douyin.toml", include_str!("../../../../../assets/compliance/douyin.toml")),
-    ("xiaohongshu.toml", include_str!("../../../../../assets/compliance/xiaohongshu.toml")),
-    ("taobao.toml", include_str!("../../../../../assets/compliance/taobao.toml")),
-    ("virtual_host.toml", include_str!("../../../../../assets/compliance/virtual_host.toml")),
+    (
+        "base.toml",
+        include_str!("../../../../../assets/compliance/base.toml"),
+    ),
+    (
+        "cosmetics.toml",
+        include_str!("../../../../../assets/compliance/cosmetics.toml"),
+    ),
+    (
+        "food.toml",
+        include_str!("../../../../../assets/compliance/food.toml"),
+    ),
+    (
+        "finance.toml",
+        include_str!("../../../../../assets/compliance/finance.toml"),
+    ),
+    (
+        "education.toml",
+        include_str!("../../../../../assets/compliance/education.toml"),
+    ),
+    (
+        "platform.toml",
+        include_str!("../../../../../assets/compliance/platform.toml"),
+    ),
+    (
+        "douyin.toml",
+        include_str!("../../../../../assets/compliance/douyin.toml"),
+    ),
+    (
+        "xiaohongshu.toml",
+        include_str!("../../../../../assets/compliance/xiaohongshu.toml"),
+    ),
+    (
+        "taobao.toml",
+        include_str!("../../../../../assets/compliance/taobao.toml"),
+    ),
+    (
+        "virtual_host.toml",
+        include_str!("../../../../../assets/compliance/virtual_host.toml"),
+    ),
 ];
 
 /// Product categories a pack can be scoped to (the product form's choices).
-pub const CATEGORIES: [&str; 9] =
-    ["general", "cosmetics", "food", "health_food", "finance", "education", "apparel", "electronics", "home"];
+pub const CATEGORIES: [&str; 9] = [
+    "general",
+    "cosmetics",
+    "food",
+    "health_food",
+    "finance",
+    "education",
+    "apparel",
+    "electronics",
+    "home",
+];
 /// Platforms a pack can be scoped to.
 pub const PLATFORMS: [&str; 5] = ["douyin", "xiaohongshu", "taobao", "kuaishou", "wechat"];
 
@@ -125,8 +164,8 @@ pub struct Pack {
 impl Pack {
     /// Parses and checks one pack file; `name` is used in errors.
     pub fn parse(name: &str, text: &str) -> Result<Pack> {
-        let pack: Pack =
-            toml::from_str(text).map_err(|e| Error::invalid(format!("rule pack {name}: {}", e.message().trim())))?;
+        let pack: Pack = toml::from_str(text)
+            .map_err(|e| Error::invalid(format!("rule pack {name}: {}", e.message().trim())))?;
         pack.check(name)?;
         Ok(pack)
     }
@@ -138,16 +177,24 @@ impl Pack {
         }
         let s = &self.scope;
         if !s.always && s.categories.is_empty() && s.platforms.is_empty() && !s.virtual_host {
-            return bad("[scope] says nowhere: set always, categories, platforms or virtual_host".into());
+            return bad(
+                "[scope] says nowhere: set always, categories, platforms or virtual_host".into(),
+            );
         }
         for c in &s.categories {
             if !CATEGORIES.contains(&c.as_str()) {
-                return bad(format!("unknown category “{c}” (known: {})", CATEGORIES.join(", ")));
+                return bad(format!(
+                    "unknown category “{c}” (known: {})",
+                    CATEGORIES.join(", ")
+                ));
             }
         }
         for p in &s.platforms {
             if !PLATFORMS.contains(&p.as_str()) {
-                return bad(format!("unknown platform “{p}” (known: {})", PLATFORMS.join(", ")));
+                return bad(format!(
+                    "unknown platform “{p}” (known: {})",
+                    PLATFORMS.join(", ")
+                ));
             }
         }
         for e in &self.exceptions {
@@ -180,11 +227,18 @@ pub type PackProblem = crate::fsutil::FileProblem;
 pub fn load(dir: Option<&Path>) -> (Vec<Pack>, Vec<PackProblem>) {
     let mut packs: Vec<Pack> = Vec::new();
     let mut problems = Vec::new();
-    let builtin = BUILTIN.iter().map(|&(name, text)| Ok((name.to_owned(), text.to_owned())));
-    let user = dir.map(|d| crate::fsutil::read_toml_files(d, 4 << 20, "a rule pack")).unwrap_or_default();
+    let builtin = BUILTIN
+        .iter()
+        .map(|&(name, text)| Ok((name.to_owned(), text.to_owned())));
+    let user = dir
+        .map(|d| crate::fsutil::read_toml_files(d, 4 << 20, "a rule pack"))
+        .unwrap_or_default();
     for file in builtin.chain(user) {
         match file.and_then(|(name, text)| {
-            Pack::parse(&name, &text).map_err(|e| PackProblem { file: name.clone(), message: e.to_string() })
+            Pack::parse(&name, &text).map_err(|e| PackProblem {
+                file: name.clone(),
+                message: e.to_string(),
+            })
         }) {
             Ok(p) => {
                 packs.retain(|q| q.id != p.id);

@@ -41,7 +41,10 @@ pub enum Value {
     Bool(bool),
     String(String),
     /// Arrays are skipped; only their element type and length are kept...
-    Array { item_type: u32, len: u64 },
+    Array {
+        item_type: u32,
+        len: u64,
+    },
     /// ...except the tokenizer's (`tokenizer.ggml.*`), which the tokenizer is built from.
     Strings(Vec<String>),
     Ints(Vec<i64>),
@@ -50,7 +53,11 @@ pub enum Value {
 
 impl Value {
     pub fn as_str(&self) -> Option<&str> {
-        if let Value::String(s) = self { Some(s) } else { None }
+        if let Value::String(s) = self {
+            Some(s)
+        } else {
+            None
+        }
     }
     pub fn as_u64(&self) -> Option<u64> {
         match *self {
@@ -93,7 +100,10 @@ impl Header {
         self.get(key).and_then(Value::as_u64)
     }
     pub fn parameter_count(&self) -> u64 {
-        self.tensors.iter().map(|t| t.dims.iter().product::<u64>()).sum()
+        self.tensors
+            .iter()
+            .map(|t| t.dims.iter().product::<u64>())
+            .sum()
     }
 }
 
@@ -137,7 +147,11 @@ pub fn ggml_type(id: u32) -> Option<(&'static str, u64, u64)> {
 pub fn read_header(path: &Path) -> Result<Header, GgufError> {
     let file = std::fs::File::open(path)?;
     let file_size = file.metadata()?.len();
-    let mut r = Bounded { inner: BufReader::new(file), pos: 0, size: file_size };
+    let mut r = Bounded {
+        inner: BufReader::new(file),
+        pos: 0,
+        size: file_size,
+    };
 
     let mut magic = [0u8; 4];
     r.exact(&mut magic, "the file signature")?;
@@ -154,7 +168,9 @@ pub fn read_header(path: &Path) -> Result<Header, GgufError> {
         return Err(GgufError::Implausible(format!("{tensor_count} tensors")));
     }
     if kv_count > MAX_KVS || kv_count > file_size {
-        return Err(GgufError::Implausible(format!("{kv_count} metadata entries")));
+        return Err(GgufError::Implausible(format!(
+            "{kv_count} metadata entries"
+        )));
     }
 
     let mut metadata = BTreeMap::new();
@@ -171,7 +187,9 @@ pub fn read_header(path: &Path) -> Result<Header, GgufError> {
         let name = r.string("a tensor name")?;
         let n_dims = r.u32("a tensor's dimension count")?;
         if n_dims == 0 || n_dims > MAX_DIMS {
-            return Err(GgufError::Implausible(format!("tensor {name} has {n_dims} dimensions")));
+            return Err(GgufError::Implausible(format!(
+                "tensor {name} has {n_dims} dimensions"
+            )));
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
@@ -179,28 +197,45 @@ pub fn read_header(path: &Path) -> Result<Header, GgufError> {
         }
         let type_id = r.u32("a tensor type")?;
         let offset = r.u64("a tensor offset")?;
-        let elements = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).filter(|&n| n > 0 && n <= file_size * 8);
+        let elements = dims
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .filter(|&n| n > 0 && n <= file_size * 8);
         let Some(elements) = elements else {
-            return Err(GgufError::Implausible(format!("tensor {name} has shape {dims:?}")));
+            return Err(GgufError::Implausible(format!(
+                "tensor {name} has shape {dims:?}"
+            )));
         };
-        let (type_name, block, block_bytes) = ggml_type(type_id)
-            .ok_or_else(|| GgufError::Implausible(format!("tensor {name} has unknown type {type_id}")))?;
+        let (type_name, block, block_bytes) = ggml_type(type_id).ok_or_else(|| {
+            GgufError::Implausible(format!("tensor {name} has unknown type {type_id}"))
+        })?;
         if elements % block != 0 {
             return Err(GgufError::Implausible(format!(
                 "tensor {name}: {elements} elements is not a whole number of {type_name} blocks"
             )));
         }
         let bytes = elements / block * block_bytes;
-        tensors.push(TensorInfo { name, dims, ggml_type: type_id, offset, bytes });
+        tensors.push(TensorInfo {
+            name,
+            dims,
+            ggml_type: type_id,
+            offset,
+            bytes,
+        });
     }
 
-    let alignment = metadata.get("general.alignment").and_then(Value::as_u64).unwrap_or(32);
+    let alignment = metadata
+        .get("general.alignment")
+        .and_then(Value::as_u64)
+        .unwrap_or(32);
     if alignment == 0 || !alignment.is_power_of_two() || alignment > 1 << 16 {
         return Err(GgufError::Implausible(format!("alignment {alignment}")));
     }
     let data_offset = r.pos.div_ceil(alignment) * alignment;
     for t in &tensors {
-        let end = data_offset.checked_add(t.offset).and_then(|s| s.checked_add(t.bytes));
+        let end = data_offset
+            .checked_add(t.offset)
+            .and_then(|s| s.checked_add(t.bytes));
         match end {
             Some(end) if end <= file_size => {}
             _ => {
@@ -208,7 +243,13 @@ pub fn read_header(path: &Path) -> Result<Header, GgufError> {
             }
         }
     }
-    Ok(Header { version, metadata, tensors, data_offset, file_size })
+    Ok(Header {
+        version,
+        metadata,
+        tensors,
+        data_offset,
+        file_size,
+    })
 }
 
 /// A reader that knows how much of the file is left, so no length read from the file can make
@@ -260,12 +301,15 @@ impl<R: Read + Seek> Bounded<R> {
     fn string(&mut self, what: &'static str) -> Result<String, GgufError> {
         let len = self.u64(what)?;
         if len > MAX_STRING || len > self.left() {
-            return Err(GgufError::Implausible(format!("a {len}-byte string in {what}")));
+            return Err(GgufError::Implausible(format!(
+                "a {len}-byte string in {what}"
+            )));
         }
         let mut buf = vec![0u8; len as usize];
         self.exact(&mut buf, what)?;
         // Invalid UTF-8 is kept readable rather than refused: names are informational.
-        Ok(String::from_utf8(buf).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+        Ok(String::from_utf8(buf)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
     }
 
     /// Reads one value. Arrays are skipped unless `keep_arrays`; kept ones are read item by
@@ -285,7 +329,11 @@ impl<R: Read + Seek> Bounded<R> {
             2 | 3 => {
                 self.exact(&mut b8[..2], WHAT)?;
                 let v = u16::from_le_bytes([b8[0], b8[1]]);
-                if value_type == 2 { Value::Uint(v as u64) } else { Value::Int(v as i16 as i64) }
+                if value_type == 2 {
+                    Value::Uint(v as u64)
+                } else {
+                    Value::Int(v as i16 as i64)
+                }
             }
             4 | 5 | 6 => {
                 self.exact(&mut b8[..4], WHAT)?;
@@ -318,9 +366,34 @@ impl<R: Read + Seek> Bounded<R> {
                         items.push(self.value(item_type, false)?);
                     }
                     return Ok(match item_type {
-                        8 => Value::Strings(items.into_iter().map(|v| if let Value::String(s) = v { s } else { String::new() }).collect()),
-                        6 | 12 => Value::Floats(items.into_iter().map(|v| if let Value::Float(f) = v { f } else { 0.0 }).collect()),
-                        _ => Value::Ints(items.into_iter().map(|v| match v { Value::Int(i) => i, Value::Uint(u) => u as i64, _ => 0 }).collect()),
+                        8 => Value::Strings(
+                            items
+                                .into_iter()
+                                .map(|v| {
+                                    if let Value::String(s) = v {
+                                        s
+                                    } else {
+                                        String::new()
+                                    }
+                                })
+                                .collect(),
+                        ),
+                        6 | 12 => Value::Floats(
+                            items
+                                .into_iter()
+                                .map(|v| if let Value::Float(f) = v { f } else { 0.0 })
+                                .collect(),
+                        ),
+                        _ => Value::Ints(
+                            items
+                                .into_iter()
+                                .map(|v| match v {
+                                    Value::Int(i) => i,
+                                    Value::Uint(u) => u as i64,
+                                    _ => 0,
+                                })
+                                .collect(),
+                        ),
                     });
                 }
                 let fixed = match item_type {
@@ -336,16 +409,26 @@ impl<R: Read + Seek> Bounded<R> {
                         for _ in 0..len {
                             let n = self.u64(WHAT)?;
                             if n > MAX_STRING {
-                                return Err(GgufError::Implausible(format!("a {n}-byte string in an array")));
+                                return Err(GgufError::Implausible(format!(
+                                    "a {n}-byte string in an array"
+                                )));
                             }
                             self.skip(n, WHAT)?;
                         }
                     }
-                    None => return Err(GgufError::Implausible(format!("array of value type {item_type}"))),
+                    None => {
+                        return Err(GgufError::Implausible(format!(
+                            "array of value type {item_type}"
+                        )));
+                    }
                 }
                 Value::Array { item_type, len }
             }
-            other => return Err(GgufError::Implausible(format!("metadata value type {other}"))),
+            other => {
+                return Err(GgufError::Implausible(format!(
+                    "metadata value type {other}"
+                )));
+            }
         })
     }
 }

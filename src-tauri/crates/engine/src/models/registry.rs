@@ -13,8 +13,10 @@ use crate::fsutil::write_atomic_with;
 /// Architectures the local text engine runs.
 pub const SUPPORTED_ARCHITECTURES: [&str; 3] = ["llama", "qwen2", "qwen3"];
 /// Tensor types candle can load (the IQ* families it cannot).
-const LOADABLE_TYPES: [&str; 15] =
-    ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K"];
+const LOADABLE_TYPES: [&str; 15] = [
+    "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K", "Q3_K", "Q4_K",
+    "Q5_K", "Q6_K", "Q8_K",
+];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelInfo {
@@ -58,7 +60,10 @@ fn read_header(path: &Path) -> Result<Header> {
 }
 
 fn info_from(path: &Path, h: &Header) -> ModelInfo {
-    let architecture = h.str("general.architecture").unwrap_or("unknown").to_owned();
+    let architecture = h
+        .str("general.architecture")
+        .unwrap_or("unknown")
+        .to_owned();
     let mut tensor_types = BTreeMap::new();
     let mut matrix_types: BTreeMap<&str, u64> = BTreeMap::new();
     for t in &h.tensors {
@@ -68,23 +73,37 @@ fn info_from(path: &Path, h: &Header) -> ModelInfo {
             *matrix_types.entry(name).or_insert(0) += t.dims.iter().product::<u64>();
         }
     }
-    let quantization = matrix_types.iter().max_by_key(|(_, n)| **n).map_or("F32", |(t, _)| t).to_owned();
+    let quantization = matrix_types
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map_or("F32", |(t, _)| t)
+        .to_owned();
     let unsupported = if !SUPPORTED_ARCHITECTURES.contains(&architecture.as_str()) {
         Some(format!(
             "architecture “{architecture}” is not supported by the local engine (supported: {})",
             SUPPORTED_ARCHITECTURES.join(", ")
         ))
-    } else if let Some(bad) = tensor_types.keys().find(|t| !LOADABLE_TYPES.contains(&t.as_str())) {
-        Some(format!("tensor type {bad} cannot be loaded by the local engine; use a Q4_K_M, Q5_K_M, Q8_0 or F16 file"))
+    } else if let Some(bad) = tensor_types
+        .keys()
+        .find(|t| !LOADABLE_TYPES.contains(&t.as_str()))
+    {
+        Some(format!(
+            "tensor type {bad} cannot be loaded by the local engine; use a Q4_K_M, Q5_K_M, Q8_0 or F16 file"
+        ))
     } else {
         None
     };
-    let tokenizer = h.str("tokenizer.ggml.model").map(|m| match h.str("tokenizer.ggml.pre") {
-        Some(pre) => format!("{m}/{pre}"),
-        None => m.to_owned(),
-    });
-    let repacked_on_cpu =
-        tensor_types.keys().filter(|t| matches!(t.as_str(), "Q4_1" | "Q5_0" | "Q5_1")).cloned().collect();
+    let tokenizer = h
+        .str("tokenizer.ggml.model")
+        .map(|m| match h.str("tokenizer.ggml.pre") {
+            Some(pre) => format!("{m}/{pre}"),
+            None => m.to_owned(),
+        });
+    let repacked_on_cpu = tensor_types
+        .keys()
+        .filter(|t| matches!(t.as_str(), "Q4_1" | "Q5_0" | "Q5_1"))
+        .cloned()
+        .collect();
     ModelInfo {
         repacked_on_cpu,
         id: model_id(path),
@@ -104,7 +123,9 @@ fn info_from(path: &Path, h: &Header) -> ModelInfo {
 }
 
 pub fn model_id(path: &Path) -> String {
-    path.file_stem().map(|s| s.to_string_lossy().to_lowercase()).unwrap_or_default()
+    path.file_stem()
+        .map(|s| s.to_string_lossy().to_lowercase())
+        .unwrap_or_default()
 }
 
 /// Every `.gguf` file in `dir`, sorted by id.
@@ -116,11 +137,19 @@ pub fn list(dir: &Path) -> Result<Vec<ModelEntry>> {
     };
     let mut entries = Vec::new();
     for entry in read {
-        let path = entry.map_err(|e| Error::io(format!("cannot read {}", dir.display()), e))?.path();
-        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        let path = entry
+            .map_err(|e| Error::io(format!("cannot read {}", dir.display()), e))?
+            .path();
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
             entries.push(match describe(&path) {
                 Ok(info) => ModelEntry::Ok(info),
-                Err(e) => ModelEntry::Broken { file: path, error: e.to_string() },
+                Err(e) => ModelEntry::Broken {
+                    file: path,
+                    error: e.to_string(),
+                },
             });
         }
     }
@@ -135,8 +164,13 @@ pub fn list(dir: &Path) -> Result<Vec<ModelEntry>> {
 /// nothing behind). An existing model of the same file name is not overwritten.
 pub fn import(dir: &Path, src: &Path) -> Result<ModelInfo> {
     let header = read_header(src)?;
-    let name = src.file_name().ok_or_else(|| Error::invalid(format!("{} is not a file", src.display())))?;
-    let name = if Path::new(name).extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+    let name = src
+        .file_name()
+        .ok_or_else(|| Error::invalid(format!("{} is not a file", src.display())))?;
+    let name = if Path::new(name)
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
         PathBuf::from(name)
     } else {
         PathBuf::from(format!("{}.gguf", name.to_string_lossy()))
@@ -148,7 +182,8 @@ pub fn import(dir: &Path, src: &Path) -> Result<ModelInfo> {
             name.display()
         )));
     }
-    let mut from = std::fs::File::open(src).map_err(|e| Error::io(format!("cannot open {}", src.display()), e))?;
+    let mut from = std::fs::File::open(src)
+        .map_err(|e| Error::io(format!("cannot open {}", src.display()), e))?;
     write_atomic_with(&target, |to| std::io::copy(&mut from, to).map(|_| ()))?;
     Ok(info_from(&target, &header))
 }
@@ -161,7 +196,8 @@ pub fn remove(dir: &Path, id: &str) -> Result<PathBuf> {
             ModelEntry::Broken { file, .. } => file,
         };
         if model_id(&file) == id {
-            std::fs::remove_file(&file).map_err(|e| Error::io(format!("cannot remove {}", file.display()), e))?;
+            std::fs::remove_file(&file)
+                .map_err(|e| Error::io(format!("cannot remove {}", file.display()), e))?;
             return Ok(file);
         }
     }

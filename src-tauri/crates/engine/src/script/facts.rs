@@ -41,7 +41,13 @@ fn half_width(s: &str) -> String {
 
 /// The value of a Chinese numeral like 三、十五、两百、一万二 (small and simple forms).
 fn chinese_value(s: &str) -> Option<f64> {
-    let digit = |c: char| "零一二三四五六七八九".chars().position(|d| d == c).map(|d| d as f64).or((c == '两').then_some(2.0));
+    let digit = |c: char| {
+        "零一二三四五六七八九"
+            .chars()
+            .position(|d| d == c)
+            .map(|d| d as f64)
+            .or((c == '两').then_some(2.0))
+    };
     let (int, frac) = s.split_once('点').unwrap_or((s, ""));
     let mut total = 0.0;
     let mut section = 0.0;
@@ -68,7 +74,10 @@ fn chinese_value(s: &str) -> Option<f64> {
     }
     let mut v = total + section + current.unwrap_or(0.0);
     if !frac.is_empty() {
-        let digits: String = frac.chars().filter_map(|c| digit(c).map(|d| char::from(b'0' + d as u8))).collect();
+        let digits: String = frac
+            .chars()
+            .filter_map(|c| digit(c).map(|d| char::from(b'0' + d as u8)))
+            .collect();
         v += format!("0.{digits}").parse::<f64>().ok()?;
     }
     Some(v)
@@ -99,7 +108,8 @@ fn unit_of(u: &str) -> String {
 }
 
 static CHINESE_ANY: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"[零一二两三四五六七八九十百千万]+(?:点[零一二三四五六七八九]+)?").expect("numerals")
+    Regex::new(r"[零一二两三四五六七八九十百千万]+(?:点[零一二三四五六七八九]+)?")
+        .expect("numerals")
 });
 
 impl KnownNumbers {
@@ -108,10 +118,14 @@ impl KnownNumbers {
         for f in facts {
             for m in ARABIC.captures_iter(f) {
                 let number = half_width(m.get(0).map_or("", |x| x.as_str()));
-                let digits: String = number.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+                let digits: String = number
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit() || *c == '.')
+                    .collect();
                 if let Ok(v) = digits.parse::<f64>() {
                     k.values.insert(key(v));
-                    k.with_unit.insert((key(v), unit_of(m.get(1).map_or("", |u| u.as_str()))));
+                    k.with_unit
+                        .insert((key(v), unit_of(m.get(1).map_or("", |u| u.as_str()))));
                 }
             }
             for m in CHINESE.captures_iter(f) {
@@ -137,7 +151,8 @@ impl KnownNumbers {
         if unit.is_empty() {
             return self.values.contains(&key(v));
         }
-        self.with_unit.contains(&(key(v), unit_of(unit))) || self.with_unit.contains(&(key(v), String::new()))
+        self.with_unit.contains(&(key(v), unit_of(unit)))
+            || self.with_unit.contains(&(key(v), String::new()))
     }
 
     /// The fact-like numbers in `line` that the facts do not contain.
@@ -147,13 +162,22 @@ impl KnownNumbers {
         for m in ARABIC.captures_iter(line) {
             let whole = m.get(0).expect("match");
             let number = half_width(whole.as_str());
-            let digits: String = number.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+            let digits: String = number
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
             let unit = m.get(1).map_or("", |u| u.as_str());
-            let fact_like = digits.chars().filter(char::is_ascii_digit).count() >= 2 || digits.contains('.') || !unit.trim().is_empty();
+            let fact_like = digits.chars().filter(char::is_ascii_digit).count() >= 2
+                || digits.contains('.')
+                || !unit.trim().is_empty();
             let known = digits.parse::<f64>().is_ok_and(|v| self.knows(v, unit));
             if fact_like && !known {
                 let text = whole.as_str().trim_end();
-                out.push(UnknownNumber { text: text.to_owned(), start_utf16: utf16(whole.start()), end_utf16: utf16(whole.start()) + text.encode_utf16().count() });
+                out.push(UnknownNumber {
+                    text: text.to_owned(),
+                    start_utf16: utf16(whole.start()),
+                    end_utf16: utf16(whole.start()) + text.encode_utf16().count(),
+                });
             }
         }
         for m in CHINESE.captures_iter(line) {
@@ -164,7 +188,11 @@ impl KnownNumbers {
                 // 一件、一天: “one” is rarely a claim.
                 && v != 1.0
             {
-                out.push(UnknownNumber { text: whole.as_str().to_owned(), start_utf16: utf16(whole.start()), end_utf16: utf16(whole.end()) });
+                out.push(UnknownNumber {
+                    text: whole.as_str().to_owned(),
+                    start_utf16: utf16(whole.start()),
+                    end_utf16: utf16(whole.end()),
+                });
             }
         }
         out.sort_by_key(|u| u.start_utf16);
@@ -177,25 +205,44 @@ mod tests {
     use super::*;
 
     fn known() -> KnownNumbers {
-        KnownNumbers::from_facts(["日常价：199 元（依据：前 7 日最低成交价）", "直播价：129 元", "库存：500 件", "链接：3 号链接", "保温十二小时", "证书：QS 2024-0871"])
+        KnownNumbers::from_facts([
+            "日常价：199 元（依据：前 7 日最低成交价）",
+            "直播价：129 元",
+            "库存：500 件",
+            "链接：3 号链接",
+            "保温十二小时",
+            "证书：QS 2024-0871",
+        ])
     }
 
     #[test]
     fn numbers_from_the_facts_pass_and_invented_ones_are_flagged() {
         let k = known();
-        assert!(k.unknown_in("日常价 199，今天直播间只要 129 元！").is_empty());
+        assert!(
+            k.unknown_in("日常价 199，今天直播间只要 129 元！")
+                .is_empty()
+        );
         assert!(k.unknown_in("库存就 500 件，3 号链接！").is_empty());
-        assert!(k.unknown_in("保温 12 小时").is_empty(), "十二 in the facts is 12");
+        assert!(
+            k.unknown_in("保温 12 小时").is_empty(),
+            "十二 in the facts is 12"
+        );
         assert!(k.unknown_in("证书编号 2024-0871").is_empty());
         let u = k.unknown_in("原价 399，现在 99 元，销量 10 万+，好评率 98%");
-        assert_eq!(u.iter().map(|x| x.text.as_str()).collect::<Vec<_>>(), ["399", "99 元", "10 万", "98%"]);
+        assert_eq!(
+            u.iter().map(|x| x.text.as_str()).collect::<Vec<_>>(),
+            ["399", "99 元", "10 万", "98%"]
+        );
     }
 
     #[test]
     fn chinese_numerals_with_units_are_checked() {
         let k = known();
         let u = k.unknown_in("我自己用了三年，打五折");
-        assert_eq!(u.iter().map(|x| x.text.as_str()).collect::<Vec<_>>(), ["三年", "五折"]);
+        assert_eq!(
+            u.iter().map(|x| x.text.as_str()).collect::<Vec<_>>(),
+            ["三年", "五折"]
+        );
         assert!(k.unknown_in("保温十二小时").is_empty());
         assert_eq!(chinese_value("两百"), Some(200.0));
         assert_eq!(chinese_value("一万二千"), Some(12_000.0));
@@ -217,7 +264,10 @@ mod tests {
         let u = k.unknown_in(line);
         assert_eq!(u.len(), 1);
         let units: Vec<u16> = line.encode_utf16().collect();
-        assert_eq!(String::from_utf16(&units[u[0].start_utf16..u[0].end_utf16]).unwrap(), "８８元");
+        assert_eq!(
+            String::from_utf16(&units[u[0].start_utf16..u[0].end_utf16]).unwrap(),
+            "８８元"
+        );
         assert!(k.unknown_in("只要１２９元").is_empty());
     }
 }

@@ -76,15 +76,22 @@ impl Product {
             let s = s.trim().to_owned();
             let n = s.chars().count();
             if n > MAX_FIELD_CHARS {
-                return Err(Error::invalid(format!("{what} is {n} characters; at most {MAX_FIELD_CHARS}")));
+                return Err(Error::invalid(format!(
+                    "{what} is {n} characters; at most {MAX_FIELD_CHARS}"
+                )));
             }
             Ok(s)
         };
         let list = |what: &str, v: &[String]| -> Result<Vec<String>> {
-            let items = v.iter().map(|s| text(what, s)).collect::<Result<Vec<_>>>()?;
+            let items = v
+                .iter()
+                .map(|s| text(what, s))
+                .collect::<Result<Vec<_>>>()?;
             let items: Vec<String> = items.into_iter().filter(|s| !s.is_empty()).collect();
             if items.len() > MAX_LIST_ITEMS {
-                return Err(Error::invalid(format!("{what}: at most {MAX_LIST_ITEMS} entries")));
+                return Err(Error::invalid(format!(
+                    "{what}: at most {MAX_LIST_ITEMS} entries"
+                )));
             }
             Ok(items)
         };
@@ -104,7 +111,9 @@ impl Product {
                 })
                 .collect::<Result<Vec<_>>>()?
                 .into_iter()
-                .filter(|sp| !(sp.feature.is_empty() && sp.advantage.is_empty() && sp.benefit.is_empty()))
+                .filter(|sp| {
+                    !(sp.feature.is_empty() && sp.advantage.is_empty() && sp.benefit.is_empty())
+                })
                 .collect(),
             audience: text("the audience", &self.audience)?,
             scenarios: list("scenarios", &self.scenarios)?,
@@ -118,7 +127,12 @@ impl Product {
             faq: self
                 .faq
                 .iter()
-                .map(|f| Ok(Faq { question: text("an FAQ question", &f.question)?, answer: text("an FAQ answer", &f.answer)? }))
+                .map(|f| {
+                    Ok(Faq {
+                        question: text("an FAQ question", &f.question)?,
+                        answer: text("an FAQ answer", &f.answer)?,
+                    })
+                })
                 .collect::<Result<Vec<_>>>()?
                 .into_iter()
                 .filter(|f| !f.question.is_empty())
@@ -148,7 +162,9 @@ impl Product {
         if self.name.is_empty() {
             return Err(Error::invalid("the product needs a name"));
         }
-        if !self.category.is_empty() && !crate::compliance::pack::CATEGORIES.contains(&self.category.as_str()) {
+        if !self.category.is_empty()
+            && !crate::compliance::pack::CATEGORIES.contains(&self.category.as_str())
+        {
             return Err(Error::invalid(format!(
                 "unknown product category “{}” (known: {})",
                 self.category,
@@ -161,11 +177,16 @@ impl Product {
                 self.selling_points.len()
             )));
         }
-        for (what, price) in [("the daily price", self.daily_price), ("the live price", self.live_price)] {
+        for (what, price) in [
+            ("the daily price", self.daily_price),
+            ("the live price", self.live_price),
+        ] {
             if let Some(p) = price
                 && !(p.is_finite() && p > 0.0 && p < 10_000_000.0)
             {
-                return Err(Error::invalid(format!("{what} must be a positive amount in yuan")));
+                return Err(Error::invalid(format!(
+                    "{what} must be a positive amount in yuan"
+                )));
             }
         }
         if let (Some(daily), Some(live)) = (self.daily_price, self.live_price)
@@ -177,8 +198,14 @@ impl Product {
                 "comparing the daily price with the live price needs its basis (e.g. 前 7 日最低成交价): fill in the price basis",
             ));
         }
-        if self.certificates.iter().any(|c| !c.name.is_empty() && c.number.is_empty()) {
-            return Err(Error::invalid("a certificate needs its number (a claim of certification must be verifiable)"));
+        if self
+            .certificates
+            .iter()
+            .any(|c| !c.name.is_empty() && c.number.is_empty())
+        {
+            return Err(Error::invalid(
+                "a certificate needs its number (a claim of certification must be verifiable)",
+            ));
         }
         Ok(())
     }
@@ -189,7 +216,11 @@ impl Product {
         let mut out = vec![format!("商品：{}", self.name)];
         for (i, sp) in self.selling_points.iter().enumerate() {
             let mut line = format!("卖点{}：{}", i + 1, sp.feature);
-            for (label, v) in [("优势", &sp.advantage), ("利益", &sp.benefit), ("依据", &sp.proof)] {
+            for (label, v) in [
+                ("优势", &sp.advantage),
+                ("利益", &sp.benefit),
+                ("依据", &sp.proof),
+            ] {
                 if !v.is_empty() {
                     line.push_str(&format!("；{label}：{v}"));
                 }
@@ -203,7 +234,11 @@ impl Product {
             out.push(format!("场景：{}", self.scenarios.join("、")));
         }
         if let Some(p) = self.daily_price {
-            out.push(format!("日常价：{} 元（依据：{}）", price(p), self.price_basis));
+            out.push(format!(
+                "日常价：{} 元（依据：{}）",
+                price(p),
+                self.price_basis
+            ));
         }
         if let Some(p) = self.live_price {
             out.push(format!("直播价：{} 元", price(p)));
@@ -221,7 +256,11 @@ impl Product {
             out.push(format!("规格：{}", self.specs.join("；")));
         }
         for c in &self.certificates {
-            out.push(format!("证书：{} {} {}", c.name, c.number, c.issuer).trim_end().to_owned());
+            out.push(
+                format!("证书：{} {} {}", c.name, c.number, c.issuer)
+                    .trim_end()
+                    .to_owned(),
+            );
         }
         for f in &self.brand_facts {
             out.push(format!("品牌：{f}"));
@@ -233,9 +272,81 @@ impl Product {
     }
 }
 
+impl Product {
+    /// The facts with English labels, for an English script's prompt.
+    pub fn fact_lines_en(&self) -> Vec<String> {
+        let mut out = vec![format!("Product: {}", self.name)];
+        for (i, sp) in self.selling_points.iter().enumerate() {
+            let mut line = format!("Selling point {}: {}", i + 1, sp.feature);
+            for (label, v) in [
+                ("advantage", &sp.advantage),
+                ("benefit", &sp.benefit),
+                ("proof", &sp.proof),
+            ] {
+                if !v.is_empty() {
+                    line.push_str(&format!("; {label}: {v}"));
+                }
+            }
+            out.push(line);
+        }
+        let mut push = |label: &str, v: String| {
+            if !v.is_empty() {
+                out.push(format!("{label}: {v}"));
+            }
+        };
+        push("Audience", self.audience.clone());
+        push("Scenarios", self.scenarios.join(", "));
+        push(
+            "Regular price",
+            self.daily_price
+                .map(|p| format!("{} yuan (basis: {})", price(p), self.price_basis))
+                .unwrap_or_default(),
+        );
+        push(
+            "Live price",
+            self.live_price
+                .map(|p| format!("{} yuan", price(p)))
+                .unwrap_or_default(),
+        );
+        push("Offer", self.mechanism.join("; "));
+        push(
+            "Stock",
+            self.stock
+                .map(|s| format!("{s} pieces"))
+                .unwrap_or_default(),
+        );
+        push(
+            "Link",
+            self.link_no
+                .map(|l| format!("link number {l}"))
+                .unwrap_or_default(),
+        );
+        push("Specs", self.specs.join("; "));
+        for c in &self.certificates {
+            push(
+                "Certificate",
+                format!("{} {} {}", c.name, c.number, c.issuer)
+                    .trim_end()
+                    .to_owned(),
+            );
+        }
+        for f in &self.brand_facts {
+            push("Brand", f.clone());
+        }
+        for f in &self.faq {
+            push("Q", format!("{} A: {}", f.question, f.answer));
+        }
+        out
+    }
+}
+
 /// A price without a trailing “.0”.
 pub fn price(p: f64) -> String {
-    if p.fract() == 0.0 { format!("{p:.0}") } else { format!("{p}") }
+    if p.fract() == 0.0 {
+        format!("{p:.0}")
+    } else {
+        format!("{p}")
+    }
 }
 
 /// How the show is run.
@@ -253,6 +364,8 @@ pub struct ShowSettings {
     pub tempo: Tempo,
     /// Overrides the tempo preset (characters per minute).
     pub chars_per_min: Option<f64>,
+    /// The language the host speaks: `zh` (default) or `en`.
+    pub language: String,
 }
 
 impl Default for ShowSettings {
@@ -266,14 +379,32 @@ impl Default for ShowSettings {
             virtual_host: false,
             tempo: Tempo::Standard,
             chars_per_min: None,
+            language: "zh".into(),
         }
     }
 }
 
 impl ShowSettings {
     pub fn validate(&self) -> Result<()> {
+        if !matches!(self.language.as_str(), "zh" | "en") {
+            return Err(Error::invalid(format!(
+                "the script language must be zh or en, not “{}”",
+                self.language
+            )));
+        }
+        if self.host_name.chars().count() > 40
+            || self.host_style.chars().count() > 200
+            || self.catch_phrases.len() > 10
+        {
+            return Err(Error::invalid(
+                "the host persona is too long (name ≤ 40, style ≤ 200 characters, ≤ 10 catch phrases)",
+            ));
+        }
         if !(1..=15).contains(&self.slot_min) {
-            return Err(Error::invalid(format!("the slot is {} minutes; it must be 1 to 15", self.slot_min)));
+            return Err(Error::invalid(format!(
+                "the slot is {} minutes; it must be 1 to 15",
+                self.slot_min
+            )));
         }
         if let Some(r) = self.chars_per_min
             && !(MIN_CHARS_PER_MIN..=MAX_CHARS_PER_MIN).contains(&r)
@@ -322,7 +453,11 @@ mod tests {
         let n = p.normalized().unwrap();
         assert_eq!(n.scenarios, ["通勤"]);
         let facts = n.fact_lines().join("\n");
-        assert!(facts.contains("日常价：199 元（依据：前 7 日最低成交价）") && facts.contains("3 号链接"), "{facts}");
+        assert!(
+            facts.contains("日常价：199 元（依据：前 7 日最低成交价）")
+                && facts.contains("3 号链接"),
+            "{facts}"
+        );
     }
 
     #[test]
@@ -331,12 +466,23 @@ mod tests {
         let cases: Vec<(Change, &str)> = vec![
             (Box::new(|p| p.name = " ".into()), "name"),
             (Box::new(|p| p.selling_points.clear()), "selling points"),
-            (Box::new(|p| p.selling_points = vec![p.selling_points[0].clone(); 4]), "selling points"),
+            (
+                Box::new(|p| p.selling_points = vec![p.selling_points[0].clone(); 4]),
+                "selling points",
+            ),
             (Box::new(|p| p.price_basis.clear()), "basis"),
             (Box::new(|p| p.live_price = Some(-1.0)), "positive"),
             (Box::new(|p| p.daily_price = Some(f64::NAN)), "positive"),
             (Box::new(|p| p.category = "weapons".into()), "category"),
-            (Box::new(|p| p.certificates = vec![Certificate { name: "有机认证".into(), ..Default::default() }]), "number"),
+            (
+                Box::new(|p| {
+                    p.certificates = vec![Certificate {
+                        name: "有机认证".into(),
+                        ..Default::default()
+                    }]
+                }),
+                "number",
+            ),
             (Box::new(|p| p.audience = "人".repeat(501)), "501"),
         ];
         for (change, needle) in cases {
@@ -344,7 +490,10 @@ mod tests {
             change(&mut p);
             let e = p.normalized().unwrap_err();
             assert_eq!(e.kind(), "invalid_input");
-            assert!(e.to_string().contains(needle), "{e} should mention {needle}");
+            assert!(
+                e.to_string().contains(needle),
+                "{e} should mention {needle}"
+            );
         }
         // Same daily and live price: nothing is compared, no basis needed.
         let mut p = sample();
@@ -357,8 +506,29 @@ mod tests {
     fn show_settings_are_checked() {
         assert!(ShowSettings::default().validate().is_ok());
         assert_eq!(ShowSettings::default().rate(), 220.0);
-        assert!(ShowSettings { slot_min: 0, ..Default::default() }.validate().is_err());
-        assert!(ShowSettings { slot_min: 16, ..Default::default() }.validate().is_err());
-        assert!(ShowSettings { chars_per_min: Some(20.0), ..Default::default() }.validate().is_err());
+        assert!(
+            ShowSettings {
+                slot_min: 0,
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            ShowSettings {
+                slot_min: 16,
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            ShowSettings {
+                chars_per_min: Some(20.0),
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
+        );
     }
 }

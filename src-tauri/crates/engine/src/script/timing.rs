@@ -42,9 +42,11 @@ const LINE_BREAK: f64 = 0.6;
 const WORD_UNITS: f64 = 1.5;
 
 static PAUSE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)[\[【]\s*(?:停顿|停|pause)\s*([0-9]+(?:\.[0-9]+)?)\s*(?:s|秒)?\s*[\]】]").expect("pause pattern")
+    Regex::new(r"(?i)[\[【]\s*(?:停顿|停|pause)\s*([0-9]+(?:\.[0-9]+)?)\s*(?:s|秒)?\s*[\]】]")
+        .expect("pause pattern")
 });
-static MARKUP: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"【[^】]*】|\[[^\]]*\]").expect("markup pattern"));
+static MARKUP: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"【[^】]*】|\[[^\]]*\]").expect("markup pattern"));
 
 fn is_cjk(c: char) -> bool {
     matches!(c as u32, 0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xF900..=0xFAFF | 0x20000..=0x2FA1F)
@@ -74,7 +76,8 @@ impl Spoken {
         let mut in_word = false;
         for line in text.trim().split('\n') {
             for c in line.chars() {
-                let word_char = c.is_ascii_alphanumeric() || (in_word && matches!(c, '.' | '\'' | '-' | '%'));
+                let word_char =
+                    c.is_ascii_alphanumeric() || (in_word && matches!(c, '.' | '\'' | '-' | '%'));
                 if word_char {
                     if !in_word {
                         s.words += 1;
@@ -93,7 +96,12 @@ impl Spoken {
             }
             in_word = false;
         }
-        s.line_breaks = text.trim().split('\n').filter(|l| !l.trim().is_empty()).count().saturating_sub(1);
+        s.line_breaks = text
+            .trim()
+            .split('\n')
+            .filter(|l| !l.trim().is_empty())
+            .count()
+            .saturating_sub(1);
         s
     }
 
@@ -128,7 +136,10 @@ mod tests {
         let t = "这款保温杯真的很适合冬天带去上班的朋友们用啊";
         assert_eq!(Spoken::of(t).cjk, 22);
         assert!(close(estimate_secs(t, 220.0), 6.0));
-        assert!(close(estimate_secs(t, Tempo::Push.chars_per_min()), 22.0 / 4.5));
+        assert!(close(
+            estimate_secs(t, Tempo::Push.chars_per_min()),
+            22.0 / 4.5
+        ));
     }
 
     #[test]
@@ -143,10 +154,17 @@ mod tests {
     #[test]
     fn punctuation_line_breaks_and_marked_pauses_add_time() {
         let s = Spoken::of("好，来！\n[停顿2s]看这里。【中控：改价】");
-        assert_eq!((s.cjk, s.short_pauses, s.long_pauses, s.line_breaks), (5, 1, 2, 1));
+        assert_eq!(
+            (s.cjk, s.short_pauses, s.long_pauses, s.line_breaks),
+            (5, 1, 2, 1)
+        );
         assert!(close(s.marked_pause_secs, 2.0));
         let expected = 5.0 / (240.0 / 60.0) + 0.15 + 2.0 * 0.35 + 0.6 + 2.0;
-        assert!(close(s.secs(240.0), expected), "{} vs {expected}", s.secs(240.0));
+        assert!(
+            close(s.secs(240.0), expected),
+            "{} vs {expected}",
+            s.secs(240.0)
+        );
         assert!(close(estimate_secs("[pause 1.5s]", 220.0), 1.5));
     }
 

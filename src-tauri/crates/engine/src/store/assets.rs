@@ -60,13 +60,21 @@ fn extension_for(mime: &str) -> Result<&'static str> {
 impl Store {
     /// Saves `bytes` under `<home>/assets/` and records it. Images are decoded just far enough
     /// to read their size; bytes that claim to be an image but are not are refused.
-    pub fn add_asset(&self, home_root: &Path, project_id: Option<i64>, mime: &str, bytes: &[u8]) -> Result<Asset> {
+    pub fn add_asset(
+        &self,
+        home_root: &Path,
+        project_id: Option<i64>,
+        mime: &str,
+        bytes: &[u8],
+    ) -> Result<Asset> {
         let ext = extension_for(mime)?;
         let (width, height) = if mime.starts_with("image/") {
             let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
                 .with_guessed_format()
                 .map_err(|e| Error::invalid(format!("unreadable image: {e}")))?;
-            let (w, h) = reader.into_dimensions().map_err(|e| Error::invalid(format!("unreadable image: {e}")))?;
+            let (w, h) = reader
+                .into_dimensions()
+                .map_err(|e| Error::invalid(format!("unreadable image: {e}")))?;
             (Some(w as i64), Some(h as i64))
         } else {
             (None, None)
@@ -83,13 +91,21 @@ impl Store {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(path) DO NOTHING",
             params![project_id, rel, sha, mime, bytes.len() as i64, width, height, now_ms()],
         )?;
-        let asset = conn.query_row(&format!("SELECT {COLUMNS} FROM assets WHERE path = ?1"), [&rel], from_row)?;
+        let asset = conn.query_row(
+            &format!("SELECT {COLUMNS} FROM assets WHERE path = ?1"),
+            [&rel],
+            from_row,
+        )?;
         Ok(asset)
     }
 
     pub fn asset(&self, id: i64) -> Result<Asset> {
         self.conn()
-            .query_row(&format!("SELECT {COLUMNS} FROM assets WHERE id = ?1"), [id], from_row)
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM assets WHERE id = ?1"),
+                [id],
+                from_row,
+            )
             .optional()?
             .ok_or(Error::NotFound { what: "asset", id })
     }

@@ -26,7 +26,11 @@ pub(crate) fn answers(term: &str) -> bool {
 
 /// The FTS5 expression for a short word: `"口红"` or `"口"*`.
 pub(crate) fn match_expr(term: &str) -> String {
-    if term.chars().count() == 1 { format!("\"{term}\"*") } else { format!("\"{term}\"") }
+    if term.chars().count() == 1 {
+        format!("\"{term}\"*")
+    } else {
+        format!("\"{term}\"")
+    }
 }
 
 pub(crate) fn tokens(text: &str) -> String {

@@ -85,7 +85,8 @@ pub struct NewVersion<'a> {
     pub note: &'a str,
 }
 
-const DOC_COLUMNS: &str = "d.id, d.project_id, d.kind, d.title, d.template_id, d.starred, d.created_at,
+const DOC_COLUMNS: &str =
+    "d.id, d.project_id, d.kind, d.title, d.template_id, d.starred, d.created_at,
     d.updated_at, (SELECT count(*) FROM document_versions v WHERE v.document_id = d.id)";
 
 fn doc_from_row(r: &Row<'_>) -> rusqlite::Result<Document> {
@@ -93,7 +94,11 @@ fn doc_from_row(r: &Row<'_>) -> rusqlite::Result<Document> {
     Ok(Document {
         id: r.get(0)?,
         project_id: r.get(1)?,
-        kind: if kind == "script" { DocumentKind::Script } else { DocumentKind::Copy },
+        kind: if kind == "script" {
+            DocumentKind::Script
+        } else {
+            DocumentKind::Copy
+        },
         title: r.get(3)?,
         template_id: r.get(4)?,
         starred: r.get(5)?,
@@ -117,7 +122,8 @@ fn version_from_row(r: &Row<'_>) -> rusqlite::Result<DocumentVersion> {
     })
 }
 
-const VERSION_COLUMNS: &str = "id, document_id, number, body, source, generation_id, note, created_at";
+const VERSION_COLUMNS: &str =
+    "id, document_id, number, body, source, generation_id, note, created_at";
 
 impl Store {
     pub fn create_document(
@@ -130,7 +136,9 @@ impl Store {
         self.ensure_live_project(project_id)?;
         let title = title.trim();
         if title.chars().count() > 200 {
-            return Err(Error::invalid("a document title may be at most 200 characters"));
+            return Err(Error::invalid(
+                "a document title may be at most 200 characters",
+            ));
         }
         let now = now_ms();
         let id = {
@@ -147,9 +155,16 @@ impl Store {
 
     pub fn document(&self, id: i64) -> Result<Document> {
         self.conn()
-            .query_row(&format!("SELECT {DOC_COLUMNS} FROM documents d WHERE d.id = ?1"), [id], doc_from_row)
+            .query_row(
+                &format!("SELECT {DOC_COLUMNS} FROM documents d WHERE d.id = ?1"),
+                [id],
+                doc_from_row,
+            )
             .optional()?
-            .ok_or(Error::NotFound { what: "document", id })
+            .ok_or(Error::NotFound {
+                what: "document",
+                id,
+            })
     }
 
     /// A project's documents of one kind, starred first, then most recently changed.
@@ -159,15 +174,23 @@ impl Store {
             "SELECT {DOC_COLUMNS} FROM documents d WHERE d.project_id = ?1 AND d.kind = ?2
              ORDER BY d.starred DESC, d.updated_at DESC, d.id DESC"
         ))?;
-        let rows = stmt.query_map(params![project_id, kind.as_str()], doc_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        let rows = stmt
+            .query_map(params![project_id, kind.as_str()], doc_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
 
     /// Stars or unstars a document (starred ones list first).
     pub fn set_document_starred(&self, id: i64, starred: bool) -> Result<Document> {
-        let n = self.conn().execute("UPDATE documents SET starred = ?2 WHERE id = ?1", params![id, starred])?;
+        let n = self.conn().execute(
+            "UPDATE documents SET starred = ?2 WHERE id = ?1",
+            params![id, starred],
+        )?;
         if n == 0 {
-            return Err(Error::NotFound { what: "document", id });
+            return Err(Error::NotFound {
+                what: "document",
+                id,
+            });
         }
         self.document(id)
     }
@@ -176,11 +199,19 @@ impl Store {
     pub fn rename_document(&self, id: i64, title: &str) -> Result<Document> {
         let title = title.trim();
         if title.is_empty() || title.chars().count() > 200 {
-            return Err(Error::invalid("a document title must have 1 to 200 characters"));
+            return Err(Error::invalid(
+                "a document title must have 1 to 200 characters",
+            ));
         }
-        let n = self.conn().execute("UPDATE documents SET title = ?2 WHERE id = ?1", params![id, title])?;
+        let n = self.conn().execute(
+            "UPDATE documents SET title = ?2 WHERE id = ?1",
+            params![id, title],
+        )?;
         if n == 0 {
-            return Err(Error::NotFound { what: "document", id });
+            return Err(Error::NotFound {
+                what: "document",
+                id,
+            });
         }
         self.document(id)
     }
@@ -204,14 +235,20 @@ impl Store {
                     |r| r.get(0),
                 )
                 .optional()?;
-            let number = number.ok_or(Error::NotFound { what: "document", id: document_id })?;
+            let number = number.ok_or(Error::NotFound {
+                what: "document",
+                id: document_id,
+            })?;
             tx.execute(
                 "INSERT INTO document_versions (document_id, number, body, source, generation_id, note, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![document_id, number, v.body, v.source.as_str(), v.generation_id, v.note, now],
             )?;
             let id = tx.last_insert_rowid();
-            tx.execute("UPDATE documents SET updated_at = ?2 WHERE id = ?1", params![document_id, now])?;
+            tx.execute(
+                "UPDATE documents SET updated_at = ?2 WHERE id = ?1",
+                params![document_id, now],
+            )?;
             Ok(id)
         })?;
         drop(conn);
@@ -220,9 +257,16 @@ impl Store {
 
     pub fn version(&self, id: i64) -> Result<DocumentVersion> {
         self.conn()
-            .query_row(&format!("SELECT {VERSION_COLUMNS} FROM document_versions WHERE id = ?1"), [id], version_from_row)
+            .query_row(
+                &format!("SELECT {VERSION_COLUMNS} FROM document_versions WHERE id = ?1"),
+                [id],
+                version_from_row,
+            )
             .optional()?
-            .ok_or(Error::NotFound { what: "document version", id })
+            .ok_or(Error::NotFound {
+                what: "document version",
+                id,
+            })
     }
 
     /// All versions, newest first.
@@ -231,7 +275,9 @@ impl Store {
         let mut stmt = conn.prepare(&format!(
             "SELECT {VERSION_COLUMNS} FROM document_versions WHERE document_id = ?1 ORDER BY number DESC"
         ))?;
-        let rows = stmt.query_map([document_id], version_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        let rows = stmt
+            .query_map([document_id], version_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
 
@@ -241,7 +287,12 @@ impl Store {
         let note = format!("restored from version {}", old.number);
         self.add_version(
             old.document_id,
-            &NewVersion { body: &old.body, source: VersionSource::Restore, generation_id: None, note: &note },
+            &NewVersion {
+                body: &old.body,
+                source: VersionSource::Restore,
+                generation_id: None,
+                note: &note,
+            },
         )
     }
 
@@ -253,10 +304,20 @@ impl Store {
         }
         let mut conds = vec!["p.trashed_at IS NULL".to_owned()];
         let mut args: Vec<Box<dyn rusqlite::types::ToSql>> = Vec::new();
-        let long: Vec<_> = terms.iter().filter(|t| t.chars().count() >= FTS_MIN_CHARS).collect();
+        let long: Vec<_> = terms
+            .iter()
+            .filter(|t| t.chars().count() >= FTS_MIN_CHARS)
+            .collect();
         if !long.is_empty() {
-            conds.push("d.id IN (SELECT rowid FROM documents_fts WHERE documents_fts MATCH ?)".into());
-            args.push(Box::new(long.iter().map(|t| fts_phrase(t)).collect::<Vec<_>>().join(" AND ")));
+            conds.push(
+                "d.id IN (SELECT rowid FROM documents_fts WHERE documents_fts MATCH ?)".into(),
+            );
+            args.push(Box::new(
+                long.iter()
+                    .map(|t| fts_phrase(t))
+                    .collect::<Vec<_>>()
+                    .join(" AND "),
+            ));
         }
         for t in terms.iter().filter(|t| t.chars().count() < FTS_MIN_CHARS) {
             conds.push(
@@ -278,7 +339,9 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn.prepare(&sql)?;
         let refs: Vec<&dyn rusqlite::types::ToSql> = args.iter().map(|a| a.as_ref()).collect();
-        let rows = stmt.query_map(refs.as_slice(), doc_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        let rows = stmt
+            .query_map(refs.as_slice(), doc_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
 }

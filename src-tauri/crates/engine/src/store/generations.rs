@@ -29,7 +29,9 @@ impl GenerationKind {
             "text" => Ok(GenerationKind::Text),
             "image" => Ok(GenerationKind::Image),
             "script" => Ok(GenerationKind::Script),
-            other => Err(Error::invalid(format!("unknown generation kind “{other}” (text, image or script)"))),
+            other => Err(Error::invalid(format!(
+                "unknown generation kind “{other}” (text, image or script)"
+            ))),
         }
     }
 }
@@ -222,7 +224,10 @@ impl Store {
             ],
         )?;
         if n == 0 {
-            return Err(Error::NotFound { what: "generation", id });
+            return Err(Error::NotFound {
+                what: "generation",
+                id,
+            });
         }
         Ok(())
     }
@@ -276,7 +281,10 @@ impl Store {
                 },
             )
             .optional()?;
-        let (mut rec, asset_id) = rec.ok_or(Error::NotFound { what: "generation", id })?;
+        let (mut rec, asset_id) = rec.ok_or(Error::NotFound {
+            what: "generation",
+            id,
+        })?;
         if let Some(asset_id) = asset_id {
             rec.asset = Some(self.asset(asset_id)?);
         }
@@ -284,9 +292,15 @@ impl Store {
     }
 
     pub fn set_generation_starred(&self, id: i64, starred: bool) -> Result<()> {
-        let n = self.conn().execute("UPDATE generations SET starred = ?2 WHERE id = ?1", params![id, starred])?;
+        let n = self.conn().execute(
+            "UPDATE generations SET starred = ?2 WHERE id = ?1",
+            params![id, starred],
+        )?;
         if n == 0 {
-            return Err(Error::NotFound { what: "generation", id });
+            return Err(Error::NotFound {
+                what: "generation",
+                id,
+            });
         }
         Ok(())
     }
@@ -296,9 +310,15 @@ impl Store {
         if !(-1..=1).contains(&rating) {
             return Err(Error::invalid("a rating is -1, 0 or 1"));
         }
-        let n = self.conn().execute("UPDATE generations SET rating = ?2 WHERE id = ?1", params![id, rating])?;
+        let n = self.conn().execute(
+            "UPDATE generations SET rating = ?2 WHERE id = ?1",
+            params![id, rating],
+        )?;
         if n == 0 {
-            return Err(Error::NotFound { what: "generation", id });
+            return Err(Error::NotFound {
+                what: "generation",
+                id,
+            });
         }
         Ok(())
     }
@@ -308,10 +328,16 @@ impl Store {
         let limit = match q.limit {
             0 => 50,
             n @ 1..=500 => n,
-            n => return Err(Error::invalid(format!("page size {n} is over the limit of 500"))),
+            n => {
+                return Err(Error::invalid(format!(
+                    "page size {n} is over the limit of 500"
+                )));
+            }
         } as i64;
         let terms = search_terms(&q.text)?;
-        let (long, short): (Vec<_>, Vec<_>) = terms.iter().partition(|t| t.chars().count() >= FTS_MIN_CHARS);
+        let (long, short): (Vec<_>, Vec<_>) = terms
+            .iter()
+            .partition(|t| t.chars().count() >= FTS_MIN_CHARS);
 
         // One full-text index drives the query, newest match first (`ORDER BY rowid DESC` walks
         // FTS5's doclists backwards), so a page of a common word stops after `limit` matches
@@ -319,23 +345,42 @@ impl Store {
         // characters, else the bigram index when a word is 1-2 Chinese characters (see
         // bigrams.rs). Every other word is checked with LIKE on the rows the driver yields.
         let driver = if !long.is_empty() {
-            Some(("generations_fts", long.iter().map(|t| fts_phrase(t)).collect::<Vec<_>>().join(" AND ")))
+            Some((
+                "generations_fts",
+                long.iter()
+                    .map(|t| fts_phrase(t))
+                    .collect::<Vec<_>>()
+                    .join(" AND "),
+            ))
         } else if short.iter().any(|t| bigrams::answers(t)) {
-            let exprs: Vec<_> = short.iter().filter(|t| bigrams::answers(t)).map(|t| bigrams::match_expr(t)).collect();
+            let exprs: Vec<_> = short
+                .iter()
+                .filter(|t| bigrams::answers(t))
+                .map(|t| bigrams::match_expr(t))
+                .collect();
             Some(("generations_bigrams", exprs.join(" AND ")))
         } else {
             None
         };
         let like_terms: Vec<&String> = match &driver {
-            Some(("generations_bigrams", _)) => short.iter().copied().filter(|t| !bigrams::answers(t)).collect(),
+            Some(("generations_bigrams", _)) => short
+                .iter()
+                .copied()
+                .filter(|t| !bigrams::answers(t))
+                .collect(),
             _ => short.clone(),
         };
         let (from, id_col) = match &driver {
             Some((table, _)) => (
-                format!("{table} f CROSS JOIN generations g ON g.id = f.rowid JOIN projects p ON p.id = g.project_id"),
+                format!(
+                    "{table} f CROSS JOIN generations g ON g.id = f.rowid JOIN projects p ON p.id = g.project_id"
+                ),
                 "f.rowid",
             ),
-            None => ("generations g JOIN projects p ON p.id = g.project_id".to_owned(), "g.id"),
+            None => (
+                "generations g JOIN projects p ON p.id = g.project_id".to_owned(),
+                "g.id",
+            ),
         };
         let mut sql = format!(
             "SELECT g.id, g.project_id, p.name, g.kind, g.model_id, g.status,

@@ -63,7 +63,8 @@ pub struct JobRecord {
     pub finished_at: Option<i64>,
 }
 
-const COLUMNS: &str = "id, kind, resource, project_id, payload, status, progress_done, progress_total, result,
+const COLUMNS: &str =
+    "id, kind, resource, project_id, payload, status, progress_done, progress_total, result,
     error_kind, error_message, retry_of, created_at, started_at, finished_at";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
@@ -102,14 +103,23 @@ impl Store {
         conn.execute(
             "INSERT INTO jobs (kind, resource, project_id, payload, status, retry_of, created_at)
              VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6)",
-            params![kind, resource, project_id, serde_json::to_string(payload)?, retry_of, now_ms()],
+            params![
+                kind,
+                resource,
+                project_id,
+                serde_json::to_string(payload)?,
+                retry_of,
+                now_ms()
+            ],
         )?;
         Ok(conn.last_insert_rowid())
     }
 
     pub(crate) fn mark_job_running(&self, id: i64) -> Result<()> {
-        self.conn()
-            .execute("UPDATE jobs SET status = 'running', started_at = ?2 WHERE id = ?1", params![id, now_ms()])?;
+        self.conn().execute(
+            "UPDATE jobs SET status = 'running', started_at = ?2 WHERE id = ?1",
+            params![id, now_ms()],
+        )?;
         Ok(())
     }
 
@@ -139,7 +149,11 @@ impl Store {
 
     pub fn job(&self, id: i64) -> Result<JobRecord> {
         self.conn()
-            .query_row(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"), [id], from_row)
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"),
+                [id],
+                from_row,
+            )
             .optional()?
             .ok_or(Error::NotFound { what: "job", id })
     }
@@ -156,7 +170,9 @@ impl Store {
              ORDER BY status NOT IN ('queued', 'running'),
                       CASE WHEN status IN ('queued', 'running') THEN id ELSE -id END"
         ))?;
-        let rows = stmt.query_map([recent], from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        let rows = stmt
+            .query_map([recent], from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
 

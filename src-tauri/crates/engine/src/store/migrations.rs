@@ -189,9 +189,33 @@ CREATE TABLE label_events (
 );
 "#;
 
+/// Version 6: product forms saved per project for the live-script studio. The form is JSON;
+/// the columns lists show are copied out of it on every write.
+const PRODUCTS: &str = r#"
+CREATE TABLE products (
+    id         INTEGER PRIMARY KEY,
+    project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+    name       TEXT NOT NULL,
+    category   TEXT NOT NULL DEFAULT '',
+    live_price REAL,
+    link_no    INTEGER,
+    data       TEXT NOT NULL CHECK (json_valid(data)),
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX products_by_project ON products(project_id, name);
+"#;
+
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(CORE), M::up(SEARCH), M::up(SHORT_WORDS), M::up(RUN_METRICS), M::up(LABEL_EVENTS)])
+    Migrations::new(vec![
+        M::up(CORE),
+        M::up(SEARCH),
+        M::up(SHORT_WORDS),
+        M::up(RUN_METRICS),
+        M::up(LABEL_EVENTS),
+        M::up(PRODUCTS),
+    ])
 }
 
 /// The schema version this build writes.
-pub const LATEST_VERSION: usize = 5;
+pub const LATEST_VERSION: usize = 6;

@@ -10,6 +10,7 @@ mod documents;
 mod generations;
 mod jobs;
 pub mod migrations;
+mod products;
 mod projects;
 mod settings;
 
@@ -20,7 +21,8 @@ pub use generations::{
     HistoryPage, HistoryQuery, NewGeneration,
 };
 pub use jobs::{JobRecord, JobStatus};
-pub use projects::{Project, MAX_PROJECT_NAME_CHARS};
+pub use products::{ProductRecord, ProductSummary};
+pub use projects::{MAX_PROJECT_NAME_CHARS, Project};
 pub use settings::{DevicePreference, Settings, SettingsPatch, Theme};
 
 use std::path::{Path, PathBuf};
@@ -50,13 +52,21 @@ impl Store {
     /// it (`atelier.db.bak-v<N>-<time>`), so a failed or unwanted upgrade loses nothing.
     pub fn open(path: &Path) -> Result<Store> {
         let with_path = |e: Error| match e {
-            Error::CorruptDatabase { detail, .. } => Error::CorruptDatabase { path: path.to_path_buf(), detail },
-            Error::ReadOnly { detail, .. } => Error::ReadOnly { path: path.to_path_buf(), detail },
+            Error::CorruptDatabase { detail, .. } => Error::CorruptDatabase {
+                path: path.to_path_buf(),
+                detail,
+            },
+            Error::ReadOnly { detail, .. } => Error::ReadOnly {
+                path: path.to_path_buf(),
+                detail,
+            },
             other => other,
         };
         let mut conn = Connection::open_with_flags(
             path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| with_path(e.into()))?;
         // The first statement that touches the file is where a damaged or foreign file shows.
@@ -87,7 +97,11 @@ impl Store {
             rusqlite_migration::Error::RusqliteError { err, .. } => with_path(err.into()),
             other => Error::Database(format!("migration failed: {other}")),
         })?;
-        Ok(Store { conn: Mutex::new(conn), path: path.to_path_buf(), backup })
+        Ok(Store {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+            backup,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -100,24 +114,33 @@ impl Store {
     }
 
     pub fn schema_version(&self) -> Result<i64> {
-        Ok(self.conn().query_row("PRAGMA user_version", [], |r| r.get(0))?)
+        Ok(self
+            .conn()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
     }
 
     /// The connection. A panic while it was held leaves SQLite consistent (transactions roll
     /// back on drop), so a poisoned lock is taken over rather than bricking the store.
     pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// `PRAGMA quick_check`: `Ok(())` or the first problems SQLite reports.
     pub fn quick_check(&self) -> Result<()> {
         let conn = self.conn();
         let mut stmt = conn.prepare("PRAGMA quick_check(5)")?;
-        let rows: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        let rows: Vec<String> = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
         if rows.len() == 1 && rows[0] == "ok" {
             Ok(())
         } else {
-            Err(Error::CorruptDatabase { path: self.path.clone(), detail: rows.join("; ") })
+            Err(Error::CorruptDatabase {
+                path: self.path.clone(),
+                detail: rows.join("; "),
+            })
         }
     }
 
@@ -137,7 +160,8 @@ impl Store {
     /// Test and benchmark hook: caps the file size (in pages) so "disk full" can be exercised
     /// for real without filling a disk.
     pub fn set_max_page_count(&self, pages: u64) -> Result<()> {
-        self.conn().query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+        self.conn()
+            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
         Ok(())
     }
 }
@@ -153,30 +177,43 @@ fn configure(conn: &Connection) -> Result<()> {
     conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")?;
     let fk: i64 = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?;
     if fk != 1 {
-        return Err(Error::Database("SQLite build without foreign key support".into()));
+        return Err(Error::Database(
+            "SQLite build without foreign key support".into(),
+        ));
     }
     Ok(())
 }
 
 fn backup_path(db: &Path, version: usize) -> PathBuf {
-    let name = db.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "atelier.db".into());
+    let name = db
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "atelier.db".into());
     db.with_file_name(format!("{name}.bak-v{version}-{}", file_stamp()))
 }
 
 /// `20261122-063100`, for file names.
 pub fn file_stamp() -> String {
     let now = time::OffsetDateTime::now_utc();
-    now.format(time::macros::format_description!("[year][month][day]-[hour][minute][second]"))
-        .unwrap_or_else(|_| now_ms().to_string())
+    now.format(time::macros::format_description!(
+        "[year][month][day]-[hour][minute][second]"
+    ))
+    .unwrap_or_else(|_| now_ms().to_string())
 }
 
 /// Milliseconds since the Unix epoch; every timestamp column uses this.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Runs `f` in a transaction that commits only if `f` succeeds.
-pub(crate) fn in_tx<T>(conn: &mut Connection, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
+pub(crate) fn in_tx<T>(
+    conn: &mut Connection,
+    f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+) -> Result<T> {
     let tx = conn.transaction()?;
     let out = f(&tx)?;
     tx.commit()?;
@@ -221,6 +258,11 @@ pub(crate) const FTS_MIN_CHARS: usize = 3;
 /// for decisions made before the app has opened its engine (the thread count). `None` when
 /// the file, table or key is missing or unreadable.
 pub fn peek_setting(db: &std::path::Path, key: &str) -> Option<String> {
-    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
-    conn.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get::<_, String>(0)).ok()
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .ok()?;
+    conn.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+        r.get::<_, String>(0)
+    })
+    .ok()
 }

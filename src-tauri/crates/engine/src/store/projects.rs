@@ -40,7 +40,9 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Project> {
 }
 
 fn in_trash(name: &str) -> Error {
-    Error::Conflict(format!("project “{name}” is in the trash; restore it first"))
+    Error::Conflict(format!(
+        "project “{name}” is in the trash; restore it first"
+    ))
 }
 
 /// Trims and checks a project name; the message is shown to the user as is.
@@ -56,7 +58,9 @@ pub fn validate_name(name: &str) -> Result<String> {
         )));
     }
     if name.chars().any(char::is_control) {
-        return Err(Error::invalid("a project name cannot contain control characters or line breaks"));
+        return Err(Error::invalid(
+            "a project name cannot contain control characters or line breaks",
+        ));
     }
     Ok(name.to_owned())
 }
@@ -79,9 +83,16 @@ impl Store {
     /// Any project, trashed or not.
     pub fn project(&self, id: i64) -> Result<Project> {
         self.conn()
-            .query_row(&format!("SELECT {COLUMNS} FROM projects p WHERE p.id = ?1"), [id], from_row)
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM projects p WHERE p.id = ?1"),
+                [id],
+                from_row,
+            )
             .optional()?
-            .ok_or(Error::NotFound { what: "project", id })
+            .ok_or(Error::NotFound {
+                what: "project",
+                id,
+            })
     }
 
     /// Live projects (not in the trash), most recently changed first.
@@ -96,8 +107,12 @@ impl Store {
 
     fn query_projects(&self, where_order: &str) -> Result<Vec<Project>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM projects p WHERE {where_order}"))?;
-        let rows = stmt.query_map([], from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM projects p WHERE {where_order}"
+        ))?;
+        let rows = stmt
+            .query_map([], from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
 
@@ -145,10 +160,17 @@ impl Store {
         let mut conn = self.conn();
         in_tx(&mut conn, |tx| {
             let trashed: Option<Option<i64>> = tx
-                .query_row("SELECT trashed_at FROM projects WHERE id = ?1", [id], |r| r.get(0))
+                .query_row("SELECT trashed_at FROM projects WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
                 .optional()?;
             match trashed {
-                None => return Err(Error::NotFound { what: "project", id }),
+                None => {
+                    return Err(Error::NotFound {
+                        what: "project",
+                        id,
+                    });
+                }
                 Some(None) => {
                     return Err(Error::Conflict(format!(
                         "project {id} is not in the trash; move it to the trash first"
@@ -157,7 +179,9 @@ impl Store {
                 Some(Some(_)) => {}
             }
             let mut stmt = tx.prepare("SELECT path FROM assets WHERE project_id = ?1")?;
-            let paths = stmt.query_map([id], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>()?;
+            let paths = stmt
+                .query_map([id], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
             tx.execute("DELETE FROM projects WHERE id = ?1", [id])?;
             Ok(paths)
         })
@@ -165,9 +189,16 @@ impl Store {
 
     /// One entry of a project's settings (a JSON object per project), `None` when unset.
     pub fn project_setting(&self, id: i64, key: &str) -> Result<Option<serde_json::Value>> {
-        let raw: Option<String> =
-            self.conn().query_row("SELECT settings FROM projects WHERE id = ?1", [id], |r| r.get(0)).optional()?;
-        let raw = raw.ok_or(Error::NotFound { what: "project", id })?;
+        let raw: Option<String> = self
+            .conn()
+            .query_row("SELECT settings FROM projects WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let raw = raw.ok_or(Error::NotFound {
+            what: "project",
+            id,
+        })?;
         let obj: serde_json::Value = serde_json::from_str(&raw).unwrap_or_default();
         Ok(obj.get(key).cloned().filter(|v| !v.is_null()))
     }
@@ -177,7 +208,10 @@ impl Store {
         self.ensure_live_project(id)?;
         let mut conn = self.conn();
         in_tx(&mut conn, |tx| {
-            let raw: String = tx.query_row("SELECT settings FROM projects WHERE id = ?1", [id], |r| r.get(0))?;
+            let raw: String =
+                tx.query_row("SELECT settings FROM projects WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })?;
             let mut obj = match serde_json::from_str::<serde_json::Value>(&raw) {
                 Ok(serde_json::Value::Object(m)) => m,
                 _ => serde_json::Map::new(),
@@ -197,10 +231,17 @@ impl Store {
         // also counts the project's rows.
         let row: Option<(String, Option<i64>)> = self
             .conn()
-            .query_row("SELECT name, trashed_at FROM projects WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(
+                "SELECT name, trashed_at FROM projects WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()?;
         match row {
-            None => Err(Error::NotFound { what: "project", id }),
+            None => Err(Error::NotFound {
+                what: "project",
+                id,
+            }),
             Some((name, Some(_))) => Err(in_trash(&name)),
             Some((_, None)) => Ok(()),
         }

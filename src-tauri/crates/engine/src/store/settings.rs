@@ -7,8 +7,8 @@ use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, in_tx, now_ms};
-use crate::error::{Error, Result};
 use crate::compliance::labels::{self, NoticePosition};
+use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -142,13 +142,18 @@ pub struct SettingsPatch {
 /// `null` in JSON means "clear", absence means "leave".
 mod double_option {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
-    pub fn serialize<S: Serializer, T: Serialize>(v: &Option<Option<T>>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer, T: Serialize>(
+        v: &Option<Option<T>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         match v {
             Some(inner) => inner.serialize(s),
             None => s.serialize_none(),
         }
     }
-    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+    ) -> Result<Option<Option<T>>, D::Error> {
         Option::<T>::deserialize(d).map(Some)
     }
 }
@@ -160,7 +165,10 @@ impl Settings {
     fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(Error::invalid(m));
         if !LANGUAGES.contains(&self.language.as_str()) {
-            return Err(Error::invalid(format!("unsupported language “{}” (zh-CN or en)", self.language)));
+            return Err(Error::invalid(format!(
+                "unsupported language “{}” (zh-CN or en)",
+                self.language
+            )));
         }
         if !(1..=4).contains(&self.heavy_job_slots) {
             return bad("heavy job slots must be between 1 and 4");
@@ -174,7 +182,11 @@ impl Settings {
         if !(1..=3600).contains(&self.remote_timeout_s) {
             return bad("the remote timeout must be between 1 and 3600 seconds");
         }
-        if self.text_model.as_deref().is_some_and(|m| m.trim().is_empty()) {
+        if self
+            .text_model
+            .as_deref()
+            .is_some_and(|m| m.trim().is_empty())
+        {
             return bad("the text model cannot be an empty name");
         }
         labels::validate_notice(&self.label_notice_zh)?;
@@ -271,7 +283,10 @@ impl Store {
                     [now],
                 )?;
             } else if !current.label_explicit && next.label_explicit {
-                tx.execute("INSERT INTO label_events (at, event, detail) VALUES (?1, 'explicit_on', '')", [now])?;
+                tx.execute(
+                    "INSERT INTO label_events (at, event, detail) VALUES (?1, 'explicit_on', '')",
+                    [now],
+                )?;
             }
             if let Some(key) = &patch.remote_api_key {
                 if key.trim().is_empty() {
@@ -298,7 +313,8 @@ impl Store {
     /// The label log, newest first: (at ms, event, detail).
     pub fn label_events(&self, limit: usize) -> Result<Vec<(i64, String, String)>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT at, event, detail FROM label_events ORDER BY id DESC LIMIT ?1")?;
+        let mut stmt =
+            conn.prepare("SELECT at, event, detail FROM label_events ORDER BY id DESC LIMIT ?1")?;
         let rows = stmt.query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -307,8 +323,13 @@ impl Store {
     pub fn remote_api_key(&self) -> Result<Option<String>> {
         let v: Option<String> = self
             .conn()
-            .query_row("SELECT value FROM settings WHERE key = ?1", [API_KEY], |r| r.get(0))
+            .query_row(
+                "SELECT value FROM settings WHERE key = ?1",
+                [API_KEY],
+                |r| r.get(0),
+            )
             .optional()?;
-        Ok(v.and_then(|v| serde_json::from_str::<String>(&v).ok()).filter(|k| !k.is_empty()))
+        Ok(v.and_then(|v| serde_json::from_str::<String>(&v).ok())
+            .filter(|k| !k.is_empty()))
     }
 }

@@ -25,7 +25,10 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: Role, content: impl Into<String>) -> Self {
-        ChatMessage { role, content: content.into() }
+        ChatMessage {
+            role,
+            content: content.into(),
+        }
     }
 }
 
@@ -42,7 +45,9 @@ pub struct ChatTemplate {
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate").field("from_model", &self.from_model).finish()
+        f.debug_struct("ChatTemplate")
+            .field("from_model", &self.from_model)
+            .finish()
     }
 }
 
@@ -52,33 +57,58 @@ impl ChatTemplate {
     pub fn new(source: Option<&str>, bos_token: &str, eos_token: &str) -> Result<ChatTemplate> {
         let mut env = Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |message: String| -> std::result::Result<Value, JinjaError> {
-            Err(JinjaError::new(ErrorKind::InvalidOperation, message))
-        });
-        env.add_function("strftime_now", |format: String| -> std::result::Result<String, JinjaError> {
-            strftime_now(&format).ok_or_else(|| JinjaError::new(ErrorKind::InvalidOperation, format!("unsupported date format {format}")))
-        });
+        env.add_function(
+            "raise_exception",
+            |message: String| -> std::result::Result<Value, JinjaError> {
+                Err(JinjaError::new(ErrorKind::InvalidOperation, message))
+            },
+        );
+        env.add_function(
+            "strftime_now",
+            |format: String| -> std::result::Result<String, JinjaError> {
+                strftime_now(&format).ok_or_else(|| {
+                    JinjaError::new(
+                        ErrorKind::InvalidOperation,
+                        format!("unsupported date format {format}"),
+                    )
+                })
+            },
+        );
         // Hugging Face's tojson does not HTML-escape; minijinja's does. Tool schemas and JSON
         // examples in prompts must reach the model unchanged.
-        env.add_filter("tojson", |v: Value, indent: Option<usize>| -> std::result::Result<String, JinjaError> {
-            let json = serde_json::to_value(&v).map_err(|e| JinjaError::new(ErrorKind::InvalidOperation, e.to_string()))?;
-            let out = match indent {
-                Some(n) => {
-                    let mut buf = Vec::new();
-                    let indent = " ".repeat(n);
-                    let fmt = serde_json::ser::PrettyFormatter::with_indent(indent.as_bytes());
-                    let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
-                    json.serialize(&mut ser).map_err(|e| JinjaError::new(ErrorKind::InvalidOperation, e.to_string()))?;
-                    String::from_utf8(buf).unwrap_or_default()
-                }
-                None => serde_json::to_string(&json).map_err(|e| JinjaError::new(ErrorKind::InvalidOperation, e.to_string()))?,
-            };
-            Ok(out)
-        });
+        env.add_filter(
+            "tojson",
+            |v: Value, indent: Option<usize>| -> std::result::Result<String, JinjaError> {
+                let json = serde_json::to_value(&v)
+                    .map_err(|e| JinjaError::new(ErrorKind::InvalidOperation, e.to_string()))?;
+                let out = match indent {
+                    Some(n) => {
+                        let mut buf = Vec::new();
+                        let indent = " ".repeat(n);
+                        let fmt = serde_json::ser::PrettyFormatter::with_indent(indent.as_bytes());
+                        let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
+                        json.serialize(&mut ser).map_err(|e| {
+                            JinjaError::new(ErrorKind::InvalidOperation, e.to_string())
+                        })?;
+                        String::from_utf8(buf).unwrap_or_default()
+                    }
+                    None => serde_json::to_string(&json)
+                        .map_err(|e| JinjaError::new(ErrorKind::InvalidOperation, e.to_string()))?,
+                };
+                Ok(out)
+            },
+        );
         let from_model = source.is_some();
         env.add_template_owned("chat", source.unwrap_or(CHATML).to_owned())
-            .map_err(|e| Error::invalid(format!("the model's chat template does not compile: {e}")))?;
-        Ok(ChatTemplate { env, from_model, bos_token: bos_token.into(), eos_token: eos_token.into() })
+            .map_err(|e| {
+                Error::invalid(format!("the model's chat template does not compile: {e}"))
+            })?;
+        Ok(ChatTemplate {
+            env,
+            from_model,
+            bos_token: bos_token.into(),
+            eos_token: eos_token.into(),
+        })
     }
 
     /// The prompt text for `messages`; with `add_generation_prompt` it ends where the assistant's
@@ -87,7 +117,10 @@ impl ChatTemplate {
         if messages.is_empty() {
             return Err(Error::invalid("a chat needs at least one message"));
         }
-        let tmpl = self.env.get_template("chat").map_err(|e| Error::Internal(e.to_string()))?;
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .map_err(|e| Error::Internal(e.to_string()))?;
         tmpl.render(context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
@@ -96,8 +129,13 @@ impl ChatTemplate {
         })
         .map_err(|e| {
             // raise_exception's message is the template author's explanation; show it as is.
-            let detail = e.detail().map(str::to_owned).unwrap_or_else(|| e.to_string());
-            Error::invalid(format!("the model's chat template refused these messages: {detail}"))
+            let detail = e
+                .detail()
+                .map(str::to_owned)
+                .unwrap_or_else(|| e.to_string());
+            Error::invalid(format!(
+                "the model's chat template refused these messages: {detail}"
+            ))
         })
     }
 }
@@ -105,7 +143,20 @@ impl ChatTemplate {
 /// The subset of strftime that chat templates use (`%d %b %Y`, `%Y-%m-%d`, ...), for today (UTC).
 fn strftime_now(format: &str) -> Option<String> {
     let now = time::OffsetDateTime::now_utc();
-    const MONTHS: [&str; 12] = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
     let month = MONTHS[now.month() as usize - 1];
     let mut out = String::new();
     let mut chars = format.chars();

@@ -103,7 +103,10 @@ pub fn default_threads() -> usize {
 /// # Safety
 /// Call at the start of `main`, before any other thread exists (it sets environment variables).
 pub unsafe fn configure_process_threads(threads: Option<usize>) {
-    let n = threads.filter(|&n| n > 0).unwrap_or_else(default_threads).to_string();
+    let n = threads
+        .filter(|&n| n > 0)
+        .unwrap_or_else(default_threads)
+        .to_string();
     for var in ["RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"] {
         if std::env::var_os(var).is_none() {
             // SAFETY: the caller guarantees no other thread is running.
@@ -121,7 +124,9 @@ enum Weights {
 impl Weights {
     /// Logits for the last position of `ids`, fed at position `pos`.
     fn forward(&mut self, ids: &[u32], pos: usize, device: &Device) -> Result<Vec<f32>> {
-        let x = Tensor::new(ids, device).and_then(|t| t.unsqueeze(0)).map_err(candle_err("input"))?;
+        let x = Tensor::new(ids, device)
+            .and_then(|t| t.unsqueeze(0))
+            .map_err(candle_err("input"))?;
         let logits = match self {
             Weights::Llama(w) => w.forward(&x, pos),
             Weights::Qwen2(w) => w.forward(&x, pos),
@@ -173,7 +178,10 @@ pub struct LocalModel {
 
 impl std::fmt::Debug for LocalModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalModel").field("id", &self.id).field("report", &self.report).finish()
+        f.debug_struct("LocalModel")
+            .field("id", &self.id)
+            .field("report", &self.report)
+            .finish()
     }
 }
 
@@ -193,10 +201,19 @@ fn needs_repack(t: GgmlDType) -> bool {
 
 impl LocalModel {
     /// Loads `path`. `progress(done, total)` is called as tensors are repacked.
-    pub fn load(id: &str, path: &Path, opts: &LoadOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<LocalModel> {
+    pub fn load(
+        id: &str,
+        path: &Path,
+        opts: &LoadOptions,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<LocalModel> {
         let started = Instant::now();
-        let header = gguf::read_header(path).map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
-        let architecture = header.str("general.architecture").unwrap_or("unknown").to_owned();
+        let header = gguf::read_header(path)
+            .map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
+        let architecture = header
+            .str("general.architecture")
+            .unwrap_or("unknown")
+            .to_owned();
         if !SUPPORTED_ARCHITECTURES.contains(&architecture.as_str()) {
             return Err(Error::invalid(format!(
                 "{id}: architecture “{architecture}” is not supported by the local engine (supported: {})",
@@ -211,22 +228,47 @@ impl LocalModel {
             })
             .unwrap_or_default()
         };
-        let template =
-            ChatTemplate::new(header.str("tokenizer.chat_template"), &token_text(tokenizer.bos), &token_text(tokenizer.eos))?;
-        let add_bos = matches!(header.get("tokenizer.ggml.add_bos_token"), Some(gguf::Value::Bool(true)));
-        let file_ctx = header.u64(&format!("{architecture}.context_length")).unwrap_or(2048) as usize;
+        let template = ChatTemplate::new(
+            header.str("tokenizer.chat_template"),
+            &token_text(tokenizer.bos),
+            &token_text(tokenizer.eos),
+        )?;
+        let add_bos = matches!(
+            header.get("tokenizer.ggml.add_bos_token"),
+            Some(gguf::Value::Bool(true))
+        );
+        let file_ctx = header
+            .u64(&format!("{architecture}.context_length"))
+            .unwrap_or(2048) as usize;
         // candle's llama precomputes rotary tables for 4096 positions only.
-        let context_length = if architecture == "llama" { file_ctx.min(quantized_llama::MAX_SEQ_LEN) } else { file_ctx };
+        let context_length = if architecture == "llama" {
+            file_ctx.min(quantized_llama::MAX_SEQ_LEN)
+        } else {
+            file_ctx
+        };
 
         check_memory(header.file_size)?;
         let (device, device_note) = choose_device(opts.device);
-        let mut report = LoadReport { device: device_name(&device).into(), device_note, ..Default::default() };
+        let mut report = LoadReport {
+            device: device_name(&device).into(),
+            device_note,
+            ..Default::default()
+        };
 
-        let mut file = std::fs::File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
-        let content = gguf_file::Content::read(&mut file)
-            .map_err(|e| Error::invalid(format!("{}: not a readable GGUF model: {e}", path.display())))?;
-        let to_repack: Vec<String> =
-            content.tensor_infos.iter().filter(|(_, t)| needs_repack(t.ggml_dtype)).map(|(n, _)| n.clone()).collect();
+        let mut file = std::fs::File::open(path)
+            .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+        let content = gguf_file::Content::read(&mut file).map_err(|e| {
+            Error::invalid(format!(
+                "{}: not a readable GGUF model: {e}",
+                path.display()
+            ))
+        })?;
+        let to_repack: Vec<String> = content
+            .tensor_infos
+            .iter()
+            .filter(|(_, t)| needs_repack(t.ggml_dtype))
+            .map(|(n, _)| n.clone())
+            .collect();
 
         let weights = if to_repack.is_empty() || !device.is_cpu() || !opts.repack {
             // GPUs have kernels for every type: repacking would only cost quality.
@@ -237,10 +279,17 @@ impl LocalModel {
         } else {
             for name in &to_repack {
                 if let Some(t) = content.tensor_infos.get(name) {
-                    *report.repacked.entry(format!("{:?}→Q8_0", t.ggml_dtype)).or_insert(0) += 1;
+                    *report
+                        .repacked
+                        .entry(format!("{:?}→Q8_0", t.ggml_dtype))
+                        .or_insert(0) += 1;
                 }
             }
-            let cache_file = opts.cache_dir.as_ref().map(|dir| repack_cache_path(dir, id, path)).transpose()?;
+            let cache_file = opts
+                .cache_dir
+                .as_ref()
+                .map(|dir| repack_cache_path(dir, id, path))
+                .transpose()?;
             match cache_file {
                 Some(cache_file) if cache_file.is_file() => {
                     report.from_cache = true;
@@ -250,17 +299,21 @@ impl LocalModel {
                     let bytes = repack(&content, &mut file, &to_repack, progress)?;
                     if let Some(cache_file) = cache_file {
                         if let Some(dir) = cache_file.parent() {
-                            std::fs::create_dir_all(dir)
-                                .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+                            std::fs::create_dir_all(dir).map_err(|e| {
+                                Error::io(format!("cannot create {}", dir.display()), e)
+                            })?;
                         }
                         // The cache is an optimisation: failing to write it (disk full) is
                         // logged, and the model still loads from memory.
-                        if let Err(e) = write_atomic_with(&cache_file, |w| std::io::Write::write_all(w, &bytes)) {
+                        if let Err(e) =
+                            write_atomic_with(&cache_file, |w| std::io::Write::write_all(w, &bytes))
+                        {
                             tracing::warn!(file = %cache_file.display(), error = %e, "could not cache the repacked model");
                         }
                     }
                     let mut cursor = std::io::Cursor::new(bytes);
-                    let content = gguf_file::Content::read(&mut cursor).map_err(candle_err("re-reading the repacked model"))?;
+                    let content = gguf_file::Content::read(&mut cursor)
+                        .map_err(candle_err("re-reading the repacked model"))?;
                     build_weights(&architecture, content, &mut cursor, &device)?
                 }
             }
@@ -268,7 +321,17 @@ impl LocalModel {
         report.resident_bytes = header.tensors.iter().map(resident_size).sum();
         report.load_ms = started.elapsed().as_millis() as u64;
         tracing::info!(model = id, ?report, "model loaded");
-        Ok(LocalModel { id: id.into(), architecture, weights: Mutex::new(weights), tokenizer, template, add_bos, context_length, device, report })
+        Ok(LocalModel {
+            id: id.into(),
+            architecture,
+            weights: Mutex::new(weights),
+            tokenizer,
+            template,
+            add_bos,
+            context_length,
+            device,
+            report,
+        })
     }
 
     /// Prompt token ids for `req` (chat template applied).
@@ -323,7 +386,16 @@ impl LocalModel {
         let mut logits = Vec::new();
         for (i, chunk) in prompt.chunks(PREFILL_CHUNK).enumerate() {
             if cancelled() {
-                return Ok(self.outcome(String::new(), seed, prompt.len(), 0, StopReason::Cancelled, started, None, None));
+                return Ok(self.outcome(
+                    String::new(),
+                    seed,
+                    prompt.len(),
+                    0,
+                    StopReason::Cancelled,
+                    started,
+                    None,
+                    None,
+                ));
             }
             logits = weights.forward(chunk, i * PREFILL_CHUNK, &self.device)?;
         }
@@ -364,7 +436,16 @@ impl LocalModel {
                 emit(&rest, &mut text);
             }
         }
-        Ok(self.outcome(text, seed, prompt.len(), generated, reason, started, Some(prefill_done), first_token_at))
+        Ok(self.outcome(
+            text,
+            seed,
+            prompt.len(),
+            generated,
+            reason,
+            started,
+            Some(prefill_done),
+            first_token_at,
+        ))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -381,7 +462,8 @@ impl LocalModel {
     ) -> TextOutcome {
         let now = Instant::now();
         let secs = |a: Instant, b: Instant| b.duration_since(a).as_secs_f64();
-        let prefill_tokens_per_s = prefill_done.map_or(0.0, |p| prompt_tokens as f64 / secs(started, p).max(1e-9));
+        let prefill_tokens_per_s =
+            prefill_done.map_or(0.0, |p| prompt_tokens as f64 / secs(started, p).max(1e-9));
         let decode_tokens_per_s = match first_token_at {
             Some(f) if generated > 1 => (generated - 1) as f64 / secs(f, now).max(1e-9),
             _ => 0.0,
@@ -392,7 +474,8 @@ impl LocalModel {
             prompt_tokens: prompt_tokens as u32,
             completion_tokens: generated as u32,
             stop_reason,
-            first_token_ms: first_token_at.map_or(0, |f| f.duration_since(started).as_millis() as u64),
+            first_token_ms: first_token_at
+                .map_or(0, |f| f.duration_since(started).as_millis() as u64),
             load_ms: 0,
             total_ms: now.duration_since(started).as_millis() as u64,
             prefill_tokens_per_s,
@@ -404,13 +487,18 @@ impl LocalModel {
     /// single-token steps, returning (prefill seconds, decode seconds).
     pub fn bench(&self, n_prompt: usize, n_gen: usize) -> Result<(f64, f64)> {
         if n_prompt + n_gen >= self.context_length {
-            return Err(Error::invalid(format!("{} + {} tokens exceed the context of {}", n_prompt, n_gen, self.context_length)));
+            return Err(Error::invalid(format!(
+                "{} + {} tokens exceed the context of {}",
+                n_prompt, n_gen, self.context_length
+            )));
         }
         let mut weights = self.weights.lock().unwrap_or_else(|p| p.into_inner());
         weights.clear();
         // Ordinary text tokens (not special), deterministic.
         let vocab = self.tokenizer.vocab_size().max(1000) as u32;
-        let ids: Vec<u32> = (0..n_prompt as u32).map(|i| 200 + (i * 7919) % (vocab - 400)).collect();
+        let ids: Vec<u32> = (0..n_prompt as u32)
+            .map(|i| 200 + (i * 7919) % (vocab - 400))
+            .collect();
         let t0 = Instant::now();
         let mut logits = Vec::new();
         for (i, chunk) in ids.chunks(PREFILL_CHUNK).enumerate() {
@@ -427,7 +515,10 @@ impl LocalModel {
 }
 
 fn argmax(v: &[f32]) -> u32 {
-    v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32)
+    v.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i as u32)
 }
 
 /// Bytes a tensor takes once loaded (repacked types as Q8_0: 34 bytes per 32 values).
@@ -445,31 +536,52 @@ fn build_weights<R: std::io::Read + std::io::Seek>(
     reader: &mut R,
     device: &Device,
 ) -> Result<Weights> {
-    let bad = |e: candle_core::Error| Error::invalid(format!("the model's weights cannot be loaded: {e}"));
+    let bad = |e: candle_core::Error| {
+        Error::invalid(format!("the model's weights cannot be loaded: {e}"))
+    };
     Ok(match arch {
-        "llama" => Weights::Llama(quantized_llama::ModelWeights::from_gguf(content, reader, device).map_err(bad)?),
-        "qwen2" => Weights::Qwen2(quantized_qwen2::ModelWeights::from_gguf(content, reader, device).map_err(bad)?),
-        "qwen3" => Weights::Qwen3(quantized_qwen3::ModelWeights::from_gguf(content, reader, device).map_err(bad)?),
-        other => return Err(Error::invalid(format!("architecture “{other}” is not supported"))),
+        "llama" => Weights::Llama(
+            quantized_llama::ModelWeights::from_gguf(content, reader, device).map_err(bad)?,
+        ),
+        "qwen2" => Weights::Qwen2(
+            quantized_qwen2::ModelWeights::from_gguf(content, reader, device).map_err(bad)?,
+        ),
+        "qwen3" => Weights::Qwen3(
+            quantized_qwen3::ModelWeights::from_gguf(content, reader, device).map_err(bad)?,
+        ),
+        other => {
+            return Err(Error::invalid(format!(
+                "architecture “{other}” is not supported"
+            )));
+        }
     })
 }
 
 fn load_file(arch: &str, path: &Path, device: &Device) -> Result<Weights> {
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
-    let content = gguf_file::Content::read(&mut file)
-        .map_err(|e| Error::invalid(format!("{}: the cached repacked model is unreadable ({e}); delete it", path.display())))?;
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+    let content = gguf_file::Content::read(&mut file).map_err(|e| {
+        Error::invalid(format!(
+            "{}: the cached repacked model is unreadable ({e}); delete it",
+            path.display()
+        ))
+    })?;
     build_weights(arch, content, &mut file, device)
 }
 
 /// `<cache>/<id>-<size>-<mtime>-r<version>.q8_0.gguf`: a changed source file gets a new name.
 fn repack_cache_path(dir: &Path, id: &str, source: &Path) -> Result<PathBuf> {
-    let meta = std::fs::metadata(source).map_err(|e| Error::io(format!("cannot read {}", source.display()), e))?;
+    let meta = std::fs::metadata(source)
+        .map_err(|e| Error::io(format!("cannot read {}", source.display()), e))?;
     let mtime = meta
         .modified()
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs());
-    Ok(dir.join(format!("{id}-{}-{mtime}-r{REPACK_VERSION}.q8_0.gguf", meta.len())))
+    Ok(dir.join(format!(
+        "{id}-{}-{mtime}-r{REPACK_VERSION}.q8_0.gguf",
+        meta.len()
+    )))
 }
 
 /// A GGUF file (in memory) with `names` requantised to Q8_0 and everything else unchanged.
@@ -481,13 +593,21 @@ fn repack<R: std::io::Read + std::io::Seek>(
 ) -> Result<Vec<u8>> {
     let total = content.tensor_infos.len() as u64;
     // Keep the file's tensor order: loaders and tools expect it.
-    let mut order: Vec<(&String, u64)> = content.tensor_infos.iter().map(|(n, t)| (n, t.offset)).collect();
+    let mut order: Vec<(&String, u64)> = content
+        .tensor_infos
+        .iter()
+        .map(|(n, t)| (n, t.offset))
+        .collect();
     order.sort_by_key(|(_, off)| *off);
     let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(order.len());
     for (i, (name, _)) in order.iter().enumerate() {
-        let t = content.tensor(reader, name, &Device::Cpu).map_err(|e| Error::invalid(format!("tensor {name}: {e}")))?;
+        let t = content
+            .tensor(reader, name, &Device::Cpu)
+            .map_err(|e| Error::invalid(format!("tensor {name}: {e}")))?;
         let t = if names.contains(name) {
-            let f = t.dequantize(&Device::Cpu).map_err(candle_err("dequantizing"))?;
+            let f = t
+                .dequantize(&Device::Cpu)
+                .map_err(candle_err("dequantizing"))?;
             QTensor::quantize(&f, GgmlDType::Q8_0).map_err(candle_err("requantizing"))?
         } else {
             t
@@ -495,18 +615,25 @@ fn repack<R: std::io::Read + std::io::Seek>(
         tensors.push(((*name).clone(), t));
         progress(i as u64 + 1, total);
     }
-    let mut metadata: Vec<(&str, &gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
     metadata.sort_by_key(|(k, _)| *k);
     let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let mut out = std::io::Cursor::new(Vec::new());
-    gguf_file::write(&mut out, &metadata, &refs).map_err(candle_err("writing the repacked model"))?;
+    gguf_file::write(&mut out, &metadata, &refs)
+        .map_err(candle_err("writing the repacked model"))?;
     Ok(out.into_inner())
 }
 
 /// Refuses to load a model that cannot fit: the allocator aborts the process on failure, so
 /// the check has to come first. Linux only (elsewhere the OS pages instead of failing).
 fn check_memory(file_bytes: u64) -> Result<()> {
-    let Some(available) = available_memory() else { return Ok(()) };
+    let Some(available) = available_memory() else {
+        return Ok(());
+    };
     // Weights, a repack's second copy, and working memory.
     let needed = file_bytes.saturating_mul(2) + 256 * 1024 * 1024;
     if needed > available {
@@ -535,7 +662,10 @@ pub struct LocalEngine {
 
 impl Default for LocalEngine {
     fn default() -> Self {
-        LocalEngine { resident: Mutex::new(Vec::new()), loading: Mutex::new(()) }
+        LocalEngine {
+            resident: Mutex::new(Vec::new()),
+            loading: Mutex::new(()),
+        }
     }
 }
 
@@ -574,14 +704,25 @@ impl LocalEngine {
 
     /// Ids of the resident models, most recently used last.
     pub fn resident(&self) -> Vec<String> {
-        self.resident.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|m| m.id.clone()).collect()
+        self.resident
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|m| m.id.clone())
+            .collect()
     }
 
     pub fn models(&self) -> Vec<Arc<LocalModel>> {
-        self.resident.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.resident
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn unload(&self, id: &str) {
-        self.resident.lock().unwrap_or_else(|p| p.into_inner()).retain(|m| m.id != id);
+        self.resident
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|m| m.id != id);
     }
 }

@@ -53,30 +53,55 @@ impl SamplingParams {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::invalid(m));
         if !self.temperature.is_finite() || !(0.0..=5.0).contains(&self.temperature) {
-            return bad(format!("temperature must be between 0 and 5 (got {})", self.temperature));
+            return bad(format!(
+                "temperature must be between 0 and 5 (got {})",
+                self.temperature
+            ));
         }
         if !self.top_p.is_finite() || !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return bad(format!("top-p must be above 0 and at most 1 (got {})", self.top_p));
+            return bad(format!(
+                "top-p must be above 0 and at most 1 (got {})",
+                self.top_p
+            ));
         }
         if !self.min_p.is_finite() || !(0.0..1.0).contains(&self.min_p) {
-            return bad(format!("min-p must be at least 0 and below 1 (got {})", self.min_p));
+            return bad(format!(
+                "min-p must be at least 0 and below 1 (got {})",
+                self.min_p
+            ));
         }
         if !self.repeat_penalty.is_finite() || !(0.5..=3.0).contains(&self.repeat_penalty) {
-            return bad(format!("repeat penalty must be between 0.5 and 3 (got {})", self.repeat_penalty));
+            return bad(format!(
+                "repeat penalty must be between 0.5 and 3 (got {})",
+                self.repeat_penalty
+            ));
         }
         if self.repeat_last_n > 8192 {
-            return bad(format!("the repeat-penalty window must be at most 8192 tokens (got {})", self.repeat_last_n));
+            return bad(format!(
+                "the repeat-penalty window must be at most 8192 tokens (got {})",
+                self.repeat_last_n
+            ));
         }
         if self.top_k > 100_000 {
             return bad(format!("top-k must be at most 100000 (got {})", self.top_k));
         }
         if !(1..=32_768).contains(&self.max_tokens) {
-            return bad(format!("max tokens must be between 1 and 32768 (got {})", self.max_tokens));
+            return bad(format!(
+                "max tokens must be between 1 and 32768 (got {})",
+                self.max_tokens
+            ));
         }
         if self.stop.len() > MAX_STOP_STRINGS {
-            return bad(format!("at most {MAX_STOP_STRINGS} stop strings (got {})", self.stop.len()));
+            return bad(format!(
+                "at most {MAX_STOP_STRINGS} stop strings (got {})",
+                self.stop.len()
+            ));
         }
-        if self.stop.iter().any(|s| s.is_empty() || s.chars().count() > 64) {
+        if self
+            .stop
+            .iter()
+            .any(|s| s.is_empty() || s.chars().count() > 64)
+        {
             return bad("a stop string must have 1 to 64 characters".into());
         }
         Ok(())
@@ -102,10 +127,20 @@ impl TextRequest {
         if self.messages.is_empty() {
             return Err(Error::invalid("the prompt is empty"));
         }
-        if !self.messages.iter().any(|m| m.role == Role::User && !m.content.trim().is_empty()) {
-            return Err(Error::invalid("the prompt is empty: write what the model should do"));
+        if !self
+            .messages
+            .iter()
+            .any(|m| m.role == Role::User && !m.content.trim().is_empty())
+        {
+            return Err(Error::invalid(
+                "the prompt is empty: write what the model should do",
+            ));
         }
-        let chars: usize = self.messages.iter().map(|m| m.content.chars().count()).sum();
+        let chars: usize = self
+            .messages
+            .iter()
+            .map(|m| m.content.chars().count())
+            .sum();
         if chars > MAX_PROMPT_CHARS {
             return Err(Error::invalid(format!(
                 "the prompt has {chars} characters; at most {MAX_PROMPT_CHARS} are accepted"
@@ -116,8 +151,12 @@ impl TextRequest {
 
     /// The text recorded as the generation's prompt (History searches it): the user turns.
     pub fn prompt_text(&self) -> String {
-        let users: Vec<&str> =
-            self.messages.iter().filter(|m| m.role == Role::User).map(|m| m.content.as_str()).collect();
+        let users: Vec<&str> = self
+            .messages
+            .iter()
+            .filter(|m| m.role == Role::User)
+            .map(|m| m.content.as_str())
+            .collect();
         users.join("\n\n")
     }
 }

@@ -44,27 +44,41 @@ impl std::fmt::Debug for RemoteConfig {
 
 impl RemoteConfig {
     pub fn validate(&self) -> Result<()> {
-        let url = reqwest::Url::parse(self.base_url.trim())
-            .map_err(|e| Error::invalid(format!("the server address “{}” is not a URL: {e}", self.base_url)))?;
+        let url = reqwest::Url::parse(self.base_url.trim()).map_err(|e| {
+            Error::invalid(format!(
+                "the server address “{}” is not a URL: {e}",
+                self.base_url
+            ))
+        })?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(Error::invalid("the server address must start with http:// or https://"));
+            return Err(Error::invalid(
+                "the server address must start with http:// or https://",
+            ));
         }
         if self.model.trim().is_empty() {
             return Err(Error::invalid("name the model the server should run"));
         }
         if !(1..=3600).contains(&self.timeout_s) {
-            return Err(Error::invalid("the timeout must be between 1 and 3600 seconds"));
+            return Err(Error::invalid(
+                "the timeout must be between 1 and 3600 seconds",
+            ));
         }
         Ok(())
     }
 
     fn endpoint(&self) -> String {
-        format!("{}/chat/completions", self.base_url.trim().trim_end_matches('/'))
+        format!(
+            "{}/chat/completions",
+            self.base_url.trim().trim_end_matches('/')
+        )
     }
 }
 
 fn remote(kind: RemoteFailure, message: impl Into<String>) -> Error {
-    Error::Remote { failure: kind, message: message.into() }
+    Error::Remote {
+        failure: kind,
+        message: message.into(),
+    }
 }
 
 fn install_crypto() {
@@ -141,9 +155,20 @@ pub async fn generate(
         let Some(chunk) = chunk else { break };
         let chunk = chunk.map_err(|e| {
             if e.is_timeout() {
-                remote(RemoteFailure::Timeout, format!("the server sent nothing for {} s; the reply so far was kept", config.timeout_s))
+                remote(
+                    RemoteFailure::Timeout,
+                    format!(
+                        "the server sent nothing for {} s; the reply so far was kept",
+                        config.timeout_s
+                    ),
+                )
             } else {
-                remote(RemoteFailure::Interrupted, format!("the connection broke during the reply ({e}); the text so far was kept"))
+                remote(
+                    RemoteFailure::Interrupted,
+                    format!(
+                        "the connection broke during the reply ({e}); the text so far was kept"
+                    ),
+                )
             }
         })?;
         buf.extend_from_slice(&chunk);
@@ -155,18 +180,32 @@ pub async fn generate(
                 finished.get_or_insert(StopReason::EndOfText);
                 break 'read;
             }
-            let v: serde_json::Value = serde_json::from_str(&data)
-                .map_err(|e| remote(RemoteFailure::Protocol, format!("the server sent something that is not OpenAI-style JSON ({e})")))?;
+            let v: serde_json::Value = serde_json::from_str(&data).map_err(|e| {
+                remote(
+                    RemoteFailure::Protocol,
+                    format!("the server sent something that is not OpenAI-style JSON ({e})"),
+                )
+            })?;
             if let Some(err) = v.get("error") {
-                let msg = err.get("message").and_then(|m| m.as_str()).map_or_else(|| err.to_string(), str::to_owned);
-                return Err(remote(RemoteFailure::Server, format!("the server stopped with an error: {msg}")));
+                let msg = err
+                    .get("message")
+                    .and_then(|m| m.as_str())
+                    .map_or_else(|| err.to_string(), str::to_owned);
+                return Err(remote(
+                    RemoteFailure::Server,
+                    format!("the server stopped with an error: {msg}"),
+                ));
             }
             if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
                 let n = |k: &str| u.get(k).and_then(|x| x.as_u64()).unwrap_or(0) as u32;
                 usage = Some((n("prompt_tokens"), n("completion_tokens")));
             }
             let choice = v.get("choices").and_then(|c| c.get(0));
-            if let Some(piece) = choice.and_then(|c| c.get("delta")).and_then(|d| d.get("content")).and_then(|c| c.as_str()) {
+            if let Some(piece) = choice
+                .and_then(|c| c.get("delta"))
+                .and_then(|d| d.get("content"))
+                .and_then(|c| c.as_str())
+            {
                 if !piece.is_empty() {
                     pieces += 1;
                     first_at.get_or_insert_with(Instant::now);
@@ -181,7 +220,10 @@ pub async fn generate(
                     }
                 }
             }
-            match choice.and_then(|c| c.get("finish_reason")).and_then(|f| f.as_str()) {
+            match choice
+                .and_then(|c| c.get("finish_reason"))
+                .and_then(|f| f.as_str())
+            {
                 Some("length") => finished = Some(StopReason::MaxTokens),
                 Some(_) => {
                     finished.get_or_insert(StopReason::EndOfText);
@@ -204,7 +246,15 @@ pub async fn generate(
         ));
     };
     let (prompt_tokens, completion_tokens) = usage.unwrap_or((0, pieces));
-    Ok(outcome(text, seed, prompt_tokens, completion_tokens, reason, started, first_at))
+    Ok(outcome(
+        text,
+        seed,
+        prompt_tokens,
+        completion_tokens,
+        reason,
+        started,
+        first_at,
+    ))
 }
 
 fn outcome(
@@ -218,7 +268,9 @@ fn outcome(
 ) -> TextOutcome {
     let now = Instant::now();
     let decode = match first_at {
-        Some(f) if completion_tokens > 1 => (completion_tokens - 1) as f64 / now.duration_since(f).as_secs_f64().max(1e-9),
+        Some(f) if completion_tokens > 1 => {
+            (completion_tokens - 1) as f64 / now.duration_since(f).as_secs_f64().max(1e-9)
+        }
         _ => 0.0,
     };
     TextOutcome {
@@ -262,19 +314,35 @@ fn event_data(event: &str) -> Option<String> {
         .filter_map(|l| l.strip_prefix("data:"))
         .map(|l| l.strip_prefix(' ').unwrap_or(l))
         .collect();
-    if lines.is_empty() { None } else { Some(lines.join("\n")) }
+    if lines.is_empty() {
+        None
+    } else {
+        Some(lines.join("\n"))
+    }
 }
 
 fn send_error(config: &RemoteConfig, e: reqwest::Error) -> Error {
     if e.is_timeout() {
-        remote(RemoteFailure::Timeout, format!("{} did not answer within {} s", config.base_url, config.timeout_s))
+        remote(
+            RemoteFailure::Timeout,
+            format!(
+                "{} did not answer within {} s",
+                config.base_url, config.timeout_s
+            ),
+        )
     } else if e.is_connect() {
         remote(
             RemoteFailure::Unreachable,
-            format!("cannot connect to {}: is the server running and the address right? ({e})", config.base_url),
+            format!(
+                "cannot connect to {}: is the server running and the address right? ({e})",
+                config.base_url
+            ),
         )
     } else {
-        remote(RemoteFailure::Unreachable, format!("the request to {} failed: {e}", config.base_url))
+        remote(
+            RemoteFailure::Unreachable,
+            format!("the request to {} failed: {e}", config.base_url),
+        )
     }
 }
 
@@ -284,16 +352,40 @@ fn status_error(status: u16, body: &str) -> Error {
         .ok()
         .and_then(|v| {
             let e = v.get("error")?;
-            e.get("message").and_then(|m| m.as_str()).or_else(|| e.as_str()).map(str::to_owned)
+            e.get("message")
+                .and_then(|m| m.as_str())
+                .or_else(|| e.as_str())
+                .map(str::to_owned)
         })
         .unwrap_or_else(|| body.chars().take(300).collect());
-    let detail = if detail.trim().is_empty() { String::new() } else { format!(": {}", detail.trim()) };
+    let detail = if detail.trim().is_empty() {
+        String::new()
+    } else {
+        format!(": {}", detail.trim())
+    };
     match status {
-        401 | 403 => remote(RemoteFailure::Auth, format!("the server refused the API key (HTTP {status}){detail}")),
-        404 => remote(RemoteFailure::Server, format!("the server has no such endpoint or model (HTTP 404){detail}")),
-        429 => remote(RemoteFailure::RateLimited, format!("the server is rate-limiting or out of quota (HTTP 429){detail}; wait and try again")),
-        400..=499 => remote(RemoteFailure::Rejected, format!("the server rejected the request (HTTP {status}){detail}")),
-        _ => remote(RemoteFailure::Server, format!("the server failed (HTTP {status}){detail}")),
+        401 | 403 => remote(
+            RemoteFailure::Auth,
+            format!("the server refused the API key (HTTP {status}){detail}"),
+        ),
+        404 => remote(
+            RemoteFailure::Server,
+            format!("the server has no such endpoint or model (HTTP 404){detail}"),
+        ),
+        429 => remote(
+            RemoteFailure::RateLimited,
+            format!(
+                "the server is rate-limiting or out of quota (HTTP 429){detail}; wait and try again"
+            ),
+        ),
+        400..=499 => remote(
+            RemoteFailure::Rejected,
+            format!("the server rejected the request (HTTP {status}){detail}"),
+        ),
+        _ => remote(
+            RemoteFailure::Server,
+            format!("the server failed (HTTP {status}){detail}"),
+        ),
     }
 }
 

@@ -18,7 +18,11 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(params: &SamplingParams, seed: u64) -> Sampler {
-        Sampler { params: params.clone(), rng: ChaCha8Rng::seed_from_u64(seed), candidates: Vec::new() }
+        Sampler {
+            params: params.clone(),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            candidates: Vec::new(),
+        }
     }
 
     /// The next token. `recent` are the tokens the repeat penalty looks at (prompt and output).
@@ -32,7 +36,11 @@ impl Sampler {
             for t in seen {
                 if let Some(l) = logits.get_mut(t as usize) {
                     // As in llama.cpp and HF: shrink positive logits, push negative ones further.
-                    *l = if *l > 0.0 { *l / p.repeat_penalty } else { *l * p.repeat_penalty };
+                    *l = if *l > 0.0 {
+                        *l / p.repeat_penalty
+                    } else {
+                        *l * p.repeat_penalty
+                    };
                 }
             }
         }
@@ -42,7 +50,13 @@ impl Sampler {
 
         let c = &mut self.candidates;
         c.clear();
-        c.extend(logits.iter().enumerate().filter(|(_, l)| l.is_finite()).map(|(i, &l)| (i as u32, l)));
+        c.extend(
+            logits
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.is_finite())
+                .map(|(i, &l)| (i as u32, l)),
+        );
         if c.is_empty() {
             return argmax(logits);
         }
@@ -113,7 +127,14 @@ mod tests {
     use super::*;
 
     fn params(temperature: f32) -> SamplingParams {
-        SamplingParams { temperature, repeat_penalty: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, ..Default::default() }
+        SamplingParams {
+            temperature,
+            repeat_penalty: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -127,7 +148,9 @@ mod tests {
         let logits = vec![1.0f32; 50];
         let draw = |seed| {
             let mut s = Sampler::new(&params(1.0), seed);
-            (0..20).map(|_| s.sample(&mut logits.clone(), &[])).collect::<Vec<_>>()
+            (0..20)
+                .map(|_| s.sample(&mut logits.clone(), &[]))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));
         assert_ne!(draw(7), draw(8));

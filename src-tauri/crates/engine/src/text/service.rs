@@ -82,7 +82,11 @@ impl TextService {
         self.local
             .models()
             .into_iter()
-            .map(|m| ResidentModel { id: m.id.clone(), report: m.report.clone(), context_length: m.context_length })
+            .map(|m| ResidentModel {
+                id: m.id.clone(),
+                report: m.report.clone(),
+                context_length: m.context_length,
+            })
             .collect()
     }
 
@@ -91,20 +95,35 @@ impl TextService {
     }
 
     /// The model `id`, loaded (or resident), with the settings' device, cache and budget.
-    pub fn load(&self, home: &Home, settings: &Settings, id: &str, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<(Arc<LocalModel>, bool)> {
+    pub fn load(
+        &self,
+        home: &Home,
+        settings: &Settings,
+        id: &str,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<(Arc<LocalModel>, bool)> {
         let info = find_model(home, id)?;
         let opts = LoadOptions {
             device: settings.device,
-            cache_dir: settings.cache_repacked_models.then(|| home.repacked_models_dir()),
+            cache_dir: settings
+                .cache_repacked_models
+                .then(|| home.repacked_models_dir()),
             repack: true,
         };
         let pool = self.pool_for(settings)?;
         let budget = settings.model_memory_mb as u64 * 1024 * 1024;
-        pool.install(|| self.local.get(&info.id, &info.file, &opts, budget, progress))
+        pool.install(|| {
+            self.local
+                .get(&info.id, &info.file, &opts, budget, progress)
+        })
     }
 
     pub fn threads_for(&self, settings: &Settings) -> usize {
-        if settings.threads == 0 { default_threads() } else { settings.threads as usize }
+        if settings.threads == 0 {
+            default_threads()
+        } else {
+            settings.threads as usize
+        }
     }
 
     pub fn pool_for(&self, settings: &Settings) -> Result<Arc<rayon::ThreadPool>> {
@@ -124,7 +143,9 @@ pub fn find_model(home: &Home, id: &str) -> Result<ModelInfo> {
                 return Ok(info);
             }
             ModelEntry::Broken { file, error } if registry::model_id(&file) == id => {
-                return Err(Error::invalid(format!("the model file of {id} is damaged: {error}")));
+                return Err(Error::invalid(format!(
+                    "the model file of {id} is damaged: {error}"
+                )));
             }
             _ => {}
         }
@@ -148,15 +169,29 @@ pub fn default_model(home: &Home, settings: &Settings) -> Result<Option<String>>
             _ => None,
         })
         .collect();
-    let order = if settings.language == "zh-CN" { [DEFAULT_ZH, DEFAULT_EN] } else { [DEFAULT_EN, DEFAULT_ZH] };
-    Ok(order.iter().find(|p| ids.iter().any(|i| i == *p)).map(|s| s.to_string()).or_else(|| ids.first().cloned()))
+    let order = if settings.language == "zh-CN" {
+        [DEFAULT_ZH, DEFAULT_EN]
+    } else {
+        [DEFAULT_EN, DEFAULT_ZH]
+    };
+    Ok(order
+        .iter()
+        .find(|p| ids.iter().any(|i| i == *p))
+        .map(|s| s.to_string())
+        .or_else(|| ids.first().cloned()))
+}
+
+/// Whether a model id names the remote server (`remote`, `remote:<model>`).
+pub fn is_remote(id: &str) -> bool {
+    remote_model(id).is_some()
 }
 
 fn remote_model(id: &str) -> Option<Option<&str>> {
     if id == REMOTE_PREFIX {
         Some(None)
     } else {
-        id.strip_prefix("remote:").map(|m| Some(m).filter(|m| !m.is_empty()))
+        id.strip_prefix("remote:")
+            .map(|m| Some(m).filter(|m| !m.is_empty()))
     }
 }
 
@@ -177,7 +212,9 @@ pub fn submit(
 ) -> Result<i64> {
     job.request.validate()?;
     if job.request.params.seed.is_some_and(|s| s > MAX_SEED) {
-        return Err(Error::invalid(format!("the seed must be between 0 and {MAX_SEED}")));
+        return Err(Error::invalid(format!(
+            "the seed must be between 0 and {MAX_SEED}"
+        )));
     }
     store.ensure_live_project(job.project_id)?;
     let is_remote = remote_model(&job.request.model).is_some();
@@ -189,7 +226,11 @@ pub fn submit(
         JobRequest {
             kind: JOB_KIND.into(),
             // A remote run costs this machine nothing: it does not wait for the model slot.
-            resource: if is_remote { Resource::Light } else { Resource::Heavy },
+            resource: if is_remote {
+                Resource::Light
+            } else {
+                Resource::Heavy
+            },
             project_id: Some(job.project_id),
             payload,
             retry_of,
@@ -200,8 +241,51 @@ pub fn submit(
     )
 }
 
-async fn run(ctx: JobContext, store: Arc<Store>, home: Home, service: Arc<TextService>, job: TextJob) -> Result<serde_json::Value> {
-    let mut req = job.request;
+async fn run(
+    ctx: JobContext,
+    store: Arc<Store>,
+    home: Home,
+    service: Arc<TextService>,
+    job: TextJob,
+) -> Result<serde_json::Value> {
+    let c = ctx.clone();
+    let progress = move |done, total| c.progress(done, total);
+    let (generation_id, outcome) = generate_recorded(
+        &ctx,
+        &store,
+        &home,
+        &service,
+        job.project_id,
+        job.request,
+        job.purpose,
+        Arc::new(progress),
+    )
+    .await?;
+    if outcome.stop_reason == StopReason::Cancelled {
+        return Err(Error::Cancelled);
+    }
+    Ok(serde_json::to_value(TextResult {
+        generation_id,
+        outcome,
+    })?)
+}
+
+/// Runs one text request inside a running job and records it in `generations`: the local
+/// model off the async runtime (a panic becomes an error) or the remote server. Text streams
+/// as the job's `Token` events; `load_progress` hears about a model being loaded. A cancelled
+/// run returns its outcome with `StopReason::Cancelled` (the partial text is recorded).
+/// Other work (a live script's segments) calls this once per piece of text.
+#[allow(clippy::too_many_arguments)]
+pub async fn generate_recorded(
+    ctx: &JobContext,
+    store: &Arc<Store>,
+    home: &Home,
+    service: &Arc<TextService>,
+    project_id: i64,
+    mut req: TextRequest,
+    purpose: Option<serde_json::Value>,
+    load_progress: Arc<dyn Fn(u64, u64) + Send + Sync>,
+) -> Result<(i64, TextOutcome)> {
     let seed = req.params.seed.unwrap_or_else(random_seed);
     req.params.seed = Some(seed);
     let settings = store.settings()?;
@@ -211,12 +295,12 @@ async fn run(ctx: JobContext, store: Arc<Store>, home: Home, service: Arc<TextSe
         None => req.model.clone(),
     };
     let gen_id = store.begin_generation(&NewGeneration {
-        project_id: job.project_id,
+        project_id,
         job_id: Some(ctx.id()),
         kind: GenerationKind::Text,
         model_id: model_label,
         prompt: req.prompt_text(),
-        params: serde_json::json!({ "messages": req.messages, "sampling": req.params, "purpose": job.purpose }),
+        params: serde_json::json!({ "messages": req.messages, "sampling": req.params, "purpose": purpose }),
         seed: Some(seed as i64),
     })?;
     // What was shown so far: kept when the run fails or is cancelled.
@@ -232,35 +316,57 @@ async fn run(ctx: JobContext, store: Arc<Store>, home: Home, service: Arc<TextSe
                 extra_sampling: settings.remote_extra_sampling,
             };
             if config.base_url.trim().is_empty() {
-                Err(Error::invalid("no remote server is set up: add its address in Settings → Models"))
+                Err(Error::invalid(
+                    "no remote server is set up: add its address in Settings → Models",
+                ))
             } else {
                 let partial = partial.clone();
                 let c = ctx.clone();
                 let mut on_text = move |t: &str| {
-                    partial.lock().unwrap_or_else(|p| p.into_inner()).push_str(t);
+                    partial
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push_str(t);
                     c.token(t);
                 };
                 remote::generate(&config, &req, seed, ctx.cancellation(), &mut on_text)
                     .await
-                    .map(|o| (o, serde_json::json!({ "engine": "remote", "base_url": config.base_url })))
+                    .map(|o| {
+                        (
+                            o,
+                            serde_json::json!({ "engine": "remote", "base_url": config.base_url }),
+                        )
+                    })
             }
         }
         None => {
             let partial = partial.clone();
             let c = ctx.clone();
             let req = req.clone();
+            let (home, service) = (home.clone(), service.clone());
             tokio::task::spawn_blocking(move || {
                 // A panic inside candle becomes this job's error, not the app's end.
-                std::panic::catch_unwind(AssertUnwindSafe(|| run_local(&c, &home, &service, &settings, &req, seed, &partial)))
-                    .unwrap_or_else(|p| {
-                        let msg = p
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| p.downcast_ref::<String>().cloned())
-                            .unwrap_or_else(|| "unknown panic".into());
-                        tracing::error!(panic = %msg, "the model crashed");
-                        Err(Error::Internal(format!("the model crashed: {msg}")))
-                    })
+                std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    run_local(
+                        &c,
+                        &home,
+                        &service,
+                        &settings,
+                        &req,
+                        seed,
+                        &partial,
+                        &*load_progress,
+                    )
+                }))
+                .unwrap_or_else(|p| {
+                    let msg = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    tracing::error!(panic = %msg, "the model crashed");
+                    Err(Error::Internal(format!("the model crashed: {msg}")))
+                })
             })
             .await
             .map_err(|e| Error::Internal(format!("the model task ended abnormally: {e}")))?
@@ -284,15 +390,17 @@ async fn run(ctx: JobContext, store: Arc<Store>, home: Home, service: Arc<TextSe
                     output_tokens: Some(o.completion_tokens as i64),
                     first_token_ms: (o.completion_tokens > 0).then_some(o.first_token_ms as i64),
                     tokens_per_s: (o.decode_tokens_per_s > 0.0).then_some(o.decode_tokens_per_s),
-                    stop_reason: Some(serde_json::to_value(o.stop_reason)?.as_str().unwrap_or_default().to_owned()),
+                    stop_reason: Some(
+                        serde_json::to_value(o.stop_reason)?
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    ),
                     metrics: Some(metrics),
                     ..Default::default()
                 },
             )?;
-            if cancelled {
-                return Err(Error::Cancelled);
-            }
-            Ok(serde_json::to_value(TextResult { generation_id: gen_id, outcome: o })?)
+            Ok((gen_id, o))
         }
         Err(e) => {
             let text = partial.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -311,6 +419,7 @@ async fn run(ctx: JobContext, store: Arc<Store>, home: Home, service: Arc<TextSe
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_local(
     ctx: &JobContext,
     home: &Home,
@@ -319,16 +428,23 @@ fn run_local(
     req: &TextRequest,
     seed: u64,
     partial: &Mutex<String>,
+    progress: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> Result<(TextOutcome, serde_json::Value)> {
-    let progress = |done, total| ctx.progress(done, total);
     let load_started = std::time::Instant::now();
-    let (model, loaded_now) = service.load(home, settings, &req.model, &progress)?;
-    let load_ms = if loaded_now { load_started.elapsed().as_millis() as u64 } else { 0 };
+    let (model, loaded_now) = service.load(home, settings, &req.model, &|d, t| progress(d, t))?;
+    let load_ms = if loaded_now {
+        load_started.elapsed().as_millis() as u64
+    } else {
+        0
+    };
     ctx.check()?;
     let pool = service.pool_for(settings)?;
     let cancelled = || ctx.is_cancelled();
     let mut on_text = |t: &str| {
-        partial.lock().unwrap_or_else(|p| p.into_inner()).push_str(t);
+        partial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_str(t);
         ctx.token(t);
     };
     let mut o = pool.install(|| model.generate(req, seed, &cancelled, &mut on_text))?;

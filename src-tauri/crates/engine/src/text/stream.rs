@@ -25,7 +25,10 @@ impl TextStream {
         // change a token's text depending on what precedes it.
         let before = tok.decode(&self.ids[self.prefix..self.read])?;
         let now = tok.decode(&self.ids[self.prefix..])?;
-        if now.len() > before.len() && !now.ends_with('\u{FFFD}') && now.is_char_boundary(before.len()) {
+        if now.len() > before.len()
+            && !now.ends_with('\u{FFFD}')
+            && now.is_char_boundary(before.len())
+        {
             let text = now[before.len()..].to_owned();
             self.prefix = self.read;
             self.read = self.ids.len();
@@ -42,11 +45,13 @@ impl TextStream {
         let now = tok.decode(&self.ids[self.prefix..])?;
         self.prefix = self.ids.len();
         self.read = self.ids.len();
-        Ok(if now.len() > before.len() && now.is_char_boundary(before.len()) {
-            now[before.len()..].to_owned()
-        } else {
-            String::new()
-        })
+        Ok(
+            if now.len() > before.len() && now.is_char_boundary(before.len()) {
+                now[before.len()..].to_owned()
+            } else {
+                String::new()
+            },
+        )
     }
 }
 
@@ -66,15 +71,26 @@ pub struct Released {
 
 impl StopStrings {
     pub fn new(stops: &[String]) -> StopStrings {
-        StopStrings { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(), pending: String::new() }
+        StopStrings {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            pending: String::new(),
+        }
     }
 
     pub fn push(&mut self, text: &str) -> Released {
         self.pending.push_str(text);
-        if let Some(at) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min()
+        {
             let text = self.pending[..at].to_owned();
             self.pending.clear();
-            return Released { text, stopped: true };
+            return Released {
+                text,
+                stopped: true,
+            };
         }
         // Keep the longest tail that could still grow into a stop string.
         let mut hold = 0;
@@ -88,7 +104,10 @@ impl StopStrings {
         let cut = self.pending.len() - hold;
         let text = self.pending[..cut].to_owned();
         self.pending.drain(..cut);
-        Released { text, stopped: false }
+        Released {
+            text,
+            stopped: false,
+        }
     }
 
     /// The held-back tail, when the stream ends for another reason.
@@ -104,9 +123,27 @@ mod tests {
     #[test]
     fn stop_string_split_over_pushes_is_cut_and_never_shown() {
         let mut s = StopStrings::new(&["###".into()]);
-        assert_eq!(s.push("Hello #"), Released { text: "Hello ".into(), stopped: false });
-        assert_eq!(s.push("#"), Released { text: "".into(), stopped: false });
-        assert_eq!(s.push("# more"), Released { text: "".into(), stopped: true });
+        assert_eq!(
+            s.push("Hello #"),
+            Released {
+                text: "Hello ".into(),
+                stopped: false
+            }
+        );
+        assert_eq!(
+            s.push("#"),
+            Released {
+                text: "".into(),
+                stopped: false
+            }
+        );
+        assert_eq!(
+            s.push("# more"),
+            Released {
+                text: "".into(),
+                stopped: true
+            }
+        );
     }
 
     #[test]

@@ -11,12 +11,11 @@
 //!   Spaces are written `▁`, one is put before the text (`add_space_prefix`), and characters
 //!   outside the vocabulary fall back to `<0xNN>` byte tokens.
 
-
-use tokenizers::models::bpe::BPE;
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::decoders::strip::Strip;
+use tokenizers::models::bpe::BPE;
 use tokenizers::normalizers::{Prepend, Replace};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
@@ -51,20 +50,29 @@ pub struct TextTokenizer {
 
 impl std::fmt::Debug for TextTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TextTokenizer").field("pre", &self.pre).field("vocab", &self.vocab_size()).finish()
+        f.debug_struct("TextTokenizer")
+            .field("pre", &self.pre)
+            .field("vocab", &self.vocab_size())
+            .finish()
     }
 }
 
 fn strings<'a>(h: &'a Header, key: &str) -> Result<&'a [String]> {
     match h.get(key) {
         Some(Value::Strings(v)) => Ok(v),
-        _ => Err(Error::invalid(format!("the model file has no {key}: it cannot be tokenized"))),
+        _ => Err(Error::invalid(format!(
+            "the model file has no {key}: it cannot be tokenized"
+        ))),
     }
 }
 
 fn split(regex: &str) -> Result<PreTokenizerWrapper> {
-    let split = Split::new(SplitPattern::Regex(regex.into()), SplitDelimiterBehavior::Isolated, false)
-        .map_err(|e| Error::Internal(format!("pre-tokenizer regex: {e}")))?;
+    let split = Split::new(
+        SplitPattern::Regex(regex.into()),
+        SplitDelimiterBehavior::Isolated,
+        false,
+    )
+    .map_err(|e| Error::Internal(format!("pre-tokenizer regex: {e}")))?;
     Ok(split.into())
 }
 
@@ -74,12 +82,29 @@ fn byte_level_bpe(h: &Header, tokens: &[String]) -> Result<(Tokenizer, String)> 
     // Byte-level mapping after the split; the split itself is done by the regex above it.
     let byte_level = ByteLevel::new(false, false, false);
     let (pre_tokenizer, ignore_merges): (PreTokenizerWrapper, bool) = match pre.as_str() {
-        "gpt-2" => (Sequence::new(vec![split(GPT2)?, byte_level.into()]).into(), false),
+        "gpt-2" => (
+            Sequence::new(vec![split(GPT2)?, byte_level.into()]).into(),
+            false,
+        ),
         // SmolLM2: every digit alone, then GPT-2's split.
-        "smollm" => (Sequence::new(vec![Digits::new(true).into(), split(GPT2)?, byte_level.into()]).into(), false),
+        "smollm" => (
+            Sequence::new(vec![
+                Digits::new(true).into(),
+                split(GPT2)?,
+                byte_level.into(),
+            ])
+            .into(),
+            false,
+        ),
         // Llama 3 looks a whole word up before merging (llama.cpp's ignore_merges).
-        "llama-bpe" | "llama3" => (Sequence::new(vec![split(LLAMA3)?, byte_level.into()]).into(), true),
-        "qwen2" => (Sequence::new(vec![split(QWEN2)?, byte_level.into()]).into(), false),
+        "llama-bpe" | "llama3" => (
+            Sequence::new(vec![split(LLAMA3)?, byte_level.into()]).into(),
+            true,
+        ),
+        "qwen2" => (
+            Sequence::new(vec![split(QWEN2)?, byte_level.into()]).into(),
+            false,
+        ),
         other => {
             return Err(Error::invalid(format!(
                 "pre-tokenizer “{other}” is not supported (supported: {}); the model cannot be tokenized correctly",
@@ -88,9 +113,15 @@ fn byte_level_bpe(h: &Header, tokens: &[String]) -> Result<(Tokenizer, String)> 
         }
     };
     let merges = strings(h, "tokenizer.ggml.merges")?;
-    let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
-    let merges: Vec<(String, String)> =
-        merges.iter().filter_map(|m| m.split_once(' ').map(|(a, b)| (a.to_owned(), b.to_owned()))).collect();
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let merges: Vec<(String, String)> = merges
+        .iter()
+        .filter_map(|m| m.split_once(' ').map(|(a, b)| (a.to_owned(), b.to_owned())))
+        .collect();
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .ignore_merges(ignore_merges)
@@ -106,13 +137,25 @@ fn byte_level_bpe(h: &Header, tokens: &[String]) -> Result<(Tokenizer, String)> 
 fn sentencepiece(h: &Header, tokens: &[String]) -> Result<Tokenizer> {
     let scores = match h.get("tokenizer.ggml.scores") {
         Some(Value::Floats(v)) if v.len() == tokens.len() => v.as_slice(),
-        _ => return Err(Error::invalid("the SentencePiece vocabulary has no scores for its pieces: it cannot be tokenized")),
+        _ => {
+            return Err(Error::invalid(
+                "the SentencePiece vocabulary has no scores for its pieces: it cannot be tokenized",
+            ));
+        }
     };
     let types = match h.get("tokenizer.ggml.token_type") {
         Some(Value::Ints(v)) if v.len() == tokens.len() => v.as_slice(),
-        _ => return Err(Error::invalid("the SentencePiece vocabulary has no token types: it cannot be tokenized")),
+        _ => {
+            return Err(Error::invalid(
+                "the SentencePiece vocabulary has no token types: it cannot be tokenized",
+            ));
+        }
     };
-    let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
     // Every way to build a normal (1) or user-defined (4) piece from two pieces of the
     // vocabulary, ranked by the joined piece's score (SentencePiece's merge order). Ties keep
     // vocabulary order, which is how the file ranks equal scores.
@@ -129,24 +172,40 @@ fn sentencepiece(h: &Header, tokens: &[String]) -> Result<Tokenizer> {
         }
     }
     ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-    let merges: Vec<(String, String)> = ranked.into_iter().map(|(_, _, l, r)| (l.to_owned(), r.to_owned())).collect();
-    let unk = tokens.iter().zip(types).find(|(_, t)| **t == 2).map(|(s, _)| s.clone());
-    let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true).fuse_unk(true);
+    let merges: Vec<(String, String)> = ranked
+        .into_iter()
+        .map(|(_, _, l, r)| (l.to_owned(), r.to_owned()))
+        .collect();
+    let unk = tokens
+        .iter()
+        .zip(types)
+        .find(|(_, t)| **t == 2)
+        .map(|(s, _)| s.clone());
+    let mut builder = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true)
+        .fuse_unk(true);
     if let Some(unk) = unk {
         builder = builder.unk_token(unk);
     }
-    let bpe = builder.build().map_err(|e| Error::invalid(format!("the model's vocabulary is inconsistent: {e}")))?;
-    let add_space_prefix = !matches!(h.get("tokenizer.ggml.add_space_prefix"), Some(Value::Bool(false)));
+    let bpe = builder
+        .build()
+        .map_err(|e| Error::invalid(format!("the model's vocabulary is inconsistent: {e}")))?;
+    let add_space_prefix = !matches!(
+        h.get("tokenizer.ggml.add_space_prefix"),
+        Some(Value::Bool(false))
+    );
 
     let internal = |e: tokenizers::Error| Error::Internal(format!("SentencePiece set-up: {e}"));
     let mut plain = Tokenizer::new(bpe);
     let space = Replace::new(" ", "\u{2581}").map_err(internal)?;
     if add_space_prefix {
-        plain.with_normalizer(Some(tokenizers::normalizers::Sequence::new(vec![
-            Prepend::new("\u{2581}".into()).into(),
-            space.into(),
-        ])))
-        .map_err(internal)?;
+        plain
+            .with_normalizer(Some(tokenizers::normalizers::Sequence::new(vec![
+                Prepend::new("\u{2581}".into()).into(),
+                space.into(),
+            ])))
+            .map_err(internal)?;
     } else {
         plain.with_normalizer(Some(space)).map_err(internal)?;
     }
@@ -188,14 +247,21 @@ impl TextTokenizer {
             .filter_map(|(i, t)| tokens.get(i).map(|s| AddedToken::from(s.clone(), *t == 3)))
             .collect();
         let mut with_special = plain.clone();
-        with_special
-            .add_special_tokens(specials)
-            .map_err(|e| Error::invalid(format!("the model's special tokens are inconsistent: {e}")))?;
+        with_special.add_special_tokens(specials).map_err(|e| {
+            Error::invalid(format!("the model's special tokens are inconsistent: {e}"))
+        })?;
 
-        let id = |key: &str| h.u64(key).and_then(|v| u32::try_from(v).ok()).filter(|&v| (v as usize) < tokens.len());
+        let id = |key: &str| {
+            h.u64(key)
+                .and_then(|v| u32::try_from(v).ok())
+                .filter(|&v| (v as usize) < tokens.len())
+        };
         let bos = id("tokenizer.ggml.bos_token_id");
         let eos = id("tokenizer.ggml.eos_token_id");
-        let mut stop: Vec<u32> = [eos, id("tokenizer.ggml.eot_token_id")].into_iter().flatten().collect();
+        let mut stop: Vec<u32> = [eos, id("tokenizer.ggml.eot_token_id")]
+            .into_iter()
+            .flatten()
+            .collect();
         for marker in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>"] {
             if let Some(i) = tokens.iter().position(|t| t == marker) {
                 stop.push(i as u32);
@@ -203,7 +269,14 @@ impl TextTokenizer {
         }
         stop.sort_unstable();
         stop.dedup();
-        Ok(TextTokenizer { with_special, plain, bos, eos, stop, pre })
+        Ok(TextTokenizer {
+            with_special,
+            plain,
+            bos,
+            eos,
+            stop,
+            pre,
+        })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -214,13 +287,21 @@ impl TextTokenizer {
     /// template's `<|im_start|>`) become those tokens; without, they are plain text (user input
     /// must not be able to inject them).
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
-        let t = if parse_special { &self.with_special } else { &self.plain };
-        let enc = t.encode(text, false).map_err(|e| Error::Internal(format!("tokenizing: {e}")))?;
+        let t = if parse_special {
+            &self.with_special
+        } else {
+            &self.plain
+        };
+        let enc = t
+            .encode(text, false)
+            .map_err(|e| Error::Internal(format!("tokenizing: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Text of `ids` (special tokens included as their text).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.with_special.decode(ids, false).map_err(|e| Error::Internal(format!("decoding: {e}")))
+        self.with_special
+            .decode(ids, false)
+            .map_err(|e| Error::Internal(format!("decoding: {e}")))
     }
 }

@@ -34,9 +34,21 @@ pub struct CopyRequest {
 pub fn check_options(t: &Template, values: &Values) -> CheckOptions {
     let has = |s: &str| t.compliance.iter().any(|c| c == s);
     CheckOptions {
-        category: if has("category") { values.get("category").filter(|c| !c.is_empty() && *c != "general").cloned() } else { None },
-        platform: if has("platform") { t.platform.clone() } else { None },
-        virtual_host: has("virtual_host") && values.get("virtual_host").is_some_and(|v| v == "true"),
+        category: if has("category") {
+            values
+                .get("category")
+                .filter(|c| !c.is_empty() && *c != "general")
+                .cloned()
+        } else {
+            None
+        },
+        platform: if has("platform") {
+            t.platform.clone()
+        } else {
+            None
+        },
+        virtual_host: has("virtual_host")
+            && values.get("virtual_host").is_some_and(|v| v == "true"),
         trademarks: Vec::new(),
     }
 }
@@ -54,30 +66,50 @@ pub fn writes_chinese(t: &Template, values: &Values) -> bool {
 /// is reproducible; otherwise each draws its own (recorded with the generation).
 pub fn jobs(req: &CopyRequest, t: &Template, checker: &Checker) -> Result<Vec<TextJob>> {
     if !(1..=MAX_VARIANTS).contains(&req.variants) {
-        return Err(Error::invalid(format!("variants must be between 1 and {MAX_VARIANTS}")));
+        return Err(Error::invalid(format!(
+            "variants must be between 1 and {MAX_VARIANTS}"
+        )));
     }
     if let Some(seed) = req.params.seed
         && seed + u64::from(req.variants) > MAX_SEED
     {
-        return Err(Error::invalid(format!("the seed must be at most {}", MAX_SEED - u64::from(req.variants))));
+        return Err(Error::invalid(format!(
+            "the seed must be at most {}",
+            MAX_SEED - u64::from(req.variants)
+        )));
     }
     let zh = writes_chinese(t, &req.values);
     let mut opts = check_options(t, &req.values);
     // The brand's own trademarks are exceptions wherever its copy is checked.
-    opts.trademarks = req.brand.as_ref().map(|b| b.trademarks.clone()).unwrap_or_default();
-    let ctx = PromptContext { tone: req.tone.clone(), brand: req.brand.clone(), rules: Some(checker.prompt_summary(&opts, zh)?) };
+    opts.trademarks = req
+        .brand
+        .as_ref()
+        .map(|b| b.trademarks.clone())
+        .unwrap_or_default();
+    let ctx = PromptContext {
+        tone: req.tone.clone(),
+        brand: req.brand.clone(),
+        rules: Some(checker.prompt_summary(&opts, zh)?),
+    };
     let prompt = t.render(&req.values, &ctx)?;
     let system = if zh {
         "你是资深的中文电商与新媒体文案。按要求直接输出文案正文，不要解释，不要重复要求。"
     } else {
         "You are an experienced e-commerce copywriter. Output only the copy that was asked for, with no explanations."
     };
-    let messages = vec![ChatMessage::new(Role::System, system), ChatMessage::new(Role::User, prompt)];
+    let messages = vec![
+        ChatMessage::new(Role::System, system),
+        ChatMessage::new(Role::User, prompt),
+    ];
     (0..req.variants)
         .map(|i| {
             let mut params = req.params.clone();
             params.seed = req.params.seed.map(|s| s + u64::from(i));
-            let request = TextRequest { model: req.model.clone(), messages: messages.clone(), params };
+            let request = TextRequest {
+                model: req.model.clone(),
+                messages: messages.clone(),
+                params,
+            };
             request.validate()?;
             Ok(TextJob {
                 project_id: req.project_id,

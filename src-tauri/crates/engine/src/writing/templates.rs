@@ -14,8 +14,9 @@ use crate::error::{Error, Result};
 include!(concat!(env!("OUT_DIR"), "/builtin_templates.rs"));
 
 pub const GROUPS: [&str; 5] = ["product", "platform", "ads", "live", "rewrite"];
-pub const FRAMEWORKS: [&str; 12] =
-    ["none", "AIDA", "PAS", "FAB", "FABE", "BAB", "4P", "PASTOR", "QUEST", "STAR", "4U", "PRUNE"];
+pub const FRAMEWORKS: [&str; 12] = [
+    "none", "AIDA", "PAS", "FAB", "FABE", "BAB", "4P", "PASTOR", "QUEST", "STAR", "4U", "PRUNE",
+];
 /// The longest prompt a template may render (characters): beyond it the form's inputs are too
 /// long for the small local models' context.
 pub const MAX_PROMPT_CHARS: usize = 12_000;
@@ -143,16 +144,26 @@ impl BrandVoice {
     /// Trims entries, drops empty ones, and checks the sizes (a brand voice goes into every
     /// prompt of its project, so it must stay short).
     pub fn normalized(&self) -> Result<BrandVoice> {
-        let clean = |v: &[String], what: &str, max_items: usize, max_chars: usize| -> Result<Vec<String>> {
-            let items: Vec<String> = v.iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
-            if items.len() > max_items {
-                return Err(Error::invalid(format!("{what}: at most {max_items} entries")));
-            }
-            if let Some(long) = items.iter().find(|s| s.chars().count() > max_chars) {
-                return Err(Error::invalid(format!("{what}: “{}…” is longer than {max_chars} characters", long.chars().take(12).collect::<String>())));
-            }
-            Ok(items)
-        };
+        let clean =
+            |v: &[String], what: &str, max_items: usize, max_chars: usize| -> Result<Vec<String>> {
+                let items: Vec<String> = v
+                    .iter()
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                if items.len() > max_items {
+                    return Err(Error::invalid(format!(
+                        "{what}: at most {max_items} entries"
+                    )));
+                }
+                if let Some(long) = items.iter().find(|s| s.chars().count() > max_chars) {
+                    return Err(Error::invalid(format!(
+                        "{what}: “{}…” is longer than {max_chars} characters",
+                        long.chars().take(12).collect::<String>()
+                    )));
+                }
+                Ok(items)
+            };
         Ok(BrandVoice {
             tone_words: clean(&self.tone_words, "tone words", 20, 20)?,
             must_mention: clean(&self.must_mention, "must-mention terms", 20, 40)?,
@@ -163,7 +174,11 @@ impl BrandVoice {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tone_words.is_empty() && self.must_mention.is_empty() && self.banned.is_empty() && self.examples.is_empty() && self.trademarks.is_empty()
+        self.tone_words.is_empty()
+            && self.must_mention.is_empty()
+            && self.banned.is_empty()
+            && self.examples.is_empty()
+            && self.trademarks.is_empty()
     }
 }
 
@@ -179,23 +194,38 @@ fn environment() -> Environment<'static> {
 
 impl Template {
     pub fn parse(name: &str, text: &str) -> Result<Template> {
-        let t: Template =
-            toml::from_str(text).map_err(|e| Error::invalid(format!("template {name}: {}", e.message().trim())))?;
+        let t: Template = toml::from_str(text)
+            .map_err(|e| Error::invalid(format!("template {name}: {}", e.message().trim())))?;
         t.check(name)?;
         Ok(t)
     }
 
     fn check(&self, name: &str) -> Result<()> {
         let bad = |what: String| Err(Error::invalid(format!("template {name}: {what}")));
-        let ident = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        let ident = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        };
         if !ident(&self.id) {
-            return bad(format!("id “{}” must be lower-case letters, digits, - or _", self.id));
+            return bad(format!(
+                "id “{}” must be lower-case letters, digits, - or _",
+                self.id
+            ));
         }
         if !GROUPS.contains(&self.group.as_str()) {
-            return bad(format!("group “{}” is not one of {}", self.group, GROUPS.join(", ")));
+            return bad(format!(
+                "group “{}” is not one of {}",
+                self.group,
+                GROUPS.join(", ")
+            ));
         }
         if !FRAMEWORKS.contains(&self.framework.as_str()) {
-            return bad(format!("framework “{}” is not one of {}", self.framework, FRAMEWORKS.join(", ")));
+            return bad(format!(
+                "framework “{}” is not one of {}",
+                self.framework,
+                FRAMEWORKS.join(", ")
+            ));
         }
         if !["zh", "en", "input"].contains(&self.output_language.as_str()) {
             return bad("output_language must be zh, en or input".into());
@@ -206,7 +236,10 @@ impl Template {
         let mut seen = std::collections::HashSet::new();
         for i in &self.inputs {
             if !ident(&i.id) || i.id.contains('-') {
-                return bad(format!("input id “{}” must be lower-case letters, digits or _", i.id));
+                return bad(format!(
+                    "input id “{}” must be lower-case letters, digits or _",
+                    i.id
+                ));
             }
             if !seen.insert(i.id.as_str()) {
                 return bad(format!("input “{}” is declared twice", i.id));
@@ -220,14 +253,31 @@ impl Template {
         }
         for c in &self.compliance {
             if !["category", "platform", "virtual_host"].contains(&c.as_str()) {
-                return bad(format!("compliance scope “{c}” is not one of category, platform, virtual_host"));
+                return bad(format!(
+                    "compliance scope “{c}” is not one of category, platform, virtual_host"
+                ));
             }
         }
         let env = environment();
-        let tmpl = env.template_from_str(&self.prompt).map_err(|e| Error::invalid(format!("template {name}: the prompt does not parse: {e}")))?;
+        let tmpl = env.template_from_str(&self.prompt).map_err(|e| {
+            Error::invalid(format!("template {name}: the prompt does not parse: {e}"))
+        })?;
         // Every variable the prompt reads must be an input or a context value: a typo would
         // otherwise silently render as nothing.
-        let known = ["tone", "brand", "rules", "limits", "framework", "loop", "range", "dict", "namespace", "cycler", "joiner", "debug"];
+        let known = [
+            "tone",
+            "brand",
+            "rules",
+            "limits",
+            "framework",
+            "loop",
+            "range",
+            "dict",
+            "namespace",
+            "cycler",
+            "joiner",
+            "debug",
+        ];
         for v in tmpl.undeclared_variables(false) {
             if !seen.contains(v.as_str()) && !known.contains(&v.as_str()) {
                 return bad(format!("the prompt uses “{v}”, which is not an input"));
@@ -240,7 +290,9 @@ impl Template {
     pub fn validate(&self, values: &Values) -> Result<()> {
         for key in values.keys() {
             if !self.inputs.iter().any(|i| &i.id == key) {
-                return Err(Error::invalid(format!("“{key}” is not an input of this template")));
+                return Err(Error::invalid(format!(
+                    "“{key}” is not an input of this template"
+                )));
             }
         }
         for i in &self.inputs {
@@ -254,16 +306,28 @@ impl Template {
             if let Some(max) = i.max_chars {
                 let n = v.chars().count();
                 if n > max {
-                    return Err(Error::invalid(format!("“{}” is {n} characters; at most {max}", i.label_zh)));
+                    return Err(Error::invalid(format!(
+                        "“{}” is {n} characters; at most {max}",
+                        i.label_zh
+                    )));
                 }
             }
             match i.kind {
                 InputKind::Select if !i.options.iter().any(|o| o == v) => {
-                    return Err(Error::invalid(format!("“{}” must be one of: {}", i.label_zh, i.options.join("、"))));
+                    return Err(Error::invalid(format!(
+                        "“{}” must be one of: {}",
+                        i.label_zh,
+                        i.options.join("、")
+                    )));
                 }
                 InputKind::Number => {
-                    let n: f64 = v.parse().map_err(|_| Error::invalid(format!("“{}” must be a number", i.label_zh)))?;
-                    if !n.is_finite() || i.min.is_some_and(|m| n < m) || i.max.is_some_and(|m| n > m) {
+                    let n: f64 = v.parse().map_err(|_| {
+                        Error::invalid(format!("“{}” must be a number", i.label_zh))
+                    })?;
+                    if !n.is_finite()
+                        || i.min.is_some_and(|m| n < m)
+                        || i.max.is_some_and(|m| n > m)
+                    {
                         return Err(Error::invalid(format!(
                             "“{}” must be between {} and {}",
                             i.label_zh,
@@ -283,8 +347,17 @@ impl Template {
         self.validate(values)?;
         let mut vars: BTreeMap<&str, minijinja::Value> = BTreeMap::new();
         for i in &self.inputs {
-            let v = values.get(&i.id).map(|s| s.trim()).filter(|s| !s.is_empty()).map(str::to_owned).or_else(|| i.default.clone());
-            vars.insert(&i.id, v.map(minijinja::Value::from).unwrap_or(minijinja::Value::from("")));
+            let v = values
+                .get(&i.id)
+                .map(|s| s.trim())
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .or_else(|| i.default.clone());
+            vars.insert(
+                &i.id,
+                v.map(minijinja::Value::from)
+                    .unwrap_or(minijinja::Value::from("")),
+            );
         }
         vars.insert("tone", minijinja::Value::from_serialize(&ctx.tone));
         vars.insert("brand", minijinja::Value::from_serialize(&ctx.brand));
@@ -310,7 +383,10 @@ impl Template {
 
     /// Sample values for every input that has one (tests, the form's placeholders).
     pub fn samples(&self) -> Values {
-        self.inputs.iter().filter_map(|i| i.sample.clone().map(|s| (i.id.clone(), s))).collect()
+        self.inputs
+            .iter()
+            .filter_map(|i| i.sample.clone().map(|s| (i.id.clone(), s)))
+            .collect()
     }
 }
 
@@ -319,7 +395,9 @@ impl Template {
 pub fn load(dir: Option<&Path>) -> (Vec<Template>, Vec<TemplateProblem>) {
     let mut out: Vec<Template> = Vec::new();
     let mut problems = Vec::new();
-    let builtin = BUILTIN_TEMPLATES.iter().map(|&(name, text)| Ok((name.to_owned(), text.to_owned(), "builtin".to_owned())));
+    let builtin = BUILTIN_TEMPLATES
+        .iter()
+        .map(|&(name, text)| Ok((name.to_owned(), text.to_owned(), "builtin".to_owned())));
     let user = dir
         .map(|d| crate::fsutil::read_toml_files(d, 1 << 20, "a template"))
         .unwrap_or_default()
@@ -329,7 +407,10 @@ pub fn load(dir: Option<&Path>) -> (Vec<Template>, Vec<TemplateProblem>) {
         match file.and_then(|(name, text, source)| {
             Template::parse(&name, &text)
                 .map(|t| Template { source, ..t })
-                .map_err(|e| TemplateProblem { file: name.clone(), message: e.to_string() })
+                .map_err(|e| TemplateProblem {
+                    file: name.clone(),
+                    message: e.to_string(),
+                })
         }) {
             Ok(t) => {
                 out.retain(|q| q.id != t.id);

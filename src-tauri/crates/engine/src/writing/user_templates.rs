@@ -33,22 +33,35 @@ fn user_files(dir: &Path) -> Vec<(PathBuf, String)> {
 fn user_files_with_id(dir: &Path, id: &str) -> Vec<(PathBuf, String)> {
     user_files(dir)
         .into_iter()
-        .filter(|(p, text)| Template::parse(&p.display().to_string(), text).is_ok_and(|t| t.id == id))
+        .filter(|(p, text)| {
+            Template::parse(&p.display().to_string(), text).is_ok_and(|t| t.id == id)
+        })
         .collect()
 }
 
 fn builtin_with_id(id: &str) -> Option<&'static str> {
-    BUILTIN_TEMPLATES.iter().find(|(name, text)| Template::parse(name, text).is_ok_and(|t| t.id == id)).map(|(_, t)| *t)
+    BUILTIN_TEMPLATES
+        .iter()
+        .find(|(name, text)| Template::parse(name, text).is_ok_and(|t| t.id == id))
+        .map(|(_, t)| *t)
 }
 
 /// The TOML of the template the catalogue uses for `id` (a user's file wins over a shipped one,
 /// as in [`load`]).
 pub fn source(dir: &Path, id: &str) -> Result<TemplateSource> {
     if let Some((_, text)) = user_files_with_id(dir, id).pop() {
-        return Ok(TemplateSource { id: id.to_owned(), text, user: true });
+        return Ok(TemplateSource {
+            id: id.to_owned(),
+            text,
+            user: true,
+        });
     }
     builtin_with_id(id)
-        .map(|text| TemplateSource { id: id.to_owned(), text: text.to_owned(), user: false })
+        .map(|text| TemplateSource {
+            id: id.to_owned(),
+            text: text.to_owned(),
+            user: false,
+        })
         .ok_or_else(|| Error::invalid(format!("there is no template “{id}”")))
 }
 
@@ -56,10 +69,10 @@ pub fn source(dir: &Path, id: &str) -> Result<TemplateSource> {
 /// marked as a copy; comments and layout of the original are kept. Nothing is written yet.
 pub fn duplicate(dir: &Path, id: &str) -> Result<TemplateSource> {
     let original = source(dir, id)?;
-    let mut doc: toml_edit::DocumentMut = original
-        .text
-        .parse()
-        .map_err(|e: toml_edit::TomlError| Error::invalid(format!("template {id} does not parse: {}", e.message())))?;
+    let mut doc: toml_edit::DocumentMut =
+        original.text.parse().map_err(|e: toml_edit::TomlError| {
+            Error::invalid(format!("template {id} does not parse: {}", e.message()))
+        })?;
     let (taken, _) = load(Some(dir));
     let base = format!("{id}-copy");
     let new_id = std::iter::once(base.clone())
@@ -67,14 +80,21 @@ pub fn duplicate(dir: &Path, id: &str) -> Result<TemplateSource> {
         .find(|c| !taken.iter().any(|t| &t.id == c))
         .unwrap_or(base);
     let name = |key: &str, suffix: &str, doc: &toml_edit::DocumentMut| {
-        doc.get(key).and_then(|v| v.as_str()).map(|s| format!("{s}{suffix}")).unwrap_or_default()
+        doc.get(key)
+            .and_then(|v| v.as_str())
+            .map(|s| format!("{s}{suffix}"))
+            .unwrap_or_default()
     };
     let zh = name("name_zh", "（副本）", &doc);
     let en = name("name_en", " (copy)", &doc);
     doc["id"] = toml_edit::value(new_id.clone());
     doc["name_zh"] = toml_edit::value(zh);
     doc["name_en"] = toml_edit::value(en);
-    Ok(TemplateSource { id: new_id, text: doc.to_string(), user: true })
+    Ok(TemplateSource {
+        id: new_id,
+        text: doc.to_string(),
+        user: true,
+    })
 }
 
 /// Validates `text` as a template and saves it as `<id>.toml` in the user's folder, replacing
@@ -82,7 +102,10 @@ pub fn duplicate(dir: &Path, id: &str) -> Result<TemplateSource> {
 /// a shipped template or another of the user's templates already has.
 pub fn save(dir: &Path, text: &str, previous_id: Option<&str>) -> Result<Template> {
     if text.len() > MAX_TEMPLATE_BYTES {
-        return Err(Error::invalid(format!("a template file may be at most {} KiB", MAX_TEMPLATE_BYTES >> 10)));
+        return Err(Error::invalid(format!(
+            "a template file may be at most {} KiB",
+            MAX_TEMPLATE_BYTES >> 10
+        )));
     }
     let t = Template::parse("(edited)", text)?;
     // Render with the sample values so a prompt that fails only at render time is caught now.
@@ -94,7 +117,10 @@ pub fn save(dir: &Path, text: &str, previous_id: Option<&str>) -> Result<Templat
         )));
     }
     if previous_id != Some(t.id.as_str()) && !user_files_with_id(dir, &t.id).is_empty() {
-        return Err(Error::Conflict(format!("you already have a template with the id “{}”", t.id)));
+        return Err(Error::Conflict(format!(
+            "you already have a template with the id “{}”",
+            t.id
+        )));
     }
     let path = dir.join(format!("{}.toml", t.id));
     fsutil::write_atomic(&path, text.as_bytes())?;
@@ -105,19 +131,26 @@ pub fn save(dir: &Path, text: &str, previous_id: Option<&str>) -> Result<Templat
         stale.extend(user_files_with_id(dir, prev));
     }
     for (p, _) in stale.into_iter().filter(|(p, _)| p != &path) {
-        std::fs::remove_file(&p).map_err(|e| Error::io(format!("cannot remove {}", p.display()), e))?;
+        std::fs::remove_file(&p)
+            .map_err(|e| Error::io(format!("cannot remove {}", p.display()), e))?;
     }
-    Ok(Template { source: path.display().to_string(), ..t })
+    Ok(Template {
+        source: path.display().to_string(),
+        ..t
+    })
 }
 
 /// Deletes the user's template `id` (a shipped one cannot be deleted).
 pub fn delete(dir: &Path, id: &str) -> Result<()> {
     let files = user_files_with_id(dir, id);
     if files.is_empty() {
-        return Err(Error::invalid(format!("“{id}” is not one of your templates; shipped templates cannot be deleted")));
+        return Err(Error::invalid(format!(
+            "“{id}” is not one of your templates; shipped templates cannot be deleted"
+        )));
     }
     for (p, _) in files {
-        std::fs::remove_file(&p).map_err(|e| Error::io(format!("cannot remove {}", p.display()), e))?;
+        std::fs::remove_file(&p)
+            .map_err(|e| Error::io(format!("cannot remove {}", p.display()), e))?;
     }
     Ok(())
 }
@@ -126,7 +159,10 @@ pub fn delete(dir: &Path, id: &str) -> Result<()> {
 /// what the model will be asked before the template is saved.
 pub fn preview(text: &str) -> Result<String> {
     if text.len() > MAX_TEMPLATE_BYTES {
-        return Err(Error::invalid(format!("a template file may be at most {} KiB", MAX_TEMPLATE_BYTES >> 10)));
+        return Err(Error::invalid(format!(
+            "a template file may be at most {} KiB",
+            MAX_TEMPLATE_BYTES >> 10
+        )));
     }
     preview_parsed(&Template::parse("(edited)", text)?)
 }
@@ -134,10 +170,22 @@ pub fn preview(text: &str) -> Result<String> {
 fn preview_parsed(t: &Template) -> Result<String> {
     let mut values = t.samples();
     // A required input without a sample gets a placeholder so the preview still renders.
-    for i in t.inputs.iter().filter(|i| i.required && i.default.is_none()) {
-        values.entry(i.id.clone()).or_insert_with(|| i.options.first().cloned().unwrap_or_else(|| format!("<{}>", i.label_zh)));
+    for i in t
+        .inputs
+        .iter()
+        .filter(|i| i.required && i.default.is_none())
+    {
+        values.entry(i.id.clone()).or_insert_with(|| {
+            i.options
+                .first()
+                .cloned()
+                .unwrap_or_else(|| format!("<{}>", i.label_zh))
+        });
     }
-    let ctx = PromptContext { tone: t.tones.first().cloned(), ..Default::default() };
+    let ctx = PromptContext {
+        tone: t.tones.first().cloned(),
+        ..Default::default()
+    };
     t.render(&values, &ctx)
 }
 
@@ -152,18 +200,32 @@ mod tests {
         assert_eq!(copy.id, "xhs-seeding-copy");
         let t = Template::parse("copy", &copy.text).unwrap();
         assert_eq!(t.id, "xhs-seeding-copy");
-        assert!(t.name_zh.ends_with("（副本）") && t.name_en.ends_with(" (copy)"), "{} / {}", t.name_zh, t.name_en);
+        assert!(
+            t.name_zh.ends_with("（副本）") && t.name_en.ends_with(" (copy)"),
+            "{} / {}",
+            t.name_zh,
+            t.name_en
+        );
         let original = source(dir.path(), "xhs-seeding").unwrap();
         assert!(!original.user);
-        assert_eq!(t.prompt, Template::parse("o", &original.text).unwrap().prompt);
+        assert_eq!(
+            t.prompt,
+            Template::parse("o", &original.text).unwrap().prompt
+        );
 
         save(dir.path(), &copy.text, None).unwrap();
         assert!(dir.path().join("xhs-seeding-copy.toml").is_file());
         // The next duplicate does not collide with the saved one.
-        assert_eq!(duplicate(dir.path(), "xhs-seeding").unwrap().id, "xhs-seeding-copy-2");
+        assert_eq!(
+            duplicate(dir.path(), "xhs-seeding").unwrap().id,
+            "xhs-seeding-copy-2"
+        );
         let (all, problems) = load(Some(dir.path()));
         assert!(problems.is_empty(), "{problems:?}");
-        assert!(all.iter().any(|t| t.id == "xhs-seeding-copy" && t.source.ends_with("xhs-seeding-copy.toml")));
+        assert!(
+            all.iter()
+                .any(|t| t.id == "xhs-seeding-copy" && t.source.ends_with("xhs-seeding-copy.toml"))
+        );
         assert!(source(dir.path(), "xhs-seeding-copy").unwrap().user);
     }
 
@@ -172,10 +234,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let copy = duplicate(dir.path(), "slogan").unwrap();
         save(dir.path(), &copy.text, None).unwrap();
-        let renamed = copy.text.replace("id = \"slogan-copy\"", "id = \"my-slogan\"");
+        let renamed = copy
+            .text
+            .replace("id = \"slogan-copy\"", "id = \"my-slogan\"");
         assert_ne!(renamed, copy.text);
         save(dir.path(), &renamed, Some("slogan-copy")).unwrap();
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("my-slogan.toml")]);
     }
 
@@ -185,8 +252,15 @@ mod tests {
         let copy = duplicate(dir.path(), "slogan").unwrap();
         let cases = [
             (copy.text.replace("group = \"", "group = \"x"), "group"),
-            (copy.text.replace("prompt = '''", "prompt = '''{{ nowhere }}"), "nowhere"),
-            (copy.text.replace("id = \"slogan-copy\"", "id = \"slogan\""), "shipped"),
+            (
+                copy.text
+                    .replace("prompt = '''", "prompt = '''{{ nowhere }}"),
+                "nowhere",
+            ),
+            (
+                copy.text.replace("id = \"slogan-copy\"", "id = \"slogan\""),
+                "shipped",
+            ),
             ("id = [".to_owned(), "template"),
         ];
         for (text, needle) in cases {
@@ -205,11 +279,19 @@ mod tests {
     #[test]
     fn only_the_users_templates_can_be_deleted() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(delete(dir.path(), "slogan").unwrap_err().kind(), "invalid_input");
+        assert_eq!(
+            delete(dir.path(), "slogan").unwrap_err().kind(),
+            "invalid_input"
+        );
         let copy = duplicate(dir.path(), "slogan").unwrap();
         save(dir.path(), &copy.text, None).unwrap();
         delete(dir.path(), "slogan-copy").unwrap();
-        assert!(!load(Some(dir.path())).0.iter().any(|t| t.id == "slogan-copy"));
+        assert!(
+            !load(Some(dir.path()))
+                .0
+                .iter()
+                .any(|t| t.id == "slogan-copy")
+        );
     }
 
     #[test]
