@@ -47,6 +47,21 @@ const COMMANDS: &[&str] = &[
     "save_template",
     "delete_template",
     "preview_template",
+    "list_products",
+    "get_product",
+    "save_product",
+    "delete_product",
+    "import_products_csv",
+    "generate_script",
+    "regenerate_segment",
+    "generate_scripts_batch",
+    "list_scripts",
+    "get_script",
+    "save_script",
+    "export_script",
+    "open_teleprompter",
+    "teleprompter_script",
+    "set_fullscreen",
 ];
 
 fn main() {

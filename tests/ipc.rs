@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use tauri::ipc::{CallbackFn, InvokeBody};
 use tauri::test::{INVOKE_KEY, MockRuntime, mock_builder};
 use tauri::webview::InvokeRequest;
-use tauri::{App, WebviewWindow, WebviewWindowBuilder};
+use tauri::{App, Manager, WebviewWindow, WebviewWindowBuilder};
 
 const APP_URL: &str = "tauri://localhost";
 
@@ -603,4 +603,231 @@ fn copy_commands_check_list_templates_and_export_labelled_files() {
     )
     .unwrap();
     assert_eq!(s["label_explicit"], false);
+}
+
+fn invoke_raw(
+    w: &WebviewWindow<MockRuntime>,
+    cmd: &str,
+    body: Vec<u8>,
+    headers: &[(&'static str, String)],
+) -> Result<Value, Value> {
+    let mut map = tauri::http::HeaderMap::new();
+    for (k, v) in headers {
+        map.insert(*k, v.parse().unwrap());
+    }
+    tauri::test::get_ipc_response(
+        w,
+        InvokeRequest {
+            cmd: cmd.into(),
+            callback: CallbackFn(0),
+            error: CallbackFn(1),
+            url: APP_URL.parse().unwrap(),
+            body: InvokeBody::Raw(body),
+            headers: map,
+            invoke_key: INVOKE_KEY.to_string(),
+        },
+    )
+    .map(|body| body.deserialize::<Value>().unwrap())
+}
+
+fn flask() -> Value {
+    json!({
+        "name": "  真空保温杯 500ml ",
+        "category": "food",
+        "selling_points": [{"feature": "316 不锈钢内胆", "benefit": "泡茶不串味"}],
+        "daily_price": 199.0, "live_price": 129.0, "price_basis": "前 30 日最低成交价",
+        "stock": 500, "link_no": 3
+    })
+}
+
+#[test]
+fn live_script_commands_products_scripts_exports_and_the_teleprompter_window() {
+    let h = harness();
+    let project = invoke(&h, "create_project", json!({"name": "直播"})).unwrap()["id"]
+        .as_i64()
+        .unwrap();
+
+    // Products: saved normalised, listed, refused with the reason, deleted.
+    let p = invoke(
+        &h,
+        "save_product",
+        json!({"projectId": project, "product": flask()}),
+    )
+    .unwrap();
+    assert_eq!(p["name"], "真空保温杯 500ml");
+    let pid = p["id"].as_i64().unwrap();
+    assert_eq!(
+        invoke(&h, "get_product", json!({"id": pid})).unwrap()["product"]["link_no"],
+        3
+    );
+    let mut no_basis = flask();
+    no_basis["price_basis"] = json!("");
+    assert_eq!(
+        kind(
+            invoke(
+                &h,
+                "save_product",
+                json!({"projectId": project, "product": no_basis})
+            )
+            .unwrap_err()
+        ),
+        "invalid_input"
+    );
+
+    // CSV import: the raw bytes (GB18030 here) with the project in a header; bad rows listed.
+    let csv = "name,selling_points,live_price\n羊毛围巾,柔软>不扎,89\n,x,1\n";
+    let (gb, _, _) = encoding_rs::GB18030.encode(csv);
+    let report = invoke_raw(
+        &h.main,
+        "import_products_csv",
+        gb.into_owned(),
+        &[("project-id", project.to_string())],
+    )
+    .unwrap();
+    assert_eq!(
+        (report["imported"].as_u64(), report["encoding"].as_str()),
+        (Some(1), Some("gb18030"))
+    );
+    assert_eq!(report["errors"][0]["row"], 3);
+    assert_eq!(report["errors"][0]["column"], "name");
+    assert_eq!(
+        kind(invoke_raw(&h.main, "import_products_csv", b"name\n".to_vec(), &[]).unwrap_err()),
+        "invalid_input"
+    );
+    let listed = invoke(
+        &h,
+        "list_products",
+        json!({"projectId": project, "query": "围巾"}),
+    )
+    .unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+
+    // Generation needs an installed model: refused before anything is queued.
+    let request = json!({"project_id": project, "kind": "product", "products": [{"product": flask()}], "model": "smollm2-135m-instruct"});
+    let err = invoke(
+        &h,
+        "generate_script",
+        json!({"request": request, "onEvent": "__CHANNEL__:3"}),
+    )
+    .unwrap_err();
+    assert!(
+        err["message"].as_str().unwrap().contains("no model"),
+        "{err}"
+    );
+    let bad = json!({"project_id": project, "kind": "product", "products": [], "model": "x"});
+    assert_eq!(
+        kind(
+            invoke(
+                &h,
+                "generate_script",
+                json!({"request": bad, "onEvent": "__CHANNEL__:4"})
+            )
+            .unwrap_err()
+        ),
+        "invalid_input"
+    );
+
+    // A script typed by hand: saved as a version, lines checked, exported with labels.
+    let state = h._app.state::<atelier_lib::AppState>();
+    let engine = state.engine().unwrap();
+    let doc = engine
+        .store()
+        .create_document(
+            project,
+            atelier_engine::store::DocumentKind::Script,
+            "手写脚本",
+            None,
+        )
+        .unwrap()
+        .id;
+    let script = json!({
+        "schema_version": 1, "kind": "product", "title": "手写脚本",
+        "show": {"slot_min": 1, "virtual_host": true, "tempo": "standard", "language": "zh"},
+        "products": [{"product": flask()}],
+        "segments": [{"kind": "offer", "product": 0, "start_secs": 0, "target_secs": 30, "est_secs": 0,
+            "host": [{"text": "全网最低价，只要 99 元！", "est_secs": 0}], "cues": [], "status": "placeholder"}]
+    });
+    let view = invoke(
+        &h,
+        "save_script",
+        json!({"documentId": doc, "script": script}),
+    )
+    .unwrap();
+    let line = &view["script"]["segments"][0]["host"][0];
+    assert_eq!(view["script"]["segments"][0]["status"], "written");
+    assert_eq!(line["unknown_numbers"][0]["text"], "99 元");
+    assert!(
+        line["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["matched"].as_str().unwrap().contains("最低价"))
+    );
+    assert_eq!(
+        invoke(&h, "list_scripts", json!({"projectId": project})).unwrap()[0]["id"],
+        doc
+    );
+    assert_eq!(
+        invoke(&h, "get_script", json!({"documentId": doc})).unwrap()["version_number"],
+        1
+    );
+    let path = invoke(
+        &h,
+        "export_script",
+        json!({"documentId": doc, "format": "srt"}),
+    )
+    .unwrap();
+    let srt = std::fs::read_to_string(path.as_str().unwrap()).unwrap();
+    assert!(
+        srt.contains("人工智能") && srt.contains("虚拟主播"),
+        "{srt}"
+    );
+    let mut huge = script.clone();
+    huge["segments"][0]["host"][0]["text"] = json!("长".repeat(5000));
+    assert_eq!(
+        kind(
+            invoke(
+                &h,
+                "save_script",
+                json!({"documentId": doc, "script": huge})
+            )
+            .unwrap_err()
+        ),
+        "invalid_input"
+    );
+    assert_eq!(
+        invoke(&h, "regenerate_segment", json!({"request": {"document_id": doc, "segment": 5, "model": "x"}, "onEvent": "__CHANNEL__:5"}))
+            .map_err(kind)
+            .unwrap_err(),
+        "invalid_input"
+    );
+
+    // The teleprompter window reads the one script it was opened for, and nothing else.
+    invoke(&h, "open_teleprompter", json!({"documentId": doc})).unwrap();
+    let tp = h
+        ._app
+        .get_webview_window("teleprompter")
+        .expect("the window opened");
+    let shown = invoke_at(&tp, APP_URL, "teleprompter_script", json!({})).unwrap();
+    assert_eq!(shown["document"]["id"], doc);
+    for (cmd, args) in [
+        ("list_projects", json!({})),
+        ("get_script", json!({"documentId": doc})),
+        ("save_script", json!({"documentId": doc, "script": script})),
+        ("export_script", json!({"documentId": doc, "format": "txt"})),
+    ] {
+        let err = invoke_at(&tp, APP_URL, cmd, args).unwrap_err();
+        assert!(err.to_string().contains("not allowed"), "{cmd}: {err}");
+    }
+    // …and the main window cannot use the teleprompter's own command.
+    assert!(
+        invoke(&h, "teleprompter_script", json!({}))
+            .unwrap_err()
+            .to_string()
+            .contains("not allowed")
+    );
+    assert_eq!(
+        kind(invoke(&h, "open_teleprompter", json!({"documentId": 9999})).unwrap_err()),
+        "not_found"
+    );
 }

@@ -67,6 +67,21 @@ pub fn builder<R: Runtime>(
             commands::writing::save_template,
             commands::writing::delete_template,
             commands::writing::preview_template,
+            commands::scripts::list_products,
+            commands::scripts::get_product,
+            commands::scripts::save_product,
+            commands::scripts::delete_product,
+            commands::scripts::import_products_csv,
+            commands::scripts::generate_script,
+            commands::scripts::regenerate_segment,
+            commands::scripts::generate_scripts_batch,
+            commands::scripts::list_scripts,
+            commands::scripts::get_script,
+            commands::scripts::save_script,
+            commands::scripts::export_script,
+            commands::scripts::open_teleprompter,
+            commands::scripts::teleprompter_script,
+            commands::scripts::set_fullscreen,
         ])
 }
 

@@ -11,6 +11,8 @@ pub struct AppState {
     pub home: Option<Home>,
     runtime: tokio::runtime::Handle,
     opened: RwLock<Result<Arc<Engine>, UiError>>,
+    /// The script document the teleprompter window shows.
+    teleprompter: std::sync::Mutex<Option<i64>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -51,7 +53,16 @@ impl AppState {
             home,
             runtime,
             opened: RwLock::new(opened),
+            teleprompter: std::sync::Mutex::new(None),
         }
+    }
+
+    pub fn set_teleprompter(&self, document_id: i64) {
+        *self.teleprompter.lock().unwrap_or_else(|p| p.into_inner()) = Some(document_id);
+    }
+
+    pub fn teleprompter(&self) -> Option<i64> {
+        *self.teleprompter.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The engine, or the start-up error as a `not_ready` command error.

@@ -6,6 +6,7 @@ pub mod history;
 pub mod jobs;
 pub mod models;
 pub mod projects;
+pub mod scripts;
 pub mod settings;
 pub mod text;
 pub mod writing;
