@@ -53,6 +53,7 @@ const COMMANDS: &[&str] = &[
     "delete_product",
     "import_products_csv",
     "generate_script",
+    "create_blank_script",
     "regenerate_segment",
     "generate_scripts_batch",
     "list_scripts",

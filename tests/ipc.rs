@@ -727,6 +727,16 @@ fn live_script_commands_products_scripts_exports_and_the_teleprompter_window() {
         "invalid_input"
     );
 
+    // A blank script: the skeleton's segments and cues, no lines, no model.
+    let blank = invoke(&h, "create_blank_script", json!({"request": {"project_id": project, "kind": "product", "products": [{"product": flask()}], "model": ""}})).unwrap();
+    let segs = blank["script"]["segments"].as_array().unwrap();
+    assert_eq!(segs.len(), 7);
+    assert!(
+        segs.iter()
+            .all(|s| s["status"] == "placeholder" && s["host"].as_array().unwrap().is_empty())
+    );
+    assert_eq!(blank["document"]["title"], "真空保温杯 500ml");
+
     // A script typed by hand: saved as a version, lines checked, exported with labels.
     let state = h._app.state::<atelier_lib::AppState>();
     let engine = state.engine().unwrap();

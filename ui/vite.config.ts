@@ -14,7 +14,7 @@ export default defineConfig(({ mode }) => ({
     outDir: mode === 'flows' ? 'dist-flows' : 'dist',
     target: 'safari15',
     rollupOptions: {
-      input: mode === 'flows' ? resolve(here, 'flows.html') : resolve(here, 'index.html'),
+      input: mode === 'flows' ? resolve(here, 'flows.html') : { main: resolve(here, 'index.html'), teleprompter: resolve(here, 'teleprompter.html') },
     },
   },
   test: {

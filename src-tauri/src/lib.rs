@@ -73,6 +73,7 @@ pub fn builder<R: Runtime>(
             commands::scripts::delete_product,
             commands::scripts::import_products_csv,
             commands::scripts::generate_script,
+            commands::scripts::create_blank_script,
             commands::scripts::regenerate_segment,
             commands::scripts::generate_scripts_batch,
             commands::scripts::list_scripts,

@@ -289,6 +289,79 @@ test('writing: a template drafts copy with the real model, risky words are flagg
   }
 });
 
+test('live scripts: products from a CSV, a script written by hand and checked, an SRT export, the teleprompter driven by keys', async () => {
+  const driver = await startApp();
+  const csv = join(home, 'products.csv');
+  writeFileSync(
+    csv,
+    '\ufeffname,category,selling_points,daily_price,live_price,price_basis,stock,link_no,mechanism\n' +
+      '"真空保温杯, 500ml",food,316 内胆>不挂味|真空层>保温久,199,129,前 30 日最低成交价,500,3,送杯套|满 200 减 20 券\n' +
+      '没有卖点的商品,,,,,,,,\n',
+  );
+  try {
+    await driver.findElement(By.css('[data-view=scripts]')).click();
+    await driver.wait(until.elementLocated(By.css('[data-testid=product-form]')), 10_000);
+    await driver.findElement(By.css('[data-testid=csv-input]')).sendKeys(csv);
+    const report = await driver.wait(until.elementLocated(By.css('[data-testid=import-report]')), 15_000);
+    await driver.wait(async () => /已导入 1/.test(await report.getText()), 10_000);
+    assert.match(await report.getText(), /第 3 行/);
+    await driver.findElement(By.xpath("//ul[@data-testid='product-list']//button[contains(., '真空保温杯')]")).click();
+    await driver.wait(async () => (await driver.findElement(By.css('[data-testid=pf-name]')).getAttribute('value')) === '真空保温杯, 500ml', 5_000);
+    await driver.findElement(By.css('[data-testid=show-virtual]')).click();
+    await driver.findElement(By.css('[data-testid=blank-script]')).click();
+    await driver.wait(async () => (await driver.findElements(By.css('[data-testid=segment]'))).length === 7, 10_000);
+
+    // Lines typed into the first two segments, saved: timed, risky words and invented numbers marked.
+    const segments = await driver.findElements(By.css('[data-testid=segment]'));
+    for (const [i, text] of [[0, '家人们，全网最低价，今天只要 99 元！'], [1, '冬天手冷的扣 1，3 号链接马上上车。']]) {
+      await segments[i].findElement(By.xpath(".//button[contains(., '+ 主播')]")).click();
+      const area = await segments[i].findElement(By.css('[data-testid=host-line]'));
+      await area.sendKeys(text);
+    }
+    await driver.findElement(By.css('[data-testid=script-save]')).click();
+    await driver.wait(until.elementLocated(By.css('[data-testid=segment] .marks mark')), 10_000);
+    const marked = await driver.findElement(By.css('[data-testid=segment] .marks')).getText();
+    assert.match(marked, /最低价/);
+    assert.match(marked, /99 元/);
+    await shot(driver, '10-scripts-editor.png');
+
+    await driver.findElement(By.css('[data-testid=export-srt]')).click();
+    const exported = await driver.wait(until.elementLocated(By.css('[data-testid=last-export]')), 10_000);
+    const srt = readFileSync(await exported.getText(), 'utf8');
+    assert.match(srt, /00:00:00,000 --> /);
+    assert.match(srt, /人工智能/);
+    assert.match(srt, /虚拟主播/);
+
+    // The teleprompter opens in its own window and works with the keyboard alone.
+    const main = await driver.getWindowHandle();
+    await driver.findElement(By.css('[data-testid=open-teleprompter]')).click();
+    await driver.wait(async () => (await driver.getAllWindowHandles()).length === 2, 15_000);
+    const prompter = (await driver.getAllWindowHandles()).find((h) => h !== main);
+    await driver.switchTo().window(prompter);
+    const tp = await driver.wait(until.elementLocated(By.css('[data-testid=teleprompter]')), 15_000);
+    await driver.wait(until.elementLocated(By.css('[data-testid=tp-card]')), 10_000);
+    assert.match(await driver.findElement(By.css('[data-testid=tp-card]')).getText(), /3 号链接/);
+    const attr = (name) => tp.getAttribute(name);
+    const keys = (...k) => driver.actions().sendKeys(...k).perform();
+    const speed0 = Number(await attr('data-speed'));
+    await keys(Key.ARROW_UP, Key.ARROW_UP);
+    await driver.wait(async () => Number(await attr('data-speed')) === speed0 + 20, 5_000);
+    await keys(Key.SPACE);
+    await driver.wait(until.elementLocated(By.css('[data-testid=tp-countdown]')), 3_000);
+    await driver.wait(async () => (await attr('data-running')) === '1', 6_000);
+    await shot(driver, '11-teleprompter.png');
+    await keys(Key.SPACE);
+    await driver.wait(async () => (await attr('data-running')) === '0', 3_000);
+    await keys(Key.PAGE_DOWN);
+    await driver.wait(async () => (await attr('data-segment')) === '1', 3_000);
+    await keys(Key.PAGE_UP);
+    await driver.wait(async () => (await attr('data-segment')) === '0', 3_000);
+    await driver.switchTo().window(main);
+  } finally {
+    await driver.quit();
+  }
+});
+
 test('a damaged database: the app says so, and starts a new one keeping the old file', async () => {
   const { readdirSync, readFileSync } = await import('node:fs');
   for (const f of ['atelier.db-wal', 'atelier.db-shm']) rmSync(join(home, f), { force: true });

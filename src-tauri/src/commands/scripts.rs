@@ -98,6 +98,15 @@ pub async fn generate_script(
         .generate_script(&request, Some(channel_sink(on_event)))?)
 }
 
+/// A new script with the skeleton only, for the user to write (no model).
+#[tauri::command]
+pub async fn create_blank_script(
+    state: State<'_, AppState>,
+    request: ScriptRequest,
+) -> CmdResult<ScriptView> {
+    Ok(state.engine()?.blank_script(&request)?)
+}
+
 /// Queues writing one segment (or one host line) again.
 #[tauri::command]
 pub async fn regenerate_segment(

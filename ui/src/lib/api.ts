@@ -28,6 +28,17 @@ import type {
   Settings,
   SettingsPatch,
   TextRequest,
+  BatchEvent,
+  ImportReport,
+  Product,
+  ProductRecord,
+  ProductSummary,
+  Script,
+  ScriptFormat,
+  ScriptRequest,
+  ScriptView,
+  SegmentRequest,
+  ShowSettings,
 } from './types';
 
 export class ApiError extends Error {
@@ -130,4 +141,40 @@ export const api = {
     ch.onmessage = onEvent;
     return call<number[]>('generate_copy', { request, onEvent: ch });
   },
+
+  listProducts: (projectId: number, query = '') => call<ProductSummary[]>('list_products', { projectId, query }),
+  getProduct: (id: number) => call<ProductRecord>('get_product', { id }),
+  saveProduct: (projectId: number, id: number | null, product: Product) => call<ProductRecord>('save_product', { projectId, id, product }),
+  deleteProduct: (id: number) => call<null>('delete_product', { id }),
+  /** The file's bytes go as the raw request body (GB18030 files must reach Rust undecoded). */
+  importProductsCsv: async (projectId: number, bytes: Uint8Array) => {
+    try {
+      return await invoke<ImportReport>('import_products_csv', bytes, { headers: { 'project-id': String(projectId) } });
+    } catch (e) {
+      throw toApiError(e);
+    }
+  },
+  generateScript: (request: ScriptRequest, onEvent: (e: JobEvent) => void) => {
+    const ch = new Channel<JobEvent>();
+    ch.onmessage = onEvent;
+    return call<number>('generate_script', { request, onEvent: ch });
+  },
+  createBlankScript: (request: ScriptRequest) => call<ScriptView>('create_blank_script', { request }),
+  regenerateSegment: (request: SegmentRequest, onEvent: (e: JobEvent) => void) => {
+    const ch = new Channel<JobEvent>();
+    ch.onmessage = onEvent;
+    return call<number>('regenerate_segment', { request, onEvent: ch });
+  },
+  generateScriptsBatch: (a: { projectId: number; productIds: number[]; show: ShowSettings; model: string; seed: number | null }, onEvent: (e: BatchEvent) => void) => {
+    const ch = new Channel<BatchEvent>();
+    ch.onmessage = onEvent;
+    return call<number[]>('generate_scripts_batch', { ...a, onEvent: ch });
+  },
+  listScripts: (projectId: number) => call<CopyDocument[]>('list_scripts', { projectId }),
+  getScript: (documentId: number, versionId: number | null = null) => call<ScriptView>('get_script', { documentId, versionId }),
+  saveScript: (documentId: number, script: Script, note = '') => call<ScriptView>('save_script', { documentId, script, note }),
+  exportScript: (documentId: number, versionId: number | null, format: ScriptFormat) => call<string>('export_script', { documentId, versionId, format }),
+  openTeleprompter: (documentId: number) => call<null>('open_teleprompter', { documentId }),
+  teleprompterScript: () => call<ScriptView>('teleprompter_script'),
+  setFullscreen: (on: boolean) => call<null>('set_fullscreen', { on }),
 };

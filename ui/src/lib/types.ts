@@ -399,3 +399,90 @@ export interface TemplateSource {
   text: string;
   user: boolean;
 }
+
+// ---- Live scripts (engine::script) ----
+
+export interface SellingPoint { feature: string; advantage: string; benefit: string; proof: string }
+export interface Certificate { name: string; number: string; issuer: string }
+export interface Faq { question: string; answer: string }
+export interface Product {
+  name: string;
+  category: string;
+  selling_points: SellingPoint[];
+  audience: string;
+  scenarios: string[];
+  daily_price: number | null;
+  live_price: number | null;
+  price_basis: string;
+  mechanism: string[];
+  stock: number | null;
+  link_no: number | null;
+  specs: string[];
+  faq: Faq[];
+  brand_facts: string[];
+  certificates: Certificate[];
+  forbidden_claims: string[];
+}
+export interface ProductSummary {
+  id: number; project_id: number; name: string; category: string;
+  live_price: number | null; link_no: number | null; updated_at: number;
+}
+export interface ProductRecord extends ProductSummary { product: Product }
+export type Tempo = 'explain' | 'standard' | 'push';
+export interface ShowSettings {
+  platform: string;
+  slot_min: number;
+  host_name: string;
+  host_style: string;
+  catch_phrases: string[];
+  virtual_host: boolean;
+  tempo: Tempo;
+  chars_per_min: number | null;
+  language: 'zh' | 'en';
+}
+export type ProductRole = 'traffic' | 'welfare' | 'profit';
+export interface ShowProduct { product_id: number | null; role: ProductRole | null; product: Product }
+export type SegmentKind = 'hook' | 'pain' | 'selling' | 'proof' | 'offer' | 'close' | 'interact' | 'opening' | 'transition' | 'closing';
+export interface UnknownNumber { text: string; start_utf16: number; end_utf16: number }
+export interface ScriptLine { text: string; alts: string[]; est_secs: number; findings: Finding[]; unknown_numbers: UnknownNumber[] }
+export interface Cue { role: 'console' | 'floor' | 'assistant' | 'studio'; action: string; at_secs: number; label: string; [k: string]: unknown }
+export interface Segment {
+  kind: SegmentKind;
+  product: number | null;
+  start_secs: number;
+  target_secs: number;
+  est_secs: number;
+  host: ScriptLine[];
+  assistant: ScriptLine[];
+  screen: string[];
+  cues: Cue[];
+  status: 'written' | 'placeholder';
+  note: string;
+  locked: boolean;
+}
+export interface Script {
+  schema_version: number;
+  kind: 'product' | 'show';
+  title: string;
+  show: ShowSettings;
+  products: ShowProduct[];
+  segments: Segment[];
+  model: string;
+  seed: number;
+}
+export interface ScriptView { document: CopyDocument; version_id: number; version_number: number; script: Script }
+export interface ScriptRequest {
+  project_id: number;
+  kind: 'product' | 'show';
+  title: string;
+  products: ShowProduct[];
+  show: ShowSettings;
+  model: string;
+  seed: number | null;
+  document_id: number | null;
+}
+export interface SegmentRequest { document_id: number; version_id: number | null; segment: number; line: number | null; model: string; seed: number | null }
+export interface RowError { row: number; column: string | null; message: string }
+export interface ImportReport { imported: number; errors: RowError[]; encoding: string; ignored_columns: string[] }
+export type ScriptFormat = 'md' | 'txt' | 'srt' | 'json' | 'csv';
+export interface BatchEvent { product_id: number; event: JobEvent }

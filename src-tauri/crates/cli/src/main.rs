@@ -5,6 +5,7 @@
 mod bench;
 mod check;
 mod generate;
+mod script;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +57,8 @@ enum Command {
     },
     /// Generate text with a local model (or `remote`), streaming it to stdout.
     Generate(GenerateArgs),
+    /// Write live-stream scripts for products (a CSV of many, or one JSON product form) into a folder.
+    Script(ScriptArgs),
     /// Check copy against advertising-law and platform rules (exit 1 when a violation is found).
     Check(CheckArgs),
     /// Benchmarks (not tests): print timings of the engine on this machine.
@@ -171,6 +174,42 @@ struct GenerateArgs {
     #[arg(long)]
     stop: Vec<String>,
     /// Project to record the generation in (default: the most recent one, or a new “CLI”).
+    #[arg(long)]
+    project: Option<i64>,
+}
+
+#[derive(clap::Args)]
+struct ScriptArgs {
+    /// Products CSV (header and list syntax: see the README); bad rows are reported and skipped.
+    #[arg(long, value_name = "FILE.csv", conflicts_with = "product")]
+    products: Option<PathBuf>,
+    /// One product form as JSON (the fields of the app's product form).
+    #[arg(long, value_name = "FILE.json")]
+    product: Option<PathBuf>,
+    /// Folder for the exports (created when missing).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Minutes per product (1–15).
+    #[arg(long, default_value_t = 5)]
+    slot_min: u32,
+    /// douyin, taobao, xiaohongshu, kuaishou… (its rule pack applies).
+    #[arg(long)]
+    platform: Option<String>,
+    /// The host is an AI virtual host (honesty rules, AI statement in the exports).
+    #[arg(long)]
+    virtual_host: bool,
+    /// Model id (default: the one Settings choose).
+    #[arg(long)]
+    model: Option<String>,
+    /// zh or en.
+    #[arg(long, default_value = "zh")]
+    language: String,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Comma-separated export formats: md, txt, srt, json, csv.
+    #[arg(long, default_value = "md,json,srt")]
+    formats: String,
+    /// Project to save the products and scripts in (default: the most recent one).
     #[arg(long)]
     project: Option<i64>,
 }
@@ -326,6 +365,9 @@ fn run(cli: Cli) -> Result<()> {
     if let Command::Generate(args) = cli.command {
         return runtime.block_on(generate::run(&engine, args, cli.json));
     }
+    if let Command::Script(args) = cli.command {
+        return runtime.block_on(script::run(&engine, args, cli.json));
+    }
     let store = engine.store();
     let out = Output { json: cli.json };
     match cli.command {
@@ -410,7 +452,7 @@ fn run(cli: Cli) -> Result<()> {
                 format!("imported {} ({}, {:.0}M parameters, {})", m.id, m.architecture, m.parameters as f64 / 1e6, m.quantization)
             }),
         },
-        Command::Bench { .. } | Command::Generate(_) | Command::Check(_) => unreachable!("handled above"),
+        Command::Bench { .. } | Command::Generate(_) | Command::Script(_) | Command::Check(_) => unreachable!("handled above"),
     }
 }
 

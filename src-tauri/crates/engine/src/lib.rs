@@ -340,6 +340,34 @@ impl Engine {
         )
     }
 
+    /// A new script document holding the skeleton only (timed segments with their cues), for
+    /// lines the user writes; no model runs.
+    pub fn blank_script(&self, req: &script::generate::ScriptRequest) -> Result<ScriptView> {
+        let s = script::generate::skeleton_script(req)?;
+        let doc = self.store.create_document(
+            req.project_id,
+            store::DocumentKind::Script,
+            &s.title,
+            None,
+        )?;
+        let body = serde_json::to_string(&s)?;
+        let v = self.store.add_version(
+            doc.id,
+            &store::NewVersion {
+                body: &body,
+                source: store::VersionSource::Save,
+                generation_id: None,
+                note: "skeleton",
+            },
+        )?;
+        Ok(ScriptView {
+            document: self.store.document(doc.id)?,
+            version_id: v.id,
+            version_number: v.number,
+            script: s,
+        })
+    }
+
     /// Queues writing one segment (or one host line) of a saved script again.
     pub fn regenerate_segment(
         &self,
@@ -521,23 +549,35 @@ impl Engine {
         version_id: Option<i64>,
         format: script::export::ScriptFormat,
     ) -> Result<PathBuf> {
-        let view = self.script(document_id, version_id)?;
-        let labelling = self.labelling()?;
-        let bytes = script::export::render(&view.script, format, &labelling)?;
+        let (view, bytes) = self.render_script(document_id, version_id, format)?;
         let dir = self.home.exports_dir();
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
         let name = export::file_name(&view.document.title, export::Format::Txt);
         let path = dir.join(name).with_extension(format.extension());
         fsutil::write_atomic(&path, &bytes)?;
+        Ok(path)
+    }
+
+    /// A script version's export bytes, labelled as Settings ask (an export without the notice
+    /// is logged); the caller writes them where it wants (the CLI's `--out`).
+    pub fn render_script(
+        &self,
+        document_id: i64,
+        version_id: Option<i64>,
+        format: script::export::ScriptFormat,
+    ) -> Result<(ScriptView, Vec<u8>)> {
+        let view = self.script(document_id, version_id)?;
+        let labelling = self.labelling()?;
+        let bytes = script::export::render(&view.script, format, &labelling)?;
         if labelling.notice.is_none() {
             self.store.log_unlabelled_export(&format!(
-                "{} ({})",
-                path.display(),
+                "script {document_id} as {} ({})",
+                format.extension(),
                 labelling.label.produce_id
             ))?;
         }
-        Ok(path)
+        Ok((view, bytes))
     }
 
     /// Reads a products CSV and saves the good rows (one transaction); row errors come back.

@@ -155,6 +155,29 @@ fn plan(req: &ScriptRequest) -> Vec<(Option<usize>, Planned)> {
     }
 }
 
+/// A script with the skeleton only (timed segments and cues, no lines yet) for a user who
+/// writes the lines themselves.
+pub fn skeleton_script(req: &ScriptRequest) -> Result<Script> {
+    let req = prepare(req)?;
+    let segments = plan(&req)
+        .iter()
+        .map(|(product, planned)| Segment {
+            product: *product,
+            ..placeholder(planned, "")
+        })
+        .collect();
+    Ok(Script {
+        schema_version: SCHEMA_VERSION,
+        kind: req.kind,
+        title: req.title,
+        show: req.show,
+        products: req.products,
+        segments,
+        model: String::new(),
+        seed: 0,
+    })
+}
+
 fn random_seed() -> u64 {
     use rand::Rng;
     rand::rng().random_range(0..=crate::text::service::MAX_SEED / 2)
