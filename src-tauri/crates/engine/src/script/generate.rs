@@ -520,7 +520,7 @@ async fn write_segment(
         if o.stop_reason == StopReason::Cancelled {
             return Err(Error::Cancelled);
         }
-        match parse::segment(&o.text) {
+        match parse::segment(&o.text).and_then(super::scrub) {
             Ok(text) => {
                 let mut seg = annotator.written(planned, text)?;
                 seg.product = product;

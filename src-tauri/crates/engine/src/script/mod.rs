@@ -275,6 +275,64 @@ fn role_note(role: ProductRole, en: bool) -> &'static str {
     }
 }
 
+/// The example lines the prompts show (another product's). Small models copy them verbatim;
+/// [`scrub`] removes such copies from the output.
+pub const EXAMPLE_ZH: [&str; 4] = [
+    "冬天一出门手就冰的宝宝扣个 1！",
+    "每天早上通勤手冻得发红的，评论区告诉我！",
+    "已经挂在屏幕上啦！",
+    "整个冬天手都暖暖的",
+];
+pub const EXAMPLE_EN: [&str; 4] = [
+    "Who here gets cold hands on the way to work? Type 1 if that is you!",
+    "Cold hands every winter morning? Tell me in the comments!",
+    "It is on the screen now!",
+    "Warm hands all winter",
+];
+
+fn squash(s: &str) -> String {
+    s.chars()
+        .filter(|c| {
+            !c.is_whitespace() && !c.is_ascii_punctuation() && !"，。！？、：；“”".contains(*c)
+        })
+        .collect::<String>()
+        .to_lowercase()
+}
+
+/// Drops what is not the model's own writing for this product: copies of the prompt's example
+/// lines (anywhere inside a line), lines repeated within the segment, alternates identical to
+/// their line. An error when no host line is left (the caller retries).
+pub fn scrub(mut t: SegmentText) -> Result<SegmentText> {
+    let examples: Vec<String> = EXAMPLE_ZH
+        .iter()
+        .chain(EXAMPLE_EN.iter())
+        .map(|e| squash(e))
+        .collect();
+    let copied = |s: &str| {
+        let q = squash(s);
+        q.is_empty() || examples.iter().any(|e| q.contains(e.as_str()))
+    };
+    let mut seen = std::collections::HashSet::new();
+    t.host
+        .retain(|h| !copied(&h.text) && seen.insert(squash(&h.text)));
+    for h in &mut t.host {
+        let own = squash(&h.text);
+        let mut alt_seen = std::collections::HashSet::new();
+        h.alts
+            .retain(|a| !copied(a) && squash(a) != own && alt_seen.insert(squash(a)));
+    }
+    let mut seen = std::collections::HashSet::new();
+    t.assistant.retain(|a| !copied(a) && seen.insert(squash(a)));
+    let mut seen = std::collections::HashSet::new();
+    t.screen.retain(|a| !copied(a) && seen.insert(squash(a)));
+    if t.host.is_empty() {
+        return Err(crate::error::Error::invalid(
+            "the model only copied the example or repeated itself (no host line of its own)",
+        ));
+    }
+    Ok(t)
+}
+
 /// What one segment's prompt is about: its product (none for the show's opening and closing),
 /// the product before it (for a transition) and the show's line-up.
 pub struct PromptScope<'a> {
@@ -425,7 +483,13 @@ pub fn segment_prompt(
             planned.target_secs,
             (chars / 1.5).round()
         ));
-        s.push_str("Answer with labelled lines only: “Host:” for each host line (several allowed), “Alt:” for another wording of the host line above it, “Assistant:” for the assistant host (optional), “Screen:” for short on-screen text (optional). An example about another product (write your own lines):\nHost: Who here gets cold hands on the way to work? Type 1 if that is you!\nAlt: Cold hands every winter morning? Tell me in the comments!\nAssistant: It is on the screen now!\nScreen: Warm hands all winter\n");
+        s.push_str("Answer with labelled lines only: “Host:” for each host line (several allowed), “Alt:” for another wording of the host line above it, “Assistant:” for the assistant host (optional), “Screen:” for short on-screen text (optional). An example of the format about another product (do not copy it; write this product's own lines):\n");
+        for (label, line) in ["Host", "Alt", "Assistant", "Screen"]
+            .iter()
+            .zip(EXAMPLE_EN)
+        {
+            s.push_str(&format!("{label}: {line}\n"));
+        }
     } else {
         s.push_str(&format!(
             "\n现在只写这一段——{}\n",
@@ -435,7 +499,10 @@ pub fn segment_prompt(
             "这一段约 {} 秒，主播台词合计约 {chars:.0} 字。\n",
             planned.target_secs
         ));
-        s.push_str("只输出带标签的行：每句主播台词以“主播：”开头（可以多句）；“备选：”是上一句主播台词的另一种说法；“副播：”是副播台词（可选）；“字幕：”是屏幕上的短文字（可选）。下面是另一件商品的示例，请写你自己的台词：\n主播：冬天一出门手就冰的宝宝扣个 1！\n备选：每天早上通勤手冻得发红的，评论区告诉我！\n副播：已经挂在屏幕上啦！\n字幕：整个冬天手都暖暖的\n");
+        s.push_str("只输出带标签的行：每句主播台词以“主播：”开头（可以多句）；“备选：”是上一句主播台词的另一种说法；“副播：”是副播台词（可选）；“字幕：”是屏幕上的短文字（可选）。下面是另一件商品的格式示例，不要照抄，写这件商品自己的台词：\n");
+        for (label, line) in ["主播", "备选", "副播", "字幕"].iter().zip(EXAMPLE_ZH) {
+            s.push_str(&format!("{label}：{line}\n"));
+        }
     }
     s.push('\n');
     let opts = match scope.product {
@@ -540,11 +607,28 @@ mod tests {
             "约 50 秒",
             "约 183 字",
             "主播：",
-            "另一件商品的示例",
+            "另一件商品的格式示例",
             "AI 虚拟主播",
         ] {
             assert!(prompt.contains(needle), "missing {needle}:\n{prompt}");
         }
+    }
+
+    #[test]
+    fn copies_of_the_example_and_repeats_are_scrubbed() {
+        let t = parse::segment("主播：冬天一出门手就冰的宝宝扣个 1！\n主播：316 内胆，泡茶不串味。\n备选：316 内胆，泡茶不串味。\n备选：每天早上通勤手冻得发红的，评论区告诉我！副播：x\n主播：316 内胆，泡茶不串味！\n副播：已经挂在屏幕上啦！\n字幕：整个冬天手都暖暖的").unwrap();
+        let t = scrub(t).unwrap();
+        assert_eq!(
+            t.host.iter().map(|h| h.text.as_str()).collect::<Vec<_>>(),
+            ["316 内胆，泡茶不串味。"]
+        );
+        assert!(t.host[0].alts.is_empty());
+        assert!(t.assistant.is_empty() && t.screen.is_empty());
+        let only_copies = parse::segment(
+            "Host: Who here gets cold hands on the way to work? Type 1 if that is you!",
+        )
+        .unwrap();
+        assert_eq!(scrub(only_copies).unwrap_err().kind(), "invalid_input");
     }
 
     #[test]
