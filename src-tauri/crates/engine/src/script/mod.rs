@@ -386,7 +386,7 @@ pub fn segment_prompt(
         }
         s.push_str(".\n");
         if show.virtual_host {
-            s.push_str("The host is an AI virtual host: never claim to have used or tried the product, never pose as a person.\n");
+            s.push_str("The host is an AI virtual host: talk about the product and to the viewer (“you”), never about the host's own experience, never pose as a person.\n");
         }
     } else {
         s.push_str(&format!("你在为直播间写带货话术。主播：{host}"));
@@ -398,7 +398,7 @@ pub fn segment_prompt(
         }
         s.push_str("。\n");
         if show.virtual_host {
-            s.push_str("主播是 AI 虚拟主播：不能说“我用过”“亲测”“我自己也在用”这类亲身体验，不冒充真人。\n");
+            s.push_str("主播是 AI 虚拟主播：只介绍商品本身，对观众说“你”，不讲主播自己的使用经历，不冒充真人。\n");
         }
     }
     match scope.product {
