@@ -303,6 +303,26 @@ mod tests {
     }
 
     #[test]
+    fn a_script_reads_back_exactly_from_its_json() {
+        let checker = Checker::builtin().unwrap();
+        let mut s = script();
+        s.segments[0].assistant = vec![Line {
+            text: "That is what I am saying today".into(),
+            alts: vec![],
+            est_secs: 0.0,
+            findings: vec![],
+            unknown_numbers: vec![],
+        }];
+        s.refresh(&checker).unwrap();
+        assert_eq!(
+            s.segments[0].assistant[0].est_secs.to_string(),
+            "2.8636363636363638"
+        );
+        let back: Script = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
     fn reordering_retimes_and_bad_input_is_refused() {
         let mut s = script();
         s.segments.swap(0, 2);
