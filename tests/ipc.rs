@@ -31,11 +31,12 @@ fn harness() -> Harness {
     }
 }
 
-fn invoke_at(
+fn request(
     w: &WebviewWindow<MockRuntime>,
     url: &str,
     cmd: &str,
-    args: Value,
+    body: InvokeBody,
+    headers: tauri::http::HeaderMap,
 ) -> Result<Value, Value> {
     tauri::test::get_ipc_response(
         w,
@@ -44,12 +45,21 @@ fn invoke_at(
             callback: CallbackFn(0),
             error: CallbackFn(1),
             url: url.parse().unwrap(),
-            body: InvokeBody::Json(args),
-            headers: Default::default(),
+            body,
+            headers,
             invoke_key: INVOKE_KEY.to_string(),
         },
     )
     .map(|body| body.deserialize::<Value>().unwrap())
+}
+
+fn invoke_at(
+    w: &WebviewWindow<MockRuntime>,
+    url: &str,
+    cmd: &str,
+    args: Value,
+) -> Result<Value, Value> {
+    request(w, url, cmd, InvokeBody::Json(args), Default::default())
 }
 
 fn invoke(h: &Harness, cmd: &str, args: Value) -> Result<Value, Value> {
@@ -615,19 +625,7 @@ fn invoke_raw(
     for (k, v) in headers {
         map.insert(*k, v.parse().unwrap());
     }
-    tauri::test::get_ipc_response(
-        w,
-        InvokeRequest {
-            cmd: cmd.into(),
-            callback: CallbackFn(0),
-            error: CallbackFn(1),
-            url: APP_URL.parse().unwrap(),
-            body: InvokeBody::Raw(body),
-            headers: map,
-            invoke_key: INVOKE_KEY.to_string(),
-        },
-    )
-    .map(|body| body.deserialize::<Value>().unwrap())
+    request(w, APP_URL, cmd, InvokeBody::Raw(body), map)
 }
 
 fn flask() -> Value {

@@ -36,13 +36,7 @@ pub async fn run(engine: &Engine, a: GenerateArgs, json: bool) -> Result<()> {
     }
     messages.push(ChatMessage::new(Role::User, a.prompt));
     let store = engine.store();
-    let project_id = match a.project {
-        Some(id) => id,
-        None => match store.list_projects()?.first() {
-            Some(p) => p.id,
-            None => store.create_project("CLI")?.id,
-        },
-    };
+    let project_id = crate::project_or_default(store, a.project)?;
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let sink: atelier_engine::EventSink = Arc::new(move |e| {

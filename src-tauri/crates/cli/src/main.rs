@@ -266,6 +266,17 @@ enum BenchCmd {
     },
 }
 
+/// The project a CLI run records into: the one named, else the most recent, else a new “CLI”.
+fn project_or_default(store: &atelier_engine::Store, project: Option<i64>) -> Result<i64> {
+    match project {
+        Some(id) => Ok(id),
+        None => match store.list_projects()?.first() {
+            Some(p) => Ok(p.id),
+            None => Ok(store.create_project("CLI")?.id),
+        },
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -80,14 +80,7 @@ fn read_products(a: &ScriptArgs) -> Result<Vec<Product>> {
 }
 
 fn file_stem(name: &str, i: usize) -> String {
-    let clean: String = name
-        .chars()
-        .filter(|c| {
-            !c.is_control() && !matches!(c, '/' | '\\' | ':' | '*' | '?' | '"' | '<' | '>' | '|')
-        })
-        .take(60)
-        .collect();
-    format!("{:03}-{}", i + 1, clean.trim().trim_matches('.'))
+    format!("{:03}-{}", i + 1, atelier_engine::export::safe_title(name))
 }
 
 pub async fn run(engine: &Engine, a: ScriptArgs, json: bool) -> Result<()> {
@@ -108,13 +101,7 @@ pub async fn run(engine: &Engine, a: ScriptArgs, json: bool) -> Result<()> {
     std::fs::create_dir_all(&a.out)
         .map_err(|e| Error::io(format!("cannot create {}", a.out.display()), e))?;
     let store = engine.store();
-    let project_id = match a.project {
-        Some(id) => id,
-        None => match store.list_projects()?.first() {
-            Some(p) => p.id,
-            None => store.create_project("CLI")?.id,
-        },
-    };
+    let project_id = crate::project_or_default(store, a.project)?;
     let ids = store.import_products(project_id, &products)?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(i64, JobEvent)>();
     let jobs =

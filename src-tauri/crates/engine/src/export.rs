@@ -26,9 +26,9 @@ impl Format {
     }
 }
 
-/// A file name for an export: the title without characters file systems refuse, a timestamp
-/// so exports never overwrite each other, and the extension.
-pub fn file_name(title: &str, format: Format) -> String {
+/// `title` as part of a file name: no characters file systems refuse, at most 60 characters,
+/// no leading or trailing dots or spaces (may be empty).
+pub fn safe_title(title: &str) -> String {
     let clean: String = title
         .chars()
         .filter(|c| {
@@ -36,14 +36,24 @@ pub fn file_name(title: &str, format: Format) -> String {
         })
         .take(60)
         .collect();
-    let clean = clean.trim().trim_matches('.');
+    clean.trim().trim_matches('.').to_owned()
+}
+
+/// A file name for an export: the title without characters file systems refuse, a timestamp
+/// so exports never overwrite each other, and the extension.
+pub fn file_name(title: &str, extension: &str) -> String {
+    let clean = safe_title(title);
     let stamp = time::OffsetDateTime::now_utc()
         .format(time::macros::format_description!(
             "[year][month][day]-[hour][minute][second]-[subsecond digits:3]"
         ))
         .unwrap_or_default();
-    let base = if clean.is_empty() { "export" } else { clean };
-    format!("{base}-{stamp}.{}", format.extension())
+    let base = if clean.is_empty() {
+        "export"
+    } else {
+        clean.as_str()
+    };
+    format!("{base}-{stamp}.{extension}")
 }
 
 /// What goes on an export besides the text.

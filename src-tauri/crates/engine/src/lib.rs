@@ -142,11 +142,7 @@ impl Engine {
         }
         let labelling = self.labelling()?;
         let bytes = export::render(body, title, format, &labelling)?;
-        let dir = self.home.exports_dir();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
-        let path = dir.join(export::file_name(title, format));
-        fsutil::write_atomic(&path, &bytes)?;
+        let path = self.write_export(title, format.extension(), &bytes)?;
         if labelling.notice.is_none() {
             self.store.log_unlabelled_export(&format!(
                 "{} ({})",
@@ -154,6 +150,16 @@ impl Engine {
                 labelling.label.produce_id
             ))?;
         }
+        Ok(path)
+    }
+
+    /// Writes an export's bytes atomically into the exports folder under a timestamped name.
+    fn write_export(&self, title: &str, extension: &str, bytes: &[u8]) -> Result<PathBuf> {
+        let dir = self.home.exports_dir();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+        let path = dir.join(export::file_name(title, extension));
+        fsutil::write_atomic(&path, bytes)?;
         Ok(path)
     }
 
@@ -482,17 +488,7 @@ impl Engine {
     /// A script document's latest version (or `version_id`) with the script it holds.
     pub fn script(&self, document_id: i64, version_id: Option<i64>) -> Result<ScriptView> {
         let document = self.store.document(document_id)?;
-        let (version, script) = match version_id {
-            Some(v) => {
-                let v = self.store.version(v)?;
-                if v.document_id != document_id {
-                    return Err(Error::invalid("that version belongs to another document"));
-                }
-                let s = script::generate::read(&v.body)?;
-                (v, s)
-            }
-            None => script::generate::latest(&self.store, document_id)?,
-        };
+        let (version, script) = script::generate::load(&self.store, document_id, version_id)?;
         Ok(ScriptView {
             document,
             version_id: version.id,
@@ -550,13 +546,7 @@ impl Engine {
         format: script::export::ScriptFormat,
     ) -> Result<PathBuf> {
         let (view, bytes) = self.render_script(document_id, version_id, format)?;
-        let dir = self.home.exports_dir();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
-        let name = export::file_name(&view.document.title, export::Format::Txt);
-        let path = dir.join(name).with_extension(format.extension());
-        fsutil::write_atomic(&path, &bytes)?;
-        Ok(path)
+        self.write_export(&view.document.title, format.extension(), &bytes)
     }
 
     /// A script version's export bytes, labelled as Settings ask (an export without the notice

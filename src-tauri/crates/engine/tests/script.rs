@@ -2,8 +2,9 @@
 //! job (one recorded generation per segment), versions, edits checked again, segment
 //! regeneration, locks, cancel, exports read back, products saved and imported from CSV.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+mod common;
+use common::{ID, engine_with_model, sink};
+
 use std::time::Duration;
 
 use atelier_engine::script::SegmentStatus;
@@ -12,51 +13,8 @@ use atelier_engine::script::export::ScriptFormat;
 use atelier_engine::script::generate::{ScriptRequest, SegmentRequest};
 use atelier_engine::script::product::{Certificate, Faq, Product, SellingPoint, ShowSettings};
 use atelier_engine::script::skeleton::SegmentKind as SkKind;
-use atelier_engine::store::SettingsPatch;
 use atelier_engine::{Access, Engine, Home, JobEvent};
 use tokio::sync::mpsc;
-
-const ID: &str = "smollm2-135m-instruct";
-
-fn model_file() -> PathBuf {
-    let dir = std::env::var_os("ATELIER_MODEL_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/atelier/models")
-        });
-    let f = dir.join(format!("{ID}.gguf"));
-    assert!(
-        f.is_file(),
-        "{} is missing: run ./scripts/test.sh (it downloads the model)",
-        f.display()
-    );
-    f
-}
-
-fn engine_with_model(dir: &Path) -> Engine {
-    let home = Home::at(dir);
-    home.ensure().unwrap();
-    std::fs::copy(model_file(), home.models_dir().join(format!("{ID}.gguf"))).unwrap();
-    let engine = Engine::open(home, Access::Exclusive, tokio::runtime::Handle::current()).unwrap();
-    engine
-        .store()
-        .update_settings(&SettingsPatch {
-            threads: Some(2),
-            ..Default::default()
-        })
-        .unwrap();
-    engine
-}
-
-fn sink() -> (atelier_engine::EventSink, mpsc::UnboundedReceiver<JobEvent>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (
-        Arc::new(move |e| {
-            let _ = tx.send(e);
-        }),
-        rx,
-    )
-}
 
 async fn finished(rx: &mut mpsc::UnboundedReceiver<JobEvent>) -> serde_json::Value {
     loop {

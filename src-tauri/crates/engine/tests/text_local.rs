@@ -2,11 +2,14 @@
 //! scripts/test.sh downloads it (sha256-checked) into ~/.cache/atelier/models, or set
 //! ATELIER_MODEL_CACHE to a folder holding `smollm2-135m-instruct.gguf`.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::{ID, engine_with_model, model_file, sink};
+
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use atelier_engine::store::{GenerationStatus, SettingsPatch};
+use atelier_engine::store::GenerationStatus;
 use atelier_engine::text::chat::{ChatMessage, Role};
 use atelier_engine::text::local::{DevicePreference, LoadOptions, LocalEngine, LocalModel};
 use atelier_engine::text::service::TextJob;
@@ -14,23 +17,6 @@ use atelier_engine::text::stream::TextStream;
 use atelier_engine::text::{SamplingParams, StopReason, TextRequest};
 use atelier_engine::{Access, Engine, Home, JobEvent};
 use tokio::sync::mpsc;
-
-const ID: &str = "smollm2-135m-instruct";
-
-fn model_file() -> PathBuf {
-    let dir = std::env::var_os("ATELIER_MODEL_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/atelier/models")
-        });
-    let f = dir.join(format!("{ID}.gguf"));
-    assert!(
-        f.is_file(),
-        "{} is missing: run ./scripts/test.sh (it downloads the model)",
-        f.display()
-    );
-    f
-}
 
 /// One loaded model shared by the tests of this file (loading repacks: ~1 s).
 fn model() -> Arc<LocalModel> {
@@ -259,32 +245,6 @@ fn damaged_and_foreign_files_are_clear_errors() {
     let missing =
         LocalModel::load("none", Path::new("/nonexistent/x.gguf"), &opts, &|_, _| {}).unwrap_err();
     assert!(missing.to_string().contains("x.gguf"), "{missing}");
-}
-
-fn sink() -> (atelier_engine::EventSink, mpsc::UnboundedReceiver<JobEvent>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (
-        Arc::new(move |e| {
-            let _ = tx.send(e);
-        }),
-        rx,
-    )
-}
-
-/// An engine on a new data folder with SmolLM2 installed, running on 2 threads.
-fn engine_with_model(dir: &Path) -> Engine {
-    let home = Home::at(dir);
-    home.ensure().unwrap();
-    std::fs::copy(model_file(), home.models_dir().join(format!("{ID}.gguf"))).unwrap();
-    let engine = Engine::open(home, Access::Exclusive, tokio::runtime::Handle::current()).unwrap();
-    engine
-        .store()
-        .update_settings(&SettingsPatch {
-            threads: Some(2),
-            ..Default::default()
-        })
-        .unwrap();
-    engine
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,16 +40,6 @@ pub enum ProductRole {
     Profit,
 }
 
-impl ProductRole {
-    pub fn name_zh(self) -> &'static str {
-        match self {
-            ProductRole::Traffic => "引流款",
-            ProductRole::Welfare => "福利款",
-            ProductRole::Profit => "利润款",
-        }
-    }
-}
-
 /// A product as the script used it: a copy of the facts (later edits of the saved product do
 /// not rewrite an old script), the saved product it came from, and its role in the show.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::document::{Script, ScriptKind};
+use super::document::Script;
 use super::skeleton::{CueAction, Role};
 use crate::compliance::labels;
 use crate::error::Result;
@@ -379,12 +379,4 @@ pub fn render(s: &Script, format: ScriptFormat, labelling: &Labelling) -> Result
         }
         ScriptFormat::Csv => csv_table(s, labelling)?,
     })
-}
-
-/// Whether a script is one product's or a show's, for file names.
-pub fn kind_label(k: ScriptKind) -> &'static str {
-    match k {
-        ScriptKind::Product => "单品脚本",
-        ScriptKind::Show => "整场脚本",
-    }
 }

@@ -16,7 +16,7 @@ use crate::compliance::Checker;
 use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::jobs::JobContext;
-use crate::store::{DocumentKind, NewVersion, Store, VersionSource};
+use crate::store::{DocumentKind, DocumentVersion, NewVersion, Store, VersionSource};
 use crate::text::chat::{ChatMessage, Role};
 use crate::text::params::StopReason;
 use crate::text::service::{TextService, generate_recorded};
@@ -178,13 +178,13 @@ pub fn skeleton_script(req: &ScriptRequest) -> Result<Script> {
     })
 }
 
+/// A base seed with room above it for the segments' seeds (base + 2 × segment + attempt).
 fn random_seed() -> u64 {
-    use rand::Rng;
-    rand::rng().random_range(0..=crate::text::service::MAX_SEED / 2)
+    crate::text::service::random_seed() / 2
 }
 
 /// The latest version of a script document, read as a script.
-pub fn latest(store: &Store, document_id: i64) -> Result<(crate::store::DocumentVersion, Script)> {
+pub fn latest(store: &Store, document_id: i64) -> Result<(DocumentVersion, Script)> {
     let doc = store.document(document_id)?;
     if doc.kind != DocumentKind::Script {
         return Err(Error::invalid(format!(
@@ -201,6 +201,25 @@ pub fn latest(store: &Store, document_id: i64) -> Result<(crate::store::Document
         })?;
     let s = read(&v.body)?;
     Ok((v, s))
+}
+
+/// Version `version_id` of a script document (checked to belong to it), or its latest.
+pub fn load(
+    store: &Store,
+    document_id: i64,
+    version_id: Option<i64>,
+) -> Result<(DocumentVersion, Script)> {
+    match version_id {
+        Some(v) => {
+            let v = store.version(v)?;
+            if v.document_id != document_id {
+                return Err(Error::invalid("that version belongs to another document"));
+            }
+            let s = read(&v.body)?;
+            Ok((v, s))
+        }
+        None => latest(store, document_id),
+    }
 }
 
 /// A version body as a script (a clear error for a body this version cannot read).
@@ -338,17 +357,7 @@ async fn write_script(ctx: &JobContext, deps: &Deps, req: ScriptRequest) -> Resu
 }
 
 async fn write_one(ctx: &JobContext, deps: &Deps, req: SegmentRequest) -> Result<ScriptOutcome> {
-    let (base_version, mut script) = match req.version_id {
-        Some(v) => {
-            let v = deps.store.version(v)?;
-            if v.document_id != req.document_id {
-                return Err(Error::invalid("that version belongs to another document"));
-            }
-            let s = read(&v.body)?;
-            (v, s)
-        }
-        None => latest(&deps.store, req.document_id)?,
-    };
+    let (base_version, mut script) = load(&deps.store, req.document_id, req.version_id)?;
     let doc = deps.store.document(req.document_id)?;
     let Some(old) = script.segments.get(req.segment).cloned() else {
         return Err(Error::invalid(format!(

@@ -195,7 +195,7 @@ fn remote_model(id: &str) -> Option<Option<&str>> {
     }
 }
 
-fn random_seed() -> u64 {
+pub(crate) fn random_seed() -> u64 {
     use rand::Rng;
     rand::rng().random_range(0..=MAX_SEED)
 }

@@ -1,0 +1,55 @@
+//! What the tests that run the real SmolLM2 file share: where the file is, an engine on a new
+//! data folder with it installed, and a job-event sink to read from.
+#![allow(dead_code)] // each test crate uses part of it
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use atelier_engine::store::SettingsPatch;
+use atelier_engine::{Access, Engine, Home, JobEvent};
+use tokio::sync::mpsc;
+
+pub const ID: &str = "smollm2-135m-instruct";
+
+/// scripts/test.sh downloads it (sha256-checked) into ~/.cache/atelier/models, or set
+/// ATELIER_MODEL_CACHE to a folder holding `smollm2-135m-instruct.gguf`.
+pub fn model_file() -> PathBuf {
+    let dir = std::env::var_os("ATELIER_MODEL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/atelier/models")
+        });
+    let f = dir.join(format!("{ID}.gguf"));
+    assert!(
+        f.is_file(),
+        "{} is missing: run ./scripts/test.sh (it downloads the model)",
+        f.display()
+    );
+    f
+}
+
+/// An engine on a new data folder with SmolLM2 installed, running on 2 threads.
+pub fn engine_with_model(dir: &Path) -> Engine {
+    let home = Home::at(dir);
+    home.ensure().unwrap();
+    std::fs::copy(model_file(), home.models_dir().join(format!("{ID}.gguf"))).unwrap();
+    let engine = Engine::open(home, Access::Exclusive, tokio::runtime::Handle::current()).unwrap();
+    engine
+        .store()
+        .update_settings(&SettingsPatch {
+            threads: Some(2),
+            ..Default::default()
+        })
+        .unwrap();
+    engine
+}
+
+pub fn sink() -> (atelier_engine::EventSink, mpsc::UnboundedReceiver<JobEvent>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (
+        Arc::new(move |e| {
+            let _ = tx.send(e);
+        }),
+        rx,
+    )
+}
