@@ -18,7 +18,7 @@ as_root() {
 # apt packages, installed only when missing (one apt-get update per run at most).
 APP_PACKAGES=(libwebkit2gtk-4.1-dev build-essential curl wget file libxdo-dev libssl-dev
   libayatana-appindicator3-dev librsvg2-dev pkg-config fonts-wqy-microhei)
-TEST_PACKAGES=(webkit2gtk-driver xvfb xauth chromium)
+TEST_PACKAGES=(webkit2gtk-driver xvfb xauth chromium libimage-exiftool-perl)
 
 ensure_apt() {
   local missing=()

@@ -39,6 +39,10 @@ impl Home {
     pub fn models_dir(&self) -> PathBuf {
         self.root.join("models")
     }
+    /// Image models: one diffusers-layout folder each.
+    pub fn image_models_dir(&self) -> PathBuf {
+        self.models_dir().join("image")
+    }
     pub fn assets_dir(&self) -> PathBuf {
         self.root.join("assets")
     }

@@ -30,10 +30,26 @@ const CANCEL_GRACE: Duration = Duration::from_secs(10);
 pub enum JobEvent {
     Queued,
     Started,
-    Progress { done: u64, total: u64 },
-    Token { text: String },
-    Finished { result: serde_json::Value },
-    Failed { kind: String, message: String },
+    Progress {
+        done: u64,
+        total: u64,
+    },
+    Token {
+        text: String,
+    },
+    /// A picture of the work so far (an image run's denoising), as a `data:` URL.
+    Preview {
+        image: u32,
+        step: u64,
+        data_url: String,
+    },
+    Finished {
+        result: serde_json::Value,
+    },
+    Failed {
+        kind: String,
+        message: String,
+    },
     Cancelled,
 }
 
@@ -130,6 +146,10 @@ impl JobContext {
                 tracing::warn!(job = self.id, error = %e, "could not persist progress");
             }
         }
+    }
+    /// Streams an event that is not progress or text (image previews).
+    pub fn emit(&self, event: JobEvent) {
+        (self.emit)(event);
     }
     pub fn token(&self, text: impl Into<String>) {
         (self.emit)(JobEvent::Token { text: text.into() });

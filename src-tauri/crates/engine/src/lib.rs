@@ -9,12 +9,14 @@
 //! - [`fsutil`]: atomic file writes
 //! - [`models`], [`text`]: GGUF model registry, local and remote text generation
 //! - [`compliance`]: the advertising-law checker and AI-content labels
+//! - [`image`]: Stable Diffusion in candle, image metadata and the gallery
 
 pub mod compliance;
 pub mod error;
 pub mod export;
 pub mod fsutil;
 pub mod home;
+pub mod image;
 pub mod jobs;
 pub mod maintenance;
 pub mod models;
@@ -37,6 +39,7 @@ pub struct Engine {
     store: Arc<Store>,
     jobs: JobRunner,
     text: Arc<text::service::TextService>,
+    images: Arc<image::service::ImageService>,
     /// The compliance checker, compiled on first use from the shipped and the user's packs.
     checker: std::sync::OnceLock<Arc<compliance::Checker>>,
     /// Jobs the previous process left unfinished, found when this one opened.
@@ -84,6 +87,7 @@ impl Engine {
             store,
             jobs,
             text: Arc::default(),
+            images: Arc::default(),
             checker: std::sync::OnceLock::new(),
             interrupted_at_open,
             _lock: lock,
@@ -317,6 +321,83 @@ impl Engine {
     }
 
     /// The text model to use when none is named (setting, else by language and what is installed).
+    /// Installed image models (broken folders as `Err((id, reason))`).
+    pub fn image_models(
+        &self,
+    ) -> Result<Vec<std::result::Result<image::model::ImageModelInfo, (String, String)>>> {
+        image::model::list(&self.home.image_models_dir())
+    }
+
+    /// Validates a diffusers folder and copies it into the image models folder.
+    pub fn import_image_model(
+        &self,
+        src: &std::path::Path,
+    ) -> Result<image::model::ImageModelInfo> {
+        image::model::import(&self.home.image_models_dir(), src)
+    }
+
+    /// Queues an image run (a batch, one image after another); returns the job id.
+    pub fn generate_image(
+        &self,
+        job: image::service::ImageJob,
+        sink: Option<EventSink>,
+    ) -> Result<i64> {
+        image::service::submit(
+            &self.jobs,
+            self.store.clone(),
+            self.home.clone(),
+            self.images.clone(),
+            job,
+            sink,
+            None,
+        )
+    }
+
+    /// The bytes of an asset file (gallery images and thumbnails), checked against its hash.
+    pub fn asset_bytes(&self, asset_id: i64) -> Result<Vec<u8>> {
+        let asset = self.store.asset(asset_id)?;
+        let path = self.home.root().join(&asset.path);
+        let bytes = std::fs::read(&path)
+            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+        if sha256_hex(&bytes) != asset.sha256 {
+            return Err(Error::Internal(format!(
+                "{} has changed on disk since it was saved",
+                asset.path
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// Everything an image was made with, from the gallery row's record.
+    pub fn image_record(&self, generation_id: i64) -> Result<image::metadata::ImageRecord> {
+        let g = self.store.generation(generation_id)?;
+        serde_json::from_value(g.params).map_err(|e| {
+            Error::Internal(format!("image {generation_id} has no usable record: {e}"))
+        })
+    }
+
+    /// Keeps an image the user brings (img2img source, or a peer's PNG to read): the bytes
+    /// become an asset of the project.
+    pub fn add_image_asset(&self, project_id: i64, bytes: &[u8]) -> Result<store::Asset> {
+        self.store.ensure_live_project(project_id)?;
+        let format = ::image::guess_format(bytes)
+            .map_err(|_| Error::invalid("the file is not an image (PNG, JPEG or WebP)"))?;
+        let mime = match format {
+            ::image::ImageFormat::Png => "image/png",
+            ::image::ImageFormat::Jpeg => "image/jpeg",
+            ::image::ImageFormat::WebP => "image/webp",
+            other => {
+                return Err(Error::invalid(format!(
+                    "{other:?} images are not supported; use PNG, JPEG or WebP"
+                )));
+            }
+        };
+        ::image::load_from_memory(bytes)
+            .map_err(|e| Error::invalid(format!("the image cannot be read: {e}")))?;
+        self.store
+            .add_asset(self.home.root(), Some(project_id), mime, bytes)
+    }
+
     pub fn default_text_model(&self) -> Result<Option<String>> {
         text::service::default_model(&self.home, &self.store.settings()?)
     }
@@ -623,6 +704,23 @@ impl Engine {
                     .ok_or_else(|| Error::Conflict(format!("job {id} has no project")))?;
                 self.submit_script(project, payload, sink, Some(id))
             }
+            image::service::JOB_KIND => {
+                let job: image::service::ImageJob =
+                    serde_json::from_value(job.payload).map_err(|e| {
+                        Error::Conflict(format!(
+                            "job {id} cannot be retried: its request is unreadable ({e})"
+                        ))
+                    })?;
+                image::service::submit(
+                    &self.jobs,
+                    self.store.clone(),
+                    self.home.clone(),
+                    self.images.clone(),
+                    job,
+                    sink,
+                    Some(id),
+                )
+            }
             other => Err(Error::Conflict(format!(
                 "jobs of kind “{other}” cannot be retried by this version of Atelier"
             ))),
@@ -667,4 +765,12 @@ pub fn set_aside_database(home: &Home) -> Result<PathBuf> {
     }
     tracing::warn!(from = %db.display(), to = %target.display(), "damaged database set aside");
     Ok(target)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

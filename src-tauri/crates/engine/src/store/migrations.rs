@@ -206,6 +206,33 @@ CREATE TABLE products (
 CREATE INDEX products_by_project ON products(project_id, name);
 "#;
 
+/// Version 7: the image gallery. An image is a `generations` row (kind `image`, its PNG as the
+/// asset: prompt search, stars and History come with it) plus this row for what only images
+/// have. Boards hold images (one board per image, as in InvokeAI); trash is a soft delete.
+const GALLERY: &str = r#"
+CREATE TABLE boards (
+    id         INTEGER PRIMARY KEY,
+    project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+    name       TEXT NOT NULL CHECK (length(name) BETWEEN 1 AND 100),
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX boards_by_project ON boards(project_id, name);
+
+CREATE TABLE images (
+    generation_id  INTEGER PRIMARY KEY REFERENCES generations(id) ON DELETE CASCADE,
+    project_id     INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+    asset_id       INTEGER NOT NULL REFERENCES assets(id),
+    thumb_asset_id INTEGER REFERENCES assets(id) ON DELETE SET NULL,
+    board_id       INTEGER REFERENCES boards(id) ON DELETE SET NULL,
+    width          INTEGER NOT NULL,
+    height         INTEGER NOT NULL,
+    trashed_at     INTEGER
+);
+-- The gallery pages newest first within a project (keyset on generation_id).
+CREATE INDEX images_by_project ON images(project_id, trashed_at, generation_id);
+CREATE INDEX images_by_board ON images(board_id, generation_id);
+"#;
+
 pub fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(CORE),
@@ -214,8 +241,9 @@ pub fn migrations() -> Migrations<'static> {
         M::up(RUN_METRICS),
         M::up(LABEL_EVENTS),
         M::up(PRODUCTS),
+        M::up(GALLERY),
     ])
 }
 
 /// The schema version this build writes.
-pub const LATEST_VERSION: usize = 6;
+pub const LATEST_VERSION: usize = 7;

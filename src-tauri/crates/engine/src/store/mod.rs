@@ -8,6 +8,7 @@ mod assets;
 pub mod bigrams;
 mod documents;
 mod generations;
+mod images;
 mod jobs;
 pub mod migrations;
 mod products;
@@ -20,6 +21,7 @@ pub use generations::{
     GenerationKind, GenerationOutcome, GenerationRecord, GenerationStatus, GenerationSummary,
     HistoryPage, HistoryQuery, NewGeneration,
 };
+pub use images::{Board, FinishedImage, GalleryImage, GalleryPage, GalleryQuery};
 pub use jobs::{JobRecord, JobStatus};
 pub use products::{ProductRecord, ProductSummary};
 pub use projects::{MAX_PROJECT_NAME_CHARS, Project};

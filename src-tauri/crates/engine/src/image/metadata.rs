@@ -1,0 +1,522 @@
+//! What an image file says about itself. Atelier's PNGs carry:
+//! - `parameters`: A1111's infotext (tEXt, or iTXt when the text is not Latin-1), which
+//!   Civitai, A1111, Forge, sd.cpp and Fooocus read;
+//! - `atelier`: the full request as JSON (iTXt), for an exact recall;
+//! - `XML:com.adobe.xmp`: an XMP packet with the TC260 `AIGC` label and IPTC's
+//!   `trainedAlgorithmicMedia` source type (iTXt, uncompressed as XMP requires);
+//! - `AIGC`: the label JSON again as plain text, the form some detectors read first.
+//!
+//! Reading goes the other way and also understands ComfyUI's and InvokeAI's chunks.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::params::{ImageParams, Scheduler};
+use crate::compliance::labels::ImplicitLabel;
+use crate::error::{Error, Result};
+
+pub const ATELIER_KEY: &str = "atelier";
+pub const XMP_KEY: &str = "XML:com.adobe.xmp";
+pub const DIGITAL_SOURCE_TYPE: &str =
+    "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia";
+
+/// Atelier's own record, written into the `atelier` chunk and kept with the gallery row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub version: u32,
+    /// The request, with the seed this image actually used and `batch_count` 1.
+    pub params: ImageParams,
+    pub model_family: String,
+    /// A1111's short hash: the first 10 hex digits of the UNet file's sha256.
+    pub model_hash: String,
+    pub rng: String,
+    pub app: String,
+}
+
+/// A1111's quoting: values with `,`, `:` or a line break become JSON strings.
+fn quote(v: &str) -> String {
+    if v.contains([',', ':', '\n']) {
+        serde_json::to_string(v).unwrap_or_else(|_| v.to_owned())
+    } else {
+        v.to_owned()
+    }
+}
+
+/// The infotext A1111 writes for these settings.
+pub fn a1111_parameters(r: &ImageRecord) -> String {
+    let p = &r.params;
+    let prompt = p.translated_prompt.as_deref().unwrap_or(&p.prompt);
+    let mut out = String::from(prompt);
+    if !p.negative_prompt.is_empty() {
+        out.push_str("\nNegative prompt: ");
+        out.push_str(&p.negative_prompt);
+    }
+    let (sampler, schedule) = p.scheduler.a1111();
+    let mut items: Vec<(&str, String)> =
+        vec![("Steps", p.steps.to_string()), ("Sampler", sampler.into())];
+    if let Some(s) = schedule {
+        items.push(("Schedule type", s.into()));
+    }
+    items.push(("CFG scale", trim_float(p.cfg_scale)));
+    items.push(("Seed", p.seed.unwrap_or(0).to_string()));
+    items.push(("Size", format!("{}x{}", p.width, p.height)));
+    items.push(("Model hash", r.model_hash.clone()));
+    items.push(("Model", p.model.clone()));
+    if let Some(init) = &p.init_image {
+        items.push(("Denoising strength", trim_float(init.strength)));
+    }
+    if p.translated_prompt.is_some() {
+        items.push(("Original prompt", p.prompt.clone()));
+    }
+    items.push(("Version", r.app.clone()));
+    out.push('\n');
+    out.push_str(
+        &items
+            .into_iter()
+            .map(|(k, v)| format!("{k}: {}", quote(&v)))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    out
+}
+
+fn trim_float(x: f64) -> String {
+    let s = format!("{x:.4}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    s.to_owned()
+}
+
+/// A1111's infotext, taken apart.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Infotext {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub settings: BTreeMap<String, String>,
+}
+
+/// Parses an infotext the way A1111's `parse_generation_parameters` does: the last line holds
+/// `key: value` pairs when it has at least three; earlier lines are the prompt, and a line
+/// starting `Negative prompt:` begins the negative prompt.
+pub fn parse_a1111(text: &str) -> Infotext {
+    let re = regex::Regex::new(r#"\s*([\w][\w \-/]*):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)"#)
+        .expect("static regex");
+    let mut lines: Vec<&str> = text.trim().lines().collect();
+    let mut settings = BTreeMap::new();
+    if let Some(last) = lines.last() {
+        let pairs: Vec<(String, String)> = re
+            .captures_iter(last)
+            .map(|c| {
+                let v = c[2].trim().to_owned();
+                let v = if v.starts_with('"') {
+                    serde_json::from_str::<String>(&v).unwrap_or(v)
+                } else {
+                    v
+                };
+                (c[1].trim().to_owned(), v)
+            })
+            .collect();
+        if pairs.len() >= 3 {
+            settings.extend(pairs);
+            lines.pop();
+        }
+    }
+    let (mut prompt, mut negative, mut in_negative) = (Vec::new(), Vec::new(), false);
+    for line in lines {
+        if let Some(rest) = line.strip_prefix("Negative prompt:") {
+            in_negative = true;
+            negative.push(rest.trim_start());
+        } else if in_negative {
+            negative.push(line);
+        } else {
+            prompt.push(line);
+        }
+    }
+    Infotext {
+        prompt: prompt.join("\n"),
+        negative_prompt: negative.join("\n"),
+        settings,
+    }
+}
+
+/// The XMP packet carrying the implicit label.
+pub fn xmp_packet(label: &ImplicitLabel) -> String {
+    let json = label
+        .json()
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;");
+    format!(
+        r#"<?xpacket begin="﻿" id="W5M0MpCehiHzreSzNTczkc9d"?>
+<x:xmpmeta xmlns:x="adobe:ns:meta/">
+ <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+  <rdf:Description rdf:about=""
+    xmlns:TC260="http://www.tc260.org.cn/ns/AIGC/1.0/"
+    xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/">
+   <TC260:AIGC>{json}</TC260:AIGC>
+   <Iptc4xmpExt:DigitalSourceType>{DIGITAL_SOURCE_TYPE}</Iptc4xmpExt:DigitalSourceType>
+  </rdf:Description>
+ </rdf:RDF>
+</x:xmpmeta>
+<?xpacket end="w"?>"#
+    )
+}
+
+/// The label read back from an XMP packet.
+pub fn label_from_xmp(xmp: &str) -> Option<ImplicitLabel> {
+    let start = xmp.find("<TC260:AIGC>")? + "<TC260:AIGC>".len();
+    let end = start + xmp[start..].find("</TC260:AIGC>")?;
+    let json = xmp[start..end]
+        .replace("&quot;", "\"")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&");
+    serde_json::from_str(&json).ok()
+}
+
+fn is_latin1(s: &str) -> bool {
+    s.chars().all(|c| (c as u32) < 256)
+}
+
+/// Encodes `img` as a PNG with the chunks above.
+pub fn encode_png(
+    img: &image::RgbImage,
+    record: &ImageRecord,
+    label: &ImplicitLabel,
+) -> Result<Vec<u8>> {
+    let bad = |e: png::EncodingError| Error::Internal(format!("PNG encoding: {e}"));
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, img.width(), img.height());
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let parameters = a1111_parameters(record);
+        // PIL (and so A1111) writes tEXt when the text is Latin-1 and iTXt otherwise.
+        if is_latin1(&parameters) {
+            enc.add_text_chunk("parameters".into(), parameters)
+                .map_err(bad)?;
+        } else {
+            enc.add_itxt_chunk("parameters".into(), parameters)
+                .map_err(bad)?;
+        }
+        enc.add_itxt_chunk(ATELIER_KEY.into(), serde_json::to_string(record)?)
+            .map_err(bad)?;
+        enc.add_itxt_chunk(XMP_KEY.into(), xmp_packet(label))
+            .map_err(bad)?;
+        enc.add_text_chunk("AIGC".into(), label.json())
+            .map_err(bad)?;
+        let mut writer = enc.write_header().map_err(bad)?;
+        writer.write_image_data(img.as_raw()).map_err(bad)?;
+        writer.finish().map_err(bad)?;
+    }
+    Ok(out)
+}
+
+/// Every text chunk of a PNG (tEXt, zTXt, iTXt), in file order; not a PNG is an error.
+pub fn png_text(bytes: &[u8]) -> Result<Vec<(String, String)>> {
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    decoder.set_ignore_text_chunk(false);
+    let reader = decoder
+        .read_info()
+        .map_err(|e| Error::invalid(format!("not a readable PNG: {e}")))?;
+    let info = reader.info();
+    let mut out = Vec::new();
+    for t in &info.uncompressed_latin1_text {
+        out.push((t.keyword.clone(), t.text.clone()));
+    }
+    for t in &info.compressed_latin1_text {
+        if let Ok(text) = t.get_text() {
+            out.push((t.keyword.clone(), text));
+        }
+    }
+    for t in &info.utf8_text {
+        if let Ok(text) = t.get_text() {
+            out.push((t.keyword.clone(), text));
+        }
+    }
+    Ok(out)
+}
+
+/// Settings recovered from an image file, and which program wrote them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recalled {
+    pub source: String,
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub steps: Option<u32>,
+    pub cfg_scale: Option<f64>,
+    pub seed: Option<u64>,
+    pub scheduler: Option<Scheduler>,
+    pub model: Option<String>,
+    pub strength: Option<f64>,
+    /// Atelier's own record when the file has one (an exact recall).
+    pub record: Option<ImageRecord>,
+    pub label: Option<ImplicitLabel>,
+}
+
+impl Recalled {
+    fn empty(source: &str) -> Recalled {
+        Recalled {
+            source: source.into(),
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            width: None,
+            height: None,
+            steps: None,
+            cfg_scale: None,
+            seed: None,
+            scheduler: None,
+            model: None,
+            strength: None,
+            record: None,
+            label: None,
+        }
+    }
+}
+
+/// Reads the generation settings of a PNG made by Atelier, A1111 (and Forge, sd.cpp, Civitai),
+/// InvokeAI or ComfyUI. A PNG with none of these is an error that says so.
+pub fn recall(bytes: &[u8]) -> Result<Recalled> {
+    let chunks = png_text(bytes)?;
+    let get = |k: &str| {
+        chunks
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    let label = get(XMP_KEY)
+        .and_then(label_from_xmp)
+        .or_else(|| get("AIGC").and_then(|j| serde_json::from_str(j).ok()));
+    let mut r = if let Some(rec) =
+        get(ATELIER_KEY).and_then(|j| serde_json::from_str::<ImageRecord>(j).ok())
+    {
+        let p = &rec.params;
+        let mut r = Recalled::empty("atelier");
+        r.prompt = p.prompt.clone();
+        r.negative_prompt = p.negative_prompt.clone();
+        r.width = Some(p.width);
+        r.height = Some(p.height);
+        r.steps = Some(p.steps);
+        r.cfg_scale = Some(p.cfg_scale);
+        r.seed = p.seed;
+        r.scheduler = Some(p.scheduler);
+        r.model = Some(p.model.clone());
+        r.strength = p.init_image.as_ref().map(|i| i.strength);
+        r.record = Some(rec);
+        r
+    } else if let Some(text) = get("parameters") {
+        from_infotext("a1111", &parse_a1111(text))
+    } else if let Some(json) = get("invokeai_metadata") {
+        from_invokeai(json)?
+    } else if let Some(json) = get("prompt") {
+        from_comfyui(json)?
+    } else {
+        return Err(Error::invalid(
+            "this PNG carries no generation settings (no A1111, ComfyUI, InvokeAI or Atelier metadata)",
+        ));
+    };
+    r.label = label;
+    Ok(r)
+}
+
+fn from_infotext(source: &str, info: &Infotext) -> Recalled {
+    let s = &info.settings;
+    let mut r = Recalled::empty(source);
+    r.prompt = info.prompt.clone();
+    r.negative_prompt = info.negative_prompt.clone();
+    if let Some((w, h)) = s.get("Size").and_then(|v| v.split_once('x')) {
+        r.width = w.trim().parse().ok();
+        r.height = h.trim().parse().ok();
+    }
+    r.steps = s.get("Steps").and_then(|v| v.parse().ok());
+    r.cfg_scale = s.get("CFG scale").and_then(|v| v.parse().ok());
+    r.seed = s.get("Seed").and_then(|v| v.parse().ok());
+    r.scheduler = s
+        .get("Sampler")
+        .and_then(|v| Scheduler::from_a1111(v, s.get("Schedule type").map(String::as_str)));
+    r.model = s.get("Model").cloned();
+    r.strength = s.get("Denoising strength").and_then(|v| v.parse().ok());
+    r
+}
+
+fn from_invokeai(json: &str) -> Result<Recalled> {
+    let v: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| Error::invalid(format!("InvokeAI metadata is not JSON: {e}")))?;
+    let mut r = Recalled::empty("invokeai");
+    r.prompt = v["positive_prompt"].as_str().unwrap_or("").to_owned();
+    r.negative_prompt = v["negative_prompt"].as_str().unwrap_or("").to_owned();
+    r.width = v["width"].as_u64().map(|x| x as u32);
+    r.height = v["height"].as_u64().map(|x| x as u32);
+    r.steps = v["steps"].as_u64().map(|x| x as u32);
+    r.cfg_scale = v["cfg_scale"].as_f64();
+    r.seed = v["seed"].as_u64();
+    r.scheduler = match v["scheduler"].as_str() {
+        Some("euler") => Some(Scheduler::Euler),
+        Some("euler_a") => Some(Scheduler::EulerAncestral),
+        Some("ddim") => Some(Scheduler::Ddim),
+        Some("dpmpp_2m") => Some(Scheduler::DpmPp2m),
+        Some("dpmpp_2m_k") => Some(Scheduler::DpmPp2mKarras),
+        Some("lcm") => Some(Scheduler::Lcm),
+        _ => None,
+    };
+    r.model = v["model"]["name"].as_str().map(str::to_owned);
+    r.strength = v["strength"].as_f64();
+    Ok(r)
+}
+
+/// ComfyUI's `prompt` chunk is its API graph: the sampler node holds seed, steps, CFG and
+/// sampler; its `positive`/`negative` inputs point at text-encode nodes.
+fn from_comfyui(json: &str) -> Result<Recalled> {
+    let v: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| Error::invalid(format!("ComfyUI metadata is not JSON: {e}")))?;
+    let nodes = v
+        .as_object()
+        .ok_or_else(|| Error::invalid("ComfyUI metadata is not a node graph"))?;
+    let sampler = nodes
+        .values()
+        .find(|n| {
+            n["class_type"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("KSampler"))
+        })
+        .ok_or_else(|| Error::invalid("the ComfyUI graph has no KSampler node"))?;
+    let inputs = &sampler["inputs"];
+    let text_of = |link: &serde_json::Value| -> String {
+        link.get(0)
+            .and_then(|id| id.as_str())
+            .and_then(|id| nodes.get(id))
+            .and_then(|n| n["inputs"]["text"].as_str())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let mut r = Recalled::empty("comfyui");
+    r.prompt = text_of(&inputs["positive"]);
+    r.negative_prompt = text_of(&inputs["negative"]);
+    r.seed = inputs["seed"]
+        .as_u64()
+        .or_else(|| inputs["noise_seed"].as_u64());
+    r.steps = inputs["steps"].as_u64().map(|x| x as u32);
+    r.cfg_scale = inputs["cfg"].as_f64();
+    let karras = inputs["scheduler"].as_str() == Some("karras");
+    r.scheduler = match inputs["sampler_name"].as_str() {
+        Some("euler") => Some(Scheduler::Euler),
+        Some("euler_ancestral") => Some(Scheduler::EulerAncestral),
+        Some("ddim") => Some(Scheduler::Ddim),
+        Some("dpmpp_2m") if karras => Some(Scheduler::DpmPp2mKarras),
+        Some("dpmpp_2m") => Some(Scheduler::DpmPp2m),
+        Some("lcm") => Some(Scheduler::Lcm),
+        _ => None,
+    };
+    if let Some(latent) = nodes
+        .values()
+        .find(|n| n["class_type"].as_str() == Some("EmptyLatentImage"))
+    {
+        r.width = latent["inputs"]["width"].as_u64().map(|x| x as u32);
+        r.height = latent["inputs"]["height"].as_u64().map(|x| x as u32);
+    }
+    r.model = nodes
+        .values()
+        .find(|n| n["class_type"].as_str() == Some("CheckpointLoaderSimple"))
+        .and_then(|n| n["inputs"]["ckpt_name"].as_str())
+        .map(str::to_owned);
+    r.strength = inputs["denoise"].as_f64().filter(|d| *d < 1.0);
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::params::sample_params;
+
+    fn record() -> ImageRecord {
+        let mut p = sample_params();
+        p.prompt = "红色的苹果, (studio light:1.2)".into();
+        p.negative_prompt = "blurry, lowres".into();
+        p.scheduler = Scheduler::DpmPp2mKarras;
+        p.seed = Some(1234);
+        ImageRecord {
+            version: 1,
+            params: p,
+            model_family: "custom".into(),
+            model_hash: "0123456789".into(),
+            rng: "chacha8-box-muller".into(),
+            app: "Atelier 0.1.0".into(),
+        }
+    }
+
+    #[test]
+    fn infotext_round_trips() {
+        let r = record();
+        let text = a1111_parameters(&r);
+        assert!(text.contains("\nNegative prompt: blurry, lowres\n"));
+        assert!(text.ends_with(
+            "Steps: 4, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1234, Size: 64x64, Model hash: 0123456789, Model: tiny, Version: Atelier 0.1.0"
+        ));
+        let back = parse_a1111(&text);
+        assert_eq!(back.prompt, r.params.prompt);
+        assert_eq!(back.negative_prompt, "blurry, lowres");
+        let rec = from_infotext("a1111", &back);
+        assert_eq!(rec.scheduler, Some(Scheduler::DpmPp2mKarras));
+        assert_eq!(
+            (rec.width, rec.height, rec.steps, rec.seed),
+            (Some(64), Some(64), Some(4), Some(1234))
+        );
+        assert_eq!(rec.cfg_scale, Some(7.0));
+    }
+
+    #[test]
+    fn quoted_values_and_prompt_only_text() {
+        let t = parse_a1111(
+            "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 5, Size: 512x768, Model: \"my, model: v2\", Lora hashes: \"x: 1234\"",
+        );
+        assert_eq!(t.settings["Model"], "my, model: v2");
+        assert_eq!(t.settings["Lora hashes"], "x: 1234");
+        assert_eq!(t.settings["Sampler"], "Euler a");
+        let only = parse_a1111("just a prompt, with commas");
+        assert_eq!(only.prompt, "just a prompt, with commas");
+        assert!(only.settings.is_empty());
+    }
+
+    #[test]
+    fn png_chunks_carry_parameters_record_and_label() {
+        let img = image::RgbImage::from_pixel(8, 8, image::Rgb([10, 20, 30]));
+        let label = ImplicitLabel::new(Some("ATELIER-TEST"));
+        let png = encode_png(&img, &record(), &label).unwrap();
+        let chunks = png_text(&png).unwrap();
+        let keys: Vec<&str> = chunks.iter().map(|(k, _)| k.as_str()).collect();
+        for k in ["parameters", "AIGC", ATELIER_KEY, XMP_KEY] {
+            assert!(keys.contains(&k), "{keys:?}");
+        }
+        let back = recall(&png).unwrap();
+        assert_eq!(back.source, "atelier");
+        assert_eq!(back.record.unwrap(), record());
+        assert_eq!(back.label.unwrap(), label);
+        let decoded = image::load_from_memory(&png).unwrap().to_rgb8();
+        assert_eq!(decoded, img);
+        assert!(recall(b"not a png").is_err());
+    }
+
+    #[test]
+    fn peers_files_are_understood() {
+        let comfy = r#"{"3":{"class_type":"KSampler","inputs":{"seed":42,"steps":20,"cfg":8,"sampler_name":"dpmpp_2m","scheduler":"karras","denoise":1,"positive":["6",0],"negative":["7",0],"model":["4",0],"latent_image":["5",0]}},"4":{"class_type":"CheckpointLoaderSimple","inputs":{"ckpt_name":"v1-5-pruned-emaonly.safetensors"}},"5":{"class_type":"EmptyLatentImage","inputs":{"width":512,"height":640,"batch_size":1}},"6":{"class_type":"CLIPTextEncode","inputs":{"text":"a castle","clip":["4",1]}},"7":{"class_type":"CLIPTextEncode","inputs":{"text":"fog","clip":["4",1]}}}"#;
+        let r = from_comfyui(comfy).unwrap();
+        assert_eq!(
+            (r.prompt.as_str(), r.negative_prompt.as_str()),
+            ("a castle", "fog")
+        );
+        assert_eq!(
+            (r.seed, r.steps, r.width, r.height),
+            (Some(42), Some(20), Some(512), Some(640))
+        );
+        assert_eq!(r.scheduler, Some(Scheduler::DpmPp2mKarras));
+        assert_eq!(r.strength, None);
+        let invoke = r#"{"positive_prompt":"a lighthouse","negative_prompt":"","width":768,"height":512,"seed":7,"steps":30,"cfg_scale":6.5,"scheduler":"euler_a","model":{"name":"sd-1.5"}}"#;
+        let r = from_invokeai(invoke).unwrap();
+        assert_eq!(r.prompt, "a lighthouse");
+        assert_eq!(r.scheduler, Some(Scheduler::EulerAncestral));
+        assert_eq!(r.model.as_deref(), Some("sd-1.5"));
+    }
+}

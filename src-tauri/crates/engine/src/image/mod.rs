@@ -1,0 +1,23 @@
+//! Local image generation: Stable Diffusion (SD 1.5, SD 2.1, SD-Turbo and same-shaped models)
+//! in candle, with Atelier's own samplers and seeded host noise, A1111-compatible metadata and
+//! the AI-content label in every PNG, and a gallery in SQLite.
+//!
+//! - [`params`]: the request and its validation, scheduler names
+//! - [`model`]: diffusers folders: describe (bounded header reads), load, import
+//! - [`prompt`]: CLIP tokenizer, A1111 emphasis, prompts over 77 tokens in windows
+//! - [`sampler`]: noise schedules and the samplers (sigma form)
+//! - [`pipeline`]: one image: text encoding, denoising with CFG and previews, VAE decode
+//! - [`metadata`]: PNG chunks written and read (A1111, Atelier, XMP label; ComfyUI, InvokeAI)
+//! - [`service`]: the `image.generate` job and the gallery rows it writes
+//! - [`random`]: random-weight models in the real layout, for tests and benchmarks
+
+pub mod metadata;
+pub mod model;
+pub mod params;
+pub mod pipeline;
+pub mod prompt;
+pub mod random;
+pub mod sampler;
+pub mod service;
+
+pub use params::{ImageParams, InitImage, Scheduler};

@@ -1,0 +1,753 @@
+//! Stable Diffusion models on disk: a diffusers folder (`unet/`, `vae/`, `text_encoder/`,
+//! `tokenizer/`, `scheduler/`), described from its config files and safetensors headers alone
+//! (bounded reads, nothing loaded), and loaded into candle's UNet, VAE and CLIP.
+//!
+//! Pickled weights (`.ckpt`, `.bin`, `.pt`) are refused: unpickling runs code from the file.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use candle_transformers::models::clip::text_model::{
+    Activation, ClipTextConfig, ClipTextTransformer as GeneralClip,
+};
+use candle_transformers::models::stable_diffusion::clip::{
+    ClipTextTransformer as SdClip, Config as SdClipConfig,
+};
+use candle_transformers::models::stable_diffusion::unet_2d::{
+    BlockConfig, UNet2DConditionModel, UNet2DConditionModelConfig,
+};
+use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::prompt::ClipTokenizer;
+use super::sampler::{NoiseSchedule, Prediction, Spacing};
+use crate::error::{Error, Result};
+
+/// A safetensors header may not claim more than this (real ones are well under 1 MiB).
+const MAX_HEADER_BYTES: u64 = 64 << 20;
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The model family, from the UNet's shape and the scheduler's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Family {
+    Sd15,
+    Sd21,
+    SdTurbo,
+    /// Another shape (test models, small distilled UNets): runs, with no size defaults.
+    Custom,
+}
+
+impl Family {
+    pub fn label(self) -> &'static str {
+        match self {
+            Family::Sd15 => "SD 1.5",
+            Family::Sd21 => "SD 2.1",
+            Family::SdTurbo => "SD-Turbo",
+            Family::Custom => "custom",
+        }
+    }
+    /// Its training size: the default width and height.
+    pub fn native_size(self) -> u32 {
+        match self {
+            Family::Sd21 => 768,
+            _ => 512,
+        }
+    }
+}
+
+/// One weights file of a model.
+#[derive(Debug, Clone, Serialize)]
+pub struct Piece {
+    /// `unet`, `vae` or `text_encoder`.
+    pub role: String,
+    pub file: PathBuf,
+    pub bytes: u64,
+    pub parameters: u64,
+    /// The tensors' type in the file (`F32`, `F16`, `BF16`).
+    pub dtype: String,
+}
+
+/// What the model list shows, read without loading any weights.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageModelInfo {
+    pub id: String,
+    pub path: PathBuf,
+    pub family: Family,
+    pub prediction: Prediction,
+    /// 9 for inpainting UNets, 4 otherwise.
+    pub unet_in_channels: usize,
+    pub default_size: u32,
+    pub pieces: Vec<Piece>,
+    pub size_bytes: u64,
+    /// Defaults the form takes when the model is picked (turbo models: 1 step, no CFG).
+    pub recommended_steps: u32,
+    pub recommended_cfg: f64,
+}
+
+/// Parsed headers of a safetensors file.
+#[derive(Debug, Clone)]
+pub struct SafetensorsSummary {
+    pub tensors: usize,
+    pub parameters: u64,
+    pub dtype: String,
+}
+
+fn dtype_size(dtype: &str) -> Option<u64> {
+    Some(match dtype {
+        "F64" | "I64" | "U64" => 8,
+        "F32" | "I32" | "U32" => 4,
+        "F16" | "BF16" | "I16" | "U16" => 2,
+        "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" => 1,
+        _ => return None,
+    })
+}
+
+/// Checks a safetensors file's header against its size with bounded reads: the header length,
+/// each tensor's type, shape and byte range. A truncated file or an absurd header is refused
+/// before anything is mapped.
+pub fn check_safetensors(path: &Path) -> Result<SafetensorsSummary> {
+    let bad = |why: String| {
+        Error::invalid(format!(
+            "{} is not a usable safetensors file: {why}",
+            path.display()
+        ))
+    };
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+    let file_len = f
+        .metadata()
+        .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?
+        .len();
+    let mut len_bytes = [0u8; 8];
+    f.read_exact(&mut len_bytes)
+        .map_err(|_| bad("it is shorter than a header".into()))?;
+    let header_len = u64::from_le_bytes(len_bytes);
+    if header_len > MAX_HEADER_BYTES || header_len + 8 > file_len {
+        return Err(bad(format!(
+            "its header claims {header_len} bytes but the file has {file_len}"
+        )));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    f.read_exact(&mut header)
+        .map_err(|e| bad(format!("cannot read its header: {e}")))?;
+    let header: serde_json::Map<String, Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("its header is not JSON: {e}")))?;
+    let data_len = file_len - 8 - header_len;
+    let (mut tensors, mut parameters) = (0usize, 0u64);
+    let mut dtype_counts: Vec<(String, u64)> = Vec::new();
+    for (name, info) in &header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = info["dtype"].as_str().unwrap_or("");
+        let size = dtype_size(dtype)
+            .ok_or_else(|| bad(format!("tensor {name} has an unknown type \"{dtype}\"")))?;
+        let shape: Vec<u64> = info["shape"]
+            .as_array()
+            .ok_or_else(|| bad(format!("tensor {name} has no shape")))?
+            .iter()
+            .map(|d| {
+                d.as_u64()
+                    .ok_or_else(|| bad(format!("tensor {name} has a bad shape")))
+            })
+            .collect::<Result<_>>()?;
+        let count = shape
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| bad(format!("tensor {name} claims an absurd shape")))?;
+        let offsets = info["data_offsets"]
+            .as_array()
+            .filter(|o| o.len() == 2)
+            .and_then(|o| Some((o[0].as_u64()?, o[1].as_u64()?)))
+            .ok_or_else(|| bad(format!("tensor {name} has no byte range")))?;
+        let expected = count
+            .checked_mul(size)
+            .ok_or_else(|| bad(format!("tensor {name} claims an absurd size")))?;
+        if offsets.0 > offsets.1 || offsets.1 > data_len || offsets.1 - offsets.0 != expected {
+            return Err(bad(format!(
+                "tensor {name} lies outside the file (the file may be truncated)"
+            )));
+        }
+        tensors += 1;
+        parameters += count;
+        match dtype_counts.iter_mut().find(|(d, _)| d == dtype) {
+            Some((_, n)) => *n += count,
+            None => dtype_counts.push((dtype.to_owned(), count)),
+        }
+    }
+    if tensors == 0 {
+        return Err(bad("it holds no tensors".into()));
+    }
+    dtype_counts.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    Ok(SafetensorsSummary {
+        tensors,
+        parameters,
+        dtype: dtype_counts[0].0.clone(),
+    })
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(Error::invalid(format!(
+            "{} is {} bytes; a config file is far smaller",
+            path.display(),
+            meta.len()
+        )));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::invalid(format!("{} is not valid JSON: {e}", path.display())))
+}
+
+const PICKLE_EXTENSIONS: [&str; 4] = ["ckpt", "bin", "pt", "pth"];
+
+fn is_pickle(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| PICKLE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+pub fn pickle_refusal(path: &Path) -> Error {
+    Error::invalid(format!(
+        "{} is a pickled PyTorch file: loading it can run code hidden in the file, so Atelier refuses it. Use the model's .safetensors download instead",
+        path.display()
+    ))
+}
+
+/// The weights file of a component folder: the full-precision safetensors, else the fp16 one.
+fn weights_file(dir: &Path, stem: &str) -> Result<PathBuf> {
+    for name in [
+        format!("{stem}.safetensors"),
+        format!("{stem}.fp16.safetensors"),
+    ] {
+        let p = dir.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if is_pickle(&e.path()) {
+                return Err(pickle_refusal(&e.path()));
+            }
+        }
+    }
+    Err(Error::invalid(format!(
+        "{} has no {stem}.safetensors: the model folder is incomplete",
+        dir.display()
+    )))
+}
+
+fn get_usize(v: &Value, key: &str, default: Option<usize>) -> Result<usize> {
+    match v.get(key) {
+        Some(x) => x
+            .as_u64()
+            .map(|x| x as usize)
+            .ok_or_else(|| Error::invalid(format!("config value {key} is not a whole number"))),
+        None => default.ok_or_else(|| Error::invalid(format!("the config has no {key}"))),
+    }
+}
+
+fn usize_list(v: &Value, key: &str, n: usize, default: usize) -> Result<Vec<usize>> {
+    match v.get(key) {
+        None => Ok(vec![default; n]),
+        Some(Value::Number(x)) => Ok(vec![x.as_u64().unwrap_or(default as u64) as usize; n]),
+        Some(Value::Array(a)) if a.len() == n => a
+            .iter()
+            .map(|x| {
+                x.as_u64()
+                    .map(|x| x as usize)
+                    .ok_or_else(|| Error::invalid(format!("config list {key} is not numbers")))
+            })
+            .collect(),
+        Some(_) => Err(Error::invalid(format!(
+            "config value {key} does not match the {n} UNet blocks"
+        ))),
+    }
+}
+
+/// The UNet config (diffusers `unet/config.json`) in candle's terms, with its input channels.
+pub fn unet_config(v: &Value) -> Result<(UNet2DConditionModelConfig, usize, usize)> {
+    if v.get("addition_embed_type").is_some_and(|x| !x.is_null()) {
+        return Err(Error::invalid(
+            "this is an SDXL-class UNet; SDXL is not supported yet (SD 1.5, SD 2.1 and SD-Turbo are)",
+        ));
+    }
+    let channels: Vec<usize> = v["block_out_channels"]
+        .as_array()
+        .ok_or_else(|| Error::invalid("the UNet config has no block_out_channels"))?
+        .iter()
+        .map(|x| x.as_u64().map(|x| x as usize))
+        .collect::<Option<_>>()
+        .ok_or_else(|| Error::invalid("block_out_channels is not a list of numbers"))?;
+    let n = channels.len();
+    if n == 0 || n > 6 {
+        return Err(Error::invalid(
+            "the UNet config has an unusable number of blocks",
+        ));
+    }
+    let down: Vec<String> = v["down_block_types"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| x.as_str().unwrap_or("").to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    if down.len() != n {
+        return Err(Error::invalid(
+            "down_block_types does not match block_out_channels",
+        ));
+    }
+    let heads = usize_list(v, "attention_head_dim", n, 8)?;
+    let depth = usize_list(v, "transformer_layers_per_block", n, 1)?;
+    let blocks = (0..n)
+        .map(|i| BlockConfig {
+            out_channels: channels[i],
+            use_cross_attn: down[i].starts_with("CrossAttn").then_some(depth[i]),
+            attention_head_dim: heads[i],
+        })
+        .collect();
+    let cfg = UNet2DConditionModelConfig {
+        center_input_sample: v["center_input_sample"].as_bool().unwrap_or(false),
+        flip_sin_to_cos: v["flip_sin_to_cos"].as_bool().unwrap_or(true),
+        freq_shift: v["freq_shift"].as_f64().unwrap_or(0.0),
+        blocks,
+        layers_per_block: get_usize(v, "layers_per_block", Some(2))?,
+        downsample_padding: get_usize(v, "downsample_padding", Some(1))?,
+        mid_block_scale_factor: v["mid_block_scale_factor"].as_f64().unwrap_or(1.0),
+        norm_num_groups: get_usize(v, "norm_num_groups", Some(32))?,
+        norm_eps: v["norm_eps"].as_f64().unwrap_or(1e-5),
+        cross_attention_dim: get_usize(v, "cross_attention_dim", None)?,
+        sliced_attention_size: None,
+        use_linear_projection: v["use_linear_projection"].as_bool().unwrap_or(false),
+    };
+    Ok((
+        cfg,
+        get_usize(v, "in_channels", Some(4))?,
+        get_usize(v, "out_channels", Some(4))?,
+    ))
+}
+
+pub fn vae_config(v: &Value) -> Result<(AutoEncoderKLConfig, f64)> {
+    let channels: Vec<usize> = v["block_out_channels"]
+        .as_array()
+        .ok_or_else(|| Error::invalid("the VAE config has no block_out_channels"))?
+        .iter()
+        .map(|x| x.as_u64().map(|x| x as usize))
+        .collect::<Option<_>>()
+        .ok_or_else(|| Error::invalid("the VAE's block_out_channels is not a list of numbers"))?;
+    if channels.is_empty() {
+        return Err(Error::invalid("the VAE config has no blocks"));
+    }
+    Ok((
+        AutoEncoderKLConfig {
+            block_out_channels: channels,
+            layers_per_block: get_usize(v, "layers_per_block", Some(2))?,
+            latent_channels: get_usize(v, "latent_channels", Some(4))?,
+            norm_num_groups: get_usize(v, "norm_num_groups", Some(32))?,
+            use_quant_conv: v["use_quant_conv"].as_bool().unwrap_or(true),
+            use_post_quant_conv: v["use_post_quant_conv"].as_bool().unwrap_or(true),
+        },
+        v["scaling_factor"].as_f64().unwrap_or(0.18215),
+    ))
+}
+
+/// The text encoder: CLIP ViT-L (SD 1.x, quick-gelu; any size) or OpenCLIP-H (SD 2.x, gelu).
+pub enum TextEncoderConfig {
+    QuickGelu(ClipTextConfig),
+    OpenClipH,
+}
+
+pub fn text_config(v: &Value) -> Result<TextEncoderConfig> {
+    let act = v["hidden_act"].as_str().unwrap_or("quick_gelu");
+    let hidden = get_usize(v, "hidden_size", None)?;
+    match act {
+        "quick_gelu" => Ok(TextEncoderConfig::QuickGelu(ClipTextConfig {
+            vocab_size: get_usize(v, "vocab_size", Some(49408))?,
+            embed_dim: hidden,
+            activation: Activation::QuickGelu,
+            intermediate_size: get_usize(v, "intermediate_size", None)?,
+            max_position_embeddings: get_usize(v, "max_position_embeddings", Some(77))?,
+            pad_with: None,
+            num_hidden_layers: get_usize(v, "num_hidden_layers", None)?,
+            num_attention_heads: get_usize(v, "num_attention_heads", None)?,
+            projection_dim: get_usize(v, "projection_dim", Some(hidden))?,
+        })),
+        "gelu"
+            if hidden == 1024
+                && get_usize(v, "num_hidden_layers", None)? == 23
+                && get_usize(v, "num_attention_heads", None)? == 16 =>
+        {
+            Ok(TextEncoderConfig::OpenClipH)
+        }
+        other => Err(Error::invalid(format!(
+            "the text encoder ({other}, hidden size {hidden}) is not one Atelier can run"
+        ))),
+    }
+}
+
+pub fn noise_schedule(v: &Value) -> Result<NoiseSchedule> {
+    let prediction = match v["prediction_type"].as_str().unwrap_or("epsilon") {
+        "epsilon" => Prediction::Epsilon,
+        "v_prediction" => Prediction::VPrediction,
+        other => {
+            return Err(Error::invalid(format!(
+                "prediction type \"{other}\" is not supported"
+            )));
+        }
+    };
+    let spacing = match v["timestep_spacing"].as_str().unwrap_or("leading") {
+        "trailing" => Spacing::Trailing,
+        "linspace" => Spacing::Linspace,
+        _ => Spacing::Leading,
+    };
+    let schedule = v["beta_schedule"].as_str().unwrap_or("scaled_linear");
+    if schedule != "scaled_linear" {
+        return Err(Error::invalid(format!(
+            "beta schedule \"{schedule}\" is not supported (scaled_linear is)"
+        )));
+    }
+    let mut s = NoiseSchedule::scaled_linear(
+        v["beta_start"].as_f64().unwrap_or(0.00085),
+        v["beta_end"].as_f64().unwrap_or(0.012),
+        get_usize(v, "num_train_timesteps", Some(1000))?,
+        prediction,
+        spacing,
+    );
+    s.steps_offset = get_usize(v, "steps_offset", Some(1))?;
+    s.set_alpha_to_one = v["set_alpha_to_one"].as_bool().unwrap_or(false);
+    Ok(s)
+}
+
+/// Reads a model folder's configs and weight headers (no weights) and describes it.
+pub fn describe(dir: &Path) -> Result<ImageModelInfo> {
+    if is_pickle(dir) {
+        return Err(pickle_refusal(dir));
+    }
+    if !dir.is_dir() {
+        return Err(Error::invalid(format!(
+            "{} is not a model folder (a diffusers folder with unet/, vae/, text_encoder/ and tokenizer/)",
+            dir.display()
+        )));
+    }
+    let unet_json = read_json(&dir.join("unet").join("config.json"))?;
+    let (unet_cfg, in_channels, _) = unet_config(&unet_json)?;
+    let (_, _) = vae_config(&read_json(&dir.join("vae").join("config.json"))?)?;
+    let text = text_config(&read_json(&dir.join("text_encoder").join("config.json"))?)?;
+    let scheduler_path = dir.join("scheduler").join("scheduler_config.json");
+    let schedule = if scheduler_path.is_file() {
+        noise_schedule(&read_json(&scheduler_path)?)?
+    } else {
+        NoiseSchedule::stable_diffusion(Prediction::Epsilon)
+    };
+    let tok = dir.join("tokenizer");
+    if !tok.join("tokenizer.json").is_file()
+        && !(tok.join("vocab.json").is_file() && tok.join("merges.txt").is_file())
+    {
+        return Err(Error::invalid(format!(
+            "{} has no CLIP tokenizer (vocab.json and merges.txt)",
+            tok.display()
+        )));
+    }
+    let mut pieces = Vec::new();
+    for (role, stem) in [
+        ("unet", "diffusion_pytorch_model"),
+        ("vae", "diffusion_pytorch_model"),
+        ("text_encoder", "model"),
+    ] {
+        let file = weights_file(&dir.join(role), stem)?;
+        let summary = check_safetensors(&file)?;
+        let bytes = std::fs::metadata(&file)
+            .map_err(|e| Error::io(format!("cannot read {}", file.display()), e))?
+            .len();
+        pieces.push(Piece {
+            role: role.into(),
+            file,
+            bytes,
+            parameters: summary.parameters,
+            dtype: summary.dtype,
+        });
+    }
+    let family = match (
+        unet_cfg.cross_attention_dim,
+        &text,
+        schedule.prediction,
+        schedule.spacing,
+    ) {
+        (768, TextEncoderConfig::QuickGelu(c), _, _) if c.embed_dim == 768 => Family::Sd15,
+        (1024, TextEncoderConfig::OpenClipH, _, Spacing::Trailing) => Family::SdTurbo,
+        (1024, TextEncoderConfig::OpenClipH, _, _) => Family::Sd21,
+        _ => Family::Custom,
+    };
+    let (recommended_steps, recommended_cfg) = match family {
+        Family::SdTurbo => (1, 0.0),
+        _ => (25, 7.0),
+    };
+    Ok(ImageModelInfo {
+        id: model_id(dir),
+        path: dir.to_owned(),
+        family,
+        prediction: schedule.prediction,
+        unet_in_channels: in_channels,
+        default_size: if family == Family::Custom {
+            64 * 8
+        } else {
+            family.native_size()
+        },
+        size_bytes: pieces.iter().map(|p| p.bytes).sum(),
+        pieces,
+        recommended_steps,
+        recommended_cfg,
+    })
+}
+
+pub fn model_id(dir: &Path) -> String {
+    dir.file_name()
+        .map(|s| s.to_string_lossy().to_lowercase())
+        .unwrap_or_default()
+}
+
+pub enum TextEncoder {
+    General(GeneralClip),
+    OpenClip(SdClip),
+}
+
+impl TextEncoder {
+    /// The last hidden state for a batch of token windows.
+    pub fn forward(&self, ids: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+        match self {
+            TextEncoder::General(m) => m.forward_with_mask(ids, usize::MAX),
+            TextEncoder::OpenClip(m) => m.forward_with_mask(ids, usize::MAX),
+        }
+    }
+}
+
+/// A model ready to run.
+pub struct LoadedModel {
+    pub info: ImageModelInfo,
+    pub unet: UNet2DConditionModel,
+    pub vae: AutoEncoderKL,
+    pub text: TextEncoder,
+    pub tokenizer: ClipTokenizer,
+    pub schedule: NoiseSchedule,
+    pub vae_scale: f64,
+    pub latent_channels: usize,
+    pub device: Device,
+    pub dtype: DType,
+}
+
+fn mmap(file: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+    // SAFETY: the file was checked (header and byte ranges) just before; mapping is how candle
+    // reads safetensors without copying them. A file changed while mapped is the user's risk,
+    // as in every mmap-based loader.
+    unsafe { VarBuilder::from_mmaped_safetensors(&[file], dtype, device) }
+        .map_err(|e| Error::invalid(format!("cannot map {}: {e}", file.display())))
+}
+
+/// Makes the VAE encoder's "sample" its mean: the log-variance half of the layer that emits
+/// the latent distribution gets zero weights and a bias so negative that its standard
+/// deviation is exactly 0. candle's `sample()` draws from an RNG that cannot be seeded on the
+/// CPU, and img2img must be reproducible; diffusers calls this mode "argmax".
+fn mean_only_encoder(
+    tensors: &mut std::collections::HashMap<String, candle_core::Tensor>,
+    latent_channels: usize,
+) -> candle_core::Result<()> {
+    let (w_name, b_name) = if tensors.contains_key("quant_conv.weight") {
+        ("quant_conv.weight", "quant_conv.bias")
+    } else {
+        ("encoder.conv_out.weight", "encoder.conv_out.bias")
+    };
+    let (Some(w), Some(b)) = (tensors.get(w_name), tensors.get(b_name)) else {
+        return Err(candle_core::Error::Msg(format!("no {w_name}")));
+    };
+    let c = latent_channels;
+    let w = candle_core::Tensor::cat(&[w.narrow(0, 0, c)?, w.narrow(0, c, c)?.zeros_like()?], 0)?;
+    let b = candle_core::Tensor::cat(
+        &[
+            b.narrow(0, 0, c)?,
+            (b.narrow(0, c, c)?.zeros_like()? - 30000.0)?,
+        ],
+        0,
+    )?;
+    tensors.insert(w_name.into(), w);
+    tensors.insert(b_name.into(), b);
+    Ok(())
+}
+
+/// Loads a described model onto `device` (f16 on GPUs, f32 on the CPU).
+pub fn load(info: ImageModelInfo, device: &Device) -> Result<LoadedModel> {
+    let dir = info.path.clone();
+    let dtype = if device.is_cpu() {
+        DType::F32
+    } else {
+        DType::F16
+    };
+    let mismatch = |what: &str| {
+        let dir = dir.clone();
+        let what = what.to_owned();
+        move |e: candle_core::Error| {
+            Error::invalid(format!(
+                "the {what} weights in {} do not match its config: {e}",
+                dir.display()
+            ))
+        }
+    };
+    let file = |role: &str| {
+        info.pieces
+            .iter()
+            .find(|p| p.role == role)
+            .map(|p| p.file.clone())
+            .ok_or_else(|| Error::invalid(format!("the model has no {role}")))
+    };
+    let (unet_cfg, in_channels, out_channels) =
+        unet_config(&read_json(&dir.join("unet").join("config.json"))?)?;
+    let unet = UNet2DConditionModel::new(
+        mmap(&file("unet")?, dtype, device)?,
+        in_channels,
+        out_channels,
+        false,
+        unet_cfg,
+    )
+    .map_err(mismatch("UNet"))?;
+    let (vae_cfg, vae_scale) = vae_config(&read_json(&dir.join("vae").join("config.json"))?)?;
+    let latent_channels = vae_cfg.latent_channels;
+    let vae_file = file("vae")?;
+    let mut vae_tensors = candle_core::safetensors::load(&vae_file, device)
+        .map_err(|e| Error::invalid(format!("cannot read {}: {e}", vae_file.display())))?;
+    mean_only_encoder(&mut vae_tensors, latent_channels).map_err(mismatch("VAE"))?;
+    let vae = AutoEncoderKL::new(
+        VarBuilder::from_tensors(vae_tensors, dtype, device),
+        3,
+        3,
+        vae_cfg,
+    )
+    .map_err(mismatch("VAE"))?;
+    // CLIP runs in f32 everywhere: it is small and f16 CLIP drifts.
+    let text_vb = mmap(&file("text_encoder")?, DType::F32, device)?;
+    let (text, pad_with) =
+        match text_config(&read_json(&dir.join("text_encoder").join("config.json"))?)? {
+            TextEncoderConfig::QuickGelu(c) => (
+                TextEncoder::General(
+                    GeneralClip::new(text_vb.pp("text_model"), &c)
+                        .map_err(mismatch("text encoder"))?,
+                ),
+                None,
+            ),
+            TextEncoderConfig::OpenClipH => (
+                TextEncoder::OpenClip(
+                    SdClip::new(text_vb, &SdClipConfig::v2_1())
+                        .map_err(mismatch("text encoder"))?,
+                ),
+                Some("!"),
+            ),
+        };
+    let tokenizer = ClipTokenizer::load(&dir.join("tokenizer"), pad_with)?;
+    let scheduler_path = dir.join("scheduler").join("scheduler_config.json");
+    let schedule = if scheduler_path.is_file() {
+        noise_schedule(&read_json(&scheduler_path)?)?
+    } else {
+        NoiseSchedule::stable_diffusion(Prediction::Epsilon)
+    };
+    Ok(LoadedModel {
+        info,
+        unet,
+        vae,
+        text,
+        tokenizer,
+        schedule,
+        vae_scale,
+        latent_channels,
+        device: device.clone(),
+        dtype,
+    })
+}
+
+/// Every model folder in `dir` (broken ones with their error), sorted by id.
+pub fn list(dir: &Path) -> Result<Vec<std::result::Result<ImageModelInfo, (String, String)>>> {
+    let read = match std::fs::read_dir(dir) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(format!("cannot read {}", dir.display()), e)),
+    };
+    let mut out = Vec::new();
+    for entry in read.flatten() {
+        let path = entry.path();
+        let name = model_id(&path);
+        if !path.is_dir() || name.starts_with('.') {
+            continue;
+        }
+        out.push(describe(&path).map_err(|e| (name, e.to_string())));
+    }
+    out.sort_by(|a, b| {
+        let key = |x: &std::result::Result<ImageModelInfo, (String, String)>| match x {
+            Ok(i) => i.id.clone(),
+            Err((id, _)) => id.clone(),
+        };
+        key(a).cmp(&key(b))
+    });
+    Ok(out)
+}
+
+/// The files of a diffusers folder that Atelier reads (and so copies on import).
+const MODEL_FILES: [&str; 7] = [
+    "model_index.json",
+    "unet/config.json",
+    "vae/config.json",
+    "text_encoder/config.json",
+    "scheduler/scheduler_config.json",
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
+];
+
+/// Validates the folder `src` and copies what Atelier needs into `dir/<name>`, through a
+/// hidden temporary folder renamed at the end: an interrupted import leaves no half model.
+pub fn import(dir: &Path, src: &Path) -> Result<ImageModelInfo> {
+    let info = describe(src)?;
+    let target = dir.join(&info.id);
+    if target.exists() {
+        return Err(Error::Conflict(format!(
+            "an image model named {} is already installed",
+            info.id
+        )));
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".import-")
+        .tempdir_in(dir)
+        .map_err(|e| Error::io(format!("cannot write in {}", dir.display()), e))?;
+    let mut files: Vec<PathBuf> = MODEL_FILES.iter().map(PathBuf::from).collect();
+    files.push(PathBuf::from("tokenizer/tokenizer.json"));
+    for p in &info.pieces {
+        if let Ok(rel) = p.file.strip_prefix(src) {
+            files.push(rel.to_owned());
+        }
+    }
+    for rel in files {
+        let from = src.join(&rel);
+        if !from.is_file() {
+            continue;
+        }
+        let to = tmp.path().join(&rel);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io(format!("cannot create {}", parent.display()), e))?;
+        }
+        std::fs::copy(&from, &to)
+            .map_err(|e| Error::io(format!("cannot copy {}", from.display()), e))?;
+    }
+    let kept = tmp.keep();
+    std::fs::rename(&kept, &target).map_err(|e| {
+        let _ = std::fs::remove_dir_all(&kept);
+        Error::io(format!("cannot install {}", target.display()), e)
+    })?;
+    describe(&target)
+}

@@ -1,0 +1,364 @@
+//! One image from a loaded model: prompt windows through CLIP (emphasis applied), latents from
+//! the seeded host RNG, the sampler walking the noise levels with classifier-free guidance,
+//! a cheap preview at every step, and the VAE decode.
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::model::LoadedModel;
+use super::params::ImageParams;
+use super::prompt::{WINDOW, Windows};
+use super::sampler::{self, Prediction};
+use crate::error::{Error, Result};
+
+/// The RNG recorded with each image: noise is drawn from ChaCha8 seeded with the seed, turned
+/// into normal values by Box–Muller, in latent order.
+pub const RNG_NAME: &str = "chacha8-box-muller";
+
+/// Standard-normal noise from a seeded ChaCha8 stream, identical on every machine.
+pub struct HostNoise {
+    rng: ChaCha8Rng,
+    spare: Option<f32>,
+}
+
+impl HostNoise {
+    pub fn new(seed: u64) -> HostNoise {
+        HostNoise {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            spare: None,
+        }
+    }
+
+    fn next(&mut self) -> f32 {
+        if let Some(s) = self.spare.take() {
+            return s;
+        }
+        // u1 in (0, 1] so the log is finite.
+        let u1: f64 = 1.0 - self.rng.random::<f64>();
+        let u2: f64 = self.rng.random::<f64>();
+        let r = (-2.0 * u1.ln()).sqrt();
+        let (s, c) = (std::f64::consts::TAU * u2).sin_cos();
+        self.spare = Some((r * s) as f32);
+        (r * c) as f32
+    }
+
+    pub fn tensor(&mut self, shape: &[usize], device: &Device) -> candle_core::Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| self.next()).collect();
+        Tensor::from_vec(v, shape, device)
+    }
+}
+
+/// A small RGB picture (for previews), row-major, 3 bytes a pixel.
+#[derive(Debug, Clone)]
+pub struct Rgb {
+    pub width: u32,
+    pub height: u32,
+    pub pixels: Vec<u8>,
+}
+
+/// Linear map from SD's 4 latent channels to RGB: close enough to see composition and colour
+/// while denoising, at no cost (A1111 calls it "Approx cheap").
+const LATENT_RGB: [[f32; 3]; 4] = [
+    [0.298, 0.207, 0.208],
+    [0.187, 0.286, 0.173],
+    [-0.158, 0.189, 0.264],
+    [-0.184, -0.271, -0.473],
+];
+
+pub fn latent_preview(latent: &Tensor) -> candle_core::Result<Option<Rgb>> {
+    let l = latent.i(0)?.to_dtype(DType::F32)?;
+    let (c, h, w) = l.dims3()?;
+    if c != 4 {
+        return Ok(None);
+    }
+    let v = l.flatten_all()?.to_vec1::<f32>()?;
+    let mut pixels = Vec::with_capacity(h * w * 3);
+    for y in 0..h {
+        for x in 0..w {
+            for (k, _) in LATENT_RGB[0].iter().enumerate() {
+                let s: f32 = (0..4)
+                    .map(|ch| v[ch * h * w + y * w + x] * LATENT_RGB[ch][k])
+                    .sum();
+                pixels.push((((s + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0) as u8);
+            }
+        }
+    }
+    Ok(Some(Rgb {
+        width: w as u32,
+        height: h as u32,
+        pixels,
+    }))
+}
+
+/// A rough peak-memory estimate for one image, so a run that cannot fit is refused with a
+/// suggestion instead of being killed. Weights (as loaded) plus the largest working set: the
+/// UNet's first-level attention scores (batch × heads × L², L = latent pixels) or the VAE's
+/// full-resolution activations and mid-block attention.
+pub fn estimate_peak_bytes(model: &LoadedModel, p: &ImageParams) -> u64 {
+    let weights: u64 = model
+        .info
+        .pieces
+        .iter()
+        .map(|pc| {
+            let per = if model.dtype == DType::F32 { 4 } else { 2 };
+            pc.parameters * per
+        })
+        .sum();
+    let l = (p.width as u64 / 8) * (p.height as u64 / 8);
+    let batch = if p.uses_cfg() { 2 } else { 1 };
+    let heads = 8u64;
+    let unet_attention = batch * heads * l * l * 4 * 2; // scores and softmax
+    let vae = 128 * p.width as u64 * p.height as u64 * 4 * 4 + l * l * 4 * 2;
+    weights + unet_attention.max(vae) + (256 << 20)
+}
+
+/// `MemAvailable` from /proc/meminfo (Linux); `None` elsewhere.
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn gib(b: u64) -> String {
+    format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+}
+
+/// Refuses a run whose estimate exceeds the memory this machine has free.
+pub fn check_memory(model: &LoadedModel, p: &ImageParams) -> Result<()> {
+    if !model.device.is_cpu() {
+        return Ok(()); // GPU memory errors come back from the driver as errors, not kills
+    }
+    let need = estimate_peak_bytes(model, p);
+    if let Some(free) = available_memory()
+        && need > free
+    {
+        return Err(Error::invalid(format!(
+            "{}×{} needs about {} of memory and {} is free; choose a smaller size (for example {}×{}) or close other programs",
+            p.width,
+            p.height,
+            gib(need),
+            gib(free),
+            model.info.default_size,
+            model.info.default_size
+        )));
+    }
+    Ok(())
+}
+
+/// The text conditioning `[uncond?, cond]` for the UNet.
+fn encode_prompts(model: &LoadedModel, p: &ImageParams) -> Result<(Tensor, usize)> {
+    let prompt = p.translated_prompt.as_deref().unwrap_or(&p.prompt);
+    let mut cond = model.tokenizer.windows(prompt)?;
+    let mut uncond = model.tokenizer.windows(&p.negative_prompt)?;
+    let windows = cond.ids.len().max(uncond.ids.len());
+    // Both sides need the same length; pad the shorter with empty windows.
+    for w in [&mut cond, &mut uncond] {
+        while w.ids.len() < windows {
+            let (ids, weights) = model.tokenizer.empty_window();
+            w.ids.push(ids);
+            w.weights.push(weights);
+        }
+    }
+    let bad = |e: candle_core::Error| Error::Internal(format!("text encoder: {e}"));
+    let embed = |w: &Windows| -> Result<Tensor> {
+        let ids: Vec<u32> = w.ids.concat();
+        let ids = Tensor::from_vec(ids, (w.ids.len(), WINDOW), &model.device).map_err(bad)?;
+        let z = model.text.forward(&ids).map_err(bad)?; // (windows, 77, dim)
+        let weights: Vec<f32> = w.weights.concat();
+        let weighted = if weights.iter().any(|&x| x != 1.0) {
+            // A1111's emphasis: scale each token's vector, then restore the overall mean.
+            let wt =
+                Tensor::from_vec(weights, (w.ids.len(), WINDOW, 1), &model.device).map_err(bad)?;
+            let before = z.mean_all().map_err(bad)?.to_scalar::<f32>().map_err(bad)?;
+            let scaled = z.broadcast_mul(&wt).map_err(bad)?;
+            let after = scaled
+                .mean_all()
+                .map_err(bad)?
+                .to_scalar::<f32>()
+                .map_err(bad)?;
+            if after.abs() > f32::EPSILON {
+                scaled.affine((before / after) as f64, 0.0).map_err(bad)?
+            } else {
+                scaled
+            }
+        } else {
+            z
+        };
+        let (n, t, d) = weighted.dims3().map_err(bad)?;
+        weighted.reshape((1, n * t, d)).map_err(bad)
+    };
+    let c = embed(&cond)?;
+    let emb = if p.uses_cfg() {
+        Tensor::cat(&[embed(&uncond)?, c], 0).map_err(bad)?
+    } else {
+        c
+    };
+    Ok((emb.to_dtype(model.dtype).map_err(bad)?, cond.token_count))
+}
+
+/// A source image as latents (the distribution's mean: reproducible, as diffusers' "argmax").
+pub fn encode_image(model: &LoadedModel, img: &image::RgbImage) -> Result<Tensor> {
+    let bad = |e: candle_core::Error| Error::Internal(format!("encoding the source image: {e}"));
+    let (w, h) = img.dimensions();
+    let data: Vec<f32> = img
+        .as_raw()
+        .iter()
+        .map(|&b| b as f32 / 127.5 - 1.0)
+        .collect();
+    let x = Tensor::from_vec(data, (h as usize, w as usize, 3), &model.device)
+        .and_then(|t| t.permute((2, 0, 1)))
+        .and_then(|t| t.unsqueeze(0))
+        .and_then(|t| t.to_dtype(model.dtype))
+        .map_err(bad)?;
+    let dist = model.vae.encode(&x).map_err(bad)?;
+    // The VAE was loaded with a zero log-variance head patched to -inf (see model.rs), so a
+    // "sample" is exactly the mean.
+    let latent = dist.sample().map_err(bad)?;
+    (latent.to_dtype(DType::F32).map_err(bad)? * model.vae_scale).map_err(bad)
+}
+
+/// What a step reports: its index, the step count and a preview.
+pub type StepFn<'a> = dyn FnMut(usize, usize, Option<Rgb>) + 'a;
+
+/// Makes one image. `init` (already resized to the output size) turns this into img2img.
+/// `cancelled` is polled before every step.
+pub fn generate(
+    model: &LoadedModel,
+    p: &ImageParams,
+    seed: u64,
+    init: Option<&image::RgbImage>,
+    cancelled: &dyn Fn() -> bool,
+    on_step: &mut StepFn<'_>,
+) -> Result<image::RgbImage> {
+    let bad = |e: candle_core::Error| Error::Internal(format!("image model: {e}"));
+    let (emb, _) = encode_prompts(model, p)?;
+    let mut noise = HostNoise::new(seed);
+    let shape = [
+        1,
+        model.latent_channels,
+        p.height as usize / 8,
+        p.width as usize / 8,
+    ];
+    let full = model.schedule.sigmas(p.scheduler, p.steps as usize);
+    let first = noise.tensor(&shape, &model.device).map_err(bad)?;
+    let (sigmas, x) = match (init, &p.init_image) {
+        (Some(img), Some(i)) => {
+            let sigmas = sampler::img2img_sigmas(&full, i.strength);
+            let latent = encode_image(model, img)?;
+            let x = (latent + first.affine(sigmas[0], 0.0).map_err(bad)?).map_err(bad)?;
+            (sigmas, x)
+        }
+        _ => (full.clone(), first.affine(full[0], 0.0).map_err(bad)?),
+    };
+    let total = sigmas.len() - 1;
+    let cfg = p.uses_cfg();
+    let guidance = p.cfg_scale;
+    let prediction = model.schedule.prediction;
+    let mut denoise = |x: &Tensor, sigma: f64, _i: usize| -> candle_core::Result<Tensor> {
+        let c_in = 1.0 / (sigma * sigma + 1.0).sqrt();
+        let t = model.schedule.sigma_to_t(sigma);
+        let input = x.affine(c_in, 0.0)?.to_dtype(model.dtype)?;
+        let input = if cfg {
+            Tensor::cat(&[&input, &input], 0)?
+        } else {
+            input
+        };
+        let out = model.unet.forward(&input, t, &emb)?.to_dtype(DType::F32)?;
+        let out = if cfg {
+            let (u, c) = (out.i(0..1)?, out.i(1..2)?);
+            (&u + (c - &u)?.affine(guidance, 0.0)?)?
+        } else {
+            out
+        };
+        match prediction {
+            Prediction::Epsilon => x - out.affine(sigma, 0.0)?,
+            Prediction::VPrediction => {
+                let s2 = sigma * sigma + 1.0;
+                x.affine(1.0 / s2, 0.0)? - out.affine(sigma / s2.sqrt(), 0.0)?
+            }
+        }
+    };
+    let mut draw = || noise.tensor(&shape, &model.device);
+    let mut step = |i: usize, denoised: &Tensor| -> candle_core::Result<()> {
+        if cancelled() {
+            return Err(candle_core::Error::Msg("cancelled".into()));
+        }
+        on_step(i + 1, total, latent_preview(denoised)?);
+        Ok(())
+    };
+    if cancelled() {
+        return Err(Error::Cancelled);
+    }
+    let latents = match sampler::sample(p.scheduler, &sigmas, x, &mut denoise, &mut draw, &mut step)
+    {
+        Ok(l) => l,
+        Err(_) if cancelled() => return Err(Error::Cancelled),
+        Err(e) => return Err(bad(e)),
+    };
+    decode(model, &latents)
+}
+
+/// Latents to pixels. A decode that yields NaN (an f16 overflow) is an error, never a black
+/// picture saved as if it were the result.
+pub fn decode(model: &LoadedModel, latents: &Tensor) -> Result<image::RgbImage> {
+    let bad = |e: candle_core::Error| Error::Internal(format!("VAE decode: {e}"));
+    let z = (latents / model.vae_scale)
+        .and_then(|z| z.to_dtype(model.dtype))
+        .map_err(bad)?;
+    let img = model
+        .vae
+        .decode(&z)
+        .map_err(bad)?
+        .to_dtype(DType::F32)
+        .map_err(bad)?;
+    let nan = img
+        .ne(&img)
+        .and_then(|m| m.to_dtype(DType::F32))
+        .and_then(|m| m.sum_all())
+        .and_then(|s| s.to_scalar::<f32>())
+        .map_err(bad)?;
+    if nan > 0.0 {
+        return Err(Error::Internal(
+            "the VAE produced invalid values (NaN); nothing was saved. Try again with another VAE or on the CPU".into(),
+        ));
+    }
+    let img = ((img / 2.0)
+        .and_then(|x| x + 0.5)
+        .and_then(|x| x.clamp(0f32, 1f32))
+        .and_then(|x| x * 255.0))
+    .and_then(|x| x.round())
+    .and_then(|x| x.to_dtype(DType::U8))
+    .and_then(|x| x.i(0))
+    .and_then(|x| x.permute((1, 2, 0)))
+    .map_err(bad)?;
+    let (h, w, _) = img.dims3().map_err(bad)?;
+    let data = img
+        .flatten_all()
+        .and_then(|x| x.to_vec1::<u8>())
+        .map_err(bad)?;
+    image::RgbImage::from_raw(w as u32, h as u32, data)
+        .ok_or_else(|| Error::Internal("VAE output has the wrong size".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_noise_is_standard_normal_and_reproducible() {
+        let mut a = HostNoise::new(42);
+        let mut b = HostNoise::new(42);
+        let va: Vec<f32> = (0..20_000).map(|_| a.next()).collect();
+        let vb: Vec<f32> = (0..20_000).map(|_| b.next()).collect();
+        assert_eq!(va, vb);
+        let mean = va.iter().sum::<f32>() / va.len() as f32;
+        let var = va.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / va.len() as f32;
+        assert!(mean.abs() < 0.03, "{mean}");
+        assert!((var - 1.0).abs() < 0.05, "{var}");
+        let mut c = HostNoise::new(43);
+        assert_ne!(va[..8], (0..8).map(|_| c.next()).collect::<Vec<_>>()[..]);
+    }
+}

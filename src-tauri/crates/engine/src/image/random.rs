@@ -1,0 +1,219 @@
+//! Random-weight Stable Diffusion folders in the real diffusers layout: what the tests, the
+//! end-to-end run and the speed benchmark load through the same loader as a downloaded model.
+//! The pictures are noise; the code path (configs, safetensors, tokenizer, UNet, VAE, CLIP) is
+//! the real one. Weights go through a file, never straight from the `VarMap`: trainable vars
+//! would make candle keep every intermediate for gradients.
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use candle_transformers::models::clip::text_model::ClipTextTransformer;
+use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
+use candle_transformers::models::stable_diffusion::vae::AutoEncoderKL;
+use serde_json::{Value, json};
+
+use super::model::{TextEncoderConfig, text_config, unet_config, vae_config};
+use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
+
+/// Which shape to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// A few hundred thousand weights; 64×64 in a fraction of a second on a CPU.
+    Tiny,
+    /// SD 1.5's exact shapes (UNet 860M, VAE 84M, CLIP ViT-L 123M parameters): for benchmarks.
+    Sd15,
+}
+
+fn configs(arch: Arch) -> (Value, Value, Value) {
+    match arch {
+        Arch::Tiny => (
+            json!({
+                "_class_name": "UNet2DConditionModel",
+                "in_channels": 4, "out_channels": 4,
+                "block_out_channels": [32, 64],
+                "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+                "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+                "layers_per_block": 1,
+                "attention_head_dim": [4, 4],
+                "cross_attention_dim": 32,
+                "norm_num_groups": 32,
+                "sample_size": 8
+            }),
+            json!({
+                "_class_name": "AutoencoderKL",
+                "in_channels": 3, "out_channels": 3,
+                "block_out_channels": [32, 32, 32, 32],
+                "layers_per_block": 1,
+                "latent_channels": 4,
+                "norm_num_groups": 32,
+                "scaling_factor": 0.18215
+            }),
+            json!({
+                "architectures": ["CLIPTextModel"],
+                "hidden_act": "quick_gelu",
+                "hidden_size": 32, "intermediate_size": 64,
+                "num_hidden_layers": 2, "num_attention_heads": 4,
+                "max_position_embeddings": 77, "vocab_size": 1000, "projection_dim": 32
+            }),
+        ),
+        Arch::Sd15 => (
+            json!({
+                "_class_name": "UNet2DConditionModel",
+                "in_channels": 4, "out_channels": 4,
+                "block_out_channels": [320, 640, 1280, 1280],
+                "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+                "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+                "layers_per_block": 2,
+                "attention_head_dim": 8,
+                "cross_attention_dim": 768,
+                "norm_num_groups": 32,
+                "sample_size": 64
+            }),
+            json!({
+                "_class_name": "AutoencoderKL",
+                "in_channels": 3, "out_channels": 3,
+                "block_out_channels": [128, 256, 512, 512],
+                "layers_per_block": 2,
+                "latent_channels": 4,
+                "norm_num_groups": 32,
+                "scaling_factor": 0.18215
+            }),
+            json!({
+                "architectures": ["CLIPTextModel"],
+                "hidden_act": "quick_gelu",
+                "hidden_size": 768, "intermediate_size": 3072,
+                "num_hidden_layers": 12, "num_attention_heads": 12,
+                "max_position_embeddings": 77, "vocab_size": 49408, "projection_dim": 768
+            }),
+        ),
+    }
+}
+
+fn write_json(path: &Path, v: &Value) -> Result<()> {
+    write_atomic(path, serde_json::to_string_pretty(v)?.as_bytes())
+}
+
+fn candle(what: &'static str) -> impl Fn(candle_core::Error) -> Error {
+    move |e| Error::Internal(format!("building the random {what}: {e}"))
+}
+
+/// GPT-2's byte-to-character table, which CLIP's byte-level BPE also uses.
+fn byte_chars() -> Vec<char> {
+    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut out = vec!['\0'; 256];
+    for &b in &printable {
+        out[b as usize] = char::from_u32(b).unwrap_or('?');
+    }
+    let mut extra = 0;
+    for b in 0..256u32 {
+        if !printable.contains(&b) {
+            out[b as usize] = char::from_u32(256 + extra).unwrap_or('?');
+            extra += 1;
+        }
+    }
+    printable.clear();
+    out
+}
+
+/// A CLIP-format vocabulary: every byte alone and as a word end, a few common merges, and
+/// the start and end tokens at the top, as in CLIP's own file.
+fn write_tokenizer(dir: &Path) -> Result<()> {
+    let mut vocab = serde_json::Map::new();
+    let chars = byte_chars();
+    for c in &chars {
+        vocab.insert(c.to_string(), json!(vocab.len()));
+    }
+    for c in &chars {
+        vocab.insert(format!("{c}</w>"), json!(vocab.len()));
+    }
+    let merges = [
+        ("t", "h"),
+        ("th", "e</w>"),
+        ("a", "n"),
+        ("an", "d</w>"),
+        ("o", "n</w>"),
+    ];
+    let mut merges_txt = String::from("#version: 0.2\n");
+    for (a, b) in merges {
+        vocab.insert(format!("{a}{b}"), json!(vocab.len()));
+        merges_txt.push_str(&format!("{a} {b}\n"));
+    }
+    vocab.insert("<|startoftext|>".into(), json!(vocab.len()));
+    vocab.insert("<|endoftext|>".into(), json!(vocab.len()));
+    write_json(&dir.join("vocab.json"), &Value::Object(vocab))?;
+    write_atomic(&dir.join("merges.txt"), merges_txt.as_bytes())
+}
+
+/// Writes a random-weight model folder at `dir` (which must not exist yet).
+pub fn write_random_model(dir: &Path, arch: Arch) -> Result<()> {
+    if dir.exists() {
+        return Err(Error::Conflict(format!("{} already exists", dir.display())));
+    }
+    let (unet_json, vae_json, text_json) = configs(arch);
+    let dev = Device::Cpu;
+    for sub in ["unet", "vae", "text_encoder", "tokenizer", "scheduler"] {
+        std::fs::create_dir_all(dir.join(sub))
+            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    }
+    write_json(
+        &dir.join("model_index.json"),
+        &json!({"_class_name": "StableDiffusionPipeline", "_atelier_random_weights": true}),
+    )?;
+    write_json(
+        &dir.join("scheduler").join("scheduler_config.json"),
+        &json!({
+            "_class_name": "DDIMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
+            "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
+            "prediction_type": "epsilon", "timestep_spacing": "leading",
+            "steps_offset": 1, "set_alpha_to_one": false
+        }),
+    )?;
+    write_tokenizer(&dir.join("tokenizer"))?;
+
+    {
+        let (cfg, inc, outc) = unet_config(&unet_json)?;
+        let vm = VarMap::new();
+        UNet2DConditionModel::new(
+            VarBuilder::from_varmap(&vm, DType::F32, &dev),
+            inc,
+            outc,
+            false,
+            cfg,
+        )
+        .map_err(candle("UNet"))?;
+        write_json(&dir.join("unet").join("config.json"), &unet_json)?;
+        vm.save(dir.join("unet").join("diffusion_pytorch_model.safetensors"))
+            .map_err(candle("UNet"))?;
+    }
+    {
+        let (cfg, _) = vae_config(&vae_json)?;
+        let vm = VarMap::new();
+        AutoEncoderKL::new(VarBuilder::from_varmap(&vm, DType::F32, &dev), 3, 3, cfg)
+            .map_err(candle("VAE"))?;
+        write_json(&dir.join("vae").join("config.json"), &vae_json)?;
+        vm.save(dir.join("vae").join("diffusion_pytorch_model.safetensors"))
+            .map_err(candle("VAE"))?;
+    }
+    {
+        let TextEncoderConfig::QuickGelu(cfg) = text_config(&text_json)? else {
+            return Err(Error::Internal(
+                "random text encoders are CLIP ViT-L style".into(),
+            ));
+        };
+        let vm = VarMap::new();
+        ClipTextTransformer::new(
+            VarBuilder::from_varmap(&vm, DType::F32, &dev).pp("text_model"),
+            &cfg,
+        )
+        .map_err(candle("text encoder"))?;
+        write_json(&dir.join("text_encoder").join("config.json"), &text_json)?;
+        vm.save(dir.join("text_encoder").join("model.safetensors"))
+            .map_err(candle("text encoder"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,364 @@
+//! Image generation as a queued job (`image.generate`): one heavy job makes a batch, one image
+//! after another, each recorded as a generation with its PNG in the gallery. The model stays
+//! loaded between jobs; steps stream as progress with a preview; cancel stops between steps.
+
+use std::io::Read;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::metadata::{self, ImageRecord};
+use super::model::{self, LoadedModel};
+use super::params::{ImageParams, MAX_SEED};
+use super::pipeline::{self, RNG_NAME};
+use crate::compliance::labels::ImplicitLabel;
+use crate::error::{Error, Result};
+use crate::home::Home;
+use crate::jobs::{EventSink, JobContext, JobEvent, JobRequest, JobRunner, Resource};
+use crate::store::{
+    FinishedImage, GalleryImage, GenerationKind, GenerationOutcome, NewGeneration, Store,
+};
+
+pub const JOB_KIND: &str = "image.generate";
+/// Thumbnails fit in this square (the gallery grid shows them at up to 200 px on 2× screens).
+const THUMB_SIDE: u32 = 256;
+
+/// A queued image run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageJob {
+    pub project_id: i64,
+    pub params: ImageParams,
+}
+
+/// What the job returns.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageJobResult {
+    pub images: Vec<GalleryImage>,
+}
+
+/// The model kept in memory between runs, with its A1111 hash.
+#[derive(Default)]
+pub struct ImageService {
+    loaded: Mutex<Option<(String, Arc<LoadedModel>, String)>>,
+}
+
+impl ImageService {
+    /// The model `id`, loaded once and kept (one image model at a time: they are large).
+    fn model(
+        &self,
+        home: &Home,
+        id: &str,
+        device: &candle_core::Device,
+    ) -> Result<(Arc<LoadedModel>, String)> {
+        let mut slot = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((loaded_id, m, hash)) = slot.as_ref()
+            && loaded_id == id
+        {
+            return Ok((m.clone(), hash.clone()));
+        }
+        *slot = None; // free the old one before loading the next
+        let info = model::describe(&model_dir(home, id)?)?;
+        let unet = info
+            .pieces
+            .iter()
+            .find(|p| p.role == "unet")
+            .map(|p| p.file.clone())
+            .ok_or_else(|| Error::invalid("the model has no UNet"))?;
+        let hash = short_hash(&unet)?;
+        let m = Arc::new(model::load(info, device)?);
+        *slot = Some((id.to_owned(), m.clone(), hash.clone()));
+        Ok((m, hash))
+    }
+}
+
+/// The folder of installed image model `id`.
+pub fn model_dir(home: &Home, id: &str) -> Result<PathBuf> {
+    let dir = home.image_models_dir().join(id);
+    if id.is_empty() || id.contains(['/', '\\']) || id.starts_with('.') || !dir.is_dir() {
+        return Err(Error::invalid(format!(
+            "no image model \"{id}\" is installed; import one on the Models screen"
+        )));
+    }
+    Ok(dir)
+}
+
+/// A1111's "Model hash": the first 10 hex digits of the file's sha256.
+fn short_hash(path: &std::path::Path) -> Result<String> {
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize()
+        .iter()
+        .take(5)
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Validates and queues an image run; returns the job id.
+pub fn submit(
+    jobs: &JobRunner,
+    store: Arc<Store>,
+    home: Home,
+    service: Arc<ImageService>,
+    job: ImageJob,
+    sink: Option<EventSink>,
+    retry_of: Option<i64>,
+) -> Result<i64> {
+    job.params.validate()?;
+    store.ensure_live_project(job.project_id)?;
+    let dir = model_dir(&home, &job.params.model)?;
+    let info = model::describe(&dir)?; // a broken model fails now, not in the queue
+    if info.unet_in_channels != 4 {
+        return Err(Error::invalid(format!(
+            "{} is an inpainting model ({} input channels); inpainting is not available yet",
+            info.id, info.unet_in_channels
+        )));
+    }
+    if let Some(init) = &job.params.init_image {
+        load_init(
+            &store,
+            &home,
+            init.asset_id,
+            job.params.width,
+            job.params.height,
+        )?;
+    }
+    let payload = serde_json::to_value(&job)?;
+    jobs.submit(
+        JobRequest {
+            kind: JOB_KIND.into(),
+            resource: Resource::Heavy,
+            project_id: Some(job.project_id),
+            payload,
+            retry_of,
+            stops_itself: true,
+        },
+        sink,
+        move |ctx| Box::pin(run(ctx, store, home, service, job)),
+    )
+}
+
+/// The source image of an img2img run, scaled and cropped to fill the output size.
+fn load_init(store: &Store, home: &Home, asset_id: i64, w: u32, h: u32) -> Result<image::RgbImage> {
+    let asset = store.asset(asset_id)?;
+    if !asset.mime.starts_with("image/") {
+        return Err(Error::invalid("the source for img2img must be an image"));
+    }
+    let path = home.root().join(&asset.path);
+    let img = image::open(&path)
+        .map_err(|e| Error::invalid(format!("the source image cannot be read: {e}")))?;
+    Ok(img
+        .resize_to_fill(w, h, image::imageops::FilterType::CatmullRom)
+        .to_rgb8())
+}
+
+async fn run(
+    ctx: JobContext,
+    store: Arc<Store>,
+    home: Home,
+    service: Arc<ImageService>,
+    job: ImageJob,
+) -> Result<serde_json::Value> {
+    let c = ctx.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        // A panic inside candle becomes this job's error, not the app's end.
+        std::panic::catch_unwind(AssertUnwindSafe(|| {
+            run_blocking(&c, &store, &home, &service, &job)
+        }))
+        .unwrap_or_else(|p| {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!(panic = %msg, "the image model crashed");
+            Err(Error::Internal(format!("the image model crashed: {msg}")))
+        })
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("the image task ended abnormally: {e}")))?;
+    Ok(serde_json::to_value(result?)?)
+}
+
+fn run_blocking(
+    ctx: &JobContext,
+    store: &Store,
+    home: &Home,
+    service: &ImageService,
+    job: &ImageJob,
+) -> Result<ImageJobResult> {
+    let settings = store.settings()?;
+    let (device, why) = crate::text::local::choose_device(settings.device);
+    if let Some(why) = why {
+        tracing::info!("{why}");
+    }
+    let p = &job.params;
+    let total = (p.steps as u64) * (p.batch_count as u64);
+    ctx.progress(0, total);
+    let load_started = Instant::now();
+    let (model, hash) = service.model(home, &p.model, &device)?;
+    let load_ms = load_started.elapsed().as_millis() as u64;
+    pipeline::check_memory(&model, p)?;
+    let init = match &p.init_image {
+        Some(i) => Some(load_init(store, home, i.asset_id, p.width, p.height)?),
+        None => None,
+    };
+    let first_seed = p.seed.unwrap_or_else(crate::text::service::random_seed);
+    let mut images = Vec::new();
+    for n in 0..p.batch_count {
+        ctx.check()?;
+        let seed = (first_seed + n as u64) % (MAX_SEED + 1);
+        let mut one = p.clone();
+        one.seed = Some(seed);
+        one.batch_count = 1;
+        let record = ImageRecord {
+            version: 1,
+            params: one.clone(),
+            model_family: model.info.family.label().into(),
+            model_hash: hash.clone(),
+            rng: RNG_NAME.into(),
+            app: format!("Atelier {}", env!("CARGO_PKG_VERSION")),
+        };
+        let gen_id = store.begin_generation(&NewGeneration {
+            project_id: job.project_id,
+            job_id: Some(ctx.id()),
+            kind: GenerationKind::Image,
+            model_id: p.model.clone(),
+            prompt: p.prompt.clone(),
+            params: serde_json::to_value(&record)?,
+            seed: Some(seed as i64),
+        })?;
+        let started = Instant::now();
+        let done_before = n as u64 * p.steps as u64;
+        let mut on_step = |step: usize, steps: usize, preview: Option<pipeline::Rgb>| {
+            // img2img runs fewer steps than asked; the bar still ends at this image's share.
+            let done = done_before + (step as u64 * p.steps as u64) / steps.max(1) as u64;
+            ctx.progress(done, total);
+            if let Some(rgb) = preview
+                && let Some(url) = preview_data_url(&rgb)
+            {
+                ctx.emit(JobEvent::Preview {
+                    image: n,
+                    step: step as u64,
+                    data_url: url,
+                });
+            }
+        };
+        let made = pipeline::generate(
+            &model,
+            &one,
+            seed,
+            init.as_ref(),
+            &|| ctx.is_cancelled(),
+            &mut on_step,
+        );
+        let outcome = made.and_then(|img| {
+            save_image(
+                store,
+                home,
+                job.project_id,
+                gen_id,
+                &img,
+                &record,
+                &settings.label_producer,
+                json_metrics(load_ms, started, &device),
+            )
+        });
+        match outcome {
+            Ok(row) => images.push(row),
+            Err(e) => {
+                store.finish_generation(
+                    gen_id,
+                    &GenerationOutcome {
+                        cancelled: matches!(e, Error::Cancelled),
+                        error: (!matches!(e, Error::Cancelled))
+                            .then(|| (e.kind().to_owned(), e.to_string())),
+                        ..Default::default()
+                    },
+                )?;
+                return Err(e);
+            }
+        }
+    }
+    Ok(ImageJobResult { images })
+}
+
+fn json_metrics(load_ms: u64, started: Instant, device: &candle_core::Device) -> serde_json::Value {
+    serde_json::json!({
+        "load_ms": load_ms,
+        "run_ms": started.elapsed().as_millis() as u64,
+        "device": crate::text::local::device_name(device),
+    })
+}
+
+/// Encodes, writes and reads back one image, then records it. The file is written before the
+/// row (a crash leaves at worst an unreferenced file) and checked after writing.
+#[allow(clippy::too_many_arguments)]
+fn save_image(
+    store: &Store,
+    home: &Home,
+    project_id: i64,
+    generation_id: i64,
+    img: &image::RgbImage,
+    record: &ImageRecord,
+    producer: &str,
+    metrics: serde_json::Value,
+) -> Result<GalleryImage> {
+    let label = ImplicitLabel::new(Some(producer));
+    let png = metadata::encode_png(img, record, &label)?;
+    let asset = store.add_asset(home.root(), Some(project_id), "image/png", &png)?;
+    // Read back: the bytes on disk must be the ones encoded, and their metadata must parse.
+    let on_disk = std::fs::read(home.root().join(&asset.path))
+        .map_err(|e| Error::io(format!("cannot read back {}", asset.path), e))?;
+    if on_disk != png || metadata::recall(&on_disk)?.record.as_ref() != Some(record) {
+        return Err(Error::Internal(format!(
+            "{} did not read back as written",
+            asset.path
+        )));
+    }
+    let thumb = image::DynamicImage::ImageRgb8(img.clone()).thumbnail(THUMB_SIDE, THUMB_SIDE);
+    let mut thumb_png = Vec::new();
+    thumb
+        .write_to(
+            &mut std::io::Cursor::new(&mut thumb_png),
+            image::ImageFormat::Png,
+        )
+        .map_err(|e| Error::Internal(format!("thumbnail: {e}")))?;
+    let thumb_asset = store.add_asset(home.root(), Some(project_id), "image/png", &thumb_png)?;
+    store.finish_image(&FinishedImage {
+        generation_id,
+        asset_id: asset.id,
+        thumb_asset_id: Some(thumb_asset.id),
+        width: img.width(),
+        height: img.height(),
+        metrics,
+    })
+}
+
+/// A preview as a `data:` URL (the CSP allows data: images; no file is written).
+fn preview_data_url(rgb: &pipeline::Rgb) -> Option<String> {
+    let img = image::RgbImage::from_raw(rgb.width, rgb.height, rgb.pixels.clone())?;
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .ok()?;
+    Some(format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(png)
+    ))
+}
