@@ -5,6 +5,7 @@
 mod bench;
 mod check;
 mod generate;
+mod image;
 mod script;
 
 use std::path::PathBuf;
@@ -59,6 +60,11 @@ enum Command {
     Generate(GenerateArgs),
     /// Write live-stream scripts for products (a CSV of many, or one JSON product form) into a folder.
     Script(ScriptArgs),
+    /// Image models, generation, and the settings stored in PNGs.
+    Image {
+        #[command(subcommand)]
+        action: image::ImageCmd,
+    },
     /// Check copy against advertising-law and platform rules (exit 1 when a violation is found).
     Check(CheckArgs),
     /// Benchmarks (not tests): print timings of the engine on this machine.
@@ -376,6 +382,9 @@ fn run(cli: Cli) -> Result<()> {
     if let Command::Generate(args) = cli.command {
         return runtime.block_on(generate::run(&engine, args, cli.json));
     }
+    if let Command::Image { action } = cli.command {
+        return runtime.block_on(image::run(&engine, action, cli.json));
+    }
     if let Command::Script(args) = cli.command {
         return runtime.block_on(script::run(&engine, args, cli.json));
     }
@@ -463,7 +472,7 @@ fn run(cli: Cli) -> Result<()> {
                 format!("imported {} ({}, {:.0}M parameters, {})", m.id, m.architecture, m.parameters as f64 / 1e6, m.quantization)
             }),
         },
-        Command::Bench { .. } | Command::Generate(_) | Command::Script(_) | Command::Check(_) => unreachable!("handled above"),
+        Command::Bench { .. } | Command::Generate(_) | Command::Script(_) | Command::Image { .. } | Command::Check(_) => unreachable!("handled above"),
     }
 }
 

@@ -497,11 +497,11 @@ pub fn describe(dir: &Path) -> Result<ImageModelInfo> {
         family,
         prediction: schedule.prediction,
         unet_in_channels: in_channels,
-        default_size: if family == Family::Custom {
-            64 * 8
-        } else {
-            family.native_size()
-        },
+        // The UNet's `sample_size` is its training size in latents (64 for SD 1.5).
+        default_size: unet_json["sample_size"]
+            .as_u64()
+            .map(|s| (s as u32 * 8).clamp(64, 2048))
+            .unwrap_or_else(|| family.native_size()),
         size_bytes: pieces.iter().map(|p| p.bytes).sum(),
         pieces,
         recommended_steps,

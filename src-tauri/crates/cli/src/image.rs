@@ -1,0 +1,278 @@
+//! `atelier-cli image …`: list and import image models, generate through the same queued job
+//! the app runs (progress on stderr, Ctrl-C cancels), read the settings out of any PNG, and
+//! write random-weight models for tests and benchmarks.
+
+use std::path::PathBuf;
+
+use atelier_engine::image::metadata;
+use atelier_engine::image::random::{Arch, write_random_model};
+use atelier_engine::image::service::ImageJob;
+use atelier_engine::image::{ImageParams, InitImage, Scheduler};
+use atelier_engine::{Engine, Error, JobEvent, Result};
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum ImageCmd {
+    /// Installed image models (diffusers folders in the data folder's models/image/).
+    Models,
+    /// Validate a diffusers folder (unet/, vae/, text_encoder/, tokenizer/) and install it.
+    Import { path: PathBuf },
+    /// Generate images into the gallery (and copy the first to --out).
+    Generate(GenerateArgs),
+    /// Print the generation settings stored in a PNG (Atelier, A1111, ComfyUI, InvokeAI).
+    Recall { file: PathBuf },
+    /// Write a random-weight model in the diffusers layout (for tests and benchmarks: it draws noise).
+    RandomModel {
+        #[arg(long, value_parser = ["tiny", "sd15"], default_value = "tiny")]
+        arch: String,
+        /// Folder to create; install it with `image import`.
+        out: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    #[arg(long)]
+    model: String,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value = "")]
+    negative: String,
+    /// Default: a random seed (printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Default: the model's recommendation (25, or 1 for turbo models).
+    #[arg(long)]
+    steps: Option<u32>,
+    /// Default: the model's recommendation (7, or 0 for turbo models).
+    #[arg(long)]
+    cfg: Option<f64>,
+    /// WIDTHxHEIGHT; default: the model's native size.
+    #[arg(long)]
+    size: Option<String>,
+    #[arg(long, default_value = "dpmpp_2m_karras")]
+    scheduler: String,
+    /// img2img source image.
+    #[arg(long)]
+    init: Option<PathBuf>,
+    #[arg(long, default_value_t = 0.75)]
+    strength: f64,
+    #[arg(long, default_value_t = 1)]
+    batch: u32,
+    #[arg(long)]
+    project: Option<i64>,
+    /// Copy the (first) PNG here as well.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn size(s: &str) -> Result<(u32, u32)> {
+    let (w, h) = s
+        .split_once(['x', 'X', '×'])
+        .ok_or_else(|| Error::invalid(format!("size “{s}” is not WIDTHxHEIGHT")))?;
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .map_err(|_| Error::invalid(format!("size “{s}” is not WIDTHxHEIGHT")))
+    };
+    Ok((parse(w)?, parse(h)?))
+}
+
+pub async fn run(engine: &Engine, cmd: ImageCmd, json: bool) -> Result<()> {
+    match cmd {
+        ImageCmd::Models => {
+            let list = engine.image_models()?;
+            if json {
+                let v: Vec<serde_json::Value> = list
+                    .iter()
+                    .map(|m| match m {
+                        Ok(i) => serde_json::to_value(i).unwrap_or_default(),
+                        Err((id, e)) => serde_json::json!({"id": id, "error": e}),
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                for m in list {
+                    match m {
+                        Ok(i) => println!(
+                            "{}  {}  {:.2} GB  {}×{}  {}",
+                            i.id,
+                            i.family.label(),
+                            i.size_bytes as f64 / 1e9,
+                            i.default_size,
+                            i.default_size,
+                            i.pieces
+                                .iter()
+                                .map(|p| format!("{} {}", p.role, p.dtype))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                        Err((id, e)) => println!("{id}  [broken: {e}]"),
+                    }
+                }
+            }
+            Ok(())
+        }
+        ImageCmd::Import { path } => {
+            let info = engine.import_image_model(&path)?;
+            if json {
+                println!("{}", serde_json::to_string(&info)?);
+            } else {
+                println!("installed {} ({})", info.id, info.family.label());
+            }
+            Ok(())
+        }
+        ImageCmd::RandomModel { arch, out } => {
+            let arch = if arch == "sd15" {
+                Arch::Sd15
+            } else {
+                Arch::Tiny
+            };
+            write_random_model(&out, arch)?;
+            println!("{}", out.display());
+            Ok(())
+        }
+        ImageCmd::Recall { file } => {
+            let bytes = std::fs::read(&file)
+                .map_err(|e| Error::io(format!("cannot read {}", file.display()), e))?;
+            let r = metadata::recall(&bytes)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("source: {}", r.source);
+                println!("prompt: {}", r.prompt);
+                if !r.negative_prompt.is_empty() {
+                    println!("negative: {}", r.negative_prompt);
+                }
+                let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+                println!(
+                    "seed {}, steps {}, cfg {}, scheduler {}, size {}",
+                    opt(r.seed.map(|s| s.to_string())),
+                    opt(r.steps.map(|s| s.to_string())),
+                    opt(r.cfg_scale.map(|s| s.to_string())),
+                    opt(r.scheduler.map(|s| s.id().to_string())),
+                    opt(r.width.zip(r.height).map(|(w, h)| format!("{w}x{h}")))
+                );
+                if let Some(l) = r.label {
+                    println!("AI label: {} (ProduceID {})", l.label, l.produce_id);
+                }
+            }
+            Ok(())
+        }
+        ImageCmd::Generate(a) => generate(engine, a, json).await,
+    }
+}
+
+async fn generate(engine: &Engine, a: GenerateArgs, json: bool) -> Result<()> {
+    let info = engine
+        .image_models()?
+        .into_iter()
+        .find_map(|m| m.ok().filter(|i| i.id == a.model))
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "no image model “{}” is installed (see `atelier-cli image models`)",
+                a.model
+            ))
+        })?;
+    let (width, height) = match &a.size {
+        Some(s) => size(s)?,
+        None => (info.default_size, info.default_size),
+    };
+    let project_id = crate::project_or_default(engine.store(), a.project)?;
+    let init_image = match &a.init {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+            let asset = engine.add_image_asset(project_id, &bytes)?;
+            Some(InitImage {
+                asset_id: asset.id,
+                strength: a.strength,
+            })
+        }
+        None => None,
+    };
+    let params = ImageParams {
+        model: a.model.clone(),
+        prompt: a.prompt,
+        negative_prompt: a.negative,
+        width,
+        height,
+        steps: a.steps.unwrap_or(info.recommended_steps),
+        cfg_scale: a.cfg.unwrap_or(info.recommended_cfg),
+        scheduler: Scheduler::parse(&a.scheduler)?,
+        seed: a.seed,
+        batch_count: a.batch,
+        init_image,
+        translated_prompt: None,
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let job = engine.generate_image(
+        ImageJob { project_id, params },
+        Some(std::sync::Arc::new(move |e| {
+            let _ = tx.send(e);
+        })),
+    )?;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    loop {
+        let event = tokio::select! {
+            e = rx.recv() => e,
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("\ncancelling…");
+                engine.jobs().cancel(job)?;
+                continue;
+            }
+        };
+        let Some(event) = event else {
+            return Err(Error::Internal("the job ended without a result".into()));
+        };
+        match event {
+            JobEvent::Progress { done, total } if !json && tty => {
+                eprint!("\rstep {done}/{total}");
+            }
+            JobEvent::Finished { result } => {
+                if !json && tty {
+                    eprintln!();
+                }
+                let images = result["images"].as_array().cloned().unwrap_or_default();
+                let mut written = Vec::new();
+                for img in &images {
+                    let id = img["generation_id"].as_i64().unwrap_or_default();
+                    let asset = img["asset_id"].as_i64().unwrap_or_default();
+                    let path = engine.home().root().join(engine.store().asset(asset)?.path);
+                    written.push(path);
+                    let rec = engine.image_record(id)?;
+                    if !json {
+                        println!(
+                            "image {id}: seed {} → {}",
+                            rec.params.seed.unwrap_or_default(),
+                            written
+                                .last()
+                                .map(|p| p.display().to_string())
+                                .unwrap_or_default()
+                        );
+                    }
+                }
+                if let (Some(out), Some(first)) = (&a.out, written.first()) {
+                    let bytes = std::fs::read(first)
+                        .map_err(|e| Error::io(format!("cannot read {}", first.display()), e))?;
+                    atelier_engine::fsutil::write_atomic(out, &bytes)?;
+                    if !json {
+                        println!("copied to {}", out.display());
+                    }
+                }
+                if json {
+                    println!("{}", serde_json::json!({"job_id": job, "images": images}));
+                }
+                return Ok(());
+            }
+            JobEvent::Failed { kind, message } => {
+                return Err(match kind.as_str() {
+                    "invalid_input" => Error::invalid(message),
+                    _ => Error::Internal(format!("[{kind}] {message}")),
+                });
+            }
+            JobEvent::Cancelled => return Err(Error::Cancelled),
+            _ => {}
+        }
+    }
+}
