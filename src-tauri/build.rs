@@ -1,6 +1,18 @@
 // Generates the ACL for our own commands (allow-<command>) and validates the capabilities in
 // src-tauri/capabilities against it. A command missing here cannot be granted to any window.
 const COMMANDS: &[&str] = &[
+    "list_image_models",
+    "import_image_model",
+    "generate_image",
+    "gallery",
+    "image_file",
+    "image_record",
+    "read_image_settings",
+    "add_source_image",
+    "trash_images",
+    "list_boards",
+    "create_board",
+    "set_image_board",
     "app_status",
     "retry_open",
     "start_new_database",

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod history;
+pub mod images;
 pub mod jobs;
 pub mod models;
 pub mod projects;

@@ -1,0 +1,142 @@
+//! Image studio commands: models, generation (previews stream through the channel), the
+//! gallery, image bytes for the webview, and reading settings out of a dropped PNG.
+
+use atelier_engine::JobEvent;
+use atelier_engine::image::ImageParams;
+use atelier_engine::image::metadata::{self, ImageRecord, Recalled};
+use atelier_engine::image::model::ImageModelInfo;
+use atelier_engine::image::service::ImageJob;
+use atelier_engine::store::{Asset, Board, GalleryPage, GalleryQuery};
+use serde::Serialize;
+use tauri::ipc::{Channel, InvokeBody, Request, Response};
+use tauri::State;
+
+use super::jobs::channel_sink;
+use crate::error::{CmdResult, UiError};
+use crate::state::AppState;
+
+/// An installed image model, or the reason its folder cannot be used.
+#[derive(Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum ImageModelEntry {
+    Ok(ImageModelInfo),
+    Broken { id: String, error: String },
+}
+
+#[tauri::command]
+pub async fn list_image_models(state: State<'_, AppState>) -> CmdResult<Vec<ImageModelEntry>> {
+    Ok(state
+        .engine()?
+        .image_models()?
+        .into_iter()
+        .map(|m| match m {
+            Ok(info) => ImageModelEntry::Ok(info),
+            Err((id, error)) => ImageModelEntry::Broken { id, error },
+        })
+        .collect())
+}
+
+/// Installs a diffusers folder the user names (validated first; copied, not moved).
+#[tauri::command]
+pub async fn import_image_model(state: State<'_, AppState>, path: String) -> CmdResult<ImageModelInfo> {
+    let engine = state.engine()?;
+    let info = tauri::async_runtime::spawn_blocking(move || {
+        engine.import_image_model(std::path::Path::new(path.trim()))
+    })
+    .await
+    .map_err(|e| atelier_engine::Error::Internal(e.to_string()))??;
+    Ok(info)
+}
+
+/// Queues an image run; steps arrive as `Progress`, pictures as `Preview` events.
+#[tauri::command]
+pub async fn generate_image(
+    state: State<'_, AppState>,
+    project_id: i64,
+    params: ImageParams,
+    on_event: Channel<JobEvent>,
+) -> CmdResult<i64> {
+    Ok(state.engine()?.generate_image(
+        ImageJob { project_id, params },
+        Some(channel_sink(on_event)),
+    )?)
+}
+
+#[tauri::command]
+pub async fn gallery(state: State<'_, AppState>, query: GalleryQuery) -> CmdResult<GalleryPage> {
+    Ok(state.engine()?.store().gallery(&query)?)
+}
+
+/// A gallery file's bytes (the webview shows them through a blob: URL; no file access).
+#[tauri::command]
+pub async fn image_file(state: State<'_, AppState>, asset_id: i64) -> CmdResult<Response> {
+    let engine = state.engine()?;
+    let bytes = tauri::async_runtime::spawn_blocking(move || engine.asset_bytes(asset_id))
+        .await
+        .map_err(|e| atelier_engine::Error::Internal(e.to_string()))??;
+    Ok(Response::new(bytes))
+}
+
+/// Every setting an image was made with (for "recall all").
+#[tauri::command]
+pub async fn image_record(state: State<'_, AppState>, generation_id: i64) -> CmdResult<ImageRecord> {
+    Ok(state.engine()?.image_record(generation_id)?)
+}
+
+fn raw_body<'a>(request: &'a Request<'_>, what: &str) -> CmdResult<&'a [u8]> {
+    match request.body() {
+        InvokeBody::Raw(bytes) => Ok(bytes),
+        _ => Err(UiError::new(
+            "invalid_input",
+            format!("send the {what}'s bytes as the request body"),
+        )),
+    }
+}
+
+/// Reads the settings stored in a PNG the user drops (Atelier, A1111, ComfyUI, InvokeAI).
+#[tauri::command]
+pub async fn read_image_settings(request: Request<'_>) -> CmdResult<Recalled> {
+    Ok(metadata::recall(raw_body(&request, "PNG")?)?)
+}
+
+/// Keeps an image the user brings as an img2img source; the project is in the `project-id`
+/// header.
+#[tauri::command]
+pub async fn add_source_image(state: State<'_, AppState>, request: Request<'_>) -> CmdResult<Asset> {
+    let bytes = raw_body(&request, "image")?.to_vec();
+    let project_id = request
+        .headers()
+        .get("project-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok())
+        .ok_or_else(|| UiError::new("invalid_input", "the project-id header is missing"))?;
+    let engine = state.engine()?;
+    let asset = tauri::async_runtime::spawn_blocking(move || engine.add_image_asset(project_id, &bytes))
+        .await
+        .map_err(|e| atelier_engine::Error::Internal(e.to_string()))??;
+    Ok(asset)
+}
+
+#[tauri::command]
+pub async fn trash_images(state: State<'_, AppState>, ids: Vec<i64>, trashed: bool) -> CmdResult<usize> {
+    Ok(state.engine()?.store().set_images_trashed(&ids, trashed)?)
+}
+
+#[tauri::command]
+pub async fn list_boards(state: State<'_, AppState>, project_id: i64) -> CmdResult<Vec<Board>> {
+    Ok(state.engine()?.store().boards(project_id)?)
+}
+
+#[tauri::command]
+pub async fn create_board(state: State<'_, AppState>, project_id: i64, name: String) -> CmdResult<Board> {
+    Ok(state.engine()?.store().create_board(project_id, &name)?)
+}
+
+#[tauri::command]
+pub async fn set_image_board(
+    state: State<'_, AppState>,
+    generation_id: i64,
+    board_id: Option<i64>,
+) -> CmdResult<()> {
+    Ok(state.engine()?.store().set_image_board(generation_id, board_id)?)
+}
