@@ -13,6 +13,7 @@ const COMMANDS: &[&str] = &[
     "list_boards",
     "create_board",
     "set_image_board",
+    "export_image",
     "app_status",
     "retry_open",
     "start_new_database",

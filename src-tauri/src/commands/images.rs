@@ -1,7 +1,8 @@
 //! Image studio commands: models, generation (previews stream through the channel), the
 //! gallery, image bytes for the webview, and reading settings out of a dropped PNG.
 
-use atelier_engine::JobEvent;
+use atelier_engine::image::label::Corner;
+use atelier_engine::{ImageExport, JobEvent};
 use atelier_engine::image::ImageParams;
 use atelier_engine::image::metadata::{self, ImageRecord, Recalled};
 use atelier_engine::image::model::ImageModelInfo;
@@ -139,4 +140,22 @@ pub async fn set_image_board(
     board_id: Option<i64>,
 ) -> CmdResult<()> {
     Ok(state.engine()?.store().set_image_board(generation_id, board_id)?)
+}
+
+/// Exports an image with the visible AI label (unless Settings turned labels off) and its
+/// metadata into the exports folder; returns where it went.
+#[tauri::command]
+pub async fn export_image(
+    state: State<'_, AppState>,
+    generation_id: i64,
+    label_text: Option<String>,
+    corner: Corner,
+) -> CmdResult<ImageExport> {
+    let engine = state.engine()?;
+    let out = tauri::async_runtime::spawn_blocking(move || {
+        engine.export_image(generation_id, label_text.as_deref(), corner)
+    })
+    .await
+    .map_err(|e| atelier_engine::Error::Internal(e.to_string()))??;
+    Ok(out)
 }

@@ -398,6 +398,54 @@ impl Engine {
             .add_asset(self.home.root(), Some(project_id), mime, bytes)
     }
 
+    /// Exports a gallery image as a PNG in the exports folder: the visible label drawn in
+    /// `corner` (unless Settings turned labels off after an acknowledgement, which is logged
+    /// here too), the A1111 parameters, Atelier's record and a fresh XMP AIGC label. The file is
+    /// written atomically and read back.
+    pub fn export_image(
+        &self,
+        generation_id: i64,
+        label_text: Option<&str>,
+        corner: image::label::Corner,
+    ) -> Result<ImageExport> {
+        let record = self.image_record(generation_id)?;
+        let asset = self.store.generation(generation_id)?.asset.ok_or_else(|| {
+            Error::invalid(format!("generation {generation_id} has no image to export"))
+        })?;
+        let bytes = self.asset_bytes(asset.id)?;
+        let mut img = ::image::load_from_memory(&bytes)
+            .map_err(|e| Error::Internal(format!("{} cannot be decoded: {e}", asset.path)))?
+            .to_rgb8();
+        let labelling = self.labelling()?;
+        let visible = if labelling.notice.is_some() {
+            let text = image::label::validate_text(label_text.unwrap_or(image::label::DEFAULT_TEXT))?;
+            let font = image::label::find_font(text)?;
+            Some(image::label::draw(&mut img, text, corner, &font)?)
+        } else {
+            None
+        };
+        let png = image::metadata::encode_png(&img, &record, &labelling.label)?;
+        let path = self.write_export(&record.params.prompt, "png", &png)?;
+        let back = std::fs::read(&path)
+            .map_err(|e| Error::io(format!("cannot read back {}", path.display()), e))?;
+        let recalled = image::metadata::recall(&back)?;
+        if back != png || recalled.record.as_ref() != Some(&record) || recalled.label.is_none() {
+            let _ = std::fs::remove_file(&path);
+            return Err(Error::Internal(format!(
+                "{} did not read back as written",
+                path.display()
+            )));
+        }
+        if visible.is_none() {
+            self.store.log_unlabelled_export(&format!(
+                "{} ({})",
+                path.display(),
+                labelling.label.produce_id
+            ))?;
+        }
+        Ok(ImageExport { path, visible_label: visible })
+    }
+
     pub fn default_text_model(&self) -> Result<Option<String>> {
         text::service::default_model(&self.home, &self.store.settings()?)
     }
@@ -773,4 +821,11 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Where an exported image went and the visible label on it (`None`: labels are off).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImageExport {
+    pub path: PathBuf,
+    pub visible_label: Option<image::label::LabelBox>,
 }

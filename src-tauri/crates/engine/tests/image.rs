@@ -262,6 +262,68 @@ async fn files_carry_a1111_parameters_and_the_label_for_other_readers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_draws_the_visible_label_and_keeps_the_metadata() {
+    use atelier_engine::image::label::Corner;
+    use atelier_engine::store::SettingsPatch;
+
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    let project = engine.store().create_project("export").unwrap();
+    let mut p = params(77);
+    p.width = 128;
+    p.height = 96;
+    let ids = run(&engine, project.id, p.clone()).await.unwrap();
+    let (_, original) = pixels(&engine, ids[0]);
+
+    // Wording that drops "AI" or "生成" is refused and writes nothing.
+    let exports = engine.home().exports_dir();
+    let err = engine.export_image(ids[0], Some("仅供参考"), Corner::TopLeft).unwrap_err();
+    assert_eq!(err.kind(), "invalid_input");
+    assert!(!exports.exists() || std::fs::read_dir(&exports).unwrap().count() == 0);
+
+    let out = engine.export_image(ids[0], None, Corner::TopLeft).unwrap();
+    assert!(out.path.starts_with(&exports));
+    let b = out.visible_label.expect("labels are on by default");
+    assert!(b.text_height as f32 >= 96.0 * 0.05);
+    let png = std::fs::read(&out.path).unwrap();
+    let labelled = image::load_from_memory(&png).unwrap().to_rgb8();
+    // Only the label's box differs from the gallery image.
+    let mut changed_inside = 0;
+    for (x, y, px) in labelled.enumerate_pixels() {
+        let i = ((y * 128 + x) * 3) as usize;
+        let same = px.0[..] == original[i..i + 3];
+        let inside = x >= b.x && x < b.x + b.width && y >= b.y && y < b.y + b.height;
+        assert!(inside || same, "pixel {x},{y} outside the label changed");
+        changed_inside += usize::from(!same);
+    }
+    assert!(changed_inside > (b.width * b.height / 2) as usize);
+    // The metadata travels with the export, read by exiftool as well.
+    let back = metadata::recall(&png).unwrap();
+    assert_eq!(back.record.unwrap().params.seed, Some(77));
+    let json = Command::new("exiftool").args(["-j", "-G1"]).arg(&out.path).output().unwrap();
+    let tags: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert!(tags[0]["XMP-TC260:Aigc"].as_str().unwrap().contains("\"Label\":\"1\""));
+    assert!(tags[0]["PNG:Parameters"].as_str().unwrap().contains("Seed: 77"));
+
+    // Labels off (acknowledged in Settings): no visible label, and the export is logged.
+    engine
+        .store()
+        .update_settings(&SettingsPatch {
+            label_explicit: Some(false),
+            acknowledge_unlabelled: Some(true),
+            ..Default::default()
+        })
+        .unwrap();
+    let plain = engine.export_image(ids[0], None, Corner::BottomRight).unwrap();
+    assert!(plain.visible_label.is_none());
+    let rgb = image::open(&plain.path).unwrap().to_rgb8().into_raw();
+    assert_eq!(rgb, original);
+    let events = engine.store().label_events(5).unwrap();
+    assert_eq!(events[0].1, "export_unlabelled");
+    assert!(events[0].2.contains(&plain.path.display().to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_between_steps_and_records_it() {
     let dir = tempfile::tempdir().unwrap();
     let engine = engine(dir.path());

@@ -7,10 +7,12 @@
 //! - [`prompt`]: CLIP tokenizer, A1111 emphasis, prompts over 77 tokens in windows
 //! - [`sampler`]: noise schedules and the samplers (sigma form)
 //! - [`pipeline`]: one image: text encoding, denoising with CFG and previews, VAE decode
+//! - [`label`]: the visible "AI生成" label drawn on exported images
 //! - [`metadata`]: PNG chunks written and read (A1111, Atelier, XMP label; ComfyUI, InvokeAI)
 //! - [`service`]: the `image.generate` job and the gallery rows it writes
 //! - [`random`]: random-weight models in the real layout, for tests and benchmarks
 
+pub mod label;
 pub mod metadata;
 pub mod model;
 pub mod params;
