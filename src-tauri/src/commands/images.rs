@@ -1,16 +1,16 @@
 //! Image studio commands: models, generation (previews stream through the channel), the
 //! gallery, image bytes for the webview, and reading settings out of a dropped PNG.
 
-use atelier_engine::image::label::Corner;
-use atelier_engine::{ImageExport, JobEvent};
 use atelier_engine::image::ImageParams;
+use atelier_engine::image::label::Corner;
 use atelier_engine::image::metadata::{self, ImageRecord, Recalled};
 use atelier_engine::image::model::ImageModelInfo;
 use atelier_engine::image::service::ImageJob;
 use atelier_engine::store::{Asset, Board, GalleryPage, GalleryQuery};
+use atelier_engine::{ImageExport, JobEvent};
 use serde::Serialize;
-use tauri::ipc::{Channel, InvokeBody, Request, Response};
 use tauri::State;
+use tauri::ipc::{Channel, InvokeBody, Request, Response};
 
 use super::jobs::channel_sink;
 use crate::error::{CmdResult, UiError};
@@ -39,7 +39,10 @@ pub async fn list_image_models(state: State<'_, AppState>) -> CmdResult<Vec<Imag
 
 /// Installs a diffusers folder the user names (validated first; copied, not moved).
 #[tauri::command]
-pub async fn import_image_model(state: State<'_, AppState>, path: String) -> CmdResult<ImageModelInfo> {
+pub async fn import_image_model(
+    state: State<'_, AppState>,
+    path: String,
+) -> CmdResult<ImageModelInfo> {
     let engine = state.engine()?;
     let info = tauri::async_runtime::spawn_blocking(move || {
         engine.import_image_model(std::path::Path::new(path.trim()))
@@ -80,7 +83,10 @@ pub async fn image_file(state: State<'_, AppState>, asset_id: i64) -> CmdResult<
 
 /// Every setting an image was made with (for "recall all").
 #[tauri::command]
-pub async fn image_record(state: State<'_, AppState>, generation_id: i64) -> CmdResult<ImageRecord> {
+pub async fn image_record(
+    state: State<'_, AppState>,
+    generation_id: i64,
+) -> CmdResult<ImageRecord> {
     Ok(state.engine()?.image_record(generation_id)?)
 }
 
@@ -103,7 +109,10 @@ pub async fn read_image_settings(request: Request<'_>) -> CmdResult<Recalled> {
 /// Keeps an image the user brings as an img2img source; the project is in the `project-id`
 /// header.
 #[tauri::command]
-pub async fn add_source_image(state: State<'_, AppState>, request: Request<'_>) -> CmdResult<Asset> {
+pub async fn add_source_image(
+    state: State<'_, AppState>,
+    request: Request<'_>,
+) -> CmdResult<Asset> {
     let bytes = raw_body(&request, "image")?.to_vec();
     let project_id = request
         .headers()
@@ -112,14 +121,19 @@ pub async fn add_source_image(state: State<'_, AppState>, request: Request<'_>) 
         .and_then(|v| v.parse::<i64>().ok())
         .ok_or_else(|| UiError::new("invalid_input", "the project-id header is missing"))?;
     let engine = state.engine()?;
-    let asset = tauri::async_runtime::spawn_blocking(move || engine.add_image_asset(project_id, &bytes))
-        .await
-        .map_err(|e| atelier_engine::Error::Internal(e.to_string()))??;
+    let asset =
+        tauri::async_runtime::spawn_blocking(move || engine.add_image_asset(project_id, &bytes))
+            .await
+            .map_err(|e| atelier_engine::Error::Internal(e.to_string()))??;
     Ok(asset)
 }
 
 #[tauri::command]
-pub async fn trash_images(state: State<'_, AppState>, ids: Vec<i64>, trashed: bool) -> CmdResult<usize> {
+pub async fn trash_images(
+    state: State<'_, AppState>,
+    ids: Vec<i64>,
+    trashed: bool,
+) -> CmdResult<usize> {
     Ok(state.engine()?.store().set_images_trashed(&ids, trashed)?)
 }
 
@@ -129,7 +143,11 @@ pub async fn list_boards(state: State<'_, AppState>, project_id: i64) -> CmdResu
 }
 
 #[tauri::command]
-pub async fn create_board(state: State<'_, AppState>, project_id: i64, name: String) -> CmdResult<Board> {
+pub async fn create_board(
+    state: State<'_, AppState>,
+    project_id: i64,
+    name: String,
+) -> CmdResult<Board> {
     Ok(state.engine()?.store().create_board(project_id, &name)?)
 }
 
@@ -139,7 +157,10 @@ pub async fn set_image_board(
     generation_id: i64,
     board_id: Option<i64>,
 ) -> CmdResult<()> {
-    Ok(state.engine()?.store().set_image_board(generation_id, board_id)?)
+    Ok(state
+        .engine()?
+        .store()
+        .set_image_board(generation_id, board_id)?)
 }
 
 /// Exports an image with the visible AI label (unless Settings turned labels off) and its

@@ -418,7 +418,8 @@ impl Engine {
             .to_rgb8();
         let labelling = self.labelling()?;
         let visible = if labelling.notice.is_some() {
-            let text = image::label::validate_text(label_text.unwrap_or(image::label::DEFAULT_TEXT))?;
+            let text =
+                image::label::validate_text(label_text.unwrap_or(image::label::DEFAULT_TEXT))?;
             let font = image::label::find_font(text)?;
             Some(image::label::draw(&mut img, text, corner, &font)?)
         } else {
@@ -443,7 +444,10 @@ impl Engine {
                 labelling.label.produce_id
             ))?;
         }
-        Ok(ImageExport { path, visible_label: visible })
+        Ok(ImageExport {
+            path,
+            visible_label: visible,
+        })
     }
 
     pub fn default_text_model(&self) -> Result<Option<String>> {

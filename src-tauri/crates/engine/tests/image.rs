@@ -277,7 +277,9 @@ async fn export_draws_the_visible_label_and_keeps_the_metadata() {
 
     // Wording that drops "AI" or "生成" is refused and writes nothing.
     let exports = engine.home().exports_dir();
-    let err = engine.export_image(ids[0], Some("仅供参考"), Corner::TopLeft).unwrap_err();
+    let err = engine
+        .export_image(ids[0], Some("仅供参考"), Corner::TopLeft)
+        .unwrap_err();
     assert_eq!(err.kind(), "invalid_input");
     assert!(!exports.exists() || std::fs::read_dir(&exports).unwrap().count() == 0);
 
@@ -300,10 +302,24 @@ async fn export_draws_the_visible_label_and_keeps_the_metadata() {
     // The metadata travels with the export, read by exiftool as well.
     let back = metadata::recall(&png).unwrap();
     assert_eq!(back.record.unwrap().params.seed, Some(77));
-    let json = Command::new("exiftool").args(["-j", "-G1"]).arg(&out.path).output().unwrap();
+    let json = Command::new("exiftool")
+        .args(["-j", "-G1"])
+        .arg(&out.path)
+        .output()
+        .unwrap();
     let tags: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
-    assert!(tags[0]["XMP-TC260:Aigc"].as_str().unwrap().contains("\"Label\":\"1\""));
-    assert!(tags[0]["PNG:Parameters"].as_str().unwrap().contains("Seed: 77"));
+    assert!(
+        tags[0]["XMP-TC260:Aigc"]
+            .as_str()
+            .unwrap()
+            .contains("\"Label\":\"1\"")
+    );
+    assert!(
+        tags[0]["PNG:Parameters"]
+            .as_str()
+            .unwrap()
+            .contains("Seed: 77")
+    );
 
     // Labels off (acknowledged in Settings): no visible label, and the export is logged.
     engine
@@ -314,7 +330,9 @@ async fn export_draws_the_visible_label_and_keeps_the_metadata() {
             ..Default::default()
         })
         .unwrap();
-    let plain = engine.export_image(ids[0], None, Corner::BottomRight).unwrap();
+    let plain = engine
+        .export_image(ids[0], None, Corner::BottomRight)
+        .unwrap();
     assert!(plain.visible_label.is_none());
     let rgb = image::open(&plain.path).unwrap().to_rgb8().into_raw();
     assert_eq!(rgb, original);

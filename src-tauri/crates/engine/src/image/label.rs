@@ -103,7 +103,11 @@ pub fn find_font(text: &str) -> Result<FontVec> {
 }
 
 /// Lays `text` out at `scale`; returns each glyph's outline and the ink's bounds.
-fn layout(font: &FontVec, text: &str, scale: PxScale) -> (Vec<ab_glyph::OutlinedGlyph>, ab_glyph::Rect) {
+fn layout(
+    font: &FontVec,
+    text: &str,
+    scale: PxScale,
+) -> (Vec<ab_glyph::OutlinedGlyph>, ab_glyph::Rect) {
     let sf = font.as_scaled(scale);
     let mut x = 0.0f32;
     let mut prev = None;
@@ -136,7 +140,12 @@ fn layout(font: &FontVec, text: &str, scale: PxScale) -> (Vec<ab_glyph::Outlined
 
 /// Draws white `text` on a dark box in `corner`. The text is sized so that its ink is at least
 /// [`MIN_HEIGHT_RATIO`] of the shorter side; it is refused when it would not fit the width.
-pub fn draw(img: &mut image::RgbImage, text: &str, corner: Corner, font: &FontVec) -> Result<LabelBox> {
+pub fn draw(
+    img: &mut image::RgbImage,
+    text: &str,
+    corner: Corner,
+    font: &FontVec,
+) -> Result<LabelBox> {
     let text = validate_text(text)?;
     let (w, h) = img.dimensions();
     let short = w.min(h) as f32;
@@ -234,7 +243,10 @@ mod tests {
                 let mut img = image::RgbImage::from_pixel(w, h, image::Rgb([200, 30, 30]));
                 let b = draw(&mut img, DEFAULT_TEXT, corner, &font).unwrap();
                 let short = w.min(h) as f32;
-                assert!(b.text_height as f32 >= short * MIN_HEIGHT_RATIO, "{b:?} on {w}x{h}");
+                assert!(
+                    b.text_height as f32 >= short * MIN_HEIGHT_RATIO,
+                    "{b:?} on {w}x{h}"
+                );
                 // Light ink (the background is red, darkened in the box) landed inside the box, and nothing changed outside it.
                 let inside = (b.y..b.y + b.height)
                     .flat_map(|y| (b.x..b.x + b.width).map(move |x| (x, y)))
@@ -263,7 +275,15 @@ mod tests {
         let font = find_font("AI生成人工智能合成内容").unwrap();
         let mut img = image::RgbImage::new(64, 64);
         let before = img.clone();
-        assert!(draw(&mut img, "本图片由人工智能合成生成内容AI", Corner::TopLeft, &font).is_err());
+        assert!(
+            draw(
+                &mut img,
+                "本图片由人工智能合成生成内容AI",
+                Corner::TopLeft,
+                &font
+            )
+            .is_err()
+        );
         assert_eq!(img, before);
     }
 }
