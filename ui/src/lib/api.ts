@@ -39,6 +39,17 @@ import type {
   ScriptView,
   SegmentRequest,
   ShowSettings,
+  Asset,
+  Board,
+  Corner,
+  GalleryPage,
+  GalleryQuery,
+  ImageExport,
+  ImageModelEntry,
+  ImageModelInfo,
+  ImageParams,
+  ImageRecord,
+  Recalled,
 } from './types';
 
 export class ApiError extends Error {
@@ -177,4 +188,37 @@ export const api = {
   openTeleprompter: (documentId: number) => call<null>('open_teleprompter', { documentId }),
   teleprompterScript: () => call<ScriptView>('teleprompter_script'),
   setFullscreen: (on: boolean) => call<null>('set_fullscreen', { on }),
+
+  listImageModels: () => call<ImageModelEntry[]>('list_image_models'),
+  importImageModel: (path: string) => call<ImageModelInfo>('import_image_model', { path }),
+  generateImage: (projectId: number, params: ImageParams, onEvent: (e: JobEvent) => void) => {
+    const ch = new Channel<JobEvent>();
+    ch.onmessage = onEvent;
+    return call<number>('generate_image', { projectId, params, onEvent: ch });
+  },
+  gallery: (query: GalleryQuery) => call<GalleryPage>('gallery', { query }),
+  /** A gallery file's bytes (PNG), for a blob: URL. */
+  imageFile: async (assetId: number) => new Uint8Array(await call<ArrayBuffer>('image_file', { assetId })),
+  imageRecord: (generationId: number) => call<ImageRecord>('image_record', { generationId }),
+  /** The PNG's bytes go as the raw request body. */
+  readImageSettings: async (bytes: Uint8Array) => {
+    try {
+      return await invoke<Recalled>('read_image_settings', bytes);
+    } catch (e) {
+      throw toApiError(e);
+    }
+  },
+  addSourceImage: async (projectId: number, bytes: Uint8Array) => {
+    try {
+      return await invoke<Asset>('add_source_image', bytes, { headers: { 'project-id': String(projectId) } });
+    } catch (e) {
+      throw toApiError(e);
+    }
+  },
+  trashImages: (ids: number[], trashed: boolean) => call<number>('trash_images', { ids, trashed }),
+  listBoards: (projectId: number) => call<Board[]>('list_boards', { projectId }),
+  createBoard: (projectId: number, name: string) => call<Board>('create_board', { projectId, name }),
+  setImageBoard: (generationId: number, boardId: number | null) => call<void>('set_image_board', { generationId, boardId }),
+  exportImage: (generationId: number, labelText: string | null, corner: Corner) =>
+    call<ImageExport>('export_image', { generationId, labelText, corner }),
 };

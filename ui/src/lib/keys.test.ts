@@ -1,5 +1,5 @@
 import { describe, expect, it, vi } from 'vitest';
-import { onEnter } from './keys';
+import { onCtrlEnter, onEnter } from './keys';
 
 function key(init: KeyboardEventInit & { keyCode?: number }) {
   const e = new KeyboardEvent('keydown', { ...init, cancelable: true });
@@ -28,5 +28,17 @@ describe('onEnter', () => {
     onEnter(submit, cancel)(key({ key: 'Escape' }));
     expect(submit).not.toHaveBeenCalled();
     expect(cancel).toHaveBeenCalledOnce();
+  });
+});
+
+describe('onCtrlEnter', () => {
+  it('submits on Ctrl+Enter only, never while composing', () => {
+    const submit = vi.fn();
+    onCtrlEnter(submit)(key({ key: 'Enter' }));
+    onCtrlEnter(submit)(key({ key: 'Enter', ctrlKey: true, isComposing: true }));
+    expect(submit).not.toHaveBeenCalled();
+    onCtrlEnter(submit)(key({ key: 'Enter', ctrlKey: true }));
+    onCtrlEnter(submit)(key({ key: 'Enter', metaKey: true }));
+    expect(submit).toHaveBeenCalledTimes(2);
   });
 });

@@ -18,3 +18,13 @@ export function onEnter(submit: () => void, onEscape?: () => void) {
     }
   };
 }
+
+/** Ctrl+Enter (⌘+Enter) in a multi-line field: submit; plain Enter stays a new line. */
+export function onCtrlEnter(submit: () => void) {
+  return (e: KeyboardEvent) => {
+    if (e.key === 'Enter' && (e.ctrlKey || e.metaKey) && !isImeEnter(e)) {
+      e.preventDefault();
+      submit();
+    }
+  };
+}

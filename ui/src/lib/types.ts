@@ -115,6 +115,7 @@ export type JobEvent =
   | { type: 'Started' }
   | { type: 'Progress'; done: number; total: number }
   | { type: 'Token'; text: string }
+  | { type: 'Preview'; image: number; step: number; data_url: string }
   | { type: 'Finished'; result: unknown }
   | { type: 'Failed'; kind: string; message: string }
   | { type: 'Cancelled' };
@@ -486,3 +487,117 @@ export interface RowError { row: number; column: string | null; message: string 
 export interface ImportReport { imported: number; errors: RowError[]; encoding: string; ignored_columns: string[] }
 export type ScriptFormat = 'md' | 'txt' | 'srt' | 'json' | 'csv';
 export interface BatchEvent { product_id: number; event: JobEvent }
+
+// ---- Image studio ----
+
+export type Scheduler = 'dpmpp_2m_karras' | 'dpmpp_2m' | 'euler' | 'euler_ancestral' | 'ddim' | 'lcm';
+export const SCHEDULERS: Scheduler[] = ['dpmpp_2m_karras', 'dpmpp_2m', 'euler', 'euler_ancestral', 'ddim', 'lcm'];
+
+export interface InitImage { asset_id: number; strength: number }
+
+export interface ImageParams {
+  model: string;
+  prompt: string;
+  negative_prompt: string;
+  width: number;
+  height: number;
+  steps: number;
+  cfg_scale: number;
+  scheduler: Scheduler;
+  seed: number | null;
+  batch_count: number;
+  init_image: InitImage | null;
+  translated_prompt: string | null;
+}
+
+export interface ImagePiece { role: string; file: string; bytes: number; parameters: number; dtype: string }
+
+export interface ImageModelInfo {
+  id: string;
+  path: string;
+  family: 'sd15' | 'sd21' | 'sd-turbo' | 'custom';
+  prediction: 'epsilon' | 'v_prediction';
+  unet_in_channels: number;
+  default_size: number;
+  pieces: ImagePiece[];
+  size_bytes: number;
+  recommended_steps: number;
+  recommended_cfg: number;
+}
+
+export type ImageModelEntry =
+  | ({ status: 'ok' } & ImageModelInfo)
+  | { status: 'broken'; id: string; error: string };
+
+export interface GalleryImage {
+  generation_id: number;
+  project_id: number;
+  asset_id: number;
+  thumb_asset_id: number | null;
+  board_id: number | null;
+  width: number;
+  height: number;
+  prompt: string;
+  model_id: string;
+  seed: number | null;
+  starred: boolean;
+  rating: number;
+  trashed: boolean;
+  created_at: number;
+}
+
+export interface GalleryQuery {
+  project_id: number;
+  text?: string;
+  starred_only?: boolean;
+  /** 0: images on no board. */
+  board_id?: number | null;
+  trash?: boolean;
+  before?: number | null;
+  limit?: number;
+}
+
+export interface GalleryPage { items: GalleryImage[]; next_before: number | null }
+
+export interface Board { id: number; project_id: number; name: string; image_count: number; created_at: number }
+
+export interface ImageRecord {
+  version: number;
+  params: ImageParams;
+  model_family: string;
+  model_hash: string;
+  rng: string;
+  app: string;
+}
+
+export interface ImplicitLabel {
+  Label: string;
+  ContentProducer: string;
+  ProduceID: string;
+  ContentPropagator: string;
+  PropagateID: string;
+}
+
+/** Settings read from a PNG (Atelier's own record when present). */
+export interface Recalled {
+  source: string;
+  prompt: string;
+  negative_prompt: string;
+  width: number | null;
+  height: number | null;
+  steps: number | null;
+  cfg_scale: number | null;
+  seed: number | null;
+  scheduler: Scheduler | null;
+  model: string | null;
+  strength: number | null;
+  record: ImageRecord | null;
+  label: ImplicitLabel | null;
+}
+
+export type Corner = 'top_left' | 'top_right' | 'bottom_left' | 'bottom_right';
+
+export interface ImageExport {
+  path: string;
+  visible_label: { x: number; y: number; width: number; height: number; text_height: number } | null;
+}
