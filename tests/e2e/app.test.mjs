@@ -5,7 +5,7 @@
 // there; screenshots under target/e2e/.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, writeFileSync, existsSync, rmSync, copyFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -357,6 +357,74 @@ test('live scripts: products from a CSV, a script written by hand and checked, a
     await keys(Key.PAGE_UP);
     await driver.wait(async () => (await attr('data-segment')) === '0', 3_000);
     await driver.switchTo().window(main);
+  } finally {
+    await driver.quit();
+  }
+});
+
+test('images: a tiny model imported by path, generated with a live preview, recalled from the gallery, exported with the label', async () => {
+  // A random-weight SD in the real diffusers layout, written by the CLI the tests just built.
+  const cli = [join(targetDir, 'debug/atelier-cli'), join(targetDir, 'release/atelier-cli')].find(existsSync);
+  assert.ok(cli, 'build atelier-cli first (cargo test --workspace builds it)');
+  const src = join(home, 'incoming', 'tiny-sd');
+  const made = spawnSync(cli, ['image', 'random-model', '--arch', 'tiny', src], { env: { ...process.env, ATELIER_HOME: home } });
+  assert.equal(made.status, 0, String(made.stderr));
+  const driver = await startApp();
+  const setNumber = async (el, v) => {
+    await el.clear();
+    await el.sendKeys(String(v));
+  };
+  try {
+    await driver.findElement(By.css('[data-view=models]')).click();
+    const path = await driver.wait(until.elementLocated(By.css('[data-testid=image-import-path]')), 10_000);
+    await path.sendKeys(src);
+    await driver.findElement(By.css('[data-testid=image-import]')).click();
+    await driver.wait(until.elementLocated(By.xpath("//*[@data-testid='image-models']//strong[text()='tiny-sd']")), 20_000);
+
+    await driver.findElement(By.css('[data-view=images]')).click();
+    await driver.wait(until.elementLocated(By.css('[data-testid=image-model] option[value=tiny-sd]')), 10_000);
+    const prompt = await driver.findElement(By.css('[data-testid=image-prompt]'));
+    await prompt.clear();
+    await prompt.sendKeys('一只红苹果, (studio light:1.2)');
+    await setNumber(driver.findElement(By.css('[data-testid=image-width]')), 256);
+    await setNumber(driver.findElement(By.css('[data-testid=image-height]')), 256);
+    await setNumber(driver.findElement(By.css('[data-testid=image-seed]')), 42);
+    await setNumber(driver.findElement(By.css('[data-testid=image-batch]')), 2);
+    await driver.findElement(By.css('[data-testid=image-generate]')).click();
+
+    // Denoising previews stream in while it runs, then both images land in the gallery.
+    const preview = await driver.wait(until.elementLocated(By.css('[data-testid=image-preview]')), 60_000);
+    assert.match(await preview.getAttribute('src'), /^data:image\/png;base64,/);
+    await shot(driver, '12-images-preview.png');
+    await driver.wait(async () => (await driver.findElements(By.css('[data-testid=gallery-grid] .tile'))).length === 2, 120_000);
+    const rec = await driver.wait(until.elementLocated(By.css('[data-testid=image-record]')), 10_000);
+    assert.match(await rec.getText(), /43/);
+    await driver.wait(async () => (await driver.findElements(By.css('[data-testid=image-stage] .canvas img'))).length === 1, 10_000);
+    await shot(driver, '13-images-gallery.png');
+
+    // The older image, recalled: every setting returns to the form.
+    await prompt.clear();
+    await prompt.sendKeys('something else');
+    const tiles = await driver.findElements(By.css('[data-testid=gallery-grid] .tile'));
+    await tiles[1].click();
+    await driver.wait(async () => {
+      const rec = await driver.findElements(By.css('[data-testid=image-record]'));
+      return rec.length === 1 && /\b42\b/.test(await rec[0].getText());
+    }, 10_000);
+    await driver.findElement(By.css('[data-testid=image-recall]')).click();
+    await driver.wait(async () => (await prompt.getAttribute('value')) === '一只红苹果, (studio light:1.2)', 5_000);
+    assert.equal(await driver.findElement(By.css('[data-testid=image-seed]')).getAttribute('value'), '42');
+
+    // Export: a PNG with the visible label and the metadata, in the exports folder.
+    await driver.findElement(By.css('[data-testid=image-export]')).click();
+    await driver.findElement(By.css('[data-testid=image-export-go]')).click();
+    const out = await driver.wait(until.elementLocated(By.css('[data-testid=image-exported]')), 15_000);
+    const file = await out.getText();
+    assert.ok(file.startsWith(join(home, 'exports')), file);
+    const png = readFileSync(file).toString('latin1');
+    assert.match(png, /TC260:AIGC/);
+    assert.match(png, /Seed: 42/);
+    await shot(driver, '14-images-exported.png');
   } finally {
     await driver.quit();
   }

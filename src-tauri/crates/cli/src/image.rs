@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use atelier_engine::image::label::Corner;
 use atelier_engine::image::metadata;
 use atelier_engine::image::random::{Arch, write_random_model};
 use atelier_engine::image::service::ImageJob;
@@ -61,9 +62,24 @@ pub struct GenerateArgs {
     batch: u32,
     #[arg(long)]
     project: Option<i64>,
-    /// Copy the (first) PNG here as well.
+    /// Export the first image here as well: with the visible AI label (unless Settings turned
+    /// it off) and all its metadata.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// The visible label's text for --out (must keep AI/人工智能 and 生成/合成).
+    #[arg(long, default_value = atelier_engine::image::label::DEFAULT_TEXT)]
+    label: String,
+    /// The label's corner: top-left, top-right, bottom-left or bottom-right.
+    #[arg(long, default_value = "bottom-right", value_parser = corner)]
+    corner: Corner,
+}
+
+fn corner(s: &str) -> Result<Corner> {
+    serde_json::from_value(serde_json::Value::String(s.replace('-', "_"))).map_err(|_| {
+        Error::invalid(format!(
+            "{s} is not a corner (top-left, top-right, bottom-left, bottom-right)"
+        ))
+    })
 }
 
 fn size(s: &str) -> Result<(u32, u32)> {
@@ -164,6 +180,10 @@ pub async fn run(engine: &Engine, cmd: ImageCmd, json: bool) -> Result<()> {
 }
 
 async fn generate(engine: &Engine, a: GenerateArgs, json: bool) -> Result<()> {
+    if a.out.is_some() {
+        // Refuse a bad label before spending minutes on the images.
+        atelier_engine::image::label::validate_text(&a.label)?;
+    }
     let info = engine
         .image_models()?
         .into_iter()
@@ -252,12 +272,20 @@ async fn generate(engine: &Engine, a: GenerateArgs, json: bool) -> Result<()> {
                         );
                     }
                 }
-                if let (Some(out), Some(first)) = (&a.out, written.first()) {
-                    let bytes = std::fs::read(first)
-                        .map_err(|e| Error::io(format!("cannot read {}", first.display()), e))?;
+                let first = images.first().and_then(|i| i["generation_id"].as_i64());
+                if let (Some(out), Some(first)) = (&a.out, first) {
+                    let export = engine.export_image(first, Some(&a.label), a.corner)?;
+                    let bytes = std::fs::read(&export.path).map_err(|e| {
+                        Error::io(format!("cannot read {}", export.path.display()), e)
+                    })?;
                     atelier_engine::fsutil::write_atomic(out, &bytes)?;
                     if !json {
-                        println!("copied to {}", out.display());
+                        let label = if export.visible_label.is_some() {
+                            "with the visible label"
+                        } else {
+                            "without the visible label (turned off in Settings)"
+                        };
+                        println!("exported to {} {label}", out.display());
                     }
                 }
                 if json {

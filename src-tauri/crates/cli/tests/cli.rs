@@ -226,3 +226,94 @@ fn check_reports_findings_with_exit_codes_like_a_linter() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not UTF-8"));
 }
+
+#[test]
+fn image_commands_make_import_generate_export_and_recall() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let src = dir.path().join("tiny-sd");
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let out = cli(
+        &home,
+        &["image", "random-model", "--arch", "tiny", &s(&src)],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&home, &["image", "import", &s(&src)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let png = dir.path().join("out.png");
+    let args = [
+        "image",
+        "generate",
+        "--model",
+        "tiny-sd",
+        "--prompt",
+        "一只红苹果",
+        "--seed",
+        "9",
+        "--steps",
+        "3",
+        "--size",
+        "128x96",
+        "--batch",
+        "2",
+        "--corner",
+        "top-left",
+        "--out",
+    ];
+    let v = json(&cli(&home, &[&["--json"], &args[..], &[&s(&png)]].concat()));
+    let images = v["images"].as_array().unwrap();
+    assert_eq!(images.len(), 2);
+    assert_eq!(images[1]["seed"], 10);
+    // The exported file: labelled in the top-left corner, settings readable by `recall`.
+    let exported = image::open(&png).unwrap().to_rgb8();
+    let recalled = json(&cli(&home, &["--json", "image", "recall", &s(&png)]));
+    assert_eq!(recalled["seed"], 9);
+    assert_eq!(recalled["prompt"], "一只红苹果");
+    assert_eq!(recalled["label"]["Label"], "1");
+    // Inside the label's box (darkened to at most 40% of the picture), only the label's text
+    // is bright.
+    let corner_light = (4..13)
+        .flat_map(|y| (4..28).map(move |x| (x, y)))
+        .filter(|&(x, y)| exported.get_pixel(x, y).0.iter().all(|&c| c > 160))
+        .count();
+    assert!(corner_light > 5, "no label text in the top-left corner");
+
+    let out = cli(
+        &home,
+        &[
+            "image", "generate", "--model", "tiny-sd", "--prompt", "x", "--corner", "middle",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a corner"));
+    let out = cli(
+        &home,
+        &[
+            "image",
+            "generate",
+            "--model",
+            "tiny-sd",
+            "--prompt",
+            "x",
+            "--steps",
+            "2",
+            "--size",
+            "64x64",
+            "--label",
+            "仅供参考",
+            "--out",
+            &s(&png),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("人工智能"));
+}
