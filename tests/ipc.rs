@@ -839,3 +839,196 @@ fn live_script_commands_products_scripts_exports_and_the_teleprompter_window() {
         "not_found"
     );
 }
+
+/// A command's raw (non-JSON) response body, e.g. an image file.
+fn invoke_bytes(h: &Harness, cmd: &str, args: Value) -> Result<Vec<u8>, Value> {
+    tauri::test::get_ipc_response(
+        &h.main,
+        InvokeRequest {
+            cmd: cmd.into(),
+            callback: CallbackFn(0),
+            error: CallbackFn(1),
+            url: APP_URL.parse().unwrap(),
+            body: InvokeBody::Json(args),
+            headers: Default::default(),
+            invoke_key: INVOKE_KEY.to_string(),
+        },
+    )
+    .map(|body| match body {
+        tauri::ipc::InvokeResponseBody::Raw(bytes) => bytes,
+        tauri::ipc::InvokeResponseBody::Json(json) => json.into_bytes(),
+    })
+}
+
+fn wait_for_job(h: &Harness, job_id: i64) -> Value {
+    for _ in 0..1500 {
+        let jobs = invoke(h, "list_jobs", json!({})).unwrap();
+        let job = jobs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["id"] == job_id)
+            .cloned()
+            .unwrap();
+        if !matches!(job["status"].as_str(), Some("queued" | "running")) {
+            return job;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("job {job_id} did not finish");
+}
+
+#[test]
+fn image_commands_models_generation_gallery_recall_and_export() {
+    let h = harness();
+    let project = invoke(&h, "create_project", json!({"name": "图像"})).unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(
+        invoke(&h, "list_image_models", json!({})).unwrap(),
+        json!([])
+    );
+    let src = h._dir.path().join("incoming").join("tiny-sd");
+    atelier_engine::image::random::write_random_model(
+        &src,
+        atelier_engine::image::random::Arch::Tiny,
+    )
+    .unwrap();
+    let info = invoke(&h, "import_image_model", json!({"path": src})).unwrap();
+    assert_eq!(
+        (info["id"].as_str(), info["family"].as_str()),
+        (Some("tiny-sd"), Some("custom"))
+    );
+    let listed = invoke(&h, "list_image_models", json!({})).unwrap();
+    assert_eq!(listed[0]["status"], "ok");
+    assert_eq!(listed[0]["pieces"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        kind(invoke(&h, "import_image_model", json!({"path": "/nowhere/at/all"})).unwrap_err()),
+        "invalid_input"
+    );
+
+    let params = json!({
+        "model": "tiny-sd", "prompt": "一只红苹果", "negative_prompt": "", "width": 64, "height": 64,
+        "steps": 3, "cfg_scale": 5.0, "scheduler": "euler_ancestral", "seed": 5, "batch_count": 2
+    });
+    let job = invoke(
+        &h,
+        "generate_image",
+        json!({"projectId": project, "params": params, "onEvent": "__CHANNEL__:11"}),
+    )
+    .unwrap();
+    assert_eq!(
+        wait_for_job(&h, job.as_i64().unwrap())["status"],
+        "succeeded"
+    );
+    let mut bad = params.clone();
+    bad["width"] = json!(100);
+    let err = invoke(
+        &h,
+        "generate_image",
+        json!({"projectId": project, "params": bad, "onEvent": "__CHANNEL__:12"}),
+    )
+    .unwrap_err();
+    assert_eq!(kind(err.clone()), "invalid_input");
+    assert!(
+        err["message"].as_str().unwrap().contains("multiple of 8"),
+        "{err}"
+    );
+
+    let page = invoke(&h, "gallery", json!({"query": {"project_id": project}})).unwrap();
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    let newest = &items[0];
+    let gen_id = newest["generation_id"].as_i64().unwrap();
+    assert_eq!(newest["seed"], 6);
+    let png = invoke_bytes(&h, "image_file", json!({"assetId": newest["asset_id"]})).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+
+    // The record recalls every setting; the PNG's own chunks say the same when dropped back in.
+    let record = invoke(&h, "image_record", json!({"generationId": gen_id})).unwrap();
+    assert_eq!(record["params"]["scheduler"], "euler_ancestral");
+    assert_eq!(record["params"]["seed"], 6);
+    let read = invoke_raw(&h.main, "read_image_settings", png.clone(), &[]).unwrap();
+    assert_eq!(
+        (read["source"].as_str(), read["seed"].as_u64()),
+        (Some("atelier"), Some(6))
+    );
+    assert_eq!(
+        kind(invoke_raw(&h.main, "read_image_settings", b"not a png".to_vec(), &[]).unwrap_err()),
+        "invalid_input"
+    );
+
+    // A source image for img2img: kept as an asset; a non-image or a missing project is refused.
+    let asset = invoke_raw(
+        &h.main,
+        "add_source_image",
+        png.clone(),
+        &[("project-id", project.to_string())],
+    )
+    .unwrap();
+    assert_eq!(asset["mime"], "image/png");
+    assert_eq!(
+        kind(
+            invoke_raw(
+                &h.main,
+                "add_source_image",
+                b"plain text".to_vec(),
+                &[("project-id", project.to_string())]
+            )
+            .unwrap_err()
+        ),
+        "invalid_input"
+    );
+    assert_eq!(
+        kind(invoke_raw(&h.main, "add_source_image", png, &[]).unwrap_err()),
+        "invalid_input"
+    );
+
+    // Boards, trash and the labelled export.
+    let board = invoke(
+        &h,
+        "create_board",
+        json!({"projectId": project, "name": "主图"}),
+    )
+    .unwrap();
+    invoke(
+        &h,
+        "set_image_board",
+        json!({"generationId": gen_id, "boardId": board["id"]}),
+    )
+    .unwrap();
+    let boards = invoke(&h, "list_boards", json!({"projectId": project})).unwrap();
+    assert_eq!(boards[0]["image_count"], 1);
+    let out = invoke(
+        &h,
+        "export_image",
+        json!({"generationId": gen_id, "labelText": "AI生成", "corner": "top_right"}),
+    )
+    .unwrap();
+    assert!(out["visible_label"]["text_height"].as_u64().unwrap() >= 4);
+    assert!(std::path::Path::new(out["path"].as_str().unwrap()).is_file());
+    // An unknown corner never reaches the engine: Tauri refuses the argument, naming it.
+    let err = invoke(
+        &h,
+        "export_image",
+        json!({"generationId": gen_id, "labelText": "AI生成", "corner": "middle"}),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("corner"), "{err}");
+    assert_eq!(
+        invoke(
+            &h,
+            "trash_images",
+            json!({"ids": [gen_id], "trashed": true})
+        )
+        .unwrap(),
+        1
+    );
+    let trash = invoke(
+        &h,
+        "gallery",
+        json!({"query": {"project_id": project, "trash": true}}),
+    )
+    .unwrap();
+    assert_eq!(trash["items"].as_array().unwrap().len(), 1);
+}
