@@ -488,3 +488,118 @@ pub fn check(mb: usize, runs: usize, as_json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// `atelier-cli bench image`: the real pipeline (prompt encoding, sampler, UNet with or
+/// without CFG, VAE decode) on a random-weight model of SD 1.5's shapes.
+pub struct ImageBench {
+    pub sd15: bool,
+    pub size: u32,
+    pub cfg: bool,
+    pub steps: u32,
+    pub runs: usize,
+    pub model_dir: Option<std::path::PathBuf>,
+}
+
+pub fn image(a: ImageBench, as_json: bool) -> Result<()> {
+    use atelier_engine::image::random::{Arch, write_random_model};
+    use atelier_engine::image::{ImageParams, Scheduler, model, pipeline};
+    let arch = if a.sd15 { "sd15" } else { "tiny" };
+    let dir = a.model_dir.clone().unwrap_or_else(|| {
+        std::env::var_os("HOME")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir)
+            .join(format!(".cache/atelier/bench/image-{arch}-random"))
+    });
+    if !dir.join("model_index.json").is_file() {
+        eprintln!("writing a random {arch} model to {} (once)…", dir.display());
+        let tmp = dir.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&tmp);
+        write_random_model(&tmp, if a.sd15 { Arch::Sd15 } else { Arch::Tiny })?;
+        std::fs::rename(&tmp, &dir)
+            .map_err(|e| atelier_engine::Error::io(format!("cannot create {}", dir.display()), e))?;
+    }
+    let rss_before = peak_rss_kib();
+    let t0 = Instant::now();
+    let info = model::describe(&dir)?;
+    // A GPU when this build has one (f16 there), else the CPU (f32).
+    let (device, why) = atelier_engine::text::local::choose_device(Default::default());
+    if let Some(why) = why {
+        eprintln!("{why}");
+    }
+    let loaded = model::load(info, &device)?;
+    let device_name = atelier_engine::text::local::device_name(&device);
+    let dtype = format!("{:?}", loaded.dtype).to_lowercase();
+    let load_s = t0.elapsed().as_secs_f64();
+    let p = ImageParams {
+        model: loaded.info.id.clone(),
+        prompt: "a cup of jasmine tea on a wooden table, soft window light".into(),
+        negative_prompt: "blurry".into(),
+        width: a.size,
+        height: a.size,
+        steps: a.steps.max(2),
+        cfg_scale: if a.cfg { 7.0 } else { 1.0 },
+        scheduler: Scheduler::Euler,
+        seed: Some(1),
+        batch_count: 1,
+        init_image: None,
+        translated_prompt: None,
+    };
+    p.validate()?;
+    let mut step_s = Vec::new();
+    let mut vae_s = Vec::new();
+    let mut total_s = Vec::new();
+    for _ in 0..a.runs.max(1) {
+        let start = Instant::now();
+        let mut marks: Vec<Instant> = Vec::new();
+        let mut on_step = |_: usize, _: usize, _: Option<pipeline::Rgb>| marks.push(Instant::now());
+        pipeline::generate(&loaded, &p, 1, None, &|| false, &mut on_step)?;
+        let end = Instant::now();
+        // Steps after the first: the first also encodes the prompt.
+        for w in marks.windows(2) {
+            step_s.push((w[1] - w[0]).as_secs_f64());
+        }
+        if let Some(last) = marks.last() {
+            vae_s.push((end - *last).as_secs_f64());
+        }
+        total_s.push((end - start).as_secs_f64());
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|x, y| x.total_cmp(y));
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let (step, vae) = (median(&mut step_s), median(&mut vae_s));
+    let peak_gib = peak_rss_kib().map(|k| k as f64 / (1024.0 * 1024.0));
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_default();
+    let result = json!({
+        "arch": arch,
+        "size": a.size,
+        "cfg": a.cfg,
+        "unet_batch": if a.cfg { 2 } else { 1 },
+        "dtype": dtype,
+        "device": device_name,
+        "threads": threads,
+        "steps_per_run": p.steps,
+        "runs": a.runs.max(1),
+        "load_s": load_s,
+        "s_per_step": step,
+        "vae_decode_s": vae,
+        "run_s": median(&mut total_s),
+        "image_25_steps_s": step * 25.0 + vae,
+        "peak_rss_gib": peak_gib,
+        "rss_before_load_gib": rss_before.map(|k| k as f64 / (1024.0 * 1024.0)),
+    });
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        println!(
+            "{arch} {0}×{0}, {dtype} on {device_name} ({threads} threads), UNet batch {1}, median of {2} runs × {3} steps:\n  UNet step:  {step:.2} s\n  VAE decode: {vae:.2} s\n  25-step image: {4:.0} s\n  load: {load_s:.2} s\n  peak RSS: {5}",
+            a.size,
+            if a.cfg { 2 } else { 1 },
+            a.runs.max(1),
+            p.steps,
+            step * 25.0 + vae,
+            peak_gib.map(|g| format!("{g:.2} GiB")).unwrap_or_else(|| "unknown".into()),
+        );
+    }
+    Ok(())
+}

@@ -270,6 +270,28 @@ enum BenchCmd {
         #[arg(long)]
         no_repack: bool,
     },
+    /// Stable Diffusion on random weights: seconds per UNet step, VAE decode, peak memory
+    Image {
+        /// `sd15`: SD 1.5's shapes (writes a 4.3 GB random model once); `tiny`: a smoke run.
+        #[arg(long, value_parser = ["sd15", "tiny"], default_value = "sd15")]
+        arch: String,
+        #[arg(long, default_value_t = 512)]
+        size: u32,
+        /// Classifier-free guidance: the UNet runs on a batch of 2, as in a real image.
+        #[arg(long)]
+        cfg: bool,
+        /// Denoising steps per run (the first is not counted: it includes text encoding).
+        #[arg(long, default_value_t = 3)]
+        steps: u32,
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// Default: the number of physical cores.
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Where the random model is kept between runs.
+        #[arg(long)]
+        model_dir: Option<PathBuf>,
+    },
 }
 
 /// The project a CLI run records into: the one named, else the most recent, else a new “CLI”.
@@ -296,7 +318,7 @@ fn main() -> ExitCode {
     // Model threads: `bench text --threads`, else the Settings value (0 or unset: physical cores).
     let threads = match &cli.command {
         Command::Bench {
-            action: BenchCmd::Text { threads, .. },
+            action: BenchCmd::Text { threads, .. } | BenchCmd::Image { threads, .. },
         } => *threads,
         _ => None,
     }
@@ -345,6 +367,29 @@ fn run(cli: Cli) -> Result<()> {
     } = cli.command
     {
         return bench::check(mb, runs, cli.json);
+    }
+    if let Command::Bench {
+        action:
+            BenchCmd::Image {
+                arch,
+                size,
+                cfg,
+                steps,
+                runs,
+                model_dir,
+                ..
+            },
+    } = cli.command
+    {
+        let args = bench::ImageBench {
+            sd15: arch == "sd15",
+            size,
+            cfg,
+            steps,
+            runs,
+            model_dir,
+        };
+        return bench::image(args, cli.json);
     }
     if let Command::Check(args) = cli.command {
         let home = Home::resolve(cli.home)?;
