@@ -425,6 +425,14 @@ test('images: a tiny model imported by path, generated with a live preview, reca
     assert.match(png, /TC260:AIGC/);
     assert.match(png, /Seed: 42/);
     await shot(driver, '14-images-exported.png');
+
+    // Variations of the recalled image: four more, same seed, counting variation seeds.
+    await driver.findElement(By.css('[data-testid=image-variations]')).click();
+    await driver.wait(async () => (await driver.findElements(By.css('[data-testid=gallery-grid] .tile'))).length === 6, 120_000);
+    await driver.wait(async () => {
+      const rec = await driver.findElements(By.css('[data-testid=image-record]'));
+      return rec.length === 1 && /42/.test(await rec[0].getText());
+    }, 10_000);
   } finally {
     await driver.quit();
   }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { applyModelDefaults, emptyForm, recallPng, recallRecord, sizeProblem, toRequest } from './images';
+import { applyModelDefaults, emptyForm, recallPng, recallRecord, sizeProblem, toRequest, variationsOf } from './images';
 import type { ImageModelInfo, ImageRecord, Recalled } from './types';
 
 const record: ImageRecord = {
@@ -15,7 +15,7 @@ const record: ImageRecord = {
 function recalled(over: Partial<Recalled>): Recalled {
   return {
     source: 'a1111', prompt: '', negative_prompt: '', width: null, height: null, steps: null, cfg_scale: null,
-    seed: null, scheduler: null, model: null, strength: null, record: null, label: null, ...over,
+    seed: null, scheduler: null, model: null, strength: null, variation: null, record: null, label: null, ...over,
   };
 }
 
@@ -36,11 +36,11 @@ describe('image form', () => {
 
   it('recall all restores every setting, seed locked, source and strength included', () => {
     const f = recallRecord(emptyForm(), record);
-    expect(f.params).toEqual({ ...record.params, init_image: null });
+    expect(f.params).toEqual({ ...record.params, variation: null, init_image: null });
     expect(f.seedLocked).toBe(true);
     expect(f.sourceAssetId).toBe(9);
     expect(f.strength).toBe(0.45);
-    expect(toRequest(f)).toEqual(record.params);
+    expect(toRequest(f)).toEqual({ ...record.params, variation: null });
   });
 
   it('a peer PNG fills what it has and keeps the rest; an unknown model is not chosen', () => {
@@ -69,5 +69,14 @@ describe('image form', () => {
     const turbo = { id: 't', family: 'sd-turbo', default_size: 512, recommended_steps: 1, recommended_cfg: 1 } as ImageModelInfo;
     const f = applyModelDefaults(emptyForm(), turbo);
     expect([f.params.model, f.params.width, f.params.steps, f.params.cfg_scale, f.params.scheduler]).toEqual(['t', 512, 1, 1, 'euler']);
+  });
+
+  it('variations keep the seed and settings, add a batch and a variation seed; unlocked seeds send none', () => {
+    const f = variationsOf(emptyForm(), record, 4, 777);
+    const r = toRequest(f);
+    expect([r.seed, r.batch_count, r.variation]).toEqual([1234, 4, { seed: 777, strength: 0.15 }]);
+    expect(r.prompt).toBe(record.params.prompt);
+    f.seedLocked = false;
+    expect(toRequest(f).variation).toBeNull();
   });
 });

@@ -3,6 +3,9 @@
 import { api } from './api';
 import type { ImageModelInfo, ImageParams, ImageRecord, Recalled, Scheduler } from './types';
 
+/** How far "Variations" moves from the image by default (A1111 users mostly pick 0.05–0.3). */
+export const VARIATION_STRENGTH = 0.15;
+
 /** The form: the request plus what the UI keeps around it. */
 export interface ImageForm {
   params: ImageParams;
@@ -71,6 +74,8 @@ export function toRequest(form: ImageForm): ImageParams {
     ...form.params,
     prompt: form.params.prompt.trim(),
     seed: form.seedLocked ? form.params.seed : null,
+    // Variations are of one seed's image: without a locked seed there is nothing to vary.
+    variation: form.seedLocked && form.params.variation ? form.params.variation : null,
     init_image: form.sourceAssetId != null ? { asset_id: form.sourceAssetId, strength: form.strength } : null,
   };
 }
@@ -79,7 +84,7 @@ export function toRequest(form: ImageForm): ImageParams {
 export function recallRecord(form: ImageForm, r: ImageRecord): ImageForm {
   const p = r.params;
   return {
-    params: { ...p, batch_count: 1, init_image: null },
+    params: { ...p, variation: p.variation ?? null, batch_count: 1, init_image: null },
     seedLocked: p.seed != null,
     sourceAssetId: p.init_image?.asset_id ?? null,
     strength: p.init_image?.strength ?? form.strength,
@@ -105,6 +110,7 @@ export function recallPng(form: ImageForm, r: Recalled, models: string[]): Image
   if (r.scheduler) p.scheduler = r.scheduler as Scheduler;
   if (r.model && models.includes(r.model)) p.model = r.model;
   p.seed = r.seed;
+  p.variation = r.variation;
   return {
     ...form,
     params: p,
@@ -140,4 +146,13 @@ export function assetUrl(assetId: number): Promise<string> {
     url.then((u) => URL.revokeObjectURL(u)).catch(() => {});
   }
   return p;
+}
+
+/** The form for "Variations" of a recalled image: same everything, a batch of `count` images
+ *  whose starting noise leans towards new variation seeds. */
+export function variationsOf(form: ImageForm, r: ImageRecord, count: number, seed: number): ImageForm {
+  const f = recallRecord(form, r);
+  f.params.batch_count = count;
+  f.params.variation = { seed, strength: r.params.variation?.strength ?? VARIATION_STRENGTH };
+  return f;
 }

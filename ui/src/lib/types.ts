@@ -507,8 +507,12 @@ export interface ImageParams {
   seed: number | null;
   batch_count: number;
   init_image: InitImage | null;
+  /** Images near the seed's image (A1111's variation seed). */
+  variation?: Variation | null;
   translated_prompt: string | null;
 }
+
+export interface Variation { seed: number; strength: number }
 
 export interface ImagePiece { role: string; file: string; bytes: number; parameters: number; dtype: string }
 
@@ -591,6 +595,7 @@ export interface Recalled {
   scheduler: Scheduler | null;
   model: string | null;
   strength: number | null;
+  variation: Variation | null;
   record: ImageRecord | null;
   label: ImplicitLabel | null;
 }

@@ -515,8 +515,9 @@ pub fn image(a: ImageBench, as_json: bool) -> Result<()> {
         let tmp = dir.with_extension("partial");
         let _ = std::fs::remove_dir_all(&tmp);
         write_random_model(&tmp, if a.sd15 { Arch::Sd15 } else { Arch::Tiny })?;
-        std::fs::rename(&tmp, &dir)
-            .map_err(|e| atelier_engine::Error::io(format!("cannot create {}", dir.display()), e))?;
+        std::fs::rename(&tmp, &dir).map_err(|e| {
+            atelier_engine::Error::io(format!("cannot create {}", dir.display()), e)
+        })?;
     }
     let rss_before = peak_rss_kib();
     let t0 = Instant::now();
@@ -542,6 +543,7 @@ pub fn image(a: ImageBench, as_json: bool) -> Result<()> {
         seed: Some(1),
         batch_count: 1,
         init_image: None,
+        variation: None,
         translated_prompt: None,
     };
     p.validate()?;
@@ -598,7 +600,9 @@ pub fn image(a: ImageBench, as_json: bool) -> Result<()> {
             a.runs.max(1),
             p.steps,
             step * 25.0 + vae,
-            peak_gib.map(|g| format!("{g:.2} GiB")).unwrap_or_else(|| "unknown".into()),
+            peak_gib
+                .map(|g| format!("{g:.2} GiB"))
+                .unwrap_or_else(|| "unknown".into()),
         );
     }
     Ok(())

@@ -8,7 +8,7 @@ use atelier_engine::image::label::Corner;
 use atelier_engine::image::metadata;
 use atelier_engine::image::random::{Arch, write_random_model};
 use atelier_engine::image::service::ImageJob;
-use atelier_engine::image::{ImageParams, InitImage, Scheduler};
+use atelier_engine::image::{ImageParams, InitImage, Scheduler, Variation};
 use atelier_engine::{Engine, Error, JobEvent, Result};
 use clap::Subcommand;
 
@@ -58,8 +58,15 @@ pub struct GenerateArgs {
     init: Option<PathBuf>,
     #[arg(long, default_value_t = 0.75)]
     strength: f64,
+    /// Images; each uses the next seed (or, with --variation-seed, the next variation seed).
     #[arg(long, default_value_t = 1)]
     batch: u32,
+    /// Make variations of --seed's image: the starting noise is blended towards this seed's.
+    #[arg(long, requires = "seed")]
+    variation_seed: Option<u64>,
+    /// How far the variations move (0: the same image, 1: another image).
+    #[arg(long, default_value_t = 0.15)]
+    variation_strength: f64,
     #[arg(long)]
     project: Option<i64>,
     /// Export the first image here as well: with the visible AI label (unless Settings turned
@@ -223,6 +230,10 @@ async fn generate(engine: &Engine, a: GenerateArgs, json: bool) -> Result<()> {
         seed: a.seed,
         batch_count: a.batch,
         init_image,
+        variation: a.variation_seed.map(|seed| Variation {
+            seed,
+            strength: a.variation_strength,
+        }),
         translated_prompt: None,
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

@@ -27,6 +27,7 @@ fn params(seed: u64) -> ImageParams {
         seed: Some(seed),
         batch_count: 1,
         init_image: None,
+        variation: None,
         translated_prompt: None,
     }
 }
@@ -208,6 +209,79 @@ async fn tiny_model_generates_reproducibly_with_every_scheduler() {
         })
         .unwrap();
     assert!(history.items.len() >= all.items.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn variations_stay_near_their_image_and_reproduce() {
+    use atelier_engine::image::Variation;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    let project = engine.store().create_project("variations").unwrap();
+    let base = run(&engine, project.id, params(5)).await.unwrap();
+    let (_, base_rgb) = pixels(&engine, base[0]);
+    let other = run(&engine, project.id, params(6)).await.unwrap();
+    let (_, other_rgb) = pixels(&engine, other[0]);
+
+    let with = |seed: u64, strength: f64, batch: u32| {
+        let mut p = params(5);
+        p.variation = Some(Variation { seed, strength });
+        p.batch_count = batch;
+        p
+    };
+    // Strength 0 is the image itself.
+    let same = run(&engine, project.id, with(99, 0.0, 1)).await.unwrap();
+    assert_eq!(pixels(&engine, same[0]).1, base_rgb);
+
+    // A batch of variations keeps the seed and counts the variation seed up.
+    let vars = run(&engine, project.id, with(99, 0.05, 2)).await.unwrap();
+    let records: Vec<_> = vars
+        .iter()
+        .map(|g| engine.image_record(*g).unwrap())
+        .collect();
+    assert_eq!(records[0].params.seed, Some(5));
+    assert_eq!(records[1].params.seed, Some(5));
+    assert_eq!(records[0].params.variation.unwrap().seed, 99);
+    assert_eq!(records[1].params.variation.unwrap().seed, 100);
+    let mean_diff = |a: &[u8], b: &[u8]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (*x as f64 - *y as f64).abs())
+            .sum::<f64>()
+            / a.len() as f64
+    };
+    let (png0, v0) = pixels(&engine, vars[0]);
+    let (_, v1) = pixels(&engine, vars[1]);
+    assert_ne!(v0, base_rgb);
+    assert_ne!(v0, v1);
+    let near = mean_diff(&v0, &base_rgb);
+    let far = mean_diff(&other_rgb, &base_rgb);
+    assert!(
+        near < far / 2.0,
+        "a variation ({near:.1}) should be nearer than another seed ({far:.1})"
+    );
+
+    // Reproducible, and written the way A1111 writes it.
+    let again = run(&engine, project.id, with(99, 0.05, 1)).await.unwrap();
+    assert_eq!(pixels(&engine, again[0]).1, v0);
+    let back = metadata::recall(&png0).unwrap();
+    assert_eq!(
+        back.variation,
+        Some(Variation {
+            seed: 99,
+            strength: 0.05
+        })
+    );
+    let text = metadata::png_text(&png0).unwrap();
+    let params_text = &text.iter().find(|(k, _)| k == "parameters").unwrap().1;
+    let parsed = metadata::parse_a1111(params_text);
+    assert_eq!(parsed.settings["Variation seed"], "99");
+    assert_eq!(parsed.settings["Variation seed strength"], "0.05");
+
+    let err = run(&engine, project.id, with(99, 1.5, 1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.0, "invalid_input");
+    assert!(err.1.contains("variation strength"), "{}", err.1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::params::{ImageParams, Scheduler};
+use super::params::{ImageParams, Scheduler, Variation};
 use crate::compliance::labels::ImplicitLabel;
 use crate::error::{Error, Result};
 
@@ -60,6 +60,10 @@ pub fn a1111_parameters(r: &ImageRecord) -> String {
     }
     items.push(("CFG scale", trim_float(p.cfg_scale)));
     items.push(("Seed", p.seed.unwrap_or(0).to_string()));
+    if let Some(v) = &p.variation {
+        items.push(("Variation seed", v.seed.to_string()));
+        items.push(("Variation seed strength", trim_float(v.strength)));
+    }
     items.push(("Size", format!("{}x{}", p.width, p.height)));
     items.push(("Model hash", r.model_hash.clone()));
     items.push(("Model", p.model.clone()));
@@ -252,6 +256,7 @@ pub struct Recalled {
     pub scheduler: Option<Scheduler>,
     pub model: Option<String>,
     pub strength: Option<f64>,
+    pub variation: Option<Variation>,
     /// Atelier's own record when the file has one (an exact recall).
     pub record: Option<ImageRecord>,
     pub label: Option<ImplicitLabel>,
@@ -271,6 +276,7 @@ impl Recalled {
             scheduler: None,
             model: None,
             strength: None,
+            variation: None,
             record: None,
             label: None,
         }
@@ -305,6 +311,7 @@ pub fn recall(bytes: &[u8]) -> Result<Recalled> {
         r.scheduler = Some(p.scheduler);
         r.model = Some(p.model.clone());
         r.strength = p.init_image.as_ref().map(|i| i.strength);
+        r.variation = p.variation;
         r.record = Some(rec);
         r
     } else if let Some(text) = get("parameters") {
@@ -339,6 +346,14 @@ fn from_infotext(source: &str, info: &Infotext) -> Recalled {
         .and_then(|v| Scheduler::from_a1111(v, s.get("Schedule type").map(String::as_str)));
     r.model = s.get("Model").cloned();
     r.strength = s.get("Denoising strength").and_then(|v| v.parse().ok());
+    r.variation = match (
+        s.get("Variation seed").and_then(|v| v.parse().ok()),
+        s.get("Variation seed strength")
+            .and_then(|v| v.parse().ok()),
+    ) {
+        (Some(seed), Some(strength)) => Some(Variation { seed, strength }),
+        _ => None,
+    };
     r
 }
 

@@ -22,4 +22,4 @@ pub mod random;
 pub mod sampler;
 pub mod service;
 
-pub use params::{ImageParams, InitImage, Scheduler};
+pub use params::{ImageParams, InitImage, Scheduler, Variation};

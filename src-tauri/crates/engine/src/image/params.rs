@@ -100,6 +100,14 @@ pub struct InitImage {
     pub strength: f64,
 }
 
+/// A variation of an image (A1111's "variation seed"): the starting noise is the image's own,
+/// spherically blended towards another seed's by `strength` (0: the same image, 1: another).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Variation {
+    pub seed: u64,
+    pub strength: f64,
+}
+
 /// Everything that decides an image. Stored whole with each image, so "recall" restores it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,6 +129,10 @@ pub struct ImageParams {
     pub batch_count: u32,
     #[serde(default)]
     pub init_image: Option<InitImage>,
+    /// Images near a seed's image. With a batch, the seed stays and the variation seed counts
+    /// up, so every image is a neighbour of the same picture.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variation: Option<Variation>,
     /// Translate a Chinese prompt with the local text model before CLIP. The translation is
     /// shown and editable, and what CLIP read is recorded.
     #[serde(default)]
@@ -183,6 +195,19 @@ impl ImageParams {
                 self.batch_count
             )));
         }
+        if let Some(v) = &self.variation {
+            if !v.strength.is_finite() || !(0.0..=1.0).contains(&v.strength) {
+                return Err(Error::invalid(format!(
+                    "the variation strength must be between 0 and 1 (got {})",
+                    v.strength
+                )));
+            }
+            if v.seed > MAX_SEED {
+                return Err(Error::invalid(format!(
+                    "the variation seed must be between 0 and {MAX_SEED}"
+                )));
+            }
+        }
         if let Some(init) = &self.init_image
             && (!init.strength.is_finite() || !(0.0..=1.0).contains(&init.strength))
         {
@@ -214,6 +239,7 @@ pub(crate) fn sample_params() -> ImageParams {
         seed: Some(1),
         batch_count: 1,
         init_image: None,
+        variation: None,
         translated_prompt: None,
     }
 }

@@ -50,6 +50,25 @@ impl HostNoise {
     }
 }
 
+/// Spherical interpolation between two noise tensors: the blend keeps the norm a Gaussian
+/// sample has, which a straight lerp would shrink (and wash the image out).
+pub fn slerp(a: &Tensor, b: &Tensor, t: f64) -> candle_core::Result<Tensor> {
+    if t <= 0.0 {
+        return Ok(a.clone());
+    }
+    let norm = |x: &Tensor| -> candle_core::Result<f64> {
+        Ok(x.sqr()?.sum_all()?.to_scalar::<f32>()?.sqrt() as f64)
+    };
+    let dot = (a * b)?.sum_all()?.to_scalar::<f32>()? as f64 / (norm(a)? * norm(b)?);
+    let omega = dot.clamp(-1.0, 1.0).acos();
+    if omega.sin().abs() < 1e-6 {
+        return a.affine(1.0 - t, 0.0)? + b.affine(t, 0.0)?;
+    }
+    let ka = ((1.0 - t) * omega).sin() / omega.sin();
+    let kb = (t * omega).sin() / omega.sin();
+    a.affine(ka, 0.0)? + b.affine(kb, 0.0)?
+}
+
 /// A small RGB picture (for previews), row-major, 3 bytes a pixel.
 #[derive(Debug, Clone)]
 pub struct Rgb {
@@ -243,7 +262,13 @@ pub fn generate(
         p.width as usize / 8,
     ];
     let full = model.schedule.sigmas(p.scheduler, p.steps as usize);
-    let first = noise.tensor(&shape, &model.device).map_err(bad)?;
+    let mut first = noise.tensor(&shape, &model.device).map_err(bad)?;
+    if let Some(v) = &p.variation {
+        let other = HostNoise::new(v.seed)
+            .tensor(&shape, &model.device)
+            .map_err(bad)?;
+        first = slerp(&first, &other, v.strength).map_err(bad)?;
+    }
     let (sigmas, x) = match (init, &p.init_image) {
         (Some(img), Some(i)) => {
             let sigmas = sampler::img2img_sigmas(&full, i.strength);
@@ -346,6 +371,40 @@ pub fn decode(model: &LoadedModel, latents: &Tensor) -> Result<image::RgbImage> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slerp_keeps_a_gaussian_norm_and_its_ends() {
+        let d = Device::Cpu;
+        let a = HostNoise::new(1).tensor(&[1, 4, 16, 16], &d).unwrap();
+        let b = HostNoise::new(2).tensor(&[1, 4, 16, 16], &d).unwrap();
+        let norm = |x: &Tensor| {
+            x.sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                .sqrt()
+        };
+        let diff = |x: &Tensor, y: &Tensor| {
+            (x - y)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert_eq!(diff(&slerp(&a, &b, 0.0).unwrap(), &a), 0.0);
+        assert!(diff(&slerp(&a, &b, 1.0).unwrap(), &b) < 1e-4);
+        let mid = slerp(&a, &b, 0.5).unwrap();
+        let lerp = ((&a + &b).unwrap() * 0.5).unwrap();
+        // Two independent Gaussian vectors are nearly orthogonal: a lerp loses ~30 % of the
+        // norm, the slerp keeps it.
+        assert!((norm(&mid) / norm(&a) - 1.0).abs() < 0.05);
+        assert!(norm(&lerp) / norm(&a) < 0.8);
+    }
 
     #[test]
     fn host_noise_is_standard_normal_and_reproducible() {

@@ -222,8 +222,16 @@ fn run_blocking(
     let mut images = Vec::new();
     for n in 0..p.batch_count {
         ctx.check()?;
-        let seed = (first_seed + n as u64) % (MAX_SEED + 1);
+        // A batch of variations keeps the seed and counts the variation seed up instead.
+        let step = |s: u64| (s + n as u64) % (MAX_SEED + 1);
         let mut one = p.clone();
+        let seed = match &mut one.variation {
+            Some(v) => {
+                v.seed = step(v.seed);
+                first_seed
+            }
+            None => step(first_seed),
+        };
         one.seed = Some(seed);
         one.batch_count = 1;
         let record = ImageRecord {
