@@ -554,7 +554,7 @@ pub fn image(a: ImageBench, as_json: bool) -> Result<()> {
         let start = Instant::now();
         let mut marks: Vec<Instant> = Vec::new();
         let mut on_step = |_: usize, _: usize, _: Option<pipeline::Rgb>| marks.push(Instant::now());
-        pipeline::generate(&loaded, &p, 1, None, &|| false, &mut on_step)?;
+        pipeline::generate(&loaded, &p, 1, None, None, &|| false, &mut on_step)?;
         let end = Instant::now();
         // Steps after the first: the first also encodes the prompt.
         for w in marks.windows(2) {

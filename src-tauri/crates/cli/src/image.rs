@@ -58,6 +58,9 @@ pub struct GenerateArgs {
     init: Option<PathBuf>,
     #[arg(long, default_value_t = 0.75)]
     strength: f64,
+    /// Inpainting: a mask the size of --init (white: repaint, black: keep).
+    #[arg(long, requires = "init")]
+    mask: Option<PathBuf>,
     /// Images; each uses the next seed (or, with --variation-seed, the next variation seed).
     #[arg(long, default_value_t = 1)]
     batch: u32,
@@ -206,16 +209,17 @@ async fn generate(engine: &Engine, a: GenerateArgs, json: bool) -> Result<()> {
         None => (info.default_size, info.default_size),
     };
     let project_id = crate::project_or_default(engine.store(), a.project)?;
+    let keep = |path: &PathBuf| -> Result<i64> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+        Ok(engine.add_image_asset(project_id, &bytes)?.id)
+    };
     let init_image = match &a.init {
-        Some(path) => {
-            let bytes = std::fs::read(path)
-                .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
-            let asset = engine.add_image_asset(project_id, &bytes)?;
-            Some(InitImage {
-                asset_id: asset.id,
-                strength: a.strength,
-            })
-        }
+        Some(path) => Some(InitImage {
+            asset_id: keep(path)?,
+            strength: a.strength,
+            mask_asset_id: a.mask.as_ref().map(keep).transpose()?,
+        }),
         None => None,
     };
     let params = ImageParams {

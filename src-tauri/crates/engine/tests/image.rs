@@ -136,6 +136,7 @@ async fn tiny_model_generates_reproducibly_with_every_scheduler() {
     p.init_image = Some(InitImage {
         asset_id: src.asset_id,
         strength: 0.5,
+        mask_asset_id: None,
     });
     let i2i = run(&engine, project.id, p.clone()).await.unwrap();
     let again = run(&engine, project.id, p.clone()).await.unwrap();
@@ -209,6 +210,87 @@ async fn tiny_model_generates_reproducibly_with_every_scheduler() {
         })
         .unwrap();
     assert!(history.items.len() >= all.items.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inpainting_repaints_the_mask_and_keeps_the_rest_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    let project = engine.store().create_project("inpaint").unwrap();
+    let base = run(&engine, project.id, params(5)).await.unwrap();
+    let src = engine.store().gallery_image(base[0]).unwrap();
+    let (_, src_rgb) = pixels(&engine, base[0]);
+    let png = |img: image::GrayImage| {
+        let mut out = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+            .unwrap();
+        engine.add_image_asset(project.id, &out).unwrap().id
+    };
+    // Repaint the left half.
+    let left = png(image::GrayImage::from_fn(64, 64, |x, _| {
+        image::Luma([if x < 32 { 255 } else { 0 }])
+    }));
+    let inpaint = |mask: i64| {
+        let mut p = params(7);
+        p.init_image = Some(InitImage {
+            asset_id: src.asset_id,
+            strength: 0.9,
+            mask_asset_id: Some(mask),
+        });
+        p
+    };
+    let out = run(&engine, project.id, inpaint(left)).await.unwrap();
+    let (_, rgb) = pixels(&engine, out[0]);
+    let (mut kept, mut changed) = (0, 0);
+    for (i, (a, b)) in rgb.chunks(3).zip(src_rgb.chunks(3)).enumerate() {
+        if i % 64 >= 32 {
+            assert_eq!(a, b, "pixel {i} outside the mask changed");
+            kept += 1;
+        } else if a != b {
+            changed += 1;
+        }
+    }
+    assert_eq!(kept, 64 * 32);
+    assert!(
+        changed > 64 * 32 / 2,
+        "only {changed} masked pixels changed"
+    );
+    let again = run(&engine, project.id, inpaint(left)).await.unwrap();
+    assert_eq!(pixels(&engine, again[0]).1, rgb);
+    let rec = engine.image_record(out[0]).unwrap();
+    assert_eq!(rec.params.init_image.unwrap().mask_asset_id, Some(left));
+
+    // A mask of another size, or an empty one: refused before queueing, nothing written.
+    let before = engine
+        .store()
+        .gallery(&GalleryQuery {
+            project_id: project.id,
+            ..Default::default()
+        })
+        .unwrap()
+        .items
+        .len();
+    let small = png(image::GrayImage::from_pixel(32, 32, image::Luma([255])));
+    let err = run(&engine, project.id, inpaint(small)).await.unwrap_err();
+    assert_eq!(err.0, "invalid_input");
+    assert!(
+        err.1.contains("32×32") && err.1.contains("64×64"),
+        "{}",
+        err.1
+    );
+    let empty = png(image::GrayImage::new(64, 64));
+    let err = run(&engine, project.id, inpaint(empty)).await.unwrap_err();
+    assert!(err.1.contains("mask is empty"), "{}", err.1);
+    let after = engine
+        .store()
+        .gallery(&GalleryQuery {
+            project_id: project.id,
+            ..Default::default()
+        })
+        .unwrap()
+        .items
+        .len();
+    assert_eq!(before, after);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -98,6 +98,10 @@ impl Scheduler {
 pub struct InitImage {
     pub asset_id: i64,
     pub strength: f64,
+    /// Inpainting: a mask of the source's size (white: repaint, black: keep, grey: blend).
+    /// Outside it the source's pixels are kept exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_asset_id: Option<i64>,
 }
 
 /// A variation of an image (A1111's "variation seed"): the starting noise is the image's own,
@@ -266,6 +270,7 @@ mod tests {
                     p.init_image = Some(InitImage {
                         asset_id: 1,
                         strength: 1.5,
+                        mask_asset_id: None,
                     })
                 }),
                 "strength",

@@ -249,6 +249,7 @@ pub fn generate(
     p: &ImageParams,
     seed: u64,
     init: Option<&image::RgbImage>,
+    mask: Option<&image::GrayImage>,
     cancelled: &dyn Fn() -> bool,
     on_step: &mut StepFn<'_>,
 ) -> Result<image::RgbImage> {
@@ -269,10 +270,16 @@ pub fn generate(
             .map_err(bad)?;
         first = slerp(&first, &other, v.strength).map_err(bad)?;
     }
+    // Inpainting keeps the source's latents outside the mask: the denoised estimate is
+    // blended with them at every step, so every sampler converges to the source there.
+    let mut keep: Option<(Tensor, Tensor)> = None;
     let (sigmas, x) = match (init, &p.init_image) {
         (Some(img), Some(i)) => {
             let sigmas = sampler::img2img_sigmas(&full, i.strength);
             let latent = encode_image(model, img)?;
+            if let Some(m) = mask {
+                keep = Some((latent_mask(m, &model.device).map_err(bad)?, latent.clone()));
+            }
             let x = (latent + first.affine(sigmas[0], 0.0).map_err(bad)?).map_err(bad)?;
             (sigmas, x)
         }
@@ -298,12 +305,18 @@ pub fn generate(
         } else {
             out
         };
-        match prediction {
-            Prediction::Epsilon => x - out.affine(sigma, 0.0)?,
+        let denoised = match prediction {
+            Prediction::Epsilon => (x - out.affine(sigma, 0.0)?)?,
             Prediction::VPrediction => {
                 let s2 = sigma * sigma + 1.0;
-                x.affine(1.0 / s2, 0.0)? - out.affine(sigma / s2.sqrt(), 0.0)?
+                (x.affine(1.0 / s2, 0.0)? - out.affine(sigma / s2.sqrt(), 0.0)?)?
             }
+        };
+        match &keep {
+            Some((m, source)) => {
+                m.broadcast_mul(&denoised)? + m.affine(-1.0, 1.0)?.broadcast_mul(source)?
+            }
+            None => Ok(denoised),
         }
     };
     let mut draw = || noise.tensor(&shape, &model.device);
@@ -323,7 +336,30 @@ pub fn generate(
         Err(_) if cancelled() => return Err(Error::Cancelled),
         Err(e) => return Err(bad(e)),
     };
-    decode(model, &latents)
+    let mut out = decode(model, &latents)?;
+    if let (Some(src), Some(m)) = (init, mask) {
+        composite(&mut out, src, m);
+    }
+    Ok(out)
+}
+
+/// The mask at latent size (area-averaged), 1 where the image is repainted.
+fn latent_mask(mask: &image::GrayImage, device: &Device) -> candle_core::Result<Tensor> {
+    let (w, h) = (mask.width() / 8, mask.height() / 8);
+    let small = image::imageops::resize(mask, w, h, image::imageops::FilterType::Triangle);
+    let v: Vec<f32> = small.as_raw().iter().map(|&b| b as f32 / 255.0).collect();
+    Tensor::from_vec(v, (1, 1, h as usize, w as usize), device)
+}
+
+/// Puts the source's pixels back where the mask keeps them (blending where it is grey): the
+/// VAE's round trip would otherwise soften the untouched part of the picture.
+fn composite(out: &mut image::RgbImage, src: &image::RgbImage, mask: &image::GrayImage) {
+    for ((o, s), m) in out.pixels_mut().zip(src.pixels()).zip(mask.pixels()) {
+        let a = m.0[0] as f32 / 255.0;
+        for c in 0..3 {
+            o.0[c] = (o.0[c] as f32 * a + s.0[c] as f32 * (1.0 - a)).round() as u8;
+        }
+    }
 }
 
 /// Latents to pixels. A decode that yields NaN (an f16 overflow) is an error, never a black

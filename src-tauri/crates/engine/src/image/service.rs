@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::metadata::{self, ImageRecord};
 use super::model::{self, LoadedModel};
-use super::params::{ImageParams, MAX_SEED};
+use super::params::{ImageParams, InitImage, MAX_SEED};
 use super::pipeline::{self, RNG_NAME};
 use crate::compliance::labels::ImplicitLabel;
 use crate::error::{Error, Result};
@@ -130,13 +130,7 @@ pub fn submit(
         )));
     }
     if let Some(init) = &job.params.init_image {
-        load_init(
-            &store,
-            &home,
-            init.asset_id,
-            job.params.width,
-            job.params.height,
-        )?;
+        load_source(&store, &home, init, job.params.width, job.params.height)?;
     }
     let payload = serde_json::to_value(&job)?;
     jobs.submit(
@@ -153,18 +147,54 @@ pub fn submit(
     )
 }
 
-/// The source image of an img2img run, scaled and cropped to fill the output size.
-fn load_init(store: &Store, home: &Home, asset_id: i64, w: u32, h: u32) -> Result<image::RgbImage> {
-    let asset = store.asset(asset_id)?;
-    if !asset.mime.starts_with("image/") {
-        return Err(Error::invalid("the source for img2img must be an image"));
-    }
-    let path = home.root().join(&asset.path);
-    let img = image::open(&path)
-        .map_err(|e| Error::invalid(format!("the source image cannot be read: {e}")))?;
-    Ok(img
-        .resize_to_fill(w, h, image::imageops::FilterType::CatmullRom)
-        .to_rgb8())
+/// The source of an img2img run and its inpainting mask, scaled and cropped alike to fill the
+/// output size. The mask must be the source's size (it was painted on it) and not empty.
+fn load_source(
+    store: &Store,
+    home: &Home,
+    init: &InitImage,
+    w: u32,
+    h: u32,
+) -> Result<(image::RgbImage, Option<image::GrayImage>)> {
+    let open = |asset_id: i64, what: &str| -> Result<image::DynamicImage> {
+        let asset = store.asset(asset_id)?;
+        if !asset.mime.starts_with("image/") {
+            return Err(Error::invalid(format!("the {what} must be an image")));
+        }
+        image::open(home.root().join(&asset.path))
+            .map_err(|e| Error::invalid(format!("the {what} cannot be read: {e}")))
+    };
+    // Same size: no resampling, so kept pixels stay exactly the source's.
+    let fit = |img: image::DynamicImage| {
+        if img.width() == w && img.height() == h {
+            img
+        } else {
+            img.resize_to_fill(w, h, image::imageops::FilterType::CatmullRom)
+        }
+    };
+    let source = open(init.asset_id, "source image for img2img")?;
+    let (sw, sh) = (source.width(), source.height());
+    let mask = match init.mask_asset_id {
+        Some(id) => {
+            let m = open(id, "inpainting mask")?;
+            if (m.width(), m.height()) != (sw, sh) {
+                return Err(Error::invalid(format!(
+                    "the mask is {}×{} but the source image is {sw}×{sh}; paint the mask on the source image",
+                    m.width(),
+                    m.height()
+                )));
+            }
+            let m = fit(m).to_luma8();
+            if m.pixels().all(|p| p.0[0] == 0) {
+                return Err(Error::invalid(
+                    "the mask is empty: paint the area to repaint (white), or remove the mask",
+                ));
+            }
+            Some(m)
+        }
+        None => None,
+    };
+    Ok((fit(source).to_rgb8(), mask))
 }
 
 async fn run(
@@ -215,7 +245,7 @@ fn run_blocking(
     let load_ms = load_started.elapsed().as_millis() as u64;
     pipeline::check_memory(&model, p)?;
     let init = match &p.init_image {
-        Some(i) => Some(load_init(store, home, i.asset_id, p.width, p.height)?),
+        Some(i) => Some(load_source(store, home, i, p.width, p.height)?),
         None => None,
     };
     let first_seed = p.seed.unwrap_or_else(crate::text::service::random_seed);
@@ -271,7 +301,8 @@ fn run_blocking(
             &model,
             &one,
             seed,
-            init.as_ref(),
+            init.as_ref().map(|(img, _)| img),
+            init.as_ref().and_then(|(_, mask)| mask.as_ref()),
             &|| ctx.is_cancelled(),
             &mut on_step,
         );
