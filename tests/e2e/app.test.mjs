@@ -381,6 +381,8 @@ test('images: a tiny model imported by path, generated with a live preview, reca
     await driver.findElement(By.css('[data-testid=image-import]')).click();
     await driver.wait(until.elementLocated(By.xpath("//*[@data-testid='image-models']//strong[text()='tiny-sd']")), 20_000);
 
+    // The webview keeps the last form between runs of the app (per user, not per data folder).
+    await driver.executeScript("localStorage.removeItem('atelier.imageForm')");
     await driver.findElement(By.css('[data-view=images]')).click();
     await driver.wait(until.elementLocated(By.css('[data-testid=image-model] option[value=tiny-sd]')), 10_000);
     const prompt = await driver.findElement(By.css('[data-testid=image-prompt]'));
@@ -433,6 +435,21 @@ test('images: a tiny model imported by path, generated with a live preview, reca
       const rec = await driver.findElements(By.css('[data-testid=image-record]'));
       return rec.length === 1 && /42/.test(await rec[0].getText());
     }, 10_000);
+
+    // Inpainting: the chosen image as the source, a stroke painted over its middle.
+    await driver.findElement(By.css('[data-testid=image-use-source]')).click();
+    await driver.findElement(By.css('[data-testid=mask-paint]')).click();
+    const canvas = await driver.wait(until.elementLocated(By.css('[data-testid=mask-canvas]')), 10_000);
+    await driver.wait(async () => Number(await canvas.getAttribute('width')) === 256, 10_000);
+    await driver.actions().move({ origin: canvas, x: -40, y: 0 }).press().move({ origin: canvas, x: 40, y: 10 }).release().perform();
+    await shot(driver, '15-images-mask.png');
+    await driver.findElement(By.css('[data-testid=mask-save]')).click();
+    await driver.wait(async () => (await driver.findElements(By.css('[data-testid=mask-painter]'))).length === 0, 10_000);
+    await driver.wait(async () => /修改蒙版/.test(await driver.findElement(By.css('[data-testid=mask-paint]')).getText()), 10_000);
+    await setNumber(driver.findElement(By.css('[data-testid=image-batch]')), 1);
+    await driver.findElement(By.css('[data-testid=image-generate]')).click();
+    await driver.wait(async () => (await driver.findElements(By.css('[data-testid=gallery-grid] .tile'))).length === 7, 120_000);
+    await shot(driver, '16-images-inpainted.png');
   } finally {
     await driver.quit();
   }

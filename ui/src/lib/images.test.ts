@@ -79,4 +79,16 @@ describe('image form', () => {
     f.seedLocked = false;
     expect(toRequest(f).variation).toBeNull();
   });
+
+  it('a mask travels with its source, and is dropped with it or when a PNG from elsewhere is read', () => {
+    const f = emptyForm();
+    f.sourceAssetId = 3;
+    f.maskAssetId = 8;
+    expect(toRequest(f).init_image).toEqual({ asset_id: 3, strength: 0.6, mask_asset_id: 8 });
+    f.maskAssetId = null;
+    expect(toRequest(f).init_image).toEqual({ asset_id: 3, strength: 0.6 });
+    const withMask = { ...record, params: { ...record.params, init_image: { asset_id: 9, strength: 0.8, mask_asset_id: 10 } } };
+    expect(recallRecord(emptyForm(), withMask).maskAssetId).toBe(10);
+    expect(recallPng(emptyForm(), recalled({ source: 'atelier', record: withMask }), []).maskAssetId).toBeNull();
+  });
 });

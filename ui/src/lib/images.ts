@@ -13,6 +13,8 @@ export interface ImageForm {
   seedLocked: boolean;
   /** The source image of img2img, as an asset of the project. */
   sourceAssetId: number | null;
+  /** Inpainting: a mask painted on the source (white: repaint). */
+  maskAssetId: number | null;
   strength: number;
 }
 
@@ -47,6 +49,7 @@ export function emptyForm(): ImageForm {
     },
     seedLocked: false,
     sourceAssetId: null,
+    maskAssetId: null,
     strength: 0.6,
   };
 }
@@ -76,7 +79,10 @@ export function toRequest(form: ImageForm): ImageParams {
     seed: form.seedLocked ? form.params.seed : null,
     // Variations are of one seed's image: without a locked seed there is nothing to vary.
     variation: form.seedLocked && form.params.variation ? form.params.variation : null,
-    init_image: form.sourceAssetId != null ? { asset_id: form.sourceAssetId, strength: form.strength } : null,
+    init_image:
+      form.sourceAssetId != null
+        ? { asset_id: form.sourceAssetId, strength: form.strength, ...(form.maskAssetId != null ? { mask_asset_id: form.maskAssetId } : {}) }
+        : null,
   };
 }
 
@@ -87,6 +93,7 @@ export function recallRecord(form: ImageForm, r: ImageRecord): ImageForm {
     params: { ...p, variation: p.variation ?? null, batch_count: 1, init_image: null },
     seedLocked: p.seed != null,
     sourceAssetId: p.init_image?.asset_id ?? null,
+    maskAssetId: p.init_image?.mask_asset_id ?? null,
     strength: p.init_image?.strength ?? form.strength,
   };
 }
@@ -96,7 +103,7 @@ export function recallPng(form: ImageForm, r: Recalled, models: string[]): Image
   if (r.record) {
     const f = recallRecord(form, r.record);
     // A source image belongs to the project it came from; a dropped file may not carry it.
-    return { ...f, sourceAssetId: null };
+    return { ...f, sourceAssetId: null, maskAssetId: null };
   }
   const p = { ...form.params };
   p.prompt = r.prompt;

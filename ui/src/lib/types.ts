@@ -493,7 +493,7 @@ export interface BatchEvent { product_id: number; event: JobEvent }
 export type Scheduler = 'dpmpp_2m_karras' | 'dpmpp_2m' | 'euler' | 'euler_ancestral' | 'ddim' | 'lcm';
 export const SCHEDULERS: Scheduler[] = ['dpmpp_2m_karras', 'dpmpp_2m', 'euler', 'euler_ancestral', 'ddim', 'lcm'];
 
-export interface InitImage { asset_id: number; strength: number }
+export interface InitImage { asset_id: number; strength: number; mask_asset_id?: number | null }
 
 export interface ImageParams {
   model: string;
