@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { applyModelDefaults, emptyForm, recallPng, recallRecord, sizeProblem, toRequest, variationsOf } from './images';
+import { applyModelDefaults, cleanTranslation, emptyForm, needsTranslation, recallPng, recallRecord, sizeProblem, toRequest, translationRequest, variationsOf } from './images';
 import type { ImageModelInfo, ImageRecord, Recalled } from './types';
 
 const record: ImageRecord = {
@@ -90,5 +90,15 @@ describe('image form', () => {
     const withMask = { ...record, params: { ...record.params, init_image: { asset_id: 9, strength: 0.8, mask_asset_id: 10 } } };
     expect(recallRecord(emptyForm(), withMask).maskAssetId).toBe(10);
     expect(recallPng(emptyForm(), recalled({ source: 'atelier', record: withMask }), []).maskAssetId).toBeNull();
+  });
+
+  it('Chinese prompts are offered a translation, and the answer is cleaned into one prompt line', () => {
+    expect(needsTranslation('一只红苹果, studio light')).toBe(true);
+    expect(needsTranslation('a red apple')).toBe(false);
+    const req = translationRequest('  一只红苹果  ', 'qwen');
+    expect(req.messages[1]).toEqual({ role: 'user', content: '一只红苹果' });
+    expect(req.params.seed).not.toBeNull();
+    expect(cleanTranslation('\nEnglish: "a red apple, (studio light:1.2)"\nHope this helps')).toBe('a red apple, (studio light:1.2)');
+    expect(cleanTranslation('翻译：a red apple')).toBe('a red apple');
   });
 });

@@ -1,7 +1,7 @@
 // The image studio's form and what fills it: model defaults, "recall all" from a gallery
 // record, settings read from a dropped PNG, and thumbnails as blob: URLs.
 import { api } from './api';
-import type { ImageModelInfo, ImageParams, ImageRecord, Recalled, Scheduler } from './types';
+import type { ImageModelInfo, ImageParams, ImageRecord, Recalled, Scheduler, TextRequest } from './types';
 
 /** How far "Variations" moves from the image by default (A1111 users mostly pick 0.05–0.3). */
 export const VARIATION_STRENGTH = 0.15;
@@ -76,6 +76,7 @@ export function toRequest(form: ImageForm): ImageParams {
   return {
     ...form.params,
     prompt: form.params.prompt.trim(),
+    translated_prompt: form.params.translated_prompt?.trim() || null,
     seed: form.seedLocked ? form.params.seed : null,
     // Variations are of one seed's image: without a locked seed there is nothing to vary.
     variation: form.seedLocked && form.params.variation ? form.params.variation : null,
@@ -162,4 +163,35 @@ export function variationsOf(form: ImageForm, r: ImageRecord, count: number, see
   f.params.batch_count = count;
   f.params.variation = { seed, strength: r.params.variation?.strength ?? VARIATION_STRENGTH };
   return f;
+}
+
+/** CLIP (SD 1.5/2.1) reads English; a prompt with Chinese characters is worth translating. */
+export function needsTranslation(prompt: string): boolean {
+  return /[\u3400-\u9fff\uf900-\ufaff]/.test(prompt);
+}
+
+/** The request that asks the local text model for an English image prompt. Low temperature
+ *  and a fixed seed: the same prompt translates the same way. */
+export function translationRequest(prompt: string, model: string): TextRequest {
+  return {
+    model,
+    messages: [
+      {
+        role: 'system',
+        content:
+          'You translate image descriptions for Stable Diffusion. Reply with one line of comma-separated English keywords and short phrases, nothing else. Keep any (word:1.2) weights and brackets around the translated words.',
+      },
+      { role: 'user', content: prompt.trim() },
+    ],
+    params: { temperature: 0.2, top_p: 0.9, top_k: 40, min_p: 0.05, repeat_penalty: 1.1, repeat_last_n: 64, max_tokens: 160, stop: ['\n\n'], seed: 7 },
+  };
+}
+
+/** The model's answer as a prompt: the first non-empty line, without labels or quotes. */
+export function cleanTranslation(text: string): string {
+  const line = text.split('\n').map((l) => l.trim()).find((l) => l.length > 0) ?? '';
+  return line
+    .replace(/^(english|prompt|translation|英文|翻译)\s*[:：]\s*/i, '')
+    .replace(/^["“'`]+|["”'`]+$/g, '')
+    .trim();
 }

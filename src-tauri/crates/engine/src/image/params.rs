@@ -158,9 +158,20 @@ impl ImageParams {
                 "the prompt is empty: describe the image you want",
             ));
         }
+        if self
+            .translated_prompt
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err(Error::invalid(
+                "the English prompt is empty: translate again, write it, or use the original",
+            ));
+        }
+        let translated = self.translated_prompt.clone().unwrap_or_default();
         for (what, text) in [
             ("prompt", &self.prompt),
             ("negative prompt", &self.negative_prompt),
+            ("English prompt", &translated),
         ] {
             let n = text.chars().count();
             if n > MAX_PROMPT_CHARS {
@@ -259,6 +270,10 @@ mod tests {
         let cases: Vec<(Box<dyn Fn(&mut ImageParams)>, &str)> = vec![
             (Box::new(|p| p.prompt = "  ".into()), "prompt is empty"),
             (Box::new(|p| p.width = 100), "multiple of 8"),
+            (
+                Box::new(|p| p.translated_prompt = Some("  ".into())),
+                "English prompt is empty",
+            ),
             (Box::new(|p| p.height = 4096), "between 64 and 2048"),
             (Box::new(|p| p.steps = 0), "steps"),
             (Box::new(|p| p.cfg_scale = f64::NAN), "CFG"),
