@@ -10,10 +10,11 @@ use atelier_engine::store::{Asset, Board, GalleryPage, GalleryQuery};
 use atelier_engine::{ImageExport, JobEvent};
 use serde::Serialize;
 use tauri::State;
-use tauri::ipc::{Channel, InvokeBody, Request, Response};
+use tauri::ipc::{Channel, Request, Response};
 
 use super::jobs::channel_sink;
-use crate::error::{CmdResult, UiError};
+use super::{blocking, project_header, raw_body};
+use crate::error::CmdResult;
 use crate::state::AppState;
 
 /// An installed image model, or the reason its folder cannot be used.
@@ -44,12 +45,7 @@ pub async fn import_image_model(
     path: String,
 ) -> CmdResult<ImageModelInfo> {
     let engine = state.engine()?;
-    let info = tauri::async_runtime::spawn_blocking(move || {
-        engine.import_image_model(std::path::Path::new(path.trim()))
-    })
-    .await
-    .map_err(|e| atelier_engine::Error::Internal(e.to_string()))??;
-    Ok(info)
+    blocking(move || engine.import_image_model(std::path::Path::new(path.trim()))).await
 }
 
 /// Queues an image run; steps arrive as `Progress`, pictures as `Preview` events.
@@ -75,10 +71,9 @@ pub async fn gallery(state: State<'_, AppState>, query: GalleryQuery) -> CmdResu
 #[tauri::command]
 pub async fn image_file(state: State<'_, AppState>, asset_id: i64) -> CmdResult<Response> {
     let engine = state.engine()?;
-    let bytes = tauri::async_runtime::spawn_blocking(move || engine.asset_bytes(asset_id))
-        .await
-        .map_err(|e| atelier_engine::Error::Internal(e.to_string()))??;
-    Ok(Response::new(bytes))
+    Ok(Response::new(
+        blocking(move || engine.asset_bytes(asset_id)).await?,
+    ))
 }
 
 /// Every setting an image was made with (for "recall all").
@@ -88,16 +83,6 @@ pub async fn image_record(
     generation_id: i64,
 ) -> CmdResult<ImageRecord> {
     Ok(state.engine()?.image_record(generation_id)?)
-}
-
-fn raw_body<'a>(request: &'a Request<'_>, what: &str) -> CmdResult<&'a [u8]> {
-    match request.body() {
-        InvokeBody::Raw(bytes) => Ok(bytes),
-        _ => Err(UiError::new(
-            "invalid_input",
-            format!("send the {what}'s bytes as the request body"),
-        )),
-    }
 }
 
 /// Reads the settings stored in a PNG the user drops (Atelier, A1111, ComfyUI, InvokeAI).
@@ -114,18 +99,9 @@ pub async fn add_source_image(
     request: Request<'_>,
 ) -> CmdResult<Asset> {
     let bytes = raw_body(&request, "image")?.to_vec();
-    let project_id = request
-        .headers()
-        .get("project-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i64>().ok())
-        .ok_or_else(|| UiError::new("invalid_input", "the project-id header is missing"))?;
+    let project_id = project_header(&request)?;
     let engine = state.engine()?;
-    let asset =
-        tauri::async_runtime::spawn_blocking(move || engine.add_image_asset(project_id, &bytes))
-            .await
-            .map_err(|e| atelier_engine::Error::Internal(e.to_string()))??;
-    Ok(asset)
+    blocking(move || engine.add_image_asset(project_id, &bytes)).await
 }
 
 #[tauri::command]
@@ -173,10 +149,5 @@ pub async fn export_image(
     corner: Corner,
 ) -> CmdResult<ImageExport> {
     let engine = state.engine()?;
-    let out = tauri::async_runtime::spawn_blocking(move || {
-        engine.export_image(generation_id, label_text.as_deref(), corner)
-    })
-    .await
-    .map_err(|e| atelier_engine::Error::Internal(e.to_string()))??;
-    Ok(out)
+    blocking(move || engine.export_image(generation_id, label_text.as_deref(), corner)).await
 }

@@ -5,6 +5,7 @@ use atelier_engine::text::service::ResidentModel;
 use serde::Serialize;
 use tauri::State;
 
+use super::blocking;
 use crate::error::CmdResult;
 use crate::state::AppState;
 
@@ -48,12 +49,7 @@ pub async fn import_model(state: State<'_, AppState>, path: String) -> CmdResult
     let engine = state.engine()?;
     let dir = engine.home().models_dir();
     // Copying hundreds of MB must not hold up the async runtime.
-    let info = tauri::async_runtime::spawn_blocking(move || {
-        registry::import(&dir, &PathBuf::from(path.trim()))
-    })
-    .await
-    .map_err(|e| atelier_engine::Error::Internal(e.to_string()))??;
-    Ok(info)
+    blocking(move || registry::import(&dir, &PathBuf::from(path.trim()))).await
 }
 
 /// Deletes a model's file (the UI has asked first) and unloads it.

@@ -10,10 +10,11 @@ use atelier_engine::script::product::{Product, ShowSettings};
 use atelier_engine::store::{Document, DocumentKind, ProductRecord, ProductSummary};
 use atelier_engine::{ImportReport, JobEvent, ScriptView};
 use serde::Serialize;
-use tauri::ipc::{Channel, InvokeBody, Request};
+use tauri::ipc::{Channel, Request};
 use tauri::{AppHandle, Manager, Runtime, State, WebviewUrl, WebviewWindowBuilder};
 
 use super::jobs::channel_sink;
+use super::{blocking, project_header, raw_body};
 use crate::error::{CmdResult, UiError};
 use crate::state::AppState;
 
@@ -62,27 +63,11 @@ pub async fn import_products_csv(
     state: State<'_, AppState>,
     request: Request<'_>,
 ) -> CmdResult<ImportReport> {
-    let InvokeBody::Raw(bytes) = request.body() else {
-        return Err(UiError::new(
-            "invalid_input",
-            "send the CSV file's bytes as the request body",
-        ));
-    };
-    let project_id = request
-        .headers()
-        .get("project-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i64>().ok())
-        .ok_or_else(|| UiError::new("invalid_input", "the project-id header is missing"))?;
+    let bytes = raw_body(&request, "CSV file")?.to_vec();
+    let project_id = project_header(&request)?;
     let engine = state.engine()?;
-    let bytes = bytes.clone();
     // Parsing and one big insert: off the async runtime.
-    let report = tauri::async_runtime::spawn_blocking(move || {
-        engine.import_products_csv(project_id, &bytes)
-    })
-    .await
-    .map_err(|e| atelier_engine::Error::Internal(e.to_string()))??;
-    Ok(report)
+    blocking(move || engine.import_products_csv(project_id, &bytes)).await
 }
 
 /// Queues a product's or a whole show's script; segment text streams through `on_event`,

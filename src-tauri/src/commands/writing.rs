@@ -13,6 +13,7 @@ use serde::Serialize;
 use tauri::State;
 use tauri::ipc::Channel;
 
+use super::blocking;
 use crate::error::CmdResult;
 use crate::state::AppState;
 
@@ -27,10 +28,7 @@ pub async fn check_text(
     let checker = state.engine()?.checker()?;
     let options = options.unwrap_or_default();
     // Up to 16 MB of text: off the async runtime.
-    let report = tauri::async_runtime::spawn_blocking(move || checker.check(&text, &options))
-        .await
-        .map_err(|e| atelier_engine::Error::Internal(e.to_string()))??;
-    Ok(report)
+    blocking(move || checker.check(&text, &options)).await
 }
 
 #[derive(Serialize)]
