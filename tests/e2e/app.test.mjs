@@ -374,6 +374,25 @@ test('images: a tiny model imported by path, generated with a live preview, reca
     await el.clear();
     await el.sendKeys(String(v));
   };
+  // WebKitWebDriver can report an element going stale while it finds it (a dialog or a list
+  // re-rendering): such a poll counts as "not yet", and the wait polls again.
+  const count = async (css) => {
+    try {
+      return (await driver.findElements(By.css(css))).length;
+    } catch (e) {
+      if (e.name === 'StaleElementReferenceError') return -1;
+      throw e;
+    }
+  };
+  const textOf = async (css) => {
+    try {
+      const found = await driver.findElements(By.css(css));
+      return found.length === 1 ? await found[0].getText() : '';
+    } catch (e) {
+      if (e.name === 'StaleElementReferenceError') return '';
+      throw e;
+    }
+  };
   try {
     await driver.findElement(By.css('[data-view=models]')).click();
     const path = await driver.wait(until.elementLocated(By.css('[data-testid=image-import-path]')), 10_000);
@@ -398,10 +417,10 @@ test('images: a tiny model imported by path, generated with a live preview, reca
     const preview = await driver.wait(until.elementLocated(By.css('[data-testid=image-preview]')), 60_000);
     assert.match(await preview.getAttribute('src'), /^data:image\/png;base64,/);
     await shot(driver, '12-images-preview.png');
-    await driver.wait(async () => (await driver.findElements(By.css('[data-testid=gallery-grid] .tile'))).length === 2, 120_000);
+    await driver.wait(async () => (await count('[data-testid=gallery-grid] .tile')) === 2, 120_000);
     const rec = await driver.wait(until.elementLocated(By.css('[data-testid=image-record]')), 10_000);
     assert.match(await rec.getText(), /43/);
-    await driver.wait(async () => (await driver.findElements(By.css('[data-testid=image-stage] .canvas img'))).length === 1, 10_000);
+    await driver.wait(async () => (await count('[data-testid=image-stage] .canvas img')) === 1, 10_000);
     await shot(driver, '13-images-gallery.png');
 
     // The older image, recalled: every setting returns to the form.
@@ -409,10 +428,7 @@ test('images: a tiny model imported by path, generated with a live preview, reca
     await prompt.sendKeys('something else');
     const tiles = await driver.findElements(By.css('[data-testid=gallery-grid] .tile'));
     await tiles[1].click();
-    await driver.wait(async () => {
-      const rec = await driver.findElements(By.css('[data-testid=image-record]'));
-      return rec.length === 1 && /\b42\b/.test(await rec[0].getText());
-    }, 10_000);
+    await driver.wait(async () => /\b42\b/.test(await textOf('[data-testid=image-record]')), 10_000);
     await driver.findElement(By.css('[data-testid=image-recall]')).click();
     await driver.wait(async () => (await prompt.getAttribute('value')) === '一只红苹果, (studio light:1.2)', 5_000);
     assert.equal(await driver.findElement(By.css('[data-testid=image-seed]')).getAttribute('value'), '42');
@@ -430,11 +446,8 @@ test('images: a tiny model imported by path, generated with a live preview, reca
 
     // Variations of the recalled image: four more, same seed, counting variation seeds.
     await driver.findElement(By.css('[data-testid=image-variations]')).click();
-    await driver.wait(async () => (await driver.findElements(By.css('[data-testid=gallery-grid] .tile'))).length === 6, 120_000);
-    await driver.wait(async () => {
-      const rec = await driver.findElements(By.css('[data-testid=image-record]'));
-      return rec.length === 1 && /42/.test(await rec[0].getText());
-    }, 10_000);
+    await driver.wait(async () => (await count('[data-testid=gallery-grid] .tile')) === 6, 120_000);
+    await driver.wait(async () => /42/.test(await textOf('[data-testid=image-record]')), 10_000);
 
     // Inpainting: the chosen image as the source, a stroke painted over its middle.
     await driver.findElement(By.css('[data-testid=image-use-source]')).click();
@@ -444,11 +457,11 @@ test('images: a tiny model imported by path, generated with a live preview, reca
     await driver.actions().move({ origin: canvas, x: -40, y: 0 }).press().move({ origin: canvas, x: 40, y: 10 }).release().perform();
     await shot(driver, '15-images-mask.png');
     await driver.findElement(By.css('[data-testid=mask-save]')).click();
-    await driver.wait(async () => (await driver.findElements(By.css('[data-testid=mask-painter]'))).length === 0, 10_000);
-    await driver.wait(async () => /修改蒙版/.test(await driver.findElement(By.css('[data-testid=mask-paint]')).getText()), 10_000);
+    await driver.wait(async () => (await count('[data-testid=mask-painter]')) === 0, 10_000);
+    await driver.wait(async () => /修改蒙版/.test(await textOf('[data-testid=mask-paint]')), 10_000);
     await setNumber(driver.findElement(By.css('[data-testid=image-batch]')), 1);
     await driver.findElement(By.css('[data-testid=image-generate]')).click();
-    await driver.wait(async () => (await driver.findElements(By.css('[data-testid=gallery-grid] .tile'))).length === 7, 120_000);
+    await driver.wait(async () => (await count('[data-testid=gallery-grid] .tile')) === 7, 120_000);
     await shot(driver, '16-images-inpainted.png');
   } finally {
     await driver.quit();
