@@ -2,7 +2,7 @@
 //! gallery, image bytes for the webview, and reading settings out of a dropped PNG.
 
 use atelier_engine::image::ImageParams;
-use atelier_engine::image::label::Corner;
+use atelier_engine::image::label::{Corner, ExportFormat};
 use atelier_engine::image::metadata::{self, ImageRecord, Recalled};
 use atelier_engine::image::model::ImageModelInfo;
 use atelier_engine::image::service::ImageJob;
@@ -147,7 +147,10 @@ pub async fn export_image(
     generation_id: i64,
     label_text: Option<String>,
     corner: Corner,
+    format: Option<ExportFormat>,
 ) -> CmdResult<ImageExport> {
     let engine = state.engine()?;
-    blocking(move || engine.export_image(generation_id, label_text.as_deref(), corner)).await
+    let format = format.unwrap_or_default();
+    blocking(move || engine.export_image(generation_id, label_text.as_deref(), corner, format))
+        .await
 }

@@ -219,6 +219,6 @@ export const api = {
   listBoards: (projectId: number) => call<Board[]>('list_boards', { projectId }),
   createBoard: (projectId: number, name: string) => call<Board>('create_board', { projectId, name }),
   setImageBoard: (generationId: number, boardId: number | null) => call<void>('set_image_board', { generationId, boardId }),
-  exportImage: (generationId: number, labelText: string | null, corner: Corner) =>
-    call<ImageExport>('export_image', { generationId, labelText, corner }),
+  exportImage: (generationId: number, labelText: string | null, corner: Corner, format: 'png' | 'jpeg' = 'png') =>
+    call<ImageExport>('export_image', { generationId, labelText, corner, format }),
 };

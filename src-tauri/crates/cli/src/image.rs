@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use atelier_engine::image::label::Corner;
+use atelier_engine::image::label::{Corner, ExportFormat};
 use atelier_engine::image::metadata;
 use atelier_engine::image::random::{Arch, write_random_model};
 use atelier_engine::image::service::ImageJob;
@@ -289,7 +289,16 @@ async fn generate(engine: &Engine, a: GenerateArgs, json: bool) -> Result<()> {
                 }
                 let first = images.first().and_then(|i| i["generation_id"].as_i64());
                 if let (Some(out), Some(first)) = (&a.out, first) {
-                    let export = engine.export_image(first, Some(&a.label), a.corner)?;
+                    // The file name decides the type: .jpg/.jpeg, else PNG.
+                    let format = match out.extension().and_then(|e| e.to_str()) {
+                        Some(e)
+                            if e.eq_ignore_ascii_case("jpg") || e.eq_ignore_ascii_case("jpeg") =>
+                        {
+                            ExportFormat::Jpeg
+                        }
+                        _ => ExportFormat::Png,
+                    };
+                    let export = engine.export_image(first, Some(&a.label), a.corner, format)?;
                     let bytes = std::fs::read(&export.path).map_err(|e| {
                         Error::io(format!("cannot read {}", export.path.display()), e)
                     })?;

@@ -407,6 +407,7 @@ impl Engine {
         generation_id: i64,
         label_text: Option<&str>,
         corner: image::label::Corner,
+        format: image::label::ExportFormat,
     ) -> Result<ImageExport> {
         let record = self.image_record(generation_id)?;
         let asset = self.store.generation(generation_id)?.asset.ok_or_else(|| {
@@ -425,12 +426,33 @@ impl Engine {
         } else {
             None
         };
-        let png = image::metadata::encode_png(&img, &record, &labelling.label)?;
-        let path = self.write_export(&record.params.prompt, "png", &png)?;
+        let (bytes, extension) = match format {
+            image::label::ExportFormat::Png => (
+                image::metadata::encode_png(&img, &record, &labelling.label)?,
+                "png",
+            ),
+            image::label::ExportFormat::Jpeg => (
+                image::metadata::encode_jpeg(&img, &record, &labelling.label)?,
+                "jpg",
+            ),
+        };
+        let path = self.write_export(&record.params.prompt, extension, &bytes)?;
         let back = std::fs::read(&path)
             .map_err(|e| Error::io(format!("cannot read back {}", path.display()), e))?;
-        let recalled = image::metadata::recall(&back)?;
-        if back != png || recalled.record.as_ref() != Some(&record) || recalled.label.is_none() {
+        let intact = back == bytes
+            && match format {
+                image::label::ExportFormat::Png => {
+                    let recalled = image::metadata::recall(&back)?;
+                    recalled.record.as_ref() == Some(&record) && recalled.label.is_some()
+                }
+                image::label::ExportFormat::Jpeg => {
+                    let (xmp, _) = image::metadata::jpeg_text(&back)?;
+                    xmp.as_deref()
+                        .and_then(image::metadata::label_from_xmp)
+                        .is_some()
+                }
+            };
+        if !intact {
             let _ = std::fs::remove_file(&path);
             return Err(Error::Internal(format!(
                 "{} did not read back as written",

@@ -419,7 +419,7 @@ async fn files_carry_a1111_parameters_and_the_label_for_other_readers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_draws_the_visible_label_and_keeps_the_metadata() {
-    use atelier_engine::image::label::Corner;
+    use atelier_engine::image::label::{Corner, ExportFormat};
     use atelier_engine::store::SettingsPatch;
 
     let dir = tempfile::tempdir().unwrap();
@@ -434,12 +434,14 @@ async fn export_draws_the_visible_label_and_keeps_the_metadata() {
     // Wording that drops "AI" or "生成" is refused and writes nothing.
     let exports = engine.home().exports_dir();
     let err = engine
-        .export_image(ids[0], Some("仅供参考"), Corner::TopLeft)
+        .export_image(ids[0], Some("仅供参考"), Corner::TopLeft, ExportFormat::Png)
         .unwrap_err();
     assert_eq!(err.kind(), "invalid_input");
     assert!(!exports.exists() || std::fs::read_dir(&exports).unwrap().count() == 0);
 
-    let out = engine.export_image(ids[0], None, Corner::TopLeft).unwrap();
+    let out = engine
+        .export_image(ids[0], None, Corner::TopLeft, ExportFormat::Png)
+        .unwrap();
     assert!(out.path.starts_with(&exports));
     let b = out.visible_label.expect("labels are on by default");
     assert!(b.text_height as f32 >= 96.0 * 0.05);
@@ -477,6 +479,36 @@ async fn export_draws_the_visible_label_and_keeps_the_metadata() {
             .contains("Seed: 77")
     );
 
+    // JPEG: the same label pixels (lossy, so compared loosely), the XMP label and the
+    // parameters as the comment, both read by exiftool.
+    let jpg = engine
+        .export_image(ids[0], None, Corner::TopLeft, ExportFormat::Jpeg)
+        .unwrap();
+    assert_eq!(jpg.path.extension().unwrap(), "jpg");
+    assert_eq!(jpg.visible_label, out.visible_label);
+    let json = Command::new("exiftool")
+        .args(["-j", "-G1"])
+        .arg(&jpg.path)
+        .output()
+        .unwrap();
+    let tags: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert!(
+        tags[0]["XMP-TC260:Aigc"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("\"Label\":\"1\""),
+        "{tags}"
+    );
+    assert!(
+        tags[0]["File:Comment"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Seed: 77"),
+        "{tags}"
+    );
+    let decoded = image::open(&jpg.path).unwrap().to_rgb8();
+    assert_eq!(decoded.dimensions(), (128, 96));
+
     // Labels off (acknowledged in Settings): no visible label, and the export is logged.
     engine
         .store()
@@ -487,7 +519,7 @@ async fn export_draws_the_visible_label_and_keeps_the_metadata() {
         })
         .unwrap();
     let plain = engine
-        .export_image(ids[0], None, Corner::BottomRight)
+        .export_image(ids[0], None, Corner::BottomRight, ExportFormat::Png)
         .unwrap();
     assert!(plain.visible_label.is_none());
     let rgb = image::open(&plain.path).unwrap().to_rgb8().into_raw();

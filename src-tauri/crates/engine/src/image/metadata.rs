@@ -217,6 +217,80 @@ pub fn encode_png(
     Ok(out)
 }
 
+/// A JPEG of `img` carrying the same facts as the PNG: the XMP packet (the AI label) in an
+/// APP1 segment, and the A1111 parameters as the JPEG comment (left out in the rare case they
+/// exceed a segment's 64 KiB).
+pub fn encode_jpeg(
+    img: &image::RgbImage,
+    record: &ImageRecord,
+    label: &ImplicitLabel,
+) -> Result<Vec<u8>> {
+    let mut plain = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut plain, 92)
+        .encode_image(img)
+        .map_err(|e| Error::Internal(format!("JPEG encoding: {e}")))?;
+    if plain.get(..2) != Some(&[0xFF, 0xD8][..]) {
+        return Err(Error::Internal(
+            "the JPEG encoder wrote no SOI marker".into(),
+        ));
+    }
+    // JFIF wants its APP0 right after SOI; ours go after it.
+    let head = if plain.get(2..4) == Some(&[0xFF, 0xE0][..]) && plain.len() > 6 {
+        4 + u16::from_be_bytes([plain[4], plain[5]]) as usize
+    } else {
+        2
+    };
+    let head = head.min(plain.len());
+    let mut out = Vec::with_capacity(plain.len() + 4096);
+    out.extend_from_slice(&plain[..head]);
+    let mut segment = |marker: u8, body: &[u8]| -> bool {
+        let Ok(len) = u16::try_from(body.len() + 2) else {
+            return false;
+        };
+        out.extend_from_slice(&[0xFF, marker]);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(body);
+        true
+    };
+    let mut xmp = JPEG_XMP_ID.to_vec();
+    xmp.extend_from_slice(xmp_packet(label).as_bytes());
+    if !segment(0xE1, &xmp) {
+        return Err(Error::Internal(
+            "the XMP packet does not fit a JPEG segment".into(),
+        ));
+    }
+    segment(0xFE, a1111_parameters(record).as_bytes());
+    out.extend_from_slice(&plain[head..]);
+    Ok(out)
+}
+
+const JPEG_XMP_ID: &[u8] = b"http://ns.adobe.com/xap/1.0/\0";
+
+/// The XMP packet and the comment of a JPEG (the segments before the image data).
+pub fn jpeg_text(bytes: &[u8]) -> Result<(Option<String>, Option<String>)> {
+    let bad = || Error::invalid("the file is not a readable JPEG");
+    if bytes.get(..2) != Some(&[0xFF, 0xD8][..]) {
+        return Err(bad());
+    }
+    let (mut xmp, mut comment) = (None, None);
+    let mut i = 2;
+    while i + 4 <= bytes.len() && bytes[i] == 0xFF {
+        let marker = bytes[i + 1];
+        if marker == 0xDA {
+            break; // start of scan: no more metadata segments
+        }
+        let len = u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize;
+        let body = bytes.get(i + 4..i + 2 + len).ok_or_else(bad)?;
+        if marker == 0xE1 && body.starts_with(JPEG_XMP_ID) {
+            xmp = Some(String::from_utf8_lossy(&body[JPEG_XMP_ID.len()..]).into_owned());
+        } else if marker == 0xFE {
+            comment = Some(String::from_utf8_lossy(body).into_owned());
+        }
+        i += 2 + len;
+    }
+    Ok((xmp, comment))
+}
+
 /// Every text chunk of a PNG (tEXt, zTXt, iTXt), in file order; not a PNG is an error.
 pub fn png_text(bytes: &[u8]) -> Result<Vec<(String, String)>> {
     let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
