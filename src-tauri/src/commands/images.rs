@@ -2,8 +2,8 @@
 //! gallery, image bytes for the webview, and reading settings out of a dropped PNG.
 
 use atelier_engine::image::ImageParams;
-use atelier_engine::image::label::{Corner, ExportFormat};
-use atelier_engine::image::metadata::{self, ImageRecord, Recalled};
+use atelier_engine::image::label::Corner;
+use atelier_engine::image::metadata::{self, ExportFormat, ImageRecord, Recalled};
 use atelier_engine::image::model::ImageModelInfo;
 use atelier_engine::image::service::ImageJob;
 use atelier_engine::store::{Asset, Board, GalleryPage, GalleryQuery};
@@ -48,7 +48,9 @@ pub async fn import_image_model(
     blocking(move || engine.import_image_model(std::path::Path::new(path.trim()))).await
 }
 
-/// Queues an image run; steps arrive as `Progress`, pictures as `Preview` events.
+/// Queues an image run; steps arrive as `Progress`, pictures as `Preview` events. Checking
+/// the request reads the model's headers and decodes the source image and mask, so it runs
+/// off the async runtime.
 #[tauri::command]
 pub async fn generate_image(
     state: State<'_, AppState>,
@@ -56,10 +58,9 @@ pub async fn generate_image(
     params: ImageParams,
     on_event: Channel<JobEvent>,
 ) -> CmdResult<i64> {
-    Ok(state.engine()?.generate_image(
-        ImageJob { project_id, params },
-        Some(channel_sink(on_event)),
-    )?)
+    let engine = state.engine()?;
+    let sink = channel_sink(on_event);
+    blocking(move || engine.generate_image(ImageJob { project_id, params }, Some(sink))).await
 }
 
 #[tauri::command]

@@ -4,8 +4,9 @@
 
 use std::path::PathBuf;
 
-use atelier_engine::image::label::{Corner, ExportFormat};
+use atelier_engine::image::label::Corner;
 use atelier_engine::image::metadata;
+use atelier_engine::image::metadata::ExportFormat;
 use atelier_engine::image::random::{Arch, write_random_model};
 use atelier_engine::image::service::ImageJob;
 use atelier_engine::image::{ImageParams, InitImage, Scheduler, Variation};

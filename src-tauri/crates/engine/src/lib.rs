@@ -398,16 +398,16 @@ impl Engine {
             .add_asset(self.home.root(), Some(project_id), mime, bytes)
     }
 
-    /// Exports a gallery image as a PNG in the exports folder: the visible label drawn in
-    /// `corner` (unless Settings turned labels off after an acknowledgement, which is logged
-    /// here too), the A1111 parameters, Atelier's record and a fresh XMP AIGC label. The file is
-    /// written atomically and read back.
+    /// Exports a gallery image as a PNG or JPEG in the exports folder: the visible label drawn
+    /// in `corner` (unless Settings turned labels off after an acknowledgement, which is logged
+    /// here too), the A1111 parameters, Atelier's record (PNG) and a fresh XMP AIGC label. The
+    /// file is written atomically and read back.
     pub fn export_image(
         &self,
         generation_id: i64,
         label_text: Option<&str>,
         corner: image::label::Corner,
-        format: image::label::ExportFormat,
+        format: image::metadata::ExportFormat,
     ) -> Result<ImageExport> {
         let record = self.image_record(generation_id)?;
         let asset = self.store.generation(generation_id)?.asset.ok_or_else(|| {
@@ -426,32 +426,11 @@ impl Engine {
         } else {
             None
         };
-        let (bytes, extension) = match format {
-            image::label::ExportFormat::Png => (
-                image::metadata::encode_png(&img, &record, &labelling.label)?,
-                "png",
-            ),
-            image::label::ExportFormat::Jpeg => (
-                image::metadata::encode_jpeg(&img, &record, &labelling.label)?,
-                "jpg",
-            ),
-        };
-        let path = self.write_export(&record.params.prompt, extension, &bytes)?;
+        let bytes = format.encode(&img, &record, &labelling.label)?;
+        let path = self.write_export(&record.params.prompt, format.extension(), &bytes)?;
         let back = std::fs::read(&path)
             .map_err(|e| Error::io(format!("cannot read back {}", path.display()), e))?;
-        let intact = back == bytes
-            && match format {
-                image::label::ExportFormat::Png => {
-                    let recalled = image::metadata::recall(&back)?;
-                    recalled.record.as_ref() == Some(&record) && recalled.label.is_some()
-                }
-                image::label::ExportFormat::Jpeg => {
-                    let (xmp, _) = image::metadata::jpeg_text(&back)?;
-                    xmp.as_deref()
-                        .and_then(image::metadata::label_from_xmp)
-                        .is_some()
-                }
-            };
+        let intact = back == bytes && format.carries(&back, &record)?;
         if !intact {
             let _ = std::fs::remove_file(&path);
             return Err(Error::Internal(format!(

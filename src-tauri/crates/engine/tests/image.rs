@@ -78,6 +78,22 @@ async fn run(
     unreachable!("the job ended without a terminal event")
 }
 
+/// A file's tags as exiftool, an independent reader, sees them (`Group1:Tag` keys).
+fn exiftool(file: &Path) -> serde_json::Value {
+    let out = Command::new("exiftool")
+        .args(["-j", "-a", "-G1"])
+        .arg(file)
+        .output()
+        .expect("exiftool (Debian libimage-exiftool-perl; scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    json[0].take()
+}
+
 fn pixels(engine: &Engine, generation_id: i64) -> (Vec<u8>, Vec<u8>) {
     let img = engine.store().gallery_image(generation_id).unwrap();
     let png = engine.asset_bytes(img.asset_id).unwrap();
@@ -388,14 +404,7 @@ async fn files_carry_a1111_parameters_and_the_label_for_other_readers() {
     assert_eq!(rec.model_hash.len(), 10);
 
     // exiftool, an independent reader, sees the same.
-    let out = Command::new("exiftool")
-        .args(["-j", "-a", "-G1"])
-        .arg(&file)
-        .output()
-        .expect("exiftool (Debian libimage-exiftool-perl; scripts/test.sh installs it)");
-    assert!(out.status.success());
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let tags = &json[0];
+    let tags = &exiftool(&file);
     let params_text = tags["PNG:Parameters"].as_str().expect("parameters chunk");
     let parsed = metadata::parse_a1111(params_text);
     assert_eq!(parsed.prompt, p.prompt);
@@ -419,7 +428,8 @@ async fn files_carry_a1111_parameters_and_the_label_for_other_readers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_draws_the_visible_label_and_keeps_the_metadata() {
-    use atelier_engine::image::label::{Corner, ExportFormat};
+    use atelier_engine::image::label::Corner;
+    use atelier_engine::image::metadata::ExportFormat;
     use atelier_engine::store::SettingsPatch;
 
     let dir = tempfile::tempdir().unwrap();
@@ -460,20 +470,15 @@ async fn export_draws_the_visible_label_and_keeps_the_metadata() {
     // The metadata travels with the export, read by exiftool as well.
     let back = metadata::recall(&png).unwrap();
     assert_eq!(back.record.unwrap().params.seed, Some(77));
-    let json = Command::new("exiftool")
-        .args(["-j", "-G1"])
-        .arg(&out.path)
-        .output()
-        .unwrap();
-    let tags: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let tags = exiftool(&out.path);
     assert!(
-        tags[0]["XMP-TC260:Aigc"]
+        tags["XMP-TC260:Aigc"]
             .as_str()
             .unwrap()
             .contains("\"Label\":\"1\"")
     );
     assert!(
-        tags[0]["PNG:Parameters"]
+        tags["PNG:Parameters"]
             .as_str()
             .unwrap()
             .contains("Seed: 77")
@@ -486,21 +491,16 @@ async fn export_draws_the_visible_label_and_keeps_the_metadata() {
         .unwrap();
     assert_eq!(jpg.path.extension().unwrap(), "jpg");
     assert_eq!(jpg.visible_label, out.visible_label);
-    let json = Command::new("exiftool")
-        .args(["-j", "-G1"])
-        .arg(&jpg.path)
-        .output()
-        .unwrap();
-    let tags: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let tags = exiftool(&jpg.path);
     assert!(
-        tags[0]["XMP-TC260:Aigc"]
+        tags["XMP-TC260:Aigc"]
             .as_str()
             .unwrap_or_default()
             .contains("\"Label\":\"1\""),
         "{tags}"
     );
     assert!(
-        tags[0]["File:Comment"]
+        tags["File:Comment"]
             .as_str()
             .unwrap_or_default()
             .contains("Seed: 77"),

@@ -28,15 +28,6 @@ pub enum Corner {
     BottomRight,
 }
 
-/// The file type of an export. Both carry the XMP label and the A1111 parameters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ExportFormat {
-    #[default]
-    Png,
-    Jpeg,
-}
-
 /// Where the label went, in pixels (for tests and the export report).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct LabelBox {

@@ -217,6 +217,53 @@ pub fn encode_png(
     Ok(out)
 }
 
+/// The file type of an export. Both carry the XMP label and the A1111 parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportFormat {
+    #[default]
+    Png,
+    Jpeg,
+}
+
+impl ExportFormat {
+    pub fn extension(self) -> &'static str {
+        match self {
+            ExportFormat::Png => "png",
+            ExportFormat::Jpeg => "jpg",
+        }
+    }
+
+    /// `img` as a file of this type with the record and the label in it.
+    pub fn encode(
+        self,
+        img: &image::RgbImage,
+        record: &ImageRecord,
+        label: &ImplicitLabel,
+    ) -> Result<Vec<u8>> {
+        match self {
+            ExportFormat::Png => encode_png(img, record, label),
+            ExportFormat::Jpeg => encode_jpeg(img, record, label),
+        }
+    }
+
+    /// Whether a file of this type read back still carries what [`encode`](Self::encode) put
+    /// in it: the whole record (PNG) and the AI label (both).
+    pub fn carries(self, bytes: &[u8], record: &ImageRecord) -> Result<bool> {
+        Ok(match self {
+            ExportFormat::Png => {
+                let recalled = recall(bytes)?;
+                recalled.record.as_ref() == Some(record) && recalled.label.is_some()
+            }
+            ExportFormat::Jpeg => jpeg_text(bytes)?
+                .0
+                .as_deref()
+                .and_then(label_from_xmp)
+                .is_some(),
+        })
+    }
+}
+
 /// A JPEG of `img` carrying the same facts as the PNG: the XMP packet (the AI label) in an
 /// APP1 segment, and the A1111 parameters as the JPEG comment (left out in the rare case they
 /// exceed a segment's 64 KiB).
