@@ -155,6 +155,37 @@ ensure_model_qwen() {
   rm -rf "$tmp"
 }
 
+# CLIP's BPE vocabulary, which single-file SD checkpoints do not carry (PyPI open_clip_torch
+# ships OpenAI's released file). Atelier builds CLIP's 49,408-token vocabulary from it.
+CLIP_WHEEL_VERSION=3.3.0
+CLIP_WHEEL_SHA256=c549ad5ed6bfc119cc11105033c0a2b9d7a2a4afeb40a58a09aab3da1a0043ce
+CLIP_BPE=$MODEL_CACHE/clip/bpe_simple_vocab_16e6.txt
+export ATELIER_CLIP_BPE=$CLIP_BPE
+
+ensure_clip_bpe() {
+  [ -f "$CLIP_BPE" ] && return 0
+  say "downloading CLIP's vocabulary (PyPI open_clip_torch==$CLIP_WHEEL_VERSION, 1.5 MB)"
+  mkdir -p "$(dirname "$CLIP_BPE")"
+  local tmp; tmp=$(mktemp -d "$MODEL_CACHE/.dl.XXXXXX")
+  pypi_wheel open-clip-torch "$CLIP_WHEEL_VERSION" "$tmp/w.whl"
+  verify_into "$tmp/w.whl" "$CLIP_WHEEL_SHA256" "$tmp/ok.whl"
+  python3 -c "
+import gzip, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, z.open('open_clip/bpe_simple_vocab_16e6.txt.gz') as src, open(sys.argv[2], 'wb') as dst:
+    dst.write(gzip.decompress(src.read()))" "$tmp/ok.whl" "$tmp/bpe.txt" ||
+    die "the open_clip_torch wheel does not hold CLIP's vocabulary"
+  mv -f "$tmp/bpe.txt" "$CLIP_BPE"
+  rm -rf "$tmp"
+}
+
+# install_clip_bpe DIR: puts CLIP's vocabulary where Atelier's image import looks for it.
+install_clip_bpe() {
+  local dir=$1/image/.clip
+  [ -f "$dir/bpe_simple_vocab_16e6.txt" ] && return 0
+  mkdir -p "$dir"
+  cp "$CLIP_BPE" "$dir/.bpe.partial" && mv "$dir/.bpe.partial" "$dir/bpe_simple_vocab_16e6.txt"
+}
+
 # install_models DIR ID...: puts cached models into an Atelier models folder (hard link when
 # possible, else an atomic copy). Never replaces a file the user already has there.
 install_models() {

@@ -8,8 +8,10 @@ ensure_toolchains
 ensure_npm
 ensure_model_smollm2
 ensure_model_qwen
+ensure_clip_bpe
 APP_HOME=${ATELIER_HOME:-${XDG_DATA_HOME:-$HOME/.local/share}/atelier}
 install_models "$APP_HOME/models" "$SMOLLM2_ID" "$QWEN_ID"
+install_clip_bpe "$APP_HOME/models"
 build_ui
 say "building the app (the first build takes 15-25 minutes on 2 cores)"
 (cd "$ROOT" && cargo build --release --features custom-protocol --bin atelier)

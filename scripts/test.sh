@@ -9,6 +9,7 @@ ensure_toolchains
 ensure_npm
 ensure_vocab_fixtures
 ensure_model_smollm2
+ensure_clip_bpe
 if ! command -v tauri-driver >/dev/null; then
   say "installing tauri-driver"
   cargo install tauri-driver --locked --quiet

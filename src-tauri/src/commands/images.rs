@@ -45,7 +45,7 @@ pub async fn import_image_model(
     path: String,
 ) -> CmdResult<ImageModelInfo> {
     let engine = state.engine()?;
-    blocking(move || engine.import_image_model(std::path::Path::new(path.trim()))).await
+    blocking(move || engine.import_image_model(std::path::Path::new(path.trim()), None)).await
 }
 
 /// Queues an image run; steps arrive as `Progress`, pictures as `Preview` events. Checking

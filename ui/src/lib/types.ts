@@ -527,6 +527,8 @@ export interface ImageModelInfo {
   size_bytes: number;
   recommended_steps: number;
   recommended_cfg: number;
+  /** Set when the model was imported from a single-file checkpoint. */
+  converted_from: { file: string; sha256: string } | null;
 }
 
 export type ImageModelEntry =

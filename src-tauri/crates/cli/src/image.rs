@@ -17,8 +17,16 @@ use clap::Subcommand;
 pub enum ImageCmd {
     /// Installed image models (diffusers folders in the data folder's models/image/).
     Models,
-    /// Validate a diffusers folder (unet/, vae/, text_encoder/, tokenizer/) and install it.
-    Import { path: PathBuf },
+    /// Install an image model: a diffusers folder (unet/, vae/, text_encoder/, tokenizer/) or a
+    /// single-file .safetensors checkpoint, converted to one.
+    Import {
+        /// A diffusers folder, or a single-file .safetensors checkpoint (SD 1.x/2.x).
+        path: PathBuf,
+        /// For a single file: the CLIP vocabulary (a tokenizer folder or CLIP's
+        /// bpe_simple_vocab_16e6.txt), when not the one the set-up installed.
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+    },
     /// Generate images into the gallery (and copy the first to --out).
     Generate(GenerateArgs),
     /// Print the generation settings stored in a PNG (Atelier, A1111, ComfyUI, InvokeAI).
@@ -140,8 +148,8 @@ pub async fn run(engine: &Engine, cmd: ImageCmd, json: bool) -> Result<()> {
             }
             Ok(())
         }
-        ImageCmd::Import { path } => {
-            let info = engine.import_image_model(&path)?;
+        ImageCmd::Import { path, tokenizer } => {
+            let info = engine.import_image_model(&path, tokenizer.as_deref())?;
             if json {
                 println!("{}", serde_json::to_string(&info)?);
             } else {

@@ -328,12 +328,15 @@ impl Engine {
         image::model::list(&self.home.image_models_dir())
     }
 
-    /// Validates a diffusers folder and copies it into the image models folder.
+    /// Imports an image model: a diffusers folder (validated and copied) or a single-file
+    /// `.safetensors` checkpoint (converted). `tokenizer`: the CLIP vocabulary for a single
+    /// file, when not the installed one.
     pub fn import_image_model(
         &self,
         src: &std::path::Path,
+        tokenizer: Option<&std::path::Path>,
     ) -> Result<image::model::ImageModelInfo> {
-        image::model::import(&self.home.image_models_dir(), src)
+        image::model::import(&self.home.image_models_dir(), src, tokenizer)
     }
 
     /// Queues an image run (a batch, one image after another); returns the job id.

@@ -38,7 +38,7 @@ fn engine(dir: &Path) -> Engine {
     write_random_model(&src, Arch::Tiny).unwrap();
     let home = Home::at(dir.join("home"));
     let engine = Engine::open(home, Access::Exclusive, tokio::runtime::Handle::current()).unwrap();
-    let info = engine.import_image_model(&src).unwrap();
+    let info = engine.import_image_model(&src, None).unwrap();
     assert_eq!(info.id, "tiny-sd");
     assert_eq!(info.unet_in_channels, 4);
     assert_eq!(info.pieces.len(), 3);
@@ -598,7 +598,10 @@ async fn bad_models_and_requests_get_clear_errors() {
     // A pickle is refused by name, whatever it holds.
     let ckpt = dir.path().join("v1-5.ckpt");
     std::fs::write(&ckpt, b"PK\x03\x04 pickled").unwrap();
-    let e = engine.import_image_model(&ckpt).unwrap_err().to_string();
+    let e = engine
+        .import_image_model(&ckpt, None)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("pickled") && e.contains("safetensors"), "{e}");
 
     // Truncated weights, an absurd header, mismatched components: refused on import, and the
@@ -641,7 +644,7 @@ async fn bad_models_and_requests_get_clear_errors() {
         let m = dir.path().join(name);
         write_random_model(&m, Arch::Tiny).unwrap();
         damage(&m);
-        match engine.import_image_model(&m) {
+        match engine.import_image_model(&m, None) {
             Err(e) => assert!(e.to_string().contains(needle), "{name}: {e}"),
             Ok(info) => {
                 // The header is fine; loading finds the mismatch and says which part.
@@ -677,4 +680,365 @@ async fn bad_models_and_requests_get_clear_errors() {
     p.prompt = "word ".repeat(700);
     let (_, msg) = run(&engine, project.id, p).await.unwrap_err();
     assert!(msg.contains("CLIP tokens"), "{msg}");
+}
+
+/// The LDM name of a diffusers tensor of the tiny model (1 ResNet per UNet block, 2 UNet
+/// blocks, the first without attention; 4 VAE blocks), written from the original LDM layout
+/// independently of the engine's mapping, which this test checks by round trip.
+fn ldm_name(part: &str, name: &str) -> String {
+    const LPB: usize = 1;
+    let num = |s: &str| -> (usize, String) {
+        let (n, r) = s.split_once('.').unwrap();
+        (n.parse().unwrap(), r.to_owned())
+    };
+    let resnet = |x: &str| {
+        x.replace("norm1.", "in_layers.0.")
+            .replace("conv1.", "in_layers.2.")
+            .replace("time_emb_proj.", "emb_layers.1.")
+            .replace("norm2.", "out_layers.0.")
+            .replace("conv2.", "out_layers.3.")
+            .replace("conv_shortcut.", "skip_connection.")
+    };
+    match part {
+        "unet" => {
+            let n = if let Some(r) = name.strip_prefix("down_blocks.") {
+                let (b, r) = num(r);
+                if let Some(r) = r.strip_prefix("resnets.") {
+                    let (l, x) = num(r);
+                    format!("input_blocks.{}.0.{}", 1 + b * (LPB + 1) + l, resnet(&x))
+                } else if let Some(r) = r.strip_prefix("attentions.") {
+                    let (l, x) = num(r);
+                    format!("input_blocks.{}.1.{x}", 1 + b * (LPB + 1) + l)
+                } else {
+                    let x = r.strip_prefix("downsamplers.0.conv.").unwrap();
+                    format!("input_blocks.{}.0.op.{x}", (b + 1) * (LPB + 1))
+                }
+            } else if let Some(r) = name.strip_prefix("up_blocks.") {
+                let (b, r) = num(r);
+                if let Some(r) = r.strip_prefix("resnets.") {
+                    let (l, x) = num(r);
+                    format!("output_blocks.{}.0.{}", b * (LPB + 1) + l, resnet(&x))
+                } else if let Some(r) = r.strip_prefix("attentions.") {
+                    let (l, x) = num(r);
+                    format!("output_blocks.{}.1.{x}", b * (LPB + 1) + l)
+                } else {
+                    // Up block 0 has attention, so its upsampler comes third.
+                    let x = r.strip_prefix("upsamplers.0.conv.").unwrap();
+                    let slot = if b == 0 { 2 } else { 1 };
+                    format!("output_blocks.{}.{slot}.conv.{x}", b * (LPB + 1) + LPB)
+                }
+            } else if let Some(r) = name.strip_prefix("mid_block.") {
+                if let Some(x) = r.strip_prefix("resnets.0.") {
+                    format!("middle_block.0.{}", resnet(x))
+                } else if let Some(x) = r.strip_prefix("resnets.1.") {
+                    format!("middle_block.2.{}", resnet(x))
+                } else {
+                    format!(
+                        "middle_block.1.{}",
+                        r.strip_prefix("attentions.0.").unwrap()
+                    )
+                }
+            } else {
+                name.replace("conv_in.", "input_blocks.0.0.")
+                    .replace("time_embedding.linear_1.", "time_embed.0.")
+                    .replace("time_embedding.linear_2.", "time_embed.2.")
+                    .replace("conv_norm_out.", "out.0.")
+                    .replace("conv_out.", "out.2.")
+            };
+            format!("model.diffusion_model.{n}")
+        }
+        "vae" => {
+            let n = name
+                .replace("conv_norm_out.", "norm_out.")
+                .replace("mid_block.resnets.0.", "mid.block_1.")
+                .replace("mid_block.resnets.1.", "mid.block_2.")
+                .replace("mid_block.attentions.0.group_norm.", "mid.attn_1.norm.")
+                .replace("mid_block.attentions.0.to_q.", "mid.attn_1.q.")
+                .replace("mid_block.attentions.0.to_k.", "mid.attn_1.k.")
+                .replace("mid_block.attentions.0.to_v.", "mid.attn_1.v.")
+                .replace("mid_block.attentions.0.to_out.0.", "mid.attn_1.proj_out.")
+                // candle writes the older diffusers names.
+                .replace("mid_block.attentions.0.query.", "mid.attn_1.q.")
+                .replace("mid_block.attentions.0.key.", "mid.attn_1.k.")
+                .replace("mid_block.attentions.0.value.", "mid.attn_1.v.")
+                .replace("mid_block.attentions.0.proj_attn.", "mid.attn_1.proj_out.")
+                .replace("conv_shortcut.", "nin_shortcut.")
+                .replace("downsamplers.0.", "downsample.")
+                .replace("upsamplers.0.", "upsample.")
+                .replace(".resnets.", ".block.")
+                .replace("encoder.down_blocks.", "encoder.down.");
+            let n = match n.strip_prefix("decoder.up_blocks.") {
+                Some(r) => {
+                    let (i, x) = num(r);
+                    format!("decoder.up.{}.{x}", 3 - i)
+                }
+                None => n,
+            };
+            format!("first_stage_model.{n}")
+        }
+        _ => format!("cond_stage_model.transformer.{name}"),
+    }
+}
+
+/// Writes the diffusers folder `src` as one LDM-layout checkpoint, with what real files also
+/// hold: EMA weights, schedule buffers and CLIP's integer position ids.
+fn write_ldm_checkpoint(src: &Path, out: &Path) {
+    use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+    let files = [
+        ("unet", src.join("unet/diffusion_pytorch_model.safetensors")),
+        ("vae", src.join("vae/diffusion_pytorch_model.safetensors")),
+        ("text", src.join("text_encoder/model.safetensors")),
+    ];
+    let bytes: Vec<(&str, Vec<u8>)> = files
+        .iter()
+        .map(|(p, f)| (*p, std::fs::read(f).unwrap()))
+        .collect();
+    let mut tensors: Vec<(String, TensorView)> = Vec::new();
+    for (part, b) in &bytes {
+        for (name, view) in SafeTensors::deserialize(b).unwrap().tensors() {
+            let ldm = ldm_name(part, &name);
+            let is_vae_attention = *part == "vae"
+                && ldm.contains(".attn_1.")
+                && !ldm.contains(".norm.")
+                && ldm.ends_with(".weight");
+            let shape = if is_vae_attention {
+                // LDM's VAE attention is 1×1 convolutions.
+                vec![view.shape()[0], view.shape()[1], 1, 1]
+            } else {
+                view.shape().to_vec()
+            };
+            let v = TensorView::new(view.dtype(), shape, view.data()).unwrap();
+            tensors.push((ldm, v));
+        }
+    }
+    let extra = vec![0u8; 8 * 77];
+    let ema = vec![0u8; 4];
+    let alphas = vec![0u8; 4 * 1000];
+    tensors.push((
+        "cond_stage_model.transformer.text_model.embeddings.position_ids".into(),
+        TensorView::new(Dtype::I64, vec![1, 77], &extra).unwrap(),
+    ));
+    tensors.push((
+        "model_ema.decay".into(),
+        TensorView::new(Dtype::F32, vec![], &ema).unwrap(),
+    ));
+    tensors.push((
+        "alphas_cumprod".into(),
+        TensorView::new(Dtype::F32, vec![1000], &alphas).unwrap(),
+    ));
+    safetensors::tensor::serialize_to_file(tensors, None, out).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_file_checkpoint_converts_to_the_same_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    let project = engine.store().create_project("checkpoints").unwrap();
+    let src = dir.path().join("src").join("tiny-sd");
+    let ckpts = dir.path().join("downloads");
+    std::fs::create_dir_all(&ckpts).unwrap();
+    let ckpt = ckpts.join("Tiny-Single.safetensors");
+    write_ldm_checkpoint(&src, &ckpt);
+    // bench/ldm_names_vs_diffusers.py checks this writer against diffusers' own converter.
+    if let Some(keep) = std::env::var_os("ATELIER_KEEP_CHECKPOINT") {
+        let keep = Path::new(&keep);
+        std::fs::create_dir_all(keep).unwrap();
+        std::fs::copy(&ckpt, keep.join("tiny-ldm.safetensors")).unwrap();
+        for f in [
+            "unet/config.json",
+            "unet/diffusion_pytorch_model.safetensors",
+            "vae/config.json",
+            "vae/diffusion_pytorch_model.safetensors",
+            "text_encoder/config.json",
+            "text_encoder/model.safetensors",
+        ] {
+            std::fs::create_dir_all(keep.join("tiny-diffusers").join(f).parent().unwrap()).unwrap();
+            std::fs::copy(src.join(f), keep.join("tiny-diffusers").join(f)).unwrap();
+        }
+    }
+    let models = dir.path().join("home").join("models").join("image");
+    let installed = || {
+        let mut v: Vec<String> = std::fs::read_dir(&models)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+
+    // The tiny UNet's heads are not a known family's: without its .yaml, a clear refusal.
+    let tok = src.join("tokenizer");
+    let e = engine
+        .import_image_model(&ckpt, Some(&tok))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("attention heads") && e.contains(".yaml"), "{e}");
+    assert_eq!(installed(), ["tiny-sd"], "a failed import left something");
+
+    std::fs::write(
+        ckpts.join("Tiny-Single.yaml"),
+        "model:\n  params:\n    unet_config:\n      params:\n        num_heads: 4 # per block\n",
+    )
+    .unwrap();
+    let info = engine.import_image_model(&ckpt, Some(&tok)).unwrap();
+    assert_eq!(info.id, "tiny-single");
+    assert_eq!(info.pieces.len(), 3);
+    let from = info.converted_from.as_ref().expect("converted_from");
+    assert_eq!(from.file, "Tiny-Single.safetensors");
+    assert_eq!(from.sha256.len(), 64);
+    assert_eq!(installed(), ["tiny-sd", "tiny-single"]);
+    // Converted configs equal the originals in every field the loader reads.
+    for (sub, file, keys) in [
+        (
+            "unet",
+            "config.json",
+            &[
+                "block_out_channels",
+                "layers_per_block",
+                "attention_head_dim",
+                "cross_attention_dim",
+                "in_channels",
+                "down_block_types",
+            ][..],
+        ),
+        (
+            "vae",
+            "config.json",
+            &["block_out_channels", "layers_per_block", "latent_channels"][..],
+        ),
+        (
+            "text_encoder",
+            "config.json",
+            &[
+                "hidden_size",
+                "intermediate_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "vocab_size",
+            ][..],
+        ),
+    ] {
+        let read = |d: &Path| -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(d.join(sub).join(file)).unwrap()).unwrap()
+        };
+        let (a, b) = (read(&src), read(&models.join("tiny-single")));
+        for k in keys {
+            let norm = |v: &serde_json::Value| match v {
+                // A single number means "the same for every block".
+                serde_json::Value::Number(_) if k == &"attention_head_dim" => {
+                    serde_json::json!([v, v])
+                }
+                _ => v.clone(),
+            };
+            assert_eq!(norm(&a[k]), norm(&b[k]), "{sub}/{k}");
+        }
+    }
+
+    // Same seed and settings through both: the same pixels, and A1111's hash of the file.
+    let a = run(&engine, project.id, params(21)).await.unwrap();
+    let mut p = params(21);
+    p.model = "tiny-single".into();
+    p.scheduler = Scheduler::Euler;
+    let mut q = params(21);
+    q.scheduler = Scheduler::Euler;
+    let b = run(&engine, project.id, p).await.unwrap();
+    let c = run(&engine, project.id, q).await.unwrap();
+    let (_, rgb_b) = pixels(&engine, b[0]);
+    let (_, rgb_c) = pixels(&engine, c[0]);
+    assert_eq!(rgb_b, rgb_c, "the converted model draws differently");
+    let (_, rgb_a) = pixels(&engine, a[0]);
+    assert_ne!(
+        rgb_a, rgb_b,
+        "the scheduler made no difference: the test compares nothing"
+    );
+    let (png_b, _) = pixels(&engine, b[0]);
+    let rec = metadata::recall(&png_b).unwrap().record.unwrap();
+    assert_eq!(rec.model_hash, from.sha256[..10]);
+
+    // Pickles, SDXL files and lone VAEs are refused by name or content, and leave nothing.
+    let pickle = ckpts.join("old.ckpt");
+    std::fs::write(&pickle, b"\x80\x02").unwrap();
+    let e = engine
+        .import_image_model(&pickle, Some(&tok))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("pickled"), "{e}");
+    let sdxl = ckpts.join("xl.safetensors");
+    let w = vec![0u8; 16];
+    safetensors::tensor::serialize_to_file(
+        [(
+            "model.diffusion_model.label_emb.0.0.weight",
+            safetensors::tensor::TensorView::new(safetensors::tensor::Dtype::F32, vec![4], &w)
+                .unwrap(),
+        )],
+        None,
+        &sdxl,
+    )
+    .unwrap();
+    let e = engine
+        .import_image_model(&sdxl, Some(&tok))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("SDXL"), "{e}");
+    let vae_only = ckpts.join("vae.safetensors");
+    safetensors::tensor::serialize_to_file(
+        [(
+            "first_stage_model.encoder.conv_in.weight",
+            safetensors::tensor::TensorView::new(safetensors::tensor::Dtype::F32, vec![4], &w)
+                .unwrap(),
+        )],
+        None,
+        &vae_only,
+    )
+    .unwrap();
+    let e = engine
+        .import_image_model(&vae_only, Some(&tok))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("model.diffusion_model"), "{e}");
+    // A truncated copy: refused by the header check.
+    let cut = ckpts.join("cut.safetensors");
+    let full = std::fs::read(&ckpt).unwrap();
+    std::fs::write(&cut, &full[..full.len() / 2]).unwrap();
+    let e = engine
+        .import_image_model(&cut, Some(&tok))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("safetensors"), "{e}");
+    // Importing the same file twice is a conflict, not an overwrite.
+    let e = engine.import_image_model(&ckpt, Some(&tok)).unwrap_err();
+    assert_eq!(e.kind(), "conflict");
+    assert_eq!(installed(), ["tiny-sd", "tiny-single"]);
+}
+
+/// CLIP's vocabulary built from its released BPE file numbers tokens as CLIP does: ids from
+/// OpenAI's CLIP tokenizer, which every SD 1.x/2.x text encoder was trained with.
+#[test]
+fn clip_vocabulary_from_the_released_bpe_file_has_clips_ids() {
+    let bpe = std::env::var_os("ATELIER_CLIP_BPE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+                .join(".cache/atelier/models/clip/bpe_simple_vocab_16e6.txt")
+        });
+    let text = std::fs::read_to_string(&bpe).unwrap_or_else(|e| {
+        panic!(
+            "CLIP's BPE file is missing from {} ({e}): run ./scripts/test.sh (it downloads it)",
+            bpe.display()
+        )
+    });
+    let (vocab, merges) = atelier_engine::image::prompt::clip_vocab_from_bpe(&text).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("vocab.json"), &vocab).unwrap();
+    std::fs::write(dir.path().join("merges.txt"), &merges).unwrap();
+    let vocab: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&vocab).unwrap();
+    assert_eq!(vocab.len(), 49408);
+    assert_eq!(vocab["<|startoftext|>"], 49406);
+    assert_eq!(vocab["<|endoftext|>"], 49407);
+    let tok = atelier_engine::image::prompt::ClipTokenizer::load(dir.path(), None).unwrap();
+    assert_eq!(tok.encode("a photo of a cat").unwrap(), [320, 1125, 539, 320, 2368]);
+    assert_eq!(tok.encode("Hello World").unwrap(), [3306, 1002]);
+    // A truncated file is not CLIP's.
+    let short: String = text.lines().take(1000).collect::<Vec<_>>().join("\n");
+    assert!(atelier_engine::image::prompt::clip_vocab_from_bpe(&short).is_err());
 }

@@ -4,6 +4,7 @@
 //!
 //! - [`params`]: the request and its validation, scheduler names
 //! - [`model`]: diffusers folders: describe (bounded header reads), load, import
+//! - [`ldm`]: single-file checkpoints (LDM names), converted to a diffusers folder on import
 //! - [`prompt`]: CLIP tokenizer, A1111 emphasis, prompts over 77 tokens in windows
 //! - [`sampler`]: noise schedules and the samplers (sigma form)
 //! - [`pipeline`]: one image: text encoding, denoising with CFG and previews, VAE decode
@@ -13,6 +14,7 @@
 //! - [`random`]: random-weight models in the real layout, for tests and benchmarks
 
 pub mod label;
+pub mod ldm;
 pub mod metadata;
 pub mod model;
 pub mod params;

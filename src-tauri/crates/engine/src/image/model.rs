@@ -22,6 +22,7 @@ use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEnco
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::ldm;
 use super::prompt::ClipTokenizer;
 use super::sampler::{NoiseSchedule, Prediction, Spacing};
 use crate::error::{Error, Result};
@@ -86,6 +87,16 @@ pub struct ImageModelInfo {
     /// Defaults the form takes when the model is picked (turbo models: 1 step, no CFG).
     pub recommended_steps: u32,
     pub recommended_cfg: f64,
+    /// The single-file checkpoint this folder was converted from, if it was.
+    pub converted_from: Option<ConvertedFrom>,
+}
+
+/// The original of a model imported from a single `.safetensors` checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConvertedFrom {
+    pub file: String,
+    /// Of the whole original file: A1111's "Model hash" is its first 10 hex digits.
+    pub sha256: String,
 }
 
 /// Parsed headers of a safetensors file.
@@ -434,7 +445,7 @@ pub fn describe(dir: &Path) -> Result<ImageModelInfo> {
     }
     if !dir.is_dir() {
         return Err(Error::invalid(format!(
-            "{} is not a model folder (a diffusers folder with unet/, vae/, text_encoder/ and tokenizer/)",
+            "{} is not a model folder (a diffusers folder with unet/, vae/, text_encoder/ and tokenizer/) or a .safetensors checkpoint",
             dir.display()
         )));
     }
@@ -491,6 +502,12 @@ pub fn describe(dir: &Path) -> Result<ImageModelInfo> {
         Family::SdTurbo => (1, 0.0),
         _ => (25, 7.0),
     };
+    let index = dir.join("model_index.json");
+    let converted_from = if index.is_file() {
+        serde_json::from_value(read_json(&index)?["_atelier_converted_from"].clone()).ok()
+    } else {
+        None
+    };
     Ok(ImageModelInfo {
         id: model_id(dir),
         path: dir.to_owned(),
@@ -506,6 +523,7 @@ pub fn describe(dir: &Path) -> Result<ImageModelInfo> {
         pieces,
         recommended_steps,
         recommended_cfg,
+        converted_from,
     })
 }
 
@@ -707,9 +725,83 @@ const MODEL_FILES: [&str; 7] = [
     "tokenizer/merges.txt",
 ];
 
-/// Validates the folder `src` and copies what Atelier needs into `dir/<name>`, through a
-/// hidden temporary folder renamed at the end: an interrupted import leaves no half model.
-pub fn import(dir: &Path, src: &Path) -> Result<ImageModelInfo> {
+/// CLIP's released BPE file, where the set-up puts it for single-file imports.
+pub const CLIP_BPE: &str = ".clip/bpe_simple_vocab_16e6.txt";
+
+/// The CLIP vocabulary a single-file checkpoint gets: `explicit` (a tokenizer folder or CLIP's
+/// BPE file), else the one the set-up installed, else an installed model's full CLIP tokenizer.
+fn clip_tokenizer(dir: &Path, explicit: Option<&Path>) -> Result<ldm::TokenizerSource> {
+    if let Some(p) = explicit {
+        return if p.is_dir() {
+            Ok(ldm::TokenizerSource::Folder(p.to_owned()))
+        } else if p.is_file() {
+            Ok(ldm::TokenizerSource::BpeFile(p.to_owned()))
+        } else {
+            Err(Error::invalid(format!(
+                "the tokenizer {} does not exist",
+                p.display()
+            )))
+        };
+    }
+    let bpe = dir.join(CLIP_BPE);
+    if bpe.is_file() {
+        return Ok(ldm::TokenizerSource::BpeFile(bpe));
+    }
+    for info in list(dir)?.into_iter().flatten() {
+        let tok = info.path.join("tokenizer");
+        let full = std::fs::read_to_string(tok.join("vocab.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Map<String, Value>>(&t).ok())
+            .is_some_and(|v| v.len() == 49408);
+        if full && tok.join("merges.txt").is_file() {
+            return Ok(ldm::TokenizerSource::Folder(tok));
+        }
+    }
+    Err(Error::invalid(format!(
+        "a single-file checkpoint carries no tokenizer, and CLIP's vocabulary is not installed: run ./scripts/run.sh once (it installs it into {}), or import a diffusers model first",
+        dir.join(CLIP_BPE).display()
+    )))
+}
+
+/// Imports a single-file checkpoint: converted into a hidden temporary folder that is renamed
+/// into place at the end, so a failure or an interruption leaves nothing behind.
+fn import_single_file(dir: &Path, src: &Path, tokenizer: Option<&Path>) -> Result<ImageModelInfo> {
+    ldm::check_file_kind(src)?;
+    let id = src
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let target = dir.join(&id);
+    if target.exists() {
+        return Err(Error::Conflict(format!(
+            "an image model named {id} is already installed"
+        )));
+    }
+    let source = clip_tokenizer(dir, tokenizer)?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".import-")
+        .tempdir_in(dir)
+        .map_err(|e| Error::io(format!("cannot write in {}", dir.display()), e))?;
+    ldm::convert(src, tmp.path(), &source)?;
+    describe(tmp.path())?; // the converted folder must be one Atelier can load
+    let kept = tmp.keep();
+    std::fs::rename(&kept, &target).map_err(|e| {
+        let _ = std::fs::remove_dir_all(&kept);
+        Error::io(format!("cannot install {}", target.display()), e)
+    })?;
+    describe(&target)
+}
+
+/// Imports a model into `dir/<name>`: a diffusers folder (validated, then what Atelier needs
+/// copied) or a single-file `.safetensors` checkpoint (converted; `tokenizer` optionally names
+/// the CLIP vocabulary to give it). Either way through a hidden temporary folder renamed at the
+/// end: an interrupted import leaves no half model.
+pub fn import(dir: &Path, src: &Path, tokenizer: Option<&Path>) -> Result<ImageModelInfo> {
+    if src.is_file() {
+        return import_single_file(dir, src, tokenizer);
+    }
     let info = describe(src)?;
     let target = dir.join(&info.id);
     if target.exists() {

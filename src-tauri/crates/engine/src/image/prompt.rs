@@ -25,6 +25,62 @@ const EOS: &str = "<|endoftext|>";
 /// CLIP's word split (lower-cased contractions, letters, single digits, other symbols).
 const CLIP_SPLIT: &str = r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 
+/// Merges CLIP uses from its released BPE file (the rest of the file is never read by CLIP):
+/// 49,408 tokens = 256 bytes + 256 word-final bytes + these + BOS + EOS.
+const CLIP_MERGES: usize = 49152 - 256 - 2;
+
+/// The byte-to-character table of byte-level BPE (GPT-2's, which CLIP reuses), in the order
+/// CLIP lists it in its vocabulary: printable bytes first, then the others, which are given
+/// the characters from U+0100 on.
+pub fn byte_chars() -> Vec<(u8, char)> {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    let mut out: Vec<(u8, char)> = (0..=255u8)
+        .filter(|&b| printable(b))
+        .map(|b| (b, char::from(b)))
+        .collect();
+    let mut next = 256u32;
+    for b in (0..=255u8).filter(|&b| !printable(b)) {
+        out.push((b, char::from_u32(next).unwrap_or('?')));
+        next += 1;
+    }
+    out
+}
+
+/// Builds CLIP's `vocab.json` and `merges.txt` from its released BPE file
+/// (`bpe_simple_vocab_16e6.txt`: a header line, then one merge per line), in the order CLIP's
+/// own tokenizer numbers them, so ids match every SD text encoder.
+pub fn clip_vocab_from_bpe(bpe: &str) -> Result<(String, String)> {
+    let merges: Vec<&str> = bpe.lines().skip(1).take(CLIP_MERGES).collect();
+    if merges.len() < CLIP_MERGES || merges.iter().any(|m| m.split(' ').count() != 2) {
+        return Err(Error::invalid(
+            "the CLIP BPE file is not CLIP's: it needs 48,894 merges of two symbols each after its header line",
+        ));
+    }
+    let chars = byte_chars();
+    let mut vocab = serde_json::Map::new();
+    let mut push = |t: String| {
+        let id = vocab.len();
+        vocab.insert(t, serde_json::json!(id));
+    };
+    for (_, c) in &chars {
+        push(c.to_string());
+    }
+    for (_, c) in &chars {
+        push(format!("{c}</w>"));
+    }
+    for m in &merges {
+        push(m.replace(' ', ""));
+    }
+    push(BOS.into());
+    push(EOS.into());
+    let mut merges_txt = String::from("#version: 0.2\n");
+    for m in merges {
+        merges_txt.push_str(m);
+        merges_txt.push('\n');
+    }
+    Ok((serde_json::to_string(&vocab)?, merges_txt))
+}
+
 /// A piece of prompt text with its emphasis.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fragment {

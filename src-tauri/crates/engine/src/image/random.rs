@@ -14,6 +14,7 @@ use candle_transformers::models::stable_diffusion::vae::AutoEncoderKL;
 use serde_json::{Value, json};
 
 use super::model::{TextEncoderConfig, text_config, unet_config, vae_config};
+use super::prompt::byte_chars;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 
@@ -37,7 +38,7 @@ fn configs(arch: Arch) -> (Value, Value, Value) {
                 "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
                 "layers_per_block": 1,
                 "attention_head_dim": [4, 4],
-                "cross_attention_dim": 32,
+                "cross_attention_dim": 64,
                 "norm_num_groups": 32,
                 "sample_size": 8
             }),
@@ -53,9 +54,9 @@ fn configs(arch: Arch) -> (Value, Value, Value) {
             json!({
                 "architectures": ["CLIPTextModel"],
                 "hidden_act": "quick_gelu",
-                "hidden_size": 32, "intermediate_size": 64,
-                "num_hidden_layers": 2, "num_attention_heads": 4,
-                "max_position_embeddings": 77, "vocab_size": 1000, "projection_dim": 32
+                "hidden_size": 64, "intermediate_size": 128,
+                "num_hidden_layers": 2, "num_attention_heads": 1,
+                "max_position_embeddings": 77, "vocab_size": 1000, "projection_dim": 64
             }),
         ),
         Arch::Sd15 => (
@@ -99,36 +100,15 @@ fn candle(what: &'static str) -> impl Fn(candle_core::Error) -> Error {
     move |e| Error::Internal(format!("building the random {what}: {e}"))
 }
 
-/// GPT-2's byte-to-character table, which CLIP's byte-level BPE also uses.
-fn byte_chars() -> Vec<char> {
-    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32)
-        .chain(0xA1..=0xAC)
-        .chain(0xAE..=0xFF)
-        .collect();
-    let mut out = vec!['\0'; 256];
-    for &b in &printable {
-        out[b as usize] = char::from_u32(b).unwrap_or('?');
-    }
-    let mut extra = 0;
-    for b in 0..256u32 {
-        if !printable.contains(&b) {
-            out[b as usize] = char::from_u32(256 + extra).unwrap_or('?');
-            extra += 1;
-        }
-    }
-    printable.clear();
-    out
-}
-
 /// A CLIP-format vocabulary: every byte alone and as a word end, a few common merges, and
 /// the start and end tokens at the top, as in CLIP's own file.
 fn write_tokenizer(dir: &Path) -> Result<()> {
     let mut vocab = serde_json::Map::new();
     let chars = byte_chars();
-    for c in &chars {
+    for (_, c) in &chars {
         vocab.insert(c.to_string(), json!(vocab.len()));
     }
-    for c in &chars {
+    for (_, c) in &chars {
         vocab.insert(format!("{c}</w>"), json!(vocab.len()));
     }
     let merges = [

@@ -69,7 +69,11 @@ impl ImageService {
             .find(|p| p.role == "unet")
             .map(|p| p.file.clone())
             .ok_or_else(|| Error::invalid("the model has no UNet"))?;
-        let hash = short_hash(&unet)?;
+        // A converted single file keeps the hash of the file users know (A1111's Model hash).
+        let hash = match &info.converted_from {
+            Some(c) if c.sha256.len() >= 10 => c.sha256[..10].to_owned(),
+            _ => short_hash(&unet)?,
+        };
         let m = Arc::new(model::load(info, device)?);
         *slot = Some((id.to_owned(), m.clone(), hash.clone()));
         Ok((m, hash))
