@@ -45,6 +45,7 @@ import type {
   GalleryPage,
   GalleryQuery,
   ImageExport,
+  ImageFileType,
   ImageModelEntry,
   ImageModelInfo,
   ImageParams,
@@ -219,6 +220,6 @@ export const api = {
   listBoards: (projectId: number) => call<Board[]>('list_boards', { projectId }),
   createBoard: (projectId: number, name: string) => call<Board>('create_board', { projectId, name }),
   setImageBoard: (generationId: number, boardId: number | null) => call<void>('set_image_board', { generationId, boardId }),
-  exportImage: (generationId: number, labelText: string | null, corner: Corner, format: 'png' | 'jpeg' = 'png') =>
+  exportImage: (generationId: number, labelText: string | null, corner: Corner, format: ImageFileType = 'png') =>
     call<ImageExport>('export_image', { generationId, labelText, corner, format }),
 };

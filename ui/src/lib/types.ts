@@ -603,6 +603,7 @@ export interface Recalled {
 }
 
 export type Corner = 'top_left' | 'top_right' | 'bottom_left' | 'bottom_right';
+export type ImageFileType = 'png' | 'jpeg' | 'webp';
 
 export interface ImageExport {
   path: string;

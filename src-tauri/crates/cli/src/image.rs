@@ -82,7 +82,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     project: Option<i64>,
     /// Export the first image here as well: with the visible AI label (unless Settings turned
-    /// it off) and all its metadata.
+    /// it off) and all its metadata; PNG, or JPEG / lossless WebP by a .jpg / .webp name.
     #[arg(long)]
     out: Option<PathBuf>,
     /// The visible label's text for --out (must keep AI/人工智能 and 生成/合成).
@@ -298,13 +298,15 @@ async fn generate(engine: &Engine, a: GenerateArgs, json: bool) -> Result<()> {
                 }
                 let first = images.first().and_then(|i| i["generation_id"].as_i64());
                 if let (Some(out), Some(first)) = (&a.out, first) {
-                    // The file name decides the type: .jpg/.jpeg, else PNG.
-                    let format = match out.extension().and_then(|e| e.to_str()) {
-                        Some(e)
-                            if e.eq_ignore_ascii_case("jpg") || e.eq_ignore_ascii_case("jpeg") =>
-                        {
-                            ExportFormat::Jpeg
-                        }
+                    // The file name decides the type: .jpg/.jpeg, .webp, else PNG.
+                    let ext = out
+                        .extension()
+                        .and_then(|e| e.to_str())
+                        .unwrap_or("")
+                        .to_ascii_lowercase();
+                    let format = match ext.as_str() {
+                        "jpg" | "jpeg" => ExportFormat::Jpeg,
+                        "webp" => ExportFormat::Webp,
                         _ => ExportFormat::Png,
                     };
                     let export = engine.export_image(first, Some(&a.label), a.corner, format)?;

@@ -508,6 +508,40 @@ async fn export_draws_the_visible_label_and_keeps_the_metadata() {
     );
     let decoded = image::open(&jpg.path).unwrap().to_rgb8();
     assert_eq!(decoded.dimensions(), (128, 96));
+    // ...and as an EXIF UserComment, where A1111 writes (and its PNG Info reads) them.
+    assert!(
+        tags["ExifIFD:UserComment"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Seed: 77"),
+        "{tags}"
+    );
+
+    // WebP (lossless): exactly the labelled PNG's pixels, with the same EXIF and XMP.
+    let webp = engine
+        .export_image(ids[0], None, Corner::TopLeft, ExportFormat::Webp)
+        .unwrap();
+    assert_eq!(webp.path.extension().unwrap(), "webp");
+    let tags = exiftool(&webp.path);
+    assert!(
+        tags["XMP-TC260:Aigc"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("\"Label\":\"1\""),
+        "{tags}"
+    );
+    assert!(
+        tags["ExifIFD:UserComment"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Seed: 77"),
+        "{tags}"
+    );
+    assert_eq!(
+        image::open(&webp.path).unwrap().to_rgb8().into_raw(),
+        image::open(&out.path).unwrap().to_rgb8().into_raw(),
+        "the WebP is not the labelled image"
+    );
 
     // Labels off (acknowledged in Settings): no visible label, and the export is logged.
     engine
@@ -1036,7 +1070,10 @@ fn clip_vocabulary_from_the_released_bpe_file_has_clips_ids() {
     assert_eq!(vocab["<|startoftext|>"], 49406);
     assert_eq!(vocab["<|endoftext|>"], 49407);
     let tok = atelier_engine::image::prompt::ClipTokenizer::load(dir.path(), None).unwrap();
-    assert_eq!(tok.encode("a photo of a cat").unwrap(), [320, 1125, 539, 320, 2368]);
+    assert_eq!(
+        tok.encode("a photo of a cat").unwrap(),
+        [320, 1125, 539, 320, 2368]
+    );
     assert_eq!(tok.encode("Hello World").unwrap(), [3306, 1002]);
     // A truncated file is not CLIP's.
     let short: String = text.lines().take(1000).collect::<Vec<_>>().join("\n");

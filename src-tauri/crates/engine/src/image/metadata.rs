@@ -217,13 +217,15 @@ pub fn encode_png(
     Ok(out)
 }
 
-/// The file type of an export. Both carry the XMP label and the A1111 parameters.
+/// The file type of an export. All carry the XMP label and the A1111 parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExportFormat {
     #[default]
     Png,
     Jpeg,
+    /// Lossless WebP (the encoder the image crate has).
+    Webp,
 }
 
 impl ExportFormat {
@@ -231,6 +233,7 @@ impl ExportFormat {
         match self {
             ExportFormat::Png => "png",
             ExportFormat::Jpeg => "jpg",
+            ExportFormat::Webp => "webp",
         }
     }
 
@@ -244,6 +247,7 @@ impl ExportFormat {
         match self {
             ExportFormat::Png => encode_png(img, record, label),
             ExportFormat::Jpeg => encode_jpeg(img, record, label),
+            ExportFormat::Webp => encode_webp(img, record, label),
         }
     }
 
@@ -260,13 +264,121 @@ impl ExportFormat {
                 .as_deref()
                 .and_then(label_from_xmp)
                 .is_some(),
+            ExportFormat::Webp => webp_chunks(bytes)?
+                .iter()
+                .find(|(id, _)| id == b"XMP ")
+                .and_then(|(_, xmp)| std::str::from_utf8(xmp).ok())
+                .and_then(label_from_xmp)
+                .is_some(),
         })
     }
 }
 
-/// A JPEG of `img` carrying the same facts as the PNG: the XMP packet (the AI label) in an
-/// APP1 segment, and the A1111 parameters as the JPEG comment (left out in the rare case they
-/// exceed a segment's 64 KiB).
+/// An EXIF block (big-endian TIFF) holding one field, UserComment, with `text` as A1111
+/// writes its parameters into JPEG and WebP files: the `UNICODE\0` prefix, then UTF-16BE.
+/// A1111's PNG Info, Civitai and exiftool read the parameters from there.
+pub fn exif_user_comment(text: &str) -> Vec<u8> {
+    let mut comment = b"UNICODE\0".to_vec();
+    for unit in text.encode_utf16() {
+        comment.extend_from_slice(&unit.to_be_bytes());
+    }
+    // TIFF header (8), IFD0 with one entry pointing at the EXIF IFD (2 + 12 + 4), the EXIF IFD
+    // with one entry (2 + 12 + 4), then the comment's bytes.
+    const EXIF_IFD: u32 = 8 + 18;
+    const DATA: u32 = EXIF_IFD + 18;
+    let mut out = Vec::with_capacity(DATA as usize + comment.len());
+    out.extend_from_slice(b"MM\0\x2a");
+    out.extend_from_slice(&8u32.to_be_bytes());
+    let mut ifd = |tag: u16, kind: u16, count: u32, value: u32| {
+        out.extend_from_slice(&1u16.to_be_bytes());
+        out.extend_from_slice(&tag.to_be_bytes());
+        out.extend_from_slice(&kind.to_be_bytes());
+        out.extend_from_slice(&count.to_be_bytes());
+        out.extend_from_slice(&value.to_be_bytes());
+        out.extend_from_slice(&0u32.to_be_bytes()); // no next IFD
+    };
+    ifd(0x8769, 4, 1, EXIF_IFD); // ExifIFDPointer, LONG
+    ifd(0x9286, 7, comment.len() as u32, DATA); // UserComment, UNDEFINED
+    out.extend_from_slice(&comment);
+    out
+}
+
+/// A lossless WebP of `img` in the extended format, carrying what the JPEG carries: the A1111
+/// parameters in an `EXIF` chunk and the XMP packet (the AI label) in an `XMP ` chunk.
+pub fn encode_webp(
+    img: &image::RgbImage,
+    record: &ImageRecord,
+    label: &ImplicitLabel,
+) -> Result<Vec<u8>> {
+    let mut plain = Vec::new();
+    image::codecs::webp::WebPEncoder::new_lossless(&mut plain)
+        .encode(
+            img.as_raw(),
+            img.width(),
+            img.height(),
+            image::ExtendedColorType::Rgb8,
+        )
+        .map_err(|e| Error::Internal(format!("WebP encoding: {e}")))?;
+    let chunks = webp_chunks(&plain)?;
+    let bitstream = chunks
+        .iter()
+        .find(|(id, _)| id == b"VP8L" || id == b"VP8 ")
+        .ok_or_else(|| Error::Internal("the WebP encoder wrote no image chunk".into()))?;
+    let (w, h) = (img.width() - 1, img.height() - 1);
+    // VP8X: flags (EXIF 0x08, XMP 0x04), 3 reserved bytes, canvas size - 1 as 24-bit LE.
+    let mut vp8x = vec![0x08 | 0x04, 0, 0, 0];
+    vp8x.extend_from_slice(&w.to_le_bytes()[..3]);
+    vp8x.extend_from_slice(&h.to_le_bytes()[..3]);
+    let mut body = b"WEBP".to_vec();
+    let mut chunk = |id: &[u8; 4], data: &[u8]| -> Result<()> {
+        let len = u32::try_from(data.len())
+            .map_err(|_| Error::Internal("a WebP chunk over 4 GiB".into()))?;
+        body.extend_from_slice(id);
+        body.extend_from_slice(&len.to_le_bytes());
+        body.extend_from_slice(data);
+        if data.len() % 2 == 1 {
+            body.push(0);
+        }
+        Ok(())
+    };
+    chunk(b"VP8X", &vp8x)?;
+    chunk(&bitstream.0, bitstream.1)?;
+    chunk(b"EXIF", &exif_user_comment(&a1111_parameters(record)))?;
+    chunk(b"XMP ", xmp_packet(label).as_bytes())?;
+    let size =
+        u32::try_from(body.len()).map_err(|_| Error::Internal("a WebP file over 4 GiB".into()))?;
+    let mut out = b"RIFF".to_vec();
+    out.extend_from_slice(&size.to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// The chunks of a WebP file (RIFF), each as its id and payload.
+pub fn webp_chunks(bytes: &[u8]) -> Result<Vec<([u8; 4], &[u8])>> {
+    let bad = || Error::invalid("the file is not a readable WebP");
+    if bytes.get(..4) != Some(b"RIFF") || bytes.get(8..12) != Some(b"WEBP") {
+        return Err(bad());
+    }
+    let mut out = Vec::new();
+    let mut at = 12;
+    while at + 8 <= bytes.len() {
+        let id: [u8; 4] = bytes[at..at + 4].try_into().map_err(|_| bad())?;
+        let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().map_err(|_| bad())?) as usize;
+        let start = at + 8;
+        let end = start
+            .checked_add(len)
+            .filter(|&e| e <= bytes.len())
+            .ok_or_else(bad)?;
+        out.push((id, &bytes[start..end]));
+        at = end + (len % 2);
+    }
+    Ok(out)
+}
+
+/// A JPEG of `img` carrying the same facts as the PNG: the A1111 parameters as an EXIF
+/// UserComment (where A1111 puts them) and as the JPEG comment, and the XMP packet (the AI
+/// label) in an APP1 segment. The parameters are left out in the rare case they exceed a
+/// segment's 64 KiB; the label never is.
 pub fn encode_jpeg(
     img: &image::RgbImage,
     record: &ImageRecord,
@@ -299,6 +411,10 @@ pub fn encode_jpeg(
         out.extend_from_slice(body);
         true
     };
+    let parameters = a1111_parameters(record);
+    let mut exif = b"Exif\0\0".to_vec();
+    exif.extend_from_slice(&exif_user_comment(&parameters));
+    segment(0xE1, &exif);
     let mut xmp = JPEG_XMP_ID.to_vec();
     xmp.extend_from_slice(xmp_packet(label).as_bytes());
     if !segment(0xE1, &xmp) {
@@ -306,7 +422,7 @@ pub fn encode_jpeg(
             "the XMP packet does not fit a JPEG segment".into(),
         ));
     }
-    segment(0xFE, a1111_parameters(record).as_bytes());
+    segment(0xFE, parameters.as_bytes());
     out.extend_from_slice(&plain[head..]);
     Ok(out)
 }
