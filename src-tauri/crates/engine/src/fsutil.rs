@@ -6,6 +6,17 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
+/// The sha256 of a file as lowercase hex, read in 1 MiB pieces (model files are gigabytes).
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut f, &mut h)
+        .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Writes `bytes` to `path` through a temp file in the same folder, fsyncs it, then renames it
 /// over the target. On any error the temp file is removed and the target is untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -863,6 +863,15 @@ fn write_ldm_checkpoint(src: &Path, out: &Path) {
     safetensors::tensor::serialize_to_file(tensors, None, out).unwrap();
 }
 
+/// A checkpoint holding one small tensor named `name`: enough for import to recognise what it
+/// is (or is not) from the names.
+fn one_tensor_checkpoint(path: &Path, name: &str) {
+    use safetensors::tensor::{Dtype, TensorView};
+    let w = [0u8; 16];
+    let view = TensorView::new(Dtype::F32, vec![4], &w).unwrap();
+    safetensors::tensor::serialize_to_file([(name, view)], None, path).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_file_checkpoint_converts_to_the_same_model() {
     let dir = tempfile::tempdir().unwrap();
@@ -998,33 +1007,14 @@ async fn a_single_file_checkpoint_converts_to_the_same_model() {
         .to_string();
     assert!(e.contains("pickled"), "{e}");
     let sdxl = ckpts.join("xl.safetensors");
-    let w = vec![0u8; 16];
-    safetensors::tensor::serialize_to_file(
-        [(
-            "model.diffusion_model.label_emb.0.0.weight",
-            safetensors::tensor::TensorView::new(safetensors::tensor::Dtype::F32, vec![4], &w)
-                .unwrap(),
-        )],
-        None,
-        &sdxl,
-    )
-    .unwrap();
+    one_tensor_checkpoint(&sdxl, "model.diffusion_model.label_emb.0.0.weight");
     let e = engine
         .import_image_model(&sdxl, Some(&tok))
         .unwrap_err()
         .to_string();
     assert!(e.contains("SDXL"), "{e}");
     let vae_only = ckpts.join("vae.safetensors");
-    safetensors::tensor::serialize_to_file(
-        [(
-            "first_stage_model.encoder.conv_in.weight",
-            safetensors::tensor::TensorView::new(safetensors::tensor::Dtype::F32, vec![4], &w)
-                .unwrap(),
-        )],
-        None,
-        &vae_only,
-    )
-    .unwrap();
+    one_tensor_checkpoint(&vae_only, "first_stage_model.encoder.conv_in.weight");
     let e = engine
         .import_image_model(&vae_only, Some(&tok))
         .unwrap_err()

@@ -16,14 +16,12 @@
 //! 768-pixel models that most SD 2 files are; turbo files: epsilon with trailing timesteps).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
-use super::model::{check_safetensors, pickle_refusal};
+use super::model::{check_safetensors, is_pickle, pickle_refusal};
 use super::prompt::clip_vocab_from_bpe;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
@@ -657,23 +655,6 @@ fn write_part(path: &Path, tensors: &[Out]) -> Result<()> {
         .map_err(|e| Error::invalid(format!("cannot write {}: {e}", path.display())))
 }
 
-fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path)
-        .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
 fn write_tokenizer(out: &Path, source: &TokenizerSource, vocab_size: usize) -> Result<()> {
     let dir = out.join("tokenizer");
     std::fs::create_dir_all(&dir)
@@ -704,15 +685,11 @@ fn write_tokenizer(out: &Path, source: &TokenizerSource, vocab_size: usize) -> R
 
 /// Refuses, by its name, a file that is not a safetensors checkpoint (pickles with the reason).
 pub fn check_file_kind(src: &Path) -> Result<()> {
-    let ext = src
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    if ["ckpt", "bin", "pt", "pth"].contains(&ext.as_str()) {
+    if is_pickle(src) {
         return Err(pickle_refusal(src));
     }
-    if ext != "safetensors" {
+    let ext = src.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if !ext.eq_ignore_ascii_case("safetensors") {
         return Err(Error::invalid(format!(
             "{} is neither a diffusers folder nor a .safetensors checkpoint",
             src.display()
@@ -827,7 +804,7 @@ pub fn convert(src: &Path, out: &Path, tokenizer: &TokenizerSource) -> Result<()
         "_class_name": "StableDiffusionPipeline",
         "_atelier_converted_from": {
             "file": src.file_name().map(|f| f.to_string_lossy().into_owned()),
-            "sha256": sha256_file(src)?,
+            "sha256": crate::fsutil::sha256_file(src)?,
             "layout": "ldm-single-file",
         },
     });

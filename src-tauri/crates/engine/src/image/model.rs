@@ -219,7 +219,7 @@ fn read_json(path: &Path) -> Result<Value> {
 
 const PICKLE_EXTENSIONS: [&str; 4] = ["ckpt", "bin", "pt", "pth"];
 
-fn is_pickle(path: &Path) -> bool {
+pub(super) fn is_pickle(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| PICKLE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
@@ -771,21 +771,30 @@ fn import_single_file(dir: &Path, src: &Path, tokenizer: Option<&Path>) -> Resul
         .file_stem()
         .map(|s| s.to_string_lossy().to_lowercase())
         .unwrap_or_default();
-    let target = dir.join(&id);
+    install(dir, &id, |tmp| {
+        let source = clip_tokenizer(dir, tokenizer)?;
+        ldm::convert(src, tmp, &source)?;
+        describe(tmp).map(drop) // the converted folder must be one Atelier can load
+    })
+}
+
+/// Installs model `id` into `dir`: `fill` writes it into a hidden temporary folder beside the
+/// models, which is renamed into place only when `fill` succeeded, so a failure or an
+/// interruption leaves no half model. An installed model of the same name is a conflict.
+fn install(dir: &Path, id: &str, fill: impl FnOnce(&Path) -> Result<()>) -> Result<ImageModelInfo> {
+    let target = dir.join(id);
     if target.exists() {
         return Err(Error::Conflict(format!(
             "an image model named {id} is already installed"
         )));
     }
-    let source = clip_tokenizer(dir, tokenizer)?;
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
     let tmp = tempfile::Builder::new()
         .prefix(".import-")
         .tempdir_in(dir)
         .map_err(|e| Error::io(format!("cannot write in {}", dir.display()), e))?;
-    ldm::convert(src, tmp.path(), &source)?;
-    describe(tmp.path())?; // the converted folder must be one Atelier can load
+    fill(tmp.path())?;
     let kept = tmp.keep();
     std::fs::rename(&kept, &target).map_err(|e| {
         let _ = std::fs::remove_dir_all(&kept);
@@ -803,43 +812,27 @@ pub fn import(dir: &Path, src: &Path, tokenizer: Option<&Path>) -> Result<ImageM
         return import_single_file(dir, src, tokenizer);
     }
     let info = describe(src)?;
-    let target = dir.join(&info.id);
-    if target.exists() {
-        return Err(Error::Conflict(format!(
-            "an image model named {} is already installed",
-            info.id
-        )));
-    }
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".import-")
-        .tempdir_in(dir)
-        .map_err(|e| Error::io(format!("cannot write in {}", dir.display()), e))?;
-    let mut files: Vec<PathBuf> = MODEL_FILES.iter().map(PathBuf::from).collect();
-    files.push(PathBuf::from("tokenizer/tokenizer.json"));
-    for p in &info.pieces {
-        if let Ok(rel) = p.file.strip_prefix(src) {
-            files.push(rel.to_owned());
+    install(dir, &info.id, |tmp| {
+        let mut files: Vec<PathBuf> = MODEL_FILES.iter().map(PathBuf::from).collect();
+        files.push(PathBuf::from("tokenizer/tokenizer.json"));
+        for p in &info.pieces {
+            if let Ok(rel) = p.file.strip_prefix(src) {
+                files.push(rel.to_owned());
+            }
         }
-    }
-    for rel in files {
-        let from = src.join(&rel);
-        if !from.is_file() {
-            continue;
+        for rel in files {
+            let from = src.join(&rel);
+            if !from.is_file() {
+                continue;
+            }
+            let to = tmp.join(&rel);
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| Error::io(format!("cannot create {}", parent.display()), e))?;
+            }
+            std::fs::copy(&from, &to)
+                .map_err(|e| Error::io(format!("cannot copy {}", from.display()), e))?;
         }
-        let to = tmp.path().join(&rel);
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| Error::io(format!("cannot create {}", parent.display()), e))?;
-        }
-        std::fs::copy(&from, &to)
-            .map_err(|e| Error::io(format!("cannot copy {}", from.display()), e))?;
-    }
-    let kept = tmp.keep();
-    std::fs::rename(&kept, &target).map_err(|e| {
-        let _ = std::fs::remove_dir_all(&kept);
-        Error::io(format!("cannot install {}", target.display()), e)
-    })?;
-    describe(&target)
+        Ok(())
+    })
 }

@@ -2,7 +2,6 @@
 //! after another, each recorded as a generation with its PNG in the gallery. The model stays
 //! loaded between jobs; steps stream as progress with a preview; cancel stops between steps.
 
-use std::io::Read;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -10,7 +9,6 @@ use std::time::Instant;
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::metadata::{self, ImageRecord};
 use super::model::{self, LoadedModel};
@@ -93,24 +91,9 @@ pub fn model_dir(home: &Home, id: &str) -> Result<PathBuf> {
 
 /// A1111's "Model hash": the first 10 hex digits of the file's sha256.
 fn short_hash(path: &std::path::Path) -> Result<String> {
-    let mut f = std::fs::File::open(path)
-        .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize()
-        .iter()
-        .take(5)
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    let mut hex = crate::fsutil::sha256_file(path)?;
+    hex.truncate(10);
+    Ok(hex)
 }
 
 /// Validates and queues an image run; returns the job id.
