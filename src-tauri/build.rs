@@ -13,6 +13,8 @@ const COMMANDS: &[&str] = &[
     "list_boards",
     "create_board",
     "set_image_board",
+    "set_image_tags",
+    "list_image_tags",
     "export_image",
     "app_status",
     "retry_open",

@@ -999,6 +999,22 @@ fn image_commands_models_generation_gallery_recall_and_export() {
     .unwrap();
     let boards = invoke(&h, "list_boards", json!({"projectId": project})).unwrap();
     assert_eq!(boards[0]["image_count"], 1);
+    let tagged = invoke(
+        &h,
+        "set_image_tags",
+        json!({"generationId": gen_id, "tags": ["主图", " 双十一  首页 "]}),
+    )
+    .unwrap();
+    assert_eq!(tagged["tags"], json!(["主图", "双十一 首页"]));
+    let tags = invoke(&h, "list_image_tags", json!({"projectId": project})).unwrap();
+    assert_eq!(tags[0]["image_count"], 1);
+    let page = invoke(
+        &h,
+        "gallery",
+        json!({"query": {"project_id": project, "tag": "主图"}}),
+    )
+    .unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
     let out = invoke(
         &h,
         "export_image",

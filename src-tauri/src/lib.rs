@@ -79,6 +79,8 @@ pub fn builder<R: Runtime>(
             commands::images::list_boards,
             commands::images::create_board,
             commands::images::set_image_board,
+            commands::images::set_image_tags,
+            commands::images::list_image_tags,
             commands::images::export_image,
             commands::scripts::list_products,
             commands::scripts::get_product,

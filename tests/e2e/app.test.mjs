@@ -463,6 +463,22 @@ test('images: a tiny model imported by path, generated with a live preview, reca
     await driver.findElement(By.css('[data-testid=image-generate]')).click();
     await driver.wait(async () => (await count('[data-testid=gallery-grid] .tile')) === 7, 120_000);
     await shot(driver, '16-images-inpainted.png');
+
+    // Tags and thumbs on the chosen image; the gallery filters by either.
+    await driver.wait(async () => (await count('[data-testid=image-tags]')) === 1, 10_000);
+    const tagInput = await driver.findElement(By.css('[data-testid=image-tag-input]'));
+    await tagInput.sendKeys('主图，双十一', Key.ENTER);
+    await driver.wait(async () => /主图[\s\S]*双十一/.test(await textOf('[data-testid=image-tags]')), 10_000);
+    await driver.findElement(By.css('[data-testid=image-rate-up]')).click();
+    await driver.wait(async () => (await driver.findElement(By.css('[data-testid=image-rate-up]')).getAttribute('aria-pressed')) === 'true', 5_000);
+    const tagFilter = await driver.wait(until.elementLocated(By.css('[data-testid=gallery-tag]')), 10_000);
+    await tagFilter.findElement(By.xpath("./option[starts-with(., '主图')]")).click();
+    await driver.wait(async () => (await count('[data-testid=gallery-grid] .tile')) === 1, 10_000);
+    await shot(driver, '17-images-tags.png');
+    await tagFilter.findElement(By.css('option[value=""]')).click();
+    await driver.wait(async () => (await count('[data-testid=gallery-grid] .tile')) === 7, 10_000);
+    await driver.findElement(By.css('[data-testid=gallery-rated-up]')).click();
+    await driver.wait(async () => (await count('[data-testid=gallery-grid] .tile')) === 1, 10_000);
   } finally {
     await driver.quit();
   }

@@ -6,7 +6,7 @@ use atelier_engine::image::label::Corner;
 use atelier_engine::image::metadata::{self, ExportFormat, ImageRecord, Recalled};
 use atelier_engine::image::model::ImageModelInfo;
 use atelier_engine::image::service::ImageJob;
-use atelier_engine::store::{Asset, Board, GalleryPage, GalleryQuery};
+use atelier_engine::store::{Asset, Board, GalleryImage, GalleryPage, GalleryQuery, TagCount};
 use atelier_engine::{ImageExport, JobEvent};
 use serde::Serialize;
 use tauri::State;
@@ -86,10 +86,11 @@ pub async fn image_record(
     Ok(state.engine()?.image_record(generation_id)?)
 }
 
-/// Reads the settings stored in a PNG the user drops (Atelier, A1111, ComfyUI, InvokeAI).
+/// Reads the settings stored in a picture the user drops: a PNG (Atelier, A1111, ComfyUI,
+/// InvokeAI) or a JPEG/WebP with A1111's EXIF parameters.
 #[tauri::command]
 pub async fn read_image_settings(request: Request<'_>) -> CmdResult<Recalled> {
-    Ok(metadata::recall(raw_body(&request, "PNG")?)?)
+    Ok(metadata::recall(raw_body(&request, "picture")?)?)
 }
 
 /// Keeps an image the user brings as an img2img source; the project is in the `project-id`
@@ -138,6 +139,28 @@ pub async fn set_image_board(
         .engine()?
         .store()
         .set_image_board(generation_id, board_id)?)
+}
+
+/// Replaces an image's tags; returns the image as the gallery shows it.
+#[tauri::command]
+pub async fn set_image_tags(
+    state: State<'_, AppState>,
+    generation_id: i64,
+    tags: Vec<String>,
+) -> CmdResult<GalleryImage> {
+    Ok(state
+        .engine()?
+        .store()
+        .set_image_tags(generation_id, &tags)?)
+}
+
+/// The tags used in a project's gallery, most used first.
+#[tauri::command]
+pub async fn list_image_tags(
+    state: State<'_, AppState>,
+    project_id: i64,
+) -> CmdResult<Vec<TagCount>> {
+    Ok(state.engine()?.store().image_tags(project_id)?)
 }
 
 /// Exports an image with the visible AI label (unless Settings turned labels off) and its

@@ -42,6 +42,7 @@ import type {
   Asset,
   Board,
   Corner,
+  GalleryImage,
   GalleryPage,
   GalleryQuery,
   ImageExport,
@@ -51,6 +52,7 @@ import type {
   ImageParams,
   ImageRecord,
   Recalled,
+  TagCount,
 } from './types';
 
 export class ApiError extends Error {
@@ -220,6 +222,8 @@ export const api = {
   listBoards: (projectId: number) => call<Board[]>('list_boards', { projectId }),
   createBoard: (projectId: number, name: string) => call<Board>('create_board', { projectId, name }),
   setImageBoard: (generationId: number, boardId: number | null) => call<void>('set_image_board', { generationId, boardId }),
+  setImageTags: (generationId: number, tags: string[]) => call<GalleryImage>('set_image_tags', { generationId, tags }),
+  listImageTags: (projectId: number) => call<TagCount[]>('list_image_tags', { projectId }),
   exportImage: (generationId: number, labelText: string | null, corner: Corner, format: ImageFileType = 'png') =>
     call<ImageExport>('export_image', { generationId, labelText, corner, format }),
 };

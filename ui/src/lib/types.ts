@@ -490,8 +490,8 @@ export interface BatchEvent { product_id: number; event: JobEvent }
 
 // ---- Image studio ----
 
-export type Scheduler = 'dpmpp_2m_karras' | 'dpmpp_2m' | 'euler' | 'euler_ancestral' | 'ddim' | 'lcm';
-export const SCHEDULERS: Scheduler[] = ['dpmpp_2m_karras', 'dpmpp_2m', 'euler', 'euler_ancestral', 'ddim', 'lcm'];
+export type Scheduler = 'dpmpp_2m_karras' | 'dpmpp_2m' | 'unipc' | 'euler' | 'euler_ancestral' | 'ddim' | 'lcm';
+export const SCHEDULERS: Scheduler[] = ['dpmpp_2m_karras', 'dpmpp_2m', 'unipc', 'euler', 'euler_ancestral', 'ddim', 'lcm'];
 
 export interface InitImage { asset_id: number; strength: number; mask_asset_id?: number | null }
 
@@ -548,14 +548,20 @@ export interface GalleryImage {
   seed: number | null;
   starred: boolean;
   rating: number;
+  /** Sorted. */
+  tags: string[];
   trashed: boolean;
   created_at: number;
 }
+
+export interface TagCount { tag: string; image_count: number }
 
 export interface GalleryQuery {
   project_id: number;
   text?: string;
   starred_only?: boolean;
+  rated_up_only?: boolean;
+  tag?: string | null;
   /** 0: images on no board. */
   board_id?: number | null;
   trash?: boolean;

@@ -29,11 +29,12 @@ pub enum ImageCmd {
     },
     /// Generate images into the gallery (and copy the first to --out).
     Generate(GenerateArgs),
-    /// Print the generation settings stored in a PNG (Atelier, A1111, ComfyUI, InvokeAI).
+    /// Print the generation settings stored in a picture: a PNG (Atelier, A1111, ComfyUI,
+    /// InvokeAI) or a JPEG/WebP with A1111 parameters in its EXIF.
     Recall { file: PathBuf },
     /// Write a random-weight model in the diffusers layout (for tests and benchmarks: it draws noise).
     RandomModel {
-        #[arg(long, value_parser = ["tiny", "sd15"], default_value = "tiny")]
+        #[arg(long, value_parser = ["tiny", "tiny-inpaint", "sd15"], default_value = "tiny")]
         arch: String,
         /// Folder to create; install it with `image import`.
         out: PathBuf,
@@ -158,10 +159,11 @@ pub async fn run(engine: &Engine, cmd: ImageCmd, json: bool) -> Result<()> {
             Ok(())
         }
         ImageCmd::RandomModel { arch, out } => {
-            let arch = if arch == "sd15" {
-                Arch::Sd15
-            } else {
-                Arch::Tiny
+            // clap has checked the name against the list above.
+            let arch = match arch.as_str() {
+                "sd15" => Arch::Sd15,
+                "tiny-inpaint" => Arch::TinyInpaint,
+                _ => Arch::Tiny,
             };
             write_random_model(&out, arch)?;
             println!("{}", out.display());

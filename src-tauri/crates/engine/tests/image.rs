@@ -217,6 +217,57 @@ async fn tiny_model_generates_reproducibly_with_every_scheduler() {
         .set_image_board(b[0], Some(board.id))
         .unwrap();
     assert_eq!(engine.store().boards(project.id).unwrap()[0].image_count, 1);
+    // Tags: many per image, normalised and deduplicated; the gallery filters by one, and the
+    // counts leave the trash out. A bad tag changes nothing.
+    let store = engine.store();
+    let tags = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let img = store
+        .set_image_tags(b[0], &tags(&["主图", "  双十一   首页 ", "主图"]))
+        .unwrap();
+    assert_eq!(img.tags, ["主图", "双十一 首页"]);
+    store.set_image_tags(c[0], &tags(&["主图"])).unwrap();
+    store.set_image_tags(a[0], &tags(&["主图"])).unwrap(); // a[0] is in the trash
+    let by_tag = |tag: &str| {
+        store
+            .gallery(&GalleryQuery {
+                project_id: project.id,
+                tag: Some(tag.into()),
+                ..Default::default()
+            })
+            .unwrap()
+            .items
+    };
+    assert_eq!(by_tag("主图").len(), 2);
+    assert_eq!(by_tag(" 双十一 首页").len(), 1);
+    let counts = store.image_tags(project.id).unwrap();
+    assert_eq!((counts[0].tag.as_str(), counts[0].image_count), ("主图", 2));
+    for bad in [
+        tags(&[""]),
+        tags(&[&"长".repeat(41)]),
+        (0..21).map(|i| i.to_string()).collect(),
+    ] {
+        let err = store.set_image_tags(b[0], &bad).unwrap_err();
+        assert_eq!(err.kind(), "invalid_input");
+    }
+    assert_eq!(
+        store.gallery_image(b[0]).unwrap().tags,
+        ["主图", "双十一 首页"]
+    );
+    assert_eq!(
+        store.set_image_tags(999_999, &[]).unwrap_err().kind(),
+        "not_found"
+    );
+    // Rated up: the thumbs of History, filterable in the gallery.
+    store.rate_generation(b[0], 1).unwrap();
+    let up = store
+        .gallery(&GalleryQuery {
+            project_id: project.id,
+            rated_up_only: true,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(up.items.len(), 1);
+    assert_eq!(up.items[0].rating, 1);
     // Images are generations too: History finds them.
     let history = engine
         .store()
@@ -307,6 +358,127 @@ async fn inpainting_repaints_the_mask_and_keeps_the_rest_exactly() {
         .items
         .len();
     assert_eq!(before, after);
+}
+
+/// An inpainting UNet (9 input channels) reads the mask and the masked source beside the
+/// latents: what it is given follows the mask exactly, and the picture keeps every pixel
+/// outside the mask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inpainting_models_read_the_mask_and_the_masked_source() {
+    use atelier_engine::image::pipeline;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    let src_dir = dir.path().join("src").join("tiny-inpaint");
+    write_random_model(&src_dir, Arch::TinyInpaint).unwrap();
+    let info = engine.import_image_model(&src_dir, None).unwrap();
+    assert_eq!(info.unet_in_channels, model::INPAINT_IN_CHANNELS);
+    let project = engine.store().create_project("inpaint model").unwrap();
+    let base = run(&engine, project.id, params(5)).await.unwrap();
+    let src = engine.store().gallery_image(base[0]).unwrap();
+    let (_, src_rgb) = pixels(&engine, base[0]);
+    let mask_png = |img: &image::GrayImage| {
+        let mut out = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+            .unwrap();
+        engine.add_image_asset(project.id, &out).unwrap().id
+    };
+    let left =
+        image::GrayImage::from_fn(64, 64, |x, _| image::Luma([if x < 32 { 255 } else { 0 }]));
+    let left_id = mask_png(&left);
+    let inpaint = |seed: u64| {
+        let mut p = params(seed);
+        p.model = "tiny-inpaint".into();
+        p.init_image = Some(InitImage {
+            asset_id: src.asset_id,
+            strength: 1.0,
+            mask_asset_id: Some(left_id),
+        });
+        p
+    };
+
+    // Txt2img runs on it too (a full mask over grey), reproducibly.
+    let mut txt = params(3);
+    txt.model = "tiny-inpaint".into();
+    let a = run(&engine, project.id, txt.clone()).await.unwrap();
+    let b = run(&engine, project.id, txt).await.unwrap();
+    assert_eq!(pixels(&engine, a[0]).1, pixels(&engine, b[0]).1);
+
+    let out = run(&engine, project.id, inpaint(7)).await.unwrap();
+    let (_, rgb) = pixels(&engine, out[0]);
+    let mut changed = 0;
+    for (i, (a, b)) in rgb.chunks(3).zip(src_rgb.chunks(3)).enumerate() {
+        if i % 64 >= 32 {
+            assert_eq!(a, b, "pixel {i} outside the mask changed");
+        } else if a != b {
+            changed += 1;
+        }
+    }
+    assert!(
+        changed > 64 * 32 / 2,
+        "only {changed} masked pixels changed"
+    );
+    let again = run(&engine, project.id, inpaint(7)).await.unwrap();
+    assert_eq!(pixels(&engine, again[0]).1, rgb);
+    let other = run(&engine, project.id, inpaint(8)).await.unwrap();
+    assert_ne!(pixels(&engine, other[0]).1, rgb);
+
+    // What the UNet is given: channel 0 is the mask at latent size; channels 1-4 are the
+    // latents of the source with the masked part blanked, so they do not change when only
+    // the masked half of the source does, and they do when the kept half does.
+    let loaded = model::load(info, &candle_core::Device::Cpu).unwrap();
+    let source = image::RgbImage::from_raw(64, 64, src_rgb.clone()).unwrap();
+    let cond = |img: &image::RgbImage, mask: Option<&image::GrayImage>| {
+        pipeline::inpaint_conditioning(&loaded, 64, 64, Some(img), mask).unwrap()
+    };
+    let c = cond(&source, Some(&left));
+    assert_eq!(c.dims(), &[1, 5, 8, 8]);
+    let mask_ch: Vec<f32> = c
+        .narrow(1, 0, 1)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    for (i, v) in mask_ch.iter().enumerate() {
+        assert_eq!(*v, if i % 8 < 4 { 1.0 } else { 0.0 }, "mask cell {i}");
+    }
+    let latents = |t: &candle_core::Tensor| -> Vec<f32> {
+        t.narrow(1, 1, 4)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let mut masked_half_edited = source.clone();
+    let mut kept_half_edited = source.clone();
+    for y in 0..64 {
+        masked_half_edited.put_pixel(5, y, image::Rgb([255, 0, 255]));
+        kept_half_edited.put_pixel(60, y, image::Rgb([255, 0, 255]));
+    }
+    assert_eq!(
+        latents(&cond(&masked_half_edited, Some(&left))),
+        latents(&c)
+    );
+    assert_ne!(latents(&cond(&kept_half_edited, Some(&left))), latents(&c));
+    // With no mask everything is repainted: an all-ones mask and the same grey latents
+    // whatever the source, as for txt2img.
+    let full = cond(&kept_half_edited, None);
+    let none = pipeline::inpaint_conditioning(&loaded, 64, 64, None, None).unwrap();
+    assert_eq!(
+        full.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        none.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+    assert!(
+        none.narrow(1, 0, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .all(|v| *v == 1.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -542,6 +714,48 @@ async fn export_draws_the_visible_label_and_keeps_the_metadata() {
         image::open(&out.path).unwrap().to_rgb8().into_raw(),
         "the WebP is not the labelled image"
     );
+
+    // Dropped back on the image screen, both give their settings and label back.
+    for file in [&jpg.path, &webp.path] {
+        let r = metadata::recall(&std::fs::read(file).unwrap()).unwrap();
+        assert_eq!(r.source, "a1111", "{}", file.display());
+        assert_eq!((r.prompt.as_str(), r.seed), (p.prompt.as_str(), Some(77)));
+        assert_eq!(
+            (r.width, r.height, r.steps),
+            (Some(128), Some(96), Some(p.steps))
+        );
+        assert_eq!(r.scheduler, Some(Scheduler::DpmPp2mKarras));
+        assert_eq!(r.label.unwrap().label, "1");
+    }
+    // A JPEG whose EXIF another tool wrote (exiftool, little-endian, non-ASCII text) reads too.
+    let peer = dir.path().join("peer.jpg");
+    image::RgbImage::new(16, 16).save(&peer).unwrap();
+    let status = Command::new("exiftool")
+        .args(["-q", "-overwrite_original", "-ExifByteOrder=Little-endian"])
+        .arg("-UserComment=一只猫\nNegative prompt: 模糊\nSteps: 12, Sampler: UniPC, CFG scale: 5, Seed: 9, Size: 16x16")
+        .arg(&peer)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let r = metadata::recall(&std::fs::read(&peer).unwrap()).unwrap();
+    assert_eq!(
+        (r.prompt.as_str(), r.negative_prompt.as_str()),
+        ("一只猫", "模糊")
+    );
+    assert_eq!(
+        (r.steps, r.seed, r.scheduler),
+        (Some(12), Some(9), Some(Scheduler::UniPc))
+    );
+    let err = metadata::recall(
+        &std::fs::read(dir.path().join("peer.jpg"))
+            .map(|mut b| {
+                b.truncate(20);
+                b
+            })
+            .unwrap(),
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), "invalid_input");
 
     // Labels off (acknowledged in Settings): no visible label, and the export is logged.
     engine

@@ -429,13 +429,14 @@ pub fn encode_jpeg(
 
 const JPEG_XMP_ID: &[u8] = b"http://ns.adobe.com/xap/1.0/\0";
 
-/// The XMP packet and the comment of a JPEG (the segments before the image data).
-pub fn jpeg_text(bytes: &[u8]) -> Result<(Option<String>, Option<String>)> {
+/// The metadata segments of a JPEG (those before the image data), each as its marker and
+/// body.
+pub fn jpeg_segments(bytes: &[u8]) -> Result<Vec<(u8, &[u8])>> {
     let bad = || Error::invalid("the file is not a readable JPEG");
     if bytes.get(..2) != Some(&[0xFF, 0xD8][..]) {
         return Err(bad());
     }
-    let (mut xmp, mut comment) = (None, None);
+    let mut out = Vec::new();
     let mut i = 2;
     while i + 4 <= bytes.len() && bytes[i] == 0xFF {
         let marker = bytes[i + 1];
@@ -444,12 +445,21 @@ pub fn jpeg_text(bytes: &[u8]) -> Result<(Option<String>, Option<String>)> {
         }
         let len = u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize;
         let body = bytes.get(i + 4..i + 2 + len).ok_or_else(bad)?;
+        out.push((marker, body));
+        i += 2 + len;
+    }
+    Ok(out)
+}
+
+/// The XMP packet and the comment of a JPEG.
+pub fn jpeg_text(bytes: &[u8]) -> Result<(Option<String>, Option<String>)> {
+    let (mut xmp, mut comment) = (None, None);
+    for (marker, body) in jpeg_segments(bytes)? {
         if marker == 0xE1 && body.starts_with(JPEG_XMP_ID) {
             xmp = Some(String::from_utf8_lossy(&body[JPEG_XMP_ID.len()..]).into_owned());
         } else if marker == 0xFE {
             comment = Some(String::from_utf8_lossy(body).into_owned());
         }
-        i += 2 + len;
     }
     Ok((xmp, comment))
 }
@@ -520,9 +530,14 @@ impl Recalled {
     }
 }
 
-/// Reads the generation settings of a PNG made by Atelier, A1111 (and Forge, sd.cpp, Civitai),
-/// InvokeAI or ComfyUI. A PNG with none of these is an error that says so.
+/// Reads the generation settings of a picture: a PNG made by Atelier, A1111 (and Forge,
+/// sd.cpp, Civitai), InvokeAI or ComfyUI, or a JPEG or WebP carrying A1111's parameters (EXIF
+/// UserComment, or the JPEG comment) as A1111 and Atelier write them. A file with none of
+/// these is an error that says so.
 pub fn recall(bytes: &[u8]) -> Result<Recalled> {
+    if bytes.starts_with(&[0xFF, 0xD8]) || bytes.starts_with(b"RIFF") {
+        return recall_exif_file(bytes);
+    }
     let chunks = png_text(bytes)?;
     let get = |k: &str| {
         chunks
@@ -564,6 +579,119 @@ pub fn recall(bytes: &[u8]) -> Result<Recalled> {
     };
     r.label = label;
     Ok(r)
+}
+
+/// JPEG and WebP: the parameters from the EXIF UserComment (or a JPEG's comment), the label
+/// from the XMP packet.
+fn recall_exif_file(bytes: &[u8]) -> Result<Recalled> {
+    let (exif, xmp, comment) = if bytes.starts_with(b"RIFF") {
+        let chunks = webp_chunks(bytes)?;
+        let find = |id: &[u8; 4]| chunks.iter().find(|(i, _)| i == id).map(|(_, d)| *d);
+        // Some writers keep JPEG's "Exif\0\0" prefix inside the WebP chunk.
+        let exif = find(b"EXIF").map(|e| e.strip_prefix(b"Exif\0\0").unwrap_or(e));
+        let xmp = find(b"XMP ").map(|x| String::from_utf8_lossy(x).into_owned());
+        (exif.map(<[u8]>::to_vec), xmp, None)
+    } else {
+        let segments = jpeg_segments(bytes)?;
+        let exif = segments.iter().find_map(|(m, body)| {
+            (*m == 0xE1)
+                .then(|| body.strip_prefix(b"Exif\0\0"))
+                .flatten()
+        });
+        let xmp = segments.iter().find_map(|(m, body)| {
+            (*m == 0xE1)
+                .then(|| body.strip_prefix(JPEG_XMP_ID))
+                .flatten()
+                .map(|x| String::from_utf8_lossy(x).into_owned())
+        });
+        let comment = segments
+            .iter()
+            .find(|(m, _)| *m == 0xFE)
+            .map(|(_, body)| String::from_utf8_lossy(body).into_owned());
+        (exif.map(<[u8]>::to_vec), xmp, comment)
+    };
+    let parameters = exif
+        .as_deref()
+        .and_then(exif_user_comment_text)
+        .filter(|t| !t.trim().is_empty())
+        .or(comment.filter(|c| c.contains("Steps:")))
+        .ok_or_else(|| {
+            Error::invalid(
+                "this picture carries no generation settings (no A1111 parameters in its EXIF UserComment or comment)",
+            )
+        })?;
+    let mut r = from_infotext("a1111", &parse_a1111(&parameters));
+    r.label = xmp.as_deref().and_then(label_from_xmp);
+    Ok(r)
+}
+
+/// The UserComment of an EXIF block (a TIFF structure, either byte order), decoded by its
+/// 8-byte character-code prefix: `UNICODE` (UTF-16 in the block's byte order unless a BOM
+/// says otherwise), `ASCII`, or undefined (read as UTF-8). Bounds are checked at every step;
+/// a malformed block yields `None`.
+pub fn exif_user_comment_text(tiff: &[u8]) -> Option<String> {
+    let big = match tiff.get(..4)? {
+        b"MM\0\x2a" => true,
+        b"II\x2a\0" => false,
+        _ => return None,
+    };
+    let u16_at = |at: usize| -> Option<u16> {
+        let b: [u8; 2] = tiff.get(at..at.checked_add(2)?)?.try_into().ok()?;
+        Some(if big {
+            u16::from_be_bytes(b)
+        } else {
+            u16::from_le_bytes(b)
+        })
+    };
+    let u32_at = |at: usize| -> Option<u32> {
+        let b: [u8; 4] = tiff.get(at..at.checked_add(4)?)?.try_into().ok()?;
+        Some(if big {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        })
+    };
+    // (type, count, value-or-offset position) of `tag` in the IFD at `ifd`.
+    let find = |ifd: usize, tag: u16| -> Option<(u16, u32, usize)> {
+        let n = u16_at(ifd)? as usize;
+        (0..n).find_map(|k| {
+            let e = ifd + 2 + 12 * k;
+            (u16_at(e)? == tag).then(|| Some((u16_at(e + 2)?, u32_at(e + 4)?, e + 8)))?
+        })
+    };
+    let ifd0 = u32_at(4)? as usize;
+    let (_, _, at) = find(ifd0, 0x8769)?;
+    let exif_ifd = u32_at(at)? as usize;
+    let (_, count, at) = find(exif_ifd, 0x9286)?;
+    let count = count as usize;
+    let start = if count <= 4 { at } else { u32_at(at)? as usize };
+    let raw = tiff.get(start..start.checked_add(count)?)?;
+    let (code, text) = (raw.get(..8)?, &raw[8..]);
+    Some(
+        match code {
+            b"UNICODE\0" => {
+                let (big, text) = match text {
+                    [0xFE, 0xFF, rest @ ..] => (true, rest),
+                    [0xFF, 0xFE, rest @ ..] => (false, rest),
+                    _ => (big, text),
+                };
+                let units: Vec<u16> = text
+                    .chunks_exact(2)
+                    .map(|c| {
+                        if big {
+                            u16::from_be_bytes([c[0], c[1]])
+                        } else {
+                            u16::from_le_bytes([c[0], c[1]])
+                        }
+                    })
+                    .collect();
+                String::from_utf16_lossy(&units)
+            }
+            _ => String::from_utf8_lossy(text).into_owned(),
+        }
+        .trim_end_matches('\0')
+        .to_owned(),
+    )
 }
 
 fn from_infotext(source: &str, info: &Infotext) -> Recalled {
@@ -611,6 +739,7 @@ fn from_invokeai(json: &str) -> Result<Recalled> {
         Some("ddim") => Some(Scheduler::Ddim),
         Some("dpmpp_2m") => Some(Scheduler::DpmPp2m),
         Some("dpmpp_2m_k") => Some(Scheduler::DpmPp2mKarras),
+        Some("unipc") => Some(Scheduler::UniPc),
         Some("lcm") => Some(Scheduler::Lcm),
         _ => None,
     };
@@ -659,6 +788,7 @@ fn from_comfyui(json: &str) -> Result<Recalled> {
         Some("ddim") => Some(Scheduler::Ddim),
         Some("dpmpp_2m") if karras => Some(Scheduler::DpmPp2mKarras),
         Some("dpmpp_2m") => Some(Scheduler::DpmPp2m),
+        Some("uni_pc" | "uni_pc_bh2") => Some(Scheduler::UniPc),
         Some("lcm") => Some(Scheduler::Lcm),
         _ => None,
     };

@@ -548,6 +548,9 @@ impl TextEncoder {
     }
 }
 
+/// Input channels of an inpainting UNet: 4 latent, 1 mask, 4 masked-image latent.
+pub const INPAINT_IN_CHANNELS: usize = 9;
+
 /// A model ready to run.
 pub struct LoadedModel {
     pub info: ImageModelInfo,

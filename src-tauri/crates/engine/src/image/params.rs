@@ -16,8 +16,8 @@ pub const MAX_BATCH: u32 = 16;
 /// a round trip through their infotext readers.
 pub const MAX_SEED: u64 = u32::MAX as u64;
 
-/// The samplers. DDIM, Euler, DPM++ 2M (Karras) and LCM are deterministic given the seed;
-/// Euler a and LCM draw their extra noise from the same seeded host RNG, so they are too.
+/// The samplers. DDIM, Euler, DPM++ 2M (Karras), UniPC and LCM are deterministic given the
+/// seed; Euler a and LCM draw their extra noise from the same seeded host RNG, so they are too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scheduler {
@@ -28,13 +28,16 @@ pub enum Scheduler {
     DpmPp2mKarras,
     #[serde(rename = "dpmpp_2m")]
     DpmPp2m,
+    #[serde(rename = "unipc")]
+    UniPc,
     Lcm,
 }
 
 impl Scheduler {
-    pub const ALL: [Scheduler; 6] = [
+    pub const ALL: [Scheduler; 7] = [
         Scheduler::DpmPp2mKarras,
         Scheduler::DpmPp2m,
+        Scheduler::UniPc,
         Scheduler::Euler,
         Scheduler::EulerAncestral,
         Scheduler::Ddim,
@@ -48,6 +51,7 @@ impl Scheduler {
             Scheduler::EulerAncestral => "euler_ancestral",
             Scheduler::DpmPp2mKarras => "dpmpp_2m_karras",
             Scheduler::DpmPp2m => "dpmpp_2m",
+            Scheduler::UniPc => "unipc",
             Scheduler::Lcm => "lcm",
         }
     }
@@ -60,6 +64,7 @@ impl Scheduler {
             Scheduler::EulerAncestral => ("Euler a", None),
             Scheduler::DpmPp2mKarras => ("DPM++ 2M", Some("Karras")),
             Scheduler::DpmPp2m => ("DPM++ 2M", None),
+            Scheduler::UniPc => ("UniPC", None),
             Scheduler::Lcm => ("LCM", None),
         }
     }
@@ -74,6 +79,7 @@ impl Scheduler {
             "DPM++ 2M Karras" => Scheduler::DpmPp2mKarras,
             "DPM++ 2M" if karras => Scheduler::DpmPp2mKarras,
             "DPM++ 2M" => Scheduler::DpmPp2m,
+            "UniPC" => Scheduler::UniPc,
             "LCM" => Scheduler::Lcm,
             _ => return None,
         })

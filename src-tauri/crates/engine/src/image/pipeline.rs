@@ -6,7 +6,7 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::model::LoadedModel;
+use super::model::{self, LoadedModel};
 use super::params::ImageParams;
 use super::prompt::{WINDOW, Windows};
 use super::sampler::{self, Prediction};
@@ -221,22 +221,76 @@ fn encode_prompts(model: &LoadedModel, p: &ImageParams) -> Result<(Tensor, usize
 /// A source image as latents (the distribution's mean: reproducible, as diffusers' "argmax").
 pub fn encode_image(model: &LoadedModel, img: &image::RgbImage) -> Result<Tensor> {
     let bad = |e: candle_core::Error| Error::Internal(format!("encoding the source image: {e}"));
+    encode_pixels(model, &pixels_tensor(img, &model.device).map_err(bad)?)
+}
+
+/// An image as a `(1, 3, h, w)` f32 tensor in [-1, 1].
+fn pixels_tensor(img: &image::RgbImage, device: &Device) -> candle_core::Result<Tensor> {
     let (w, h) = img.dimensions();
     let data: Vec<f32> = img
         .as_raw()
         .iter()
         .map(|&b| b as f32 / 127.5 - 1.0)
         .collect();
-    let x = Tensor::from_vec(data, (h as usize, w as usize, 3), &model.device)
-        .and_then(|t| t.permute((2, 0, 1)))
-        .and_then(|t| t.unsqueeze(0))
-        .and_then(|t| t.to_dtype(model.dtype))
-        .map_err(bad)?;
+    Tensor::from_vec(data, (h as usize, w as usize, 3), device)?
+        .permute((2, 0, 1))?
+        .unsqueeze(0)
+}
+
+/// Pixels in [-1, 1] as scaled latents.
+fn encode_pixels(model: &LoadedModel, x: &Tensor) -> Result<Tensor> {
+    let bad = |e: candle_core::Error| Error::Internal(format!("encoding the source image: {e}"));
+    let x = x.to_dtype(model.dtype).map_err(bad)?;
     let dist = model.vae.encode(&x).map_err(bad)?;
     // The VAE was loaded with a zero log-variance head patched to -inf (see model.rs), so a
     // "sample" is exactly the mean.
     let latent = dist.sample().map_err(bad)?;
     (latent.to_dtype(DType::F32).map_err(bad)? * model.vae_scale).map_err(bad)
+}
+
+/// What an inpainting UNet (9 input channels) reads beside the latents: the mask at latent
+/// size (1 = repaint; nearest, after rounding to 0 or 1) and the latents of the source with
+/// the repainted part made grey. With no mask the whole picture is repainted, and with no
+/// source (txt2img) the masked image is all grey, which is how A1111 runs these models.
+pub fn inpaint_conditioning(
+    model: &LoadedModel,
+    width: u32,
+    height: u32,
+    source: Option<&image::RgbImage>,
+    mask: Option<&image::GrayImage>,
+) -> Result<Tensor> {
+    let bad = |e: candle_core::Error| Error::Internal(format!("inpainting conditioning: {e}"));
+    let dev = &model.device;
+    let (w, h) = (width as usize, height as usize);
+    let full_mask = match mask {
+        Some(m) => {
+            let v: Vec<f32> = m
+                .as_raw()
+                .iter()
+                .map(|&b| if b >= 128 { 1.0 } else { 0.0 })
+                .collect();
+            Tensor::from_vec(v, (1, 1, h, w), dev).map_err(bad)?
+        }
+        None => Tensor::ones((1, 1, h, w), DType::F32, dev).map_err(bad)?,
+    };
+    let masked = match source {
+        Some(img) => pixels_tensor(img, dev)
+            .and_then(|x| x.broadcast_mul(&full_mask.affine(-1.0, 1.0)?))
+            .map_err(bad)?,
+        None => Tensor::zeros((1, 3, h, w), DType::F32, dev).map_err(bad)?,
+    };
+    let latents = encode_pixels(model, &masked)?;
+    // Nearest at latent size: the pixel at the top-left of each 8×8 cell, as
+    // `interpolate(mode="nearest")` picks it.
+    let small = full_mask
+        .reshape((1, 1, h / 8, 8, w / 8, 8))
+        .and_then(|m| m.narrow(3, 0, 1))
+        .and_then(|m| m.narrow(5, 0, 1))
+        .and_then(|m| m.reshape((1, 1, h / 8, w / 8)))
+        .map_err(bad)?;
+    Tensor::cat(&[small, latents], 1)
+        .and_then(|c| c.to_dtype(model.dtype))
+        .map_err(bad)
 }
 
 /// What a step reports: its index, the step count and a preview.
@@ -270,14 +324,25 @@ pub fn generate(
             .map_err(bad)?;
         first = slerp(&first, &other, v.strength).map_err(bad)?;
     }
-    // Inpainting keeps the source's latents outside the mask: the denoised estimate is
-    // blended with them at every step, so every sampler converges to the source there.
+    // An inpainting UNet sees the mask and the masked source beside the latents. An ordinary
+    // one is steered instead: outside the mask the denoised estimate is replaced by the
+    // source's latents at every step, so every sampler converges to the source there.
+    let concat = if model.info.unet_in_channels == model::INPAINT_IN_CHANNELS {
+        let c = inpaint_conditioning(model, p.width, p.height, init, mask)?;
+        Some(if p.uses_cfg() {
+            Tensor::cat(&[&c, &c], 0).map_err(bad)?
+        } else {
+            c
+        })
+    } else {
+        None
+    };
     let mut keep: Option<(Tensor, Tensor)> = None;
     let (sigmas, x) = match (init, &p.init_image) {
         (Some(img), Some(i)) => {
             let sigmas = sampler::img2img_sigmas(&full, i.strength);
             let latent = encode_image(model, img)?;
-            if let Some(m) = mask {
+            if let (Some(m), None) = (mask, &concat) {
                 keep = Some((latent_mask(m, &model.device).map_err(bad)?, latent.clone()));
             }
             let x = (latent + first.affine(sigmas[0], 0.0).map_err(bad)?).map_err(bad)?;
@@ -297,6 +362,10 @@ pub fn generate(
             Tensor::cat(&[&input, &input], 0)?
         } else {
             input
+        };
+        let input = match &concat {
+            Some(c) => Tensor::cat(&[&input, c], 1)?,
+            None => input,
         };
         let out = model.unet.forward(&input, t, &emb)?.to_dtype(DType::F32)?;
         let out = if cfg {

@@ -23,16 +23,19 @@ use crate::fsutil::write_atomic;
 pub enum Arch {
     /// A few hundred thousand weights; 64×64 in a fraction of a second on a CPU.
     Tiny,
+    /// Tiny, with an inpainting UNet (9 input channels: latents, mask, masked-image latents).
+    TinyInpaint,
     /// SD 1.5's exact shapes (UNet 860M, VAE 84M, CLIP ViT-L 123M parameters): for benchmarks.
     Sd15,
 }
 
 fn configs(arch: Arch) -> (Value, Value, Value) {
     match arch {
-        Arch::Tiny => (
+        Arch::Tiny | Arch::TinyInpaint => (
             json!({
                 "_class_name": "UNet2DConditionModel",
-                "in_channels": 4, "out_channels": 4,
+                "in_channels": if arch == Arch::TinyInpaint { 9 } else { 4 },
+                "out_channels": 4,
                 "block_out_channels": [32, 64],
                 "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
                 "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
@@ -142,7 +145,14 @@ pub fn write_random_model(dir: &Path, arch: Arch) -> Result<()> {
     }
     write_json(
         &dir.join("model_index.json"),
-        &json!({"_class_name": "StableDiffusionPipeline", "_atelier_random_weights": true}),
+        &json!({
+            "_class_name": if arch == Arch::TinyInpaint {
+                "StableDiffusionInpaintPipeline"
+            } else {
+                "StableDiffusionPipeline"
+            },
+            "_atelier_random_weights": true
+        }),
     )?;
     write_json(
         &dir.join("scheduler").join("scheduler_config.json"),

@@ -211,11 +211,14 @@ pub fn sample(
     on_step: &mut dyn FnMut(usize, &Tensor) -> candle_core::Result<()>,
 ) -> candle_core::Result<Tensor> {
     let mut old_denoised: Option<Tensor> = None;
-    for i in 0..sigmas.len().saturating_sub(1) {
+    let mut unipc = UniPc::default();
+    let steps = sigmas.len().saturating_sub(1);
+    for i in 0..steps {
         let (sigma, next) = (sigmas[i], sigmas[i + 1]);
         let denoised = denoise(&x, sigma, i)?;
         on_step(i, &denoised)?;
         x = match scheduler {
+            Scheduler::UniPc => unipc.step(sigmas, i, x, denoised)?,
             // DDIM with eta = 0 is the Euler step of the same ODE; only its timesteps differ.
             Scheduler::Euler | Scheduler::Ddim => euler(&x, &denoised, sigma, next)?,
             Scheduler::EulerAncestral => {
@@ -256,6 +259,103 @@ pub fn sample(
         };
     }
     Ok(x)
+}
+
+/// UniPC (Zhao et al., 2023) as diffusers runs it by default: data prediction, the `bh2`
+/// weighting, order 2, the first step and the last at order 1. Each step first corrects the
+/// previous step's result with the new model output (UniC, which costs no extra call), then
+/// predicts the next point from the last two outputs (UniP). In the sigma form used here,
+/// `lambda = -ln(sigma)`, and the update is the one diffusers makes in its VP form divided
+/// through by `alpha_t`.
+#[derive(Default)]
+struct UniPc {
+    /// Model outputs (clean estimates) of the last two steps, newest last. The corrector does
+    /// not replace them: the next predictor uses what the model said, as diffusers does.
+    outputs: Vec<Tensor>,
+    /// The sample the last predictor started from, and the order it ran at.
+    last: Option<(Tensor, usize)>,
+}
+
+impl UniPc {
+    const ORDER: usize = 2;
+
+    fn step(
+        &mut self,
+        sigmas: &[f64],
+        i: usize,
+        x: Tensor,
+        denoised: Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let lambda = |s: f64| -s.ln();
+        let steps = sigmas.len() - 1;
+        // UniC: `x` came from the predictor at step i - 1; `denoised` is the model at `x`.
+        let x = match self.last.take() {
+            Some((last_x, order)) if i > 0 => {
+                let (s0, t) = (sigmas[i - 1], sigmas[i]);
+                let h = lambda(t) - lambda(s0);
+                let m0 = &self.outputs[self.outputs.len() - 1];
+                let (b, bh) = Self::b(h, order);
+                let base = (last_x.affine(t / s0, 0.0)? - m0.affine((-h).exp_m1(), 0.0)?)?;
+                let d1_t = (&denoised - m0)?;
+                let res = if order == 1 {
+                    d1_t.affine(0.5, 0.0)?
+                } else {
+                    // Two history points: solve [[1, 1], [rk, 1]] rho = b for (rho_0, rho_t).
+                    let m1 = &self.outputs[self.outputs.len() - 2];
+                    let rk = (lambda(sigmas[i - 2]) - lambda(s0)) / h;
+                    let rho0 = (b[0] - b[1]) / (1.0 - rk);
+                    let rho_t = b[0] - rho0;
+                    let d1 = (m1 - m0)?.affine(1.0 / rk, 0.0)?;
+                    (d1.affine(rho0, 0.0)? + d1_t.affine(rho_t, 0.0)?)?
+                };
+                (base - res.affine(bh, 0.0)?)?
+            }
+            _ => x,
+        };
+        self.outputs.push(denoised);
+        if self.outputs.len() > Self::ORDER {
+            self.outputs.remove(0);
+        }
+        // UniP: order 1 to start (one output known) and for the last step (diffusers'
+        // `lower_order_final`, which also keeps the step to sigma = 0 finite).
+        let order = Self::ORDER.min(steps - i).min(self.outputs.len());
+        let (s0, t) = (sigmas[i], sigmas[i + 1]);
+        let m0 = &self.outputs[self.outputs.len() - 1];
+        let next = if t == 0.0 {
+            m0.clone()
+        } else {
+            let h = lambda(t) - lambda(s0);
+            let (_, bh) = Self::b(h, order);
+            let base = (x.affine(t / s0, 0.0)? - m0.affine((-h).exp_m1(), 0.0)?)?;
+            if order == 1 {
+                base
+            } else {
+                let m1 = &self.outputs[self.outputs.len() - 2];
+                let rk = (lambda(sigmas[i - 1]) - lambda(s0)) / h;
+                // With one history point UniP's weight is 1/2 whatever the step sizes.
+                let d1 = (m1 - m0)?.affine(1.0 / rk, 0.0)?;
+                (base - d1.affine(0.5 * bh, 0.0)?)?
+            }
+        };
+        self.last = Some((x, order));
+        Ok(next)
+    }
+
+    /// The right-hand side `b` of UniPC's order conditions for a step of `h` in lambda, and
+    /// `B(h)`, the `bh2` scaling `e^-h - 1`.
+    fn b(h: f64, order: usize) -> (Vec<f64>, f64) {
+        let hh = -h;
+        let bh = hh.exp_m1();
+        let mut phi = bh / hh - 1.0;
+        let mut factorial = 1.0;
+        let mut b = Vec::with_capacity(order);
+        for k in 1..=order {
+            b.push(phi * factorial / bh);
+            factorial *= (k + 1) as f64;
+            phi = phi / hh - 1.0 / factorial;
+        }
+        (b, bh)
+    }
 }
 
 fn euler(x: &Tensor, denoised: &Tensor, sigma: f64, next: f64) -> candle_core::Result<Tensor> {
@@ -374,4 +474,97 @@ mod tests {
             assert!(err < tol, "{sched:?}: off by {err}");
         }
     }
+
+    /// Gaussian data, N(MU, S^2) per element, have an exact denoiser and a closed-form ODE
+    /// solution, so a deterministic sampler's error can be measured, not just its shape.
+    const MU: f64 = 0.3;
+    const S: f64 = 0.5;
+
+    fn gaussian_run(sched: Scheduler, sigmas: &[f64], starts: &[f64]) -> Vec<f64> {
+        let dev = Device::Cpu;
+        let x0: Vec<f64> = starts.iter().map(|s| s * sigmas[0]).collect();
+        let x0 = Tensor::new(x0.as_slice(), &dev).unwrap();
+        let out = sample(
+            sched,
+            sigmas,
+            x0,
+            &mut |x, sigma, _| {
+                let v = S * S + sigma * sigma;
+                x.affine(S * S / v, sigma * sigma * MU / v)
+            },
+            &mut || unreachable!("deterministic samplers draw no noise"),
+            &mut |_, _| Ok(()),
+        )
+        .unwrap();
+        out.to_vec1::<f64>().unwrap()
+    }
+
+    fn gaussian_exact(x_t: f64, sigma_t: f64, sigma_end: f64) -> f64 {
+        MU + (x_t - MU) * (S * S + sigma_end * sigma_end).sqrt()
+            / (S * S + sigma_t * sigma_t).sqrt()
+    }
+
+    fn gaussian_error(sched: Scheduler, steps: usize) -> f64 {
+        // One ladder for all (Karras'): the comparison is of the update rules, not of spacings.
+        let sigmas = sd().sigmas(Scheduler::DpmPp2mKarras, steps);
+        let starts = [1.0, -2.0, 0.25];
+        let got = gaussian_run(sched, &sigmas, &starts);
+        let end = *sigmas.last().unwrap();
+        starts
+            .iter()
+            .zip(&got)
+            .map(|(s, g)| (g - gaussian_exact(s * sigmas[0], sigmas[0], end)).abs())
+            .fold(0.0, f64::max)
+    }
+
+    /// The multistep samplers are second order: their error shrinks much faster with steps
+    /// than Euler's, and at 20 steps they are several times closer to the true answer.
+    #[test]
+    fn multistep_samplers_are_more_accurate_than_euler_on_a_known_ode() {
+        for sched in [Scheduler::Euler, Scheduler::DpmPp2m, Scheduler::UniPc] {
+            let e: Vec<f64> = [5, 10, 20, 40, 80]
+                .map(|n| gaussian_error(sched, n))
+                .to_vec();
+            eprintln!(
+                "{sched:?}: {:?}",
+                e.iter().map(|x| format!("{x:.2e}")).collect::<Vec<_>>()
+            );
+            assert!(
+                e[4] < e[2] && e[2] < e[1],
+                "{sched:?} does not converge: {e:?}"
+            );
+        }
+        let euler = gaussian_error(Scheduler::Euler, 20);
+        for sched in [Scheduler::DpmPp2m, Scheduler::UniPc] {
+            let e = gaussian_error(sched, 20);
+            assert!(
+                e * 4.0 < euler,
+                "{sched:?}: {e:.2e} against Euler's {euler:.2e}"
+            );
+        }
+    }
+
+    /// The same problem on the same sigmas in diffusers (UniPCMultistepScheduler, bh2, order 2;
+    /// DPMSolverMultistepScheduler, dpmsolver++, order 2): `bench/samplers_vs_diffusers.py`
+    /// prints these numbers. UniPC agrees to 1e-9; DPM++ to 4e-8 (diffusers keeps some of its
+    /// lambdas in f32).
+    #[test]
+    fn multistep_samplers_land_where_diffusers_does() {
+        let sigmas = sd().sigmas(Scheduler::DpmPp2mKarras, 8);
+        let starts = [1.0, -2.0, 0.25];
+        for (sched, want) in [
+            (Scheduler::UniPc, DIFFUSERS_UNIPC),
+            (Scheduler::DpmPp2m, DIFFUSERS_DPMPP_2M),
+        ] {
+            let got = gaussian_run(sched, &sigmas, &starts);
+            for (g, w) in got.iter().zip(want) {
+                assert!(
+                    (g - w).abs() < 1e-7,
+                    "{sched:?}: {got:?} against diffusers' {want:?}"
+                );
+            }
+        }
+    }
+    const DIFFUSERS_UNIPC: [f64; 3] = [0.830662865, -0.794689932, 0.424324666];
+    const DIFFUSERS_DPMPP_2M: [f64; 3] = [0.819888364, -0.772463417, 0.421800391];
 }

@@ -110,9 +110,9 @@ pub fn submit(
     store.ensure_live_project(job.project_id)?;
     let dir = model_dir(&home, &job.params.model)?;
     let info = model::describe(&dir)?; // a broken model fails now, not in the queue
-    if info.unet_in_channels != 4 {
+    if ![4, model::INPAINT_IN_CHANNELS].contains(&info.unet_in_channels) {
         return Err(Error::invalid(format!(
-            "{} is an inpainting model ({} input channels); inpainting is not available yet",
+            "{} has a UNet with {} input channels; Atelier runs ordinary (4) and inpainting (9) models",
             info.id, info.unet_in_channels
         )));
     }

@@ -21,6 +21,8 @@ pub struct GalleryImage {
     pub seed: Option<i64>,
     pub starred: bool,
     pub rating: i64,
+    /// Sorted, as the user typed them.
+    pub tags: Vec<String>,
     pub trashed: bool,
     pub created_at: i64,
 }
@@ -32,6 +34,10 @@ pub struct GalleryQuery {
     /// Words that must all occur in the prompt.
     pub text: String,
     pub starred_only: bool,
+    /// Only images rated up (thumbs up).
+    pub rated_up_only: bool,
+    /// Only images with this tag.
+    pub tag: Option<String>,
     /// `Some(0)`: images on no board.
     pub board_id: Option<i64>,
     /// The trash instead of the gallery.
@@ -58,7 +64,27 @@ pub struct Board {
 
 const COLUMNS: &str =
     "g.id, i.project_id, i.asset_id, i.thumb_asset_id, i.board_id, i.width, i.height,
-    g.prompt, g.model_id, g.seed, g.starred, g.rating, i.trashed_at, g.created_at";
+    g.prompt, g.model_id, g.seed, g.starred, g.rating, i.trashed_at, g.created_at,
+    (SELECT group_concat(t.tag, char(31)) FROM image_tags t WHERE t.generation_id = g.id)";
+
+/// Tags are joined with the unit separator in one column; it cannot occur in a tag.
+const TAG_SEPARATOR: char = '\u{1f}';
+
+/// The most tags one image keeps.
+pub const MAX_TAGS: usize = 20;
+
+/// A tag as stored: trimmed, inner whitespace collapsed to one space, 1 to 40 characters, no
+/// control characters.
+pub fn normalize_tag(tag: &str) -> Result<String> {
+    let t = tag.split_whitespace().collect::<Vec<_>>().join(" ");
+    if t.is_empty() || t.chars().count() > 40 || t.chars().any(char::is_control) {
+        return Err(Error::invalid(format!(
+            "\"{}\" is not a tag: a tag needs 1 to 40 characters",
+            tag.trim()
+        )));
+    }
+    Ok(t)
+}
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<GalleryImage> {
     Ok(GalleryImage {
@@ -76,6 +102,14 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<GalleryImage> {
         rating: r.get(11)?,
         trashed: r.get::<_, Option<i64>>(12)?.is_some(),
         created_at: r.get(13)?,
+        tags: {
+            let mut tags: Vec<String> = r
+                .get::<_, Option<String>>(14)?
+                .map(|s| s.split(TAG_SEPARATOR).map(str::to_owned).collect())
+                .unwrap_or_default();
+            tags.sort();
+            tags
+        },
     })
 }
 
@@ -177,6 +211,16 @@ impl Store {
         }
         if q.starred_only {
             conds.push("g.starred = 1".into());
+        }
+        if q.rated_up_only {
+            conds.push("g.rating = 1".into());
+        }
+        if let Some(tag) = &q.tag {
+            conds.push(
+                "EXISTS (SELECT 1 FROM image_tags t WHERE t.generation_id = i.generation_id AND t.tag = ?)"
+                    .into(),
+            );
+            args.push(Box::new(normalize_tag(tag)?));
         }
         match q.board_id {
             Some(0) => conds.push("i.board_id IS NULL".into()),
@@ -297,4 +341,63 @@ impl Store {
         )?;
         Ok(())
     }
+
+    /// Replaces an image's tags (normalised, duplicates dropped) and returns the image.
+    pub fn set_image_tags(&self, generation_id: i64, tags: &[String]) -> Result<GalleryImage> {
+        let mut clean: Vec<String> = Vec::with_capacity(tags.len());
+        for t in tags {
+            let t = normalize_tag(t)?;
+            if !clean.contains(&t) {
+                clean.push(t);
+            }
+        }
+        if clean.len() > MAX_TAGS {
+            return Err(Error::invalid(format!(
+                "{} tags is over the limit of {MAX_TAGS} per image",
+                clean.len()
+            )));
+        }
+        self.gallery_image(generation_id)?; // not found is an error, not a silent no-op
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "DELETE FROM image_tags WHERE generation_id = ?1",
+            [generation_id],
+        )?;
+        for t in &clean {
+            tx.execute(
+                "INSERT INTO image_tags (generation_id, tag) VALUES (?1, ?2)",
+                params![generation_id, t],
+            )?;
+        }
+        tx.commit()?;
+        drop(conn);
+        self.gallery_image(generation_id)
+    }
+
+    /// The tags used in a project's gallery (trash left out), most used first.
+    pub fn image_tags(&self, project_id: i64) -> Result<Vec<TagCount>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT t.tag, count(*) AS n FROM image_tags t
+             JOIN images i ON i.generation_id = t.generation_id
+             WHERE i.project_id = ?1 AND i.trashed_at IS NULL
+             GROUP BY t.tag ORDER BY n DESC, t.tag",
+        )?;
+        let rows = stmt
+            .query_map([project_id], |r| {
+                Ok(TagCount {
+                    tag: r.get(0)?,
+                    image_count: r.get(1)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TagCount {
+    pub tag: String,
+    pub image_count: i64,
 }

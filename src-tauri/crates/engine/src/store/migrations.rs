@@ -233,6 +233,17 @@ CREATE INDEX images_by_project ON images(project_id, trashed_at, generation_id);
 CREATE INDEX images_by_board ON images(board_id, generation_id);
 "#;
 
+/// Version 8: tags on gallery images (many per image, unlike boards), kept per image and
+/// found by tag within a project.
+const IMAGE_TAGS: &str = r#"
+CREATE TABLE image_tags (
+    generation_id INTEGER NOT NULL REFERENCES images(generation_id) ON DELETE CASCADE,
+    tag           TEXT NOT NULL CHECK (length(tag) BETWEEN 1 AND 40),
+    PRIMARY KEY (generation_id, tag)
+) WITHOUT ROWID;
+CREATE INDEX image_tags_by_tag ON image_tags(tag, generation_id);
+"#;
+
 pub fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(CORE),
@@ -242,8 +253,9 @@ pub fn migrations() -> Migrations<'static> {
         M::up(LABEL_EVENTS),
         M::up(PRODUCTS),
         M::up(GALLERY),
+        M::up(IMAGE_TAGS),
     ])
 }
 
 /// The schema version this build writes.
-pub const LATEST_VERSION: usize = 7;
+pub const LATEST_VERSION: usize = 8;

@@ -21,7 +21,9 @@ pub use generations::{
     GenerationKind, GenerationOutcome, GenerationRecord, GenerationStatus, GenerationSummary,
     HistoryPage, HistoryQuery, NewGeneration,
 };
-pub use images::{Board, FinishedImage, GalleryImage, GalleryPage, GalleryQuery};
+pub use images::{
+    Board, FinishedImage, GalleryImage, GalleryPage, GalleryQuery, MAX_TAGS, TagCount,
+};
 pub use jobs::{JobRecord, JobStatus};
 pub use products::{ProductRecord, ProductSummary};
 pub use projects::{MAX_PROJECT_NAME_CHARS, Project};
