@@ -3,6 +3,7 @@
 const COMMANDS: &[&str] = &[
     "list_image_models",
     "import_image_model",
+    "comfyui_server",
     "generate_image",
     "gallery",
     "image_file",

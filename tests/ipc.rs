@@ -374,6 +374,28 @@ fn models_and_remote_settings_through_the_main_window() {
     assert_eq!(kind(err), "invalid_input");
     let err = invoke(&h, "remove_model", json!({"id": "nothing"})).unwrap_err();
     assert_eq!(kind(err), "invalid_input");
+    // ComfyUI: none set up is a clear error; a server that is down says it cannot be reached.
+    let err = invoke(&h, "comfyui_server", json!({})).unwrap_err();
+    assert_eq!(kind(err), "invalid_input");
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", down.local_addr().unwrap());
+    drop(down);
+    let s = invoke(
+        &h,
+        "update_settings",
+        json!({"patch": {"comfyui_url": url}}),
+    )
+    .unwrap();
+    assert_eq!(s["comfyui_url"], url);
+    let err = invoke(&h, "comfyui_server", json!({})).unwrap_err();
+    assert_eq!(kind(err), "remote_unreachable");
+    let err = invoke(
+        &h,
+        "update_settings",
+        json!({"patch": {"comfyui_url": "ftp://x"}}),
+    )
+    .unwrap_err();
+    assert_eq!(kind(err), "invalid_input");
 }
 
 #[test]

@@ -81,6 +81,7 @@ pub fn builder<R: Runtime>(
             commands::images::set_image_board,
             commands::images::set_image_tags,
             commands::images::list_image_tags,
+            commands::images::comfyui_server,
             commands::images::export_image,
             commands::scripts::list_products,
             commands::scripts::get_product,

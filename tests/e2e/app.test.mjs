@@ -9,6 +9,8 @@ import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, writeFileSync, existsSync, rmSync, copyFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createServer } from 'node:http';
+import { deflateSync } from 'node:zlib';
 import { Builder, By, Key, until } from 'selenium-webdriver';
 
 const root = join(import.meta.dirname, '../..');
@@ -479,10 +481,114 @@ test('images: a tiny model imported by path, generated with a live preview, reca
     await driver.wait(async () => (await count('[data-testid=gallery-grid] .tile')) === 7, 10_000);
     await driver.findElement(By.css('[data-testid=gallery-rated-up]')).click();
     await driver.wait(async () => (await count('[data-testid=gallery-grid] .tile')) === 1, 10_000);
+    await driver.findElement(By.css('[data-testid=gallery-rated-up]')).click();
+    await driver.wait(async () => (await count('[data-testid=gallery-grid] .tile')) === 7, 10_000);
+
+    // A ComfyUI server on loopback (without a WebSocket, so the run is followed by polling):
+    // set up and checked on the Models page, its checkpoint chosen, the image in the gallery.
+    const comfy = await fakeComfy();
+    try {
+      await driver.findElement(By.css('[data-view=models]')).click();
+      const url = await driver.wait(until.elementLocated(By.css('[data-testid=comfy-url]')), 10_000);
+      await url.sendKeys(comfy.url, Key.TAB);
+      const check = await driver.findElement(By.css('[data-testid=comfy-check]'));
+      await driver.wait(() => check.isEnabled(), 10_000);
+      await check.click();
+      await driver.wait(async () => /0\.3\.99[\s\S]*2/.test(await textOf('[data-testid=comfy-status]')), 10_000);
+      await driver.findElement(By.css('[data-view=images]')).click();
+      const option = await driver.wait(until.elementLocated(By.css('[data-testid=image-model] option[value="comfyui:e2e-base.safetensors"]')), 10_000);
+      await option.click();
+      await driver.wait(async () => (await count('[data-testid=comfy-note]')) === 1, 5_000);
+      await setNumber(driver.findElement(By.css('[data-testid=image-seed]')), 7);
+      await driver.findElement(By.css('[data-testid=image-generate]')).click();
+      await driver.wait(async () => (await count('[data-testid=gallery-grid] .tile')) === 8, 60_000);
+      await driver.wait(async () => /comfyui:e2e-base\.safetensors[\s\S]*ComfyUI/.test(await textOf('[data-testid=image-record]')), 10_000);
+      assert.equal(comfy.prompts.length, 1);
+      assert.equal(comfy.prompts[0]['5'].inputs.seed, 7);
+      assert.equal(comfy.prompts[0]['1'].inputs.ckpt_name, 'e2e-base.safetensors');
+      await shot(driver, '18-images-comfyui.png');
+    } finally {
+      comfy.close();
+    }
   } finally {
     await driver.quit();
   }
 });
+
+// A PNG of one colour, written by hand (CRC-32 and zlib), for the fake ComfyUI's output.
+function crc32(buf) {
+  let crc = 0xffffffff;
+  for (const b of buf) {
+    let c = (crc ^ b) & 0xff;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    crc = (crc >>> 8) ^ c;
+  }
+  return (crc ^ 0xffffffff) >>> 0;
+}
+function pngChunk(type, data) {
+  const len = Buffer.alloc(4);
+  len.writeUInt32BE(data.length);
+  const body = Buffer.concat([Buffer.from(type, 'latin1'), data]);
+  const crc = Buffer.alloc(4);
+  crc.writeUInt32BE(crc32(body));
+  return Buffer.concat([len, body, crc]);
+}
+function solidPng(w, h, [r, g, b]) {
+  const head = Buffer.alloc(13);
+  head.writeUInt32BE(w, 0);
+  head.writeUInt32BE(h, 4);
+  head[8] = 8; // bit depth
+  head[9] = 2; // RGB
+  const row = Buffer.alloc(1 + 3 * w);
+  for (let x = 0; x < w; x++) row.set([r, g, b], 1 + 3 * x);
+  const raw = Buffer.concat(Array.from({ length: h }, () => row));
+  return Buffer.concat([Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]), pngChunk('IHDR', head),
+    pngChunk('IDAT', deflateSync(raw)), pngChunk('IEND', Buffer.alloc(0))]);
+}
+
+// Just enough of ComfyUI's HTTP API for one txt2img run: the checkpoint list, /prompt,
+// /history and /view. No /ws: Atelier falls back to polling.
+async function fakeComfy() {
+  const prompts = [];
+  const images = new Map();
+  const history = {};
+  const server = createServer((req, res) => {
+    const url = new URL(req.url, 'http://localhost');
+    const json = (code, v) => {
+      res.writeHead(code, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(v));
+    };
+    let body = '';
+    req.on('data', (c) => (body += c));
+    req.on('end', () => {
+      if (url.pathname === '/system_stats') return json(200, { system: { comfyui_version: '0.3.99' }, devices: [{ name: 'cuda:0 e2e' }] });
+      if (url.pathname === '/object_info/CheckpointLoaderSimple') {
+        return json(200, { CheckpointLoaderSimple: { input: { required: { ckpt_name: [['e2e-base.safetensors', 'e2e-other.safetensors'], {}] } } } });
+      }
+      if (url.pathname === '/prompt' && req.method === 'POST') {
+        const graph = JSON.parse(body).prompt;
+        prompts.push(graph);
+        const id = `p${prompts.length}`;
+        const { width, height } = graph['4'].inputs;
+        images.set(`${id}.png`, solidPng(width, height, [graph['5'].inputs.seed % 256, 120, 200]));
+        history[id] = { outputs: { 7: { images: [{ filename: `${id}.png`, subfolder: '', type: 'temp' }] } },
+          status: { status_str: 'success', completed: true, messages: [] } };
+        return json(200, { prompt_id: id, number: 0, node_errors: {} });
+      }
+      if (url.pathname.startsWith('/history/')) {
+        const id = url.pathname.slice('/history/'.length);
+        return json(200, history[id] ? { [id]: history[id] } : {});
+      }
+      if (url.pathname === '/view' && images.has(url.searchParams.get('filename'))) {
+        res.writeHead(200, { 'content-type': 'image/png' });
+        return res.end(images.get(url.searchParams.get('filename')));
+      }
+      json(404, { error: 'not found' });
+    });
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return { url: `http://127.0.0.1:${server.address().port}`, prompts, close: () => server.close() };
+}
 
 test('a damaged database: the app says so, and starts a new one keeping the old file', async () => {
   const { readdirSync, readFileSync } = await import('node:fs');

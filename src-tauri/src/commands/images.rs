@@ -2,6 +2,7 @@
 //! gallery, image bytes for the webview, and reading settings out of a dropped PNG.
 
 use atelier_engine::image::ImageParams;
+use atelier_engine::image::comfyui::ServerInfo as ComfyServerInfo;
 use atelier_engine::image::label::Corner;
 use atelier_engine::image::metadata::{self, ExportFormat, ImageRecord, Recalled};
 use atelier_engine::image::model::ImageModelInfo;
@@ -36,6 +37,13 @@ pub async fn list_image_models(state: State<'_, AppState>) -> CmdResult<Vec<Imag
             Err((id, error)) => ImageModelEntry::Broken { id, error },
         })
         .collect())
+}
+
+/// The ComfyUI server of the settings: version, devices and checkpoints (each becomes the
+/// image model `comfyui:<name>`). Asked each time: the server's list changes.
+#[tauri::command]
+pub async fn comfyui_server(state: State<'_, AppState>) -> CmdResult<ComfyServerInfo> {
+    Ok(state.engine()?.comfyui_server().await?)
 }
 
 /// Installs a diffusers folder the user names (validated first; copied, not moved).

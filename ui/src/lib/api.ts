@@ -1,7 +1,7 @@
 // Typed wrappers over the Rust commands. Every failure becomes an ApiError with the
 // `{kind, message}` the backend sent (or `ipc` for a transport/permission failure).
 import { invoke, Channel } from '@tauri-apps/api/core';
-import type {
+import type { ComfyServerInfo,
   BrandVoice,
   CheckOptions,
   DocumentVersion,
@@ -194,6 +194,7 @@ export const api = {
 
   listImageModels: () => call<ImageModelEntry[]>('list_image_models'),
   importImageModel: (path: string) => call<ImageModelInfo>('import_image_model', { path }),
+  comfyuiServer: () => call<ComfyServerInfo>('comfyui_server'),
   generateImage: (projectId: number, params: ImageParams, onEvent: (e: JobEvent) => void) => {
     const ch = new Channel<JobEvent>();
     ch.onmessage = onEvent;

@@ -34,6 +34,20 @@ describe('image form', () => {
     expect(r.init_image).toEqual({ asset_id: 3, strength: 0.3 });
   });
 
+  it('never asks ComfyUI for a variation, and recalls its models from dropped files', () => {
+    const f = emptyForm();
+    f.params.prompt = 'a cat';
+    f.params.seed = 7;
+    f.seedLocked = true;
+    f.params.variation = { seed: 9, strength: 0.1 };
+    f.params.model = 'sd15';
+    expect(toRequest(f).variation).toEqual({ seed: 9, strength: 0.1 });
+    f.params.model = 'comfyui:sd_xl_base_1.0.safetensors';
+    expect(toRequest(f).variation).toBeNull();
+    const r = recallPng(emptyForm(), recalled({ prompt: 'x', model: 'comfyui:a.safetensors' }), ['sd15', 'comfyui:a.safetensors']);
+    expect(r.params.model).toBe('comfyui:a.safetensors');
+  });
+
   it('recall all restores every setting, seed locked, source and strength included', () => {
     const f = recallRecord(emptyForm(), record);
     expect(f.params).toEqual({ ...record.params, variation: null, init_image: null });

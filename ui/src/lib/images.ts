@@ -1,6 +1,7 @@
 // The image studio's form and what fills it: model defaults, "recall all" from a gallery
 // record, settings read from a dropped PNG, and thumbnails as blob: URLs.
 import { api } from './api';
+import { COMFYUI_PREFIX } from './types';
 import type { ImageModelInfo, ImageParams, ImageRecord, Recalled, Scheduler, TextRequest } from './types';
 
 /** How far "Variations" moves from the image by default (A1111 users mostly pick 0.05–0.3). */
@@ -79,7 +80,8 @@ export function toRequest(form: ImageForm): ImageParams {
     translated_prompt: form.params.translated_prompt?.trim() || null,
     seed: form.seedLocked ? form.params.seed : null,
     // Variations are of one seed's image: without a locked seed there is nothing to vary.
-    variation: form.seedLocked && form.params.variation ? form.params.variation : null,
+    // ComfyUI has no variation seed; the checkbox is off for its models, and so is the request.
+    variation: form.seedLocked && form.params.variation && !form.params.model.startsWith(COMFYUI_PREFIX) ? form.params.variation : null,
     init_image:
       form.sourceAssetId != null
         ? { asset_id: form.sourceAssetId, strength: form.strength, ...(form.maskAssetId != null ? { mask_asset_id: form.maskAssetId } : {}) }

@@ -144,6 +144,8 @@ export interface Settings {
   remote_timeout_s: number;
   remote_extra_sampling: boolean;
   remote_api_key_set: boolean;
+  /** A ComfyUI server for image runs; '' = none. Its checkpoints are the models `comfyui:<name>`. */
+  comfyui_url: string;
   /** Explicit AI-content notice (must keep 人工智能/AI and 生成/合成). */
   label_notice_zh: string;
   label_notice_en: string;
@@ -530,6 +532,17 @@ export interface ImageModelInfo {
   /** Set when the model was imported from a single-file checkpoint. */
   converted_from: { file: string; sha256: string } | null;
 }
+
+/** What the configured ComfyUI server offers (asked each time). */
+export interface ComfyServerInfo {
+  base_url: string;
+  version: string | null;
+  devices: string[];
+  checkpoints: string[];
+}
+
+/** Image model ids naming a checkpoint on the ComfyUI server. */
+export const COMFYUI_PREFIX = 'comfyui:';
 
 export type ImageModelEntry =
   | ({ status: 'ok' } & ImageModelInfo)

@@ -320,12 +320,17 @@ impl Engine {
         Ok(voice)
     }
 
-    /// The text model to use when none is named (setting, else by language and what is installed).
     /// Installed image models (broken folders as `Err((id, reason))`).
     pub fn image_models(
         &self,
     ) -> Result<Vec<std::result::Result<image::model::ImageModelInfo, (String, String)>>> {
         image::model::list(&self.home.image_models_dir())
+    }
+
+    /// The configured ComfyUI server's version, devices and checkpoints (asked now).
+    pub async fn comfyui_server(&self) -> Result<image::comfyui::ServerInfo> {
+        let cfg = image::service::comfy_config(&self.store.settings()?)?;
+        image::comfyui::server_info(&cfg).await
     }
 
     /// Imports an image model: a diffusers folder (validated and copied) or a single-file

@@ -65,7 +65,10 @@ pub fn a1111_parameters(r: &ImageRecord) -> String {
         items.push(("Variation seed strength", trim_float(v.strength)));
     }
     items.push(("Size", format!("{}x{}", p.width, p.height)));
-    items.push(("Model hash", r.model_hash.clone()));
+    // A checkpoint on a ComfyUI server has no hash Atelier could compute.
+    if !r.model_hash.is_empty() {
+        items.push(("Model hash", r.model_hash.clone()));
+    }
     items.push(("Model", p.model.clone()));
     if let Some(init) = &p.init_image {
         items.push(("Denoising strength", trim_float(init.strength)));

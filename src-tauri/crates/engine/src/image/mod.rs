@@ -11,8 +11,10 @@
 //! - [`label`]: the visible "AI生成" label drawn on exported images
 //! - [`metadata`]: PNG chunks written and read (A1111, Atelier, XMP label; ComfyUI, InvokeAI)
 //! - [`service`]: the `image.generate` job and the gallery rows it writes
+//! - [`comfyui`]: a ComfyUI server as the backend of a run (same gallery, same metadata)
 //! - [`random`]: random-weight models in the real layout, for tests and benchmarks
 
+pub mod comfyui;
 pub mod label;
 pub mod ldm;
 pub mod metadata;

@@ -422,7 +422,7 @@ fn latent_mask(mask: &image::GrayImage, device: &Device) -> candle_core::Result<
 
 /// Puts the source's pixels back where the mask keeps them (blending where it is grey): the
 /// VAE's round trip would otherwise soften the untouched part of the picture.
-fn composite(out: &mut image::RgbImage, src: &image::RgbImage, mask: &image::GrayImage) {
+pub(crate) fn composite(out: &mut image::RgbImage, src: &image::RgbImage, mask: &image::GrayImage) {
     for ((o, s), m) in out.pixels_mut().zip(src.pixels()).zip(mask.pixels()) {
         let a = m.0[0] as f32 / 255.0;
         for c in 0..3 {

@@ -10,6 +10,7 @@ use std::time::Instant;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+use super::comfyui;
 use super::metadata::{self, ImageRecord};
 use super::model::{self, LoadedModel};
 use super::params::{ImageParams, InitImage, MAX_SEED};
@@ -108,13 +109,23 @@ pub fn submit(
 ) -> Result<i64> {
     job.params.validate()?;
     store.ensure_live_project(job.project_id)?;
-    let dir = model_dir(&home, &job.params.model)?;
-    let info = model::describe(&dir)?; // a broken model fails now, not in the queue
-    if ![4, model::INPAINT_IN_CHANNELS].contains(&info.unet_in_channels) {
-        return Err(Error::invalid(format!(
-            "{} has a UNet with {} input channels; Atelier runs ordinary (4) and inpainting (9) models",
-            info.id, info.unet_in_channels
-        )));
+    let remote = comfyui::is_comfyui(&job.params.model);
+    if remote {
+        comfy_config(&store.settings()?)?;
+        if job.params.variation.is_some() {
+            return Err(Error::invalid(
+                "variations (a variation seed) are made by Atelier's own sampler; ComfyUI runs cannot make them. Clear the variation or choose a local model",
+            ));
+        }
+    } else {
+        let dir = model_dir(&home, &job.params.model)?;
+        let info = model::describe(&dir)?; // a broken model fails now, not in the queue
+        if ![4, model::INPAINT_IN_CHANNELS].contains(&info.unet_in_channels) {
+            return Err(Error::invalid(format!(
+                "{} has a UNet with {} input channels; Atelier runs ordinary (4) and inpainting (9) models",
+                info.id, info.unet_in_channels
+            )));
+        }
     }
     if let Some(init) = &job.params.init_image {
         load_source(&store, &home, init, job.params.width, job.params.height)?;
@@ -123,15 +134,43 @@ pub fn submit(
     jobs.submit(
         JobRequest {
             kind: JOB_KIND.into(),
-            resource: Resource::Heavy,
+            // A ComfyUI run costs this machine nothing: it does not wait for the model slot.
+            resource: if remote {
+                Resource::Light
+            } else {
+                Resource::Heavy
+            },
             project_id: Some(job.project_id),
             payload,
             retry_of,
             stops_itself: true,
         },
         sink,
-        move |ctx| Box::pin(run(ctx, store, home, service, job)),
+        move |ctx| {
+            Box::pin(async move {
+                if remote {
+                    run_comfyui(ctx, store, home, job).await
+                } else {
+                    run(ctx, store, home, service, job).await
+                }
+            })
+        },
     )
+}
+
+/// The ComfyUI server of the settings, or why there is none.
+pub fn comfy_config(settings: &crate::store::Settings) -> Result<comfyui::ComfyConfig> {
+    if settings.comfyui_url.trim().is_empty() {
+        return Err(Error::invalid(
+            "no ComfyUI server is set up: add its address in Settings → Models",
+        ));
+    }
+    let cfg = comfyui::ComfyConfig {
+        base_url: settings.comfyui_url.trim().to_owned(),
+        timeout_s: settings.remote_timeout_s,
+    };
+    cfg.validate()?;
+    Ok(cfg)
 }
 
 /// The source of an img2img run and its inpainting mask, scaled and cropped alike to fill the
@@ -239,18 +278,7 @@ fn run_blocking(
     let mut images = Vec::new();
     for n in 0..p.batch_count {
         ctx.check()?;
-        // A batch of variations keeps the seed and counts the variation seed up instead.
-        let step = |s: u64| (s + n as u64) % (MAX_SEED + 1);
-        let mut one = p.clone();
-        let seed = match &mut one.variation {
-            Some(v) => {
-                v.seed = step(v.seed);
-                first_seed
-            }
-            None => step(first_seed),
-        };
-        one.seed = Some(seed);
-        one.batch_count = 1;
+        let (one, seed) = nth_image(p, first_seed, n);
         let record = ImageRecord {
             version: 1,
             params: one.clone(),
@@ -307,21 +335,141 @@ fn run_blocking(
         });
         match outcome {
             Ok(row) => images.push(row),
-            Err(e) => {
-                store.finish_generation(
-                    gen_id,
-                    &GenerationOutcome {
-                        cancelled: matches!(e, Error::Cancelled),
-                        error: (!matches!(e, Error::Cancelled))
-                            .then(|| (e.kind().to_owned(), e.to_string())),
-                        ..Default::default()
-                    },
-                )?;
-                return Err(e);
-            }
+            Err(e) => return Err(fail_generation(store, gen_id, e)),
         }
     }
     Ok(ImageJobResult { images })
+}
+
+/// Image `n` of a batch: its own request (`batch_count` 1) and seed. A batch of variations
+/// keeps the seed and counts the variation seed up instead.
+fn nth_image(p: &ImageParams, first_seed: u64, n: u32) -> (ImageParams, u64) {
+    let step = |s: u64| (s + n as u64) % (MAX_SEED + 1);
+    let mut one = p.clone();
+    let seed = match &mut one.variation {
+        Some(v) => {
+            v.seed = step(v.seed);
+            first_seed
+        }
+        None => step(first_seed),
+    };
+    one.seed = Some(seed);
+    one.batch_count = 1;
+    (one, seed)
+}
+
+/// Records how a generation ended without an image; returns the error to report (or the
+/// store's, if even that failed).
+fn fail_generation(store: &Store, gen_id: i64, e: Error) -> Error {
+    let cancelled = matches!(e, Error::Cancelled);
+    let outcome = GenerationOutcome {
+        cancelled,
+        error: (!cancelled).then(|| (e.kind().to_owned(), e.to_string())),
+        ..Default::default()
+    };
+    match store.finish_generation(gen_id, &outcome) {
+        Ok(_) => e,
+        Err(store_error) => store_error,
+    }
+}
+
+/// A run on the ComfyUI server: each image is queued there, followed (steps, previews), fetched,
+/// then labelled, written and recorded here like a local one. Inpainting keeps the source's
+/// pixels outside the mask exactly, as local runs do.
+async fn run_comfyui(
+    ctx: JobContext,
+    store: Arc<Store>,
+    home: Home,
+    job: ImageJob,
+) -> Result<serde_json::Value> {
+    let settings = store.settings()?;
+    let cfg = comfy_config(&settings)?;
+    let p = &job.params;
+    let total = (p.steps as u64) * (p.batch_count as u64);
+    ctx.progress(0, total);
+    let init = match &p.init_image {
+        Some(i) => Some(load_source(&store, &home, i, p.width, p.height)?),
+        None => None,
+    };
+    let first_seed = p.seed.unwrap_or_else(crate::text::service::random_seed);
+    let mut images = Vec::new();
+    for n in 0..p.batch_count {
+        ctx.check()?;
+        let (one, seed) = nth_image(p, first_seed, n);
+        let record = ImageRecord {
+            version: 1,
+            params: one.clone(),
+            model_family: "ComfyUI".into(),
+            model_hash: String::new(),
+            rng: "ComfyUI".into(),
+            app: format!("Atelier {}", env!("CARGO_PKG_VERSION")),
+        };
+        let gen_id = store.begin_generation(&NewGeneration {
+            project_id: job.project_id,
+            job_id: Some(ctx.id()),
+            kind: GenerationKind::Image,
+            model_id: p.model.clone(),
+            prompt: p.prompt.clone(),
+            params: serde_json::to_value(&record)?,
+            seed: Some(seed as i64),
+        })?;
+        let started = Instant::now();
+        let done_before = n as u64 * p.steps as u64;
+        let c = &ctx;
+        let mut last_step = 0u64;
+        let mut on = |news: comfyui::Progress| match news {
+            comfyui::Progress::Step { step, steps } => {
+                last_step = step as u64;
+                let done = done_before + (step as u64 * p.steps as u64) / steps.max(1) as u64;
+                c.progress(done.min(done_before + p.steps as u64), total);
+            }
+            comfyui::Progress::Preview(img) => {
+                let rgb = pipeline::Rgb {
+                    width: img.width(),
+                    height: img.height(),
+                    pixels: img.into_raw(),
+                };
+                if let Some(url) = preview_data_url(&rgb) {
+                    c.emit(JobEvent::Preview {
+                        image: n,
+                        step: last_step,
+                        data_url: url,
+                    });
+                }
+            }
+            comfyui::Progress::Queued { remaining } => {
+                tracing::debug!(remaining, "waiting in ComfyUI's queue");
+            }
+        };
+        let source = init.as_ref().map(|(rgb, mask)| comfyui::Source {
+            rgb,
+            mask: mask.as_ref(),
+        });
+        let made = comfyui::generate(&cfg, &one, seed, source, ctx.cancellation(), &mut on).await;
+        let outcome = made.and_then(|mut img| {
+            if let Some((src, Some(mask))) = &init {
+                pipeline::composite(&mut img, src, mask);
+            }
+            save_image(
+                &store,
+                &home,
+                job.project_id,
+                gen_id,
+                &img,
+                &record,
+                &settings.label_producer,
+                serde_json::json!({
+                    "run_ms": started.elapsed().as_millis() as u64,
+                    "device": format!("ComfyUI at {}", cfg.base_url),
+                }),
+            )
+        });
+        match outcome {
+            Ok(row) => images.push(row),
+            Err(e) => return Err(fail_generation(&store, gen_id, e)),
+        }
+    }
+    Ok(serde_json::to_value(ImageJobResult { images })?)
 }
 
 fn json_metrics(load_ms: u64, started: Instant, device: &candle_core::Device) -> serde_json::Value {

@@ -56,6 +56,10 @@ pub struct Settings {
     pub remote_extra_sampling: bool,
     /// Whether an API key is stored (the key itself is never sent to the UI).
     pub remote_api_key_set: bool,
+    /// A ComfyUI server for image runs, e.g. `http://192.168.1.20:8188`; empty = none. Its
+    /// checkpoints join the image model list as `comfyui:<name>`.
+    #[serde(default)]
+    pub comfyui_url: String,
     /// The explicit AI-content notice on exports and copies (validated: it must keep
     /// 人工智能/AI and 生成/合成).
     pub label_notice_zh: String,
@@ -79,6 +83,7 @@ impl Default for Settings {
             device: DevicePreference::Auto,
             cache_repacked_models: true,
             remote_base_url: String::new(),
+            comfyui_url: String::new(),
             remote_model: String::new(),
             remote_timeout_s: 120,
             remote_extra_sampling: true,
@@ -121,6 +126,8 @@ pub struct SettingsPatch {
     pub remote_timeout_s: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote_extra_sampling: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comfyui_url: Option<String>,
     /// `Some("")` removes the key. Written to its own row; never read back by the UI.
     #[serde(skip_serializing)]
     pub remote_api_key: Option<String>,
@@ -197,6 +204,10 @@ impl Settings {
         let url = self.remote_base_url.trim();
         if !url.is_empty() && !(url.starts_with("http://") || url.starts_with("https://")) {
             return bad("the server address must start with http:// or https://");
+        }
+        let url = self.comfyui_url.trim();
+        if !url.is_empty() && !(url.starts_with("http://") || url.starts_with("https://")) {
+            return bad("the ComfyUI address must start with http:// or https://");
         }
         Ok(())
     }
