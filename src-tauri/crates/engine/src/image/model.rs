@@ -766,6 +766,76 @@ fn clip_tokenizer(dir: &Path, explicit: Option<&Path>) -> Result<ldm::TokenizerS
     )))
 }
 
+/// Where a model's UNet hash is kept, so a multi-gigabyte file is hashed once, not per load.
+pub const HASH_CACHE: &str = ".atelier-hash.json";
+
+/// The cached hash, valid while the UNet file keeps its name, size and modification time.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct HashCache {
+    file: String,
+    size: u64,
+    modified_ns: u128,
+    sha256: String,
+}
+
+/// A1111's "Model hash" of a model: the first 10 hex digits of the sha256 of the file users
+/// know (a converted checkpoint's original, else the UNet file). The UNet's is cached in
+/// [`HASH_CACHE`] beside the model; a replaced file (another size or time) is hashed again. A
+/// cache that cannot be written costs only the next load's time.
+pub fn model_hash(info: &ImageModelInfo) -> Result<String> {
+    if let Some(c) = info.converted_from.as_ref().filter(|c| c.sha256.len() >= 10) {
+        return Ok(c.sha256[..10].to_owned());
+    }
+    let unet = info
+        .pieces
+        .iter()
+        .find(|p| p.role == "unet")
+        .map(|p| p.file.clone())
+        .ok_or_else(|| Error::invalid("the model has no UNet"))?;
+    let meta = std::fs::metadata(&unet)
+        .map_err(|e| Error::io(format!("cannot read {}", unet.display()), e))?;
+    let key = HashCache {
+        file: unet
+            .strip_prefix(&info.path)
+            .unwrap_or(&unet)
+            .to_string_lossy()
+            .into_owned(),
+        size: meta.len(),
+        modified_ns: meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos()),
+        sha256: String::new(),
+    };
+    let cache = info.path.join(HASH_CACHE);
+    let cached = std::fs::read_to_string(&cache)
+        .ok()
+        .and_then(|t| serde_json::from_str::<HashCache>(&t).ok())
+        .filter(|c| {
+            c.file == key.file
+                && c.size == key.size
+                && c.modified_ns == key.modified_ns
+                && c.sha256.len() == 64
+                && c.sha256.bytes().all(|b| b.is_ascii_hexdigit())
+        });
+    let sha256 = match cached {
+        Some(c) => c.sha256,
+        None => {
+            let sha256 = crate::fsutil::sha256_file(&unet)?;
+            let fresh = HashCache { sha256, ..key };
+            if let Err(e) = serde_json::to_vec_pretty(&fresh)
+                .map_err(Error::from)
+                .and_then(|b| crate::fsutil::write_atomic(&cache, &b))
+            {
+                tracing::warn!(error = %e, "the model hash could not be cached");
+            }
+            fresh.sha256
+        }
+    };
+    Ok(sha256[..10].to_owned())
+}
+
 /// Imports a single-file checkpoint: converted into a hidden temporary folder that is renamed
 /// into place at the end, so a failure or an interruption leaves nothing behind.
 fn import_single_file(dir: &Path, src: &Path, tokenizer: Option<&Path>) -> Result<ImageModelInfo> {
@@ -836,6 +906,44 @@ pub fn import(dir: &Path, src: &Path, tokenizer: Option<&Path>) -> Result<ImageM
             std::fs::copy(&from, &to)
                 .map_err(|e| Error::io(format!("cannot copy {}", from.display()), e))?;
         }
-        Ok(())
+        // Hashed now, while the copy is warm in the page cache, so the first run does not wait.
+        model_hash(&describe(tmp)?).map(drop)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::random::{Arch, write_random_model};
+
+    #[test]
+    fn the_unet_hash_is_computed_at_import_and_cached_until_the_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src").join("tiny-sd");
+        write_random_model(&src, Arch::Tiny).unwrap();
+        let models = dir.path().join("models");
+        let info = import(&models, &src, None).unwrap();
+        let unet = info.pieces.iter().find(|p| p.role == "unet").unwrap();
+        let expected = crate::fsutil::sha256_file(&unet.file).unwrap();
+        let cache = info.path.join(HASH_CACHE);
+        assert!(cache.is_file(), "import hashes the UNet");
+        assert_eq!(model_hash(&info).unwrap(), expected[..10]);
+
+        // The cache is what a load reads: a planted value with the same key comes back.
+        let mut c: HashCache =
+            serde_json::from_str(&std::fs::read_to_string(&cache).unwrap()).unwrap();
+        c.sha256 = "ab".repeat(32);
+        std::fs::write(&cache, serde_json::to_vec(&c).unwrap()).unwrap();
+        assert_eq!(model_hash(&info).unwrap(), "ababababab");
+
+        // A replaced UNet (another size) is hashed again; a damaged cache is ignored.
+        let mut bytes = std::fs::read(&unet.file).unwrap();
+        bytes.extend_from_slice(&[0; 16]);
+        std::fs::write(&unet.file, &bytes).unwrap();
+        let fresh = crate::fsutil::sha256_file(&unet.file).unwrap();
+        assert_eq!(model_hash(&info).unwrap(), fresh[..10]);
+        std::fs::write(&cache, b"{not json").unwrap();
+        assert_eq!(model_hash(&info).unwrap(), fresh[..10]);
+        assert!(std::fs::read_to_string(&cache).unwrap().contains(&fresh));
+    }
 }

@@ -62,17 +62,7 @@ impl ImageService {
         }
         *slot = None; // free the old one before loading the next
         let info = model::describe(&model_dir(home, id)?)?;
-        let unet = info
-            .pieces
-            .iter()
-            .find(|p| p.role == "unet")
-            .map(|p| p.file.clone())
-            .ok_or_else(|| Error::invalid("the model has no UNet"))?;
-        // A converted single file keeps the hash of the file users know (A1111's Model hash).
-        let hash = match &info.converted_from {
-            Some(c) if c.sha256.len() >= 10 => c.sha256[..10].to_owned(),
-            _ => short_hash(&unet)?,
-        };
+        let hash = model::model_hash(&info)?;
         let m = Arc::new(model::load(info, device)?);
         *slot = Some((id.to_owned(), m.clone(), hash.clone()));
         Ok((m, hash))
@@ -88,13 +78,6 @@ pub fn model_dir(home: &Home, id: &str) -> Result<PathBuf> {
         )));
     }
     Ok(dir)
-}
-
-/// A1111's "Model hash": the first 10 hex digits of the file's sha256.
-fn short_hash(path: &std::path::Path) -> Result<String> {
-    let mut hex = crate::fsutil::sha256_file(path)?;
-    hex.truncate(10);
-    Ok(hex)
 }
 
 /// Validates and queues an image run; returns the job id.
