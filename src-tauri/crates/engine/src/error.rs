@@ -124,6 +124,14 @@ impl Error {
         }
     }
 
+    /// A remote server's failure, with how it failed.
+    pub fn remote(failure: RemoteFailure, message: impl Into<String>) -> Self {
+        Error::Remote {
+            failure,
+            message: message.into(),
+        }
+    }
+
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::InvalidInput(msg.into())
     }

@@ -6,7 +6,8 @@
 //! - [`home`]: the data folder and its instance lock
 //! - [`store`]: SQLite (projects, documents, generations, assets, jobs, settings, search)
 //! - [`jobs`]: the queue that runs long work with progress and cancellation
-//! - [`fsutil`]: atomic file writes
+//! - [`fsutil`]: atomic file writes, file hashes
+//! - [`http`]: server addresses and the HTTP client the remote back ends share
 //! - [`models`], [`text`]: GGUF model registry, local and remote text generation
 //! - [`compliance`]: the advertising-law checker and AI-content labels
 //! - [`image`]: Stable Diffusion in candle, image metadata and the gallery
@@ -16,6 +17,7 @@ pub mod error;
 pub mod export;
 pub mod fsutil;
 pub mod home;
+pub mod http;
 pub mod image;
 pub mod jobs;
 pub mod maintenance;
@@ -367,7 +369,7 @@ impl Engine {
         let path = self.home.root().join(&asset.path);
         let bytes = std::fs::read(&path)
             .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
-        if sha256_hex(&bytes) != asset.sha256 {
+        if fsutil::sha256_hex(&bytes) != asset.sha256 {
             return Err(Error::Internal(format!(
                 "{} has changed on disk since it was saved",
                 asset.path
@@ -826,14 +828,6 @@ pub fn set_aside_database(home: &Home) -> Result<PathBuf> {
     }
     tracing::warn!(from = %db.display(), to = %target.display(), "damaged database set aside");
     Ok(target)
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Where an exported image went and the visible label on it (`None`: labels are off).

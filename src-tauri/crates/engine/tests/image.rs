@@ -812,28 +812,12 @@ async fn cancel_stops_between_steps_and_records_it() {
         }
     }
     assert!(previews < 10, "cancel took {previews} steps");
-    let page = engine
-        .store()
-        .gallery(&GalleryQuery {
-            project_id: project.id,
-            ..Default::default()
-        })
-        .unwrap();
-    assert!(
-        page.items.is_empty(),
+    assert_eq!(
+        common::gallery_len(&engine, project.id),
+        0,
         "a cancelled image reached the gallery"
     );
-    let history = engine
-        .store()
-        .history(&HistoryQuery {
-            kind: Some(GenerationKind::Image),
-            ..Default::default()
-        })
-        .unwrap();
-    assert_eq!(
-        serde_json::to_value(history.items[0].status).unwrap(),
-        "cancelled"
-    );
+    assert_eq!(common::image_statuses(&engine)[0], "cancelled");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,13 +7,15 @@
 
 mod common;
 
+use common::{gallery_len, image_statuses};
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use atelier_engine::image::service::ImageJob;
 use atelier_engine::image::{ImageParams, InitImage, Scheduler, Variation, metadata};
-use atelier_engine::store::{GalleryQuery, GenerationKind, HistoryQuery, SettingsPatch};
+use atelier_engine::store::SettingsPatch;
 use atelier_engine::{Access, Engine, Home, JobEvent};
 use axum::Json;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -448,18 +450,6 @@ fn rgb(engine: &Engine, generation_id: i64) -> (Vec<u8>, image::RgbImage) {
     (png, rgb)
 }
 
-fn gallery_len(engine: &Engine, project_id: i64) -> usize {
-    engine
-        .store()
-        .gallery(&GalleryQuery {
-            project_id,
-            ..Default::default()
-        })
-        .unwrap()
-        .items
-        .len()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn comfyui_runs_land_in_the_gallery_with_atelier_metadata() {
     let (url, fake) = serve(true).await;
@@ -644,20 +634,7 @@ async fn comfyui_failures_are_clear_and_leave_no_image() {
     );
 
     assert_eq!(gallery_len(&engine, project.id), 0);
-    let history = engine
-        .store()
-        .history(&HistoryQuery {
-            kind: Some(GenerationKind::Image),
-            ..Default::default()
-        })
-        .unwrap();
-    assert_eq!(history.items.len(), 3);
-    assert!(
-        history
-            .items
-            .iter()
-            .all(|g| serde_json::to_value(g.status).unwrap() == "failed")
-    );
+    assert_eq!(image_statuses(&engine), ["failed"; 3]);
 
     // A server that is down, and none set up at all.
     let down = {
@@ -716,17 +693,7 @@ async fn comfyui_cancel_interrupts_only_our_prompt() {
         assert_eq!(f.deleted, ["prompt-1"]);
     }
     assert_eq!(gallery_len(&engine, project.id), 0);
-    let history = engine
-        .store()
-        .history(&HistoryQuery {
-            kind: Some(GenerationKind::Image),
-            ..Default::default()
-        })
-        .unwrap();
-    assert_eq!(
-        serde_json::to_value(history.items[0].status).unwrap(),
-        "cancelled"
-    );
+    assert_eq!(image_statuses(&engine)[0], "cancelled");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,18 +45,7 @@ pub struct ComfyConfig {
 
 impl ComfyConfig {
     pub fn validate(&self) -> Result<()> {
-        let url = reqwest::Url::parse(self.base_url.trim()).map_err(|e| {
-            Error::invalid(format!(
-                "the ComfyUI address “{}” is not a URL: {e}",
-                self.base_url
-            ))
-        })?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(Error::invalid(
-                "the ComfyUI address must start with http:// or https://",
-            ));
-        }
-        Ok(())
+        crate::http::check_url(&self.base_url, "ComfyUI address").map(drop)
     }
 
     fn base(&self) -> &str {
@@ -105,28 +94,14 @@ pub struct Source<'a> {
     pub mask: Option<&'a image::GrayImage>,
 }
 
-fn remote(kind: RemoteFailure, message: impl Into<String>) -> Error {
-    Error::Remote {
-        failure: kind,
-        message: message.into(),
-    }
-}
-
 fn client(cfg: &ComfyConfig) -> Result<reqwest::Client> {
     cfg.validate()?;
-    // reqwest is built without a default TLS provider; ring is ours. Installing twice is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let timeout = Duration::from_secs(cfg.timeout_s.max(1) as u64);
-    reqwest::Client::builder()
-        .connect_timeout(timeout.min(Duration::from_secs(30)))
-        .read_timeout(timeout)
-        .build()
-        .map_err(|e| Error::Internal(format!("HTTP client: {e}")))
+    crate::http::client(cfg.timeout_s)
 }
 
 fn send_error(cfg: &ComfyConfig, e: reqwest::Error) -> Error {
     if e.is_timeout() {
-        remote(
+        Error::remote(
             RemoteFailure::Timeout,
             format!(
                 "ComfyUI at {} did not answer within {} s",
@@ -135,7 +110,7 @@ fn send_error(cfg: &ComfyConfig, e: reqwest::Error) -> Error {
             ),
         )
     } else {
-        remote(
+        Error::remote(
             RemoteFailure::Unreachable,
             format!(
                 "cannot reach ComfyUI at {}: is it running and the address right? ({e})",
@@ -173,15 +148,15 @@ fn status_error(status: u16, body: &str) -> Error {
     }
     let reason: String = reason.trim().chars().take(600).collect();
     match status {
-        401 | 403 => remote(
+        401 | 403 => Error::remote(
             RemoteFailure::Auth,
             format!("ComfyUI refused access (HTTP {status}): {reason}"),
         ),
-        400..=499 => remote(
+        400..=499 => Error::remote(
             RemoteFailure::Rejected,
             format!("ComfyUI refused the request (HTTP {status}): {reason}"),
         ),
-        _ => remote(
+        _ => Error::remote(
             RemoteFailure::Server,
             format!("ComfyUI failed (HTTP {status}): {reason}"),
         ),
@@ -222,7 +197,7 @@ async fn read_json(cfg: &ComfyConfig, r: reqwest::Response) -> Result<Value> {
         return Ok(Value::Null);
     }
     serde_json::from_str(&body).map_err(|e| {
-        remote(
+        Error::remote(
             RemoteFailure::Protocol,
             format!(
                 "{} answered with something that is not ComfyUI's JSON ({e}); is this a ComfyUI server?",
@@ -240,7 +215,7 @@ pub fn parse_checkpoints(object_info: &Value) -> Result<Vec<String>> {
         .as_array()
         .or_else(|| spec[1]["options"].as_array())
         .ok_or_else(|| {
-            remote(
+            Error::remote(
                 RemoteFailure::Protocol,
                 "the server's node list has no CheckpointLoaderSimple with checkpoint names; is this a ComfyUI server?",
             )
@@ -390,11 +365,9 @@ pub fn source_png(source: &Source<'_>) -> Result<Vec<u8>> {
 /// Uploads the source into the server's input folder under a name made from its content (the
 /// same picture is stored once); returns the name `LoadImage` takes.
 async fn upload(client: &reqwest::Client, cfg: &ComfyConfig, png: Vec<u8>) -> Result<String> {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(&png);
-    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::fsutil::sha256_hex(&png);
     let part = reqwest::multipart::Part::bytes(png)
-        .file_name(format!("atelier-{hex}.png"))
+        .file_name(format!("atelier-{}.png", &hex[..16]))
         .mime_str("image/png")
         .map_err(|e| Error::Internal(format!("upload form: {e}")))?;
     let form = reqwest::multipart::Form::new()
@@ -412,7 +385,7 @@ async fn upload(client: &reqwest::Client, cfg: &ComfyConfig, png: Vec<u8>) -> Re
         .as_str()
         .filter(|n| !n.is_empty())
         .ok_or_else(|| {
-            remote(
+            Error::remote(
                 RemoteFailure::Protocol,
                 "ComfyUI did not say the uploaded image's name",
             )
@@ -499,7 +472,7 @@ fn ws_message(
         "execution_success" if ours => return WsNews::Done,
         "execution_error" if ours => return WsNews::Failed(execution_error(data)),
         "execution_interrupted" if ours => {
-            return WsNews::Failed(remote(
+            return WsNews::Failed(Error::remote(
                 RemoteFailure::Server,
                 "the run was interrupted on the ComfyUI server",
             ));
@@ -514,7 +487,7 @@ fn execution_error(data: &Value) -> Error {
     let kind = data["exception_type"].as_str().unwrap_or("");
     let msg = data["exception_message"].as_str().unwrap_or("").trim();
     let msg: String = msg.chars().take(600).collect();
-    remote(
+    Error::remote(
         RemoteFailure::Server,
         format!("ComfyUI failed in {node}: {kind} {msg}").replace("  ", " "),
     )
@@ -533,7 +506,7 @@ fn finished_entry(history: &Value, prompt_id: &str) -> Option<Result<Value>> {
             .map(|m| m[1].clone())
             .unwrap_or(Value::Null);
         return Some(Err(if data.is_null() {
-            remote(RemoteFailure::Server, "ComfyUI says the run failed")
+            Error::remote(RemoteFailure::Server, "ComfyUI says the run failed")
         } else {
             execution_error(&data)
         }));
@@ -600,7 +573,7 @@ pub async fn generate(
         .as_str()
         .map(str::to_owned)
         .ok_or_else(|| {
-            remote(
+            Error::remote(
                 RemoteFailure::Protocol,
                 "ComfyUI queued the prompt without saying its id",
             )
@@ -665,7 +638,7 @@ pub async fn generate(
                     }
                     Err(e @ Error::Remote { failure: RemoteFailure::Unreachable | RemoteFailure::Timeout, .. }) => {
                         if last_contact.elapsed() > Duration::from_secs(cfg.timeout_s.max(1) as u64) {
-                            return Err(remote(RemoteFailure::Unreachable, format!(
+                            return Err(Error::remote(RemoteFailure::Unreachable, format!(
                                 "lost contact with ComfyUI during the run: {e}")));
                         }
                     }
@@ -677,7 +650,7 @@ pub async fn generate(
 
     let picture = entry["outputs"][OUTPUT]["images"][0].clone();
     let filename = picture["filename"].as_str().ok_or_else(|| {
-        remote(
+        Error::remote(
             RemoteFailure::Protocol,
             "ComfyUI finished the run without an output image",
         )
@@ -703,14 +676,14 @@ pub async fn generate(
     }
     let img = image::load_from_memory(&bytes)
         .map_err(|e| {
-            remote(
+            Error::remote(
                 RemoteFailure::Protocol,
                 format!("the image ComfyUI sent cannot be read: {e}"),
             )
         })?
         .to_rgb8();
     if (img.width(), img.height()) != (p.width, p.height) {
-        return Err(remote(
+        return Err(Error::remote(
             RemoteFailure::Protocol,
             format!(
                 "ComfyUI sent a {}×{} image for a {}×{} request",

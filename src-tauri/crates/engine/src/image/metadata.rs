@@ -34,6 +34,20 @@ pub struct ImageRecord {
     pub app: String,
 }
 
+impl ImageRecord {
+    /// The record of an image made now by this version of Atelier.
+    pub fn new(params: ImageParams, model_family: &str, model_hash: &str, rng: &str) -> Self {
+        ImageRecord {
+            version: 1,
+            params,
+            model_family: model_family.into(),
+            model_hash: model_hash.into(),
+            rng: rng.into(),
+            app: format!("Atelier {}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
 /// A1111's quoting: values with `,`, `:` or a line break become JSON strings.
 fn quote(v: &str) -> String {
     if v.contains([',', ':', '\n']) {

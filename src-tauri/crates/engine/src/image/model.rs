@@ -783,7 +783,11 @@ struct HashCache {
 /// [`HASH_CACHE`] beside the model; a replaced file (another size or time) is hashed again. A
 /// cache that cannot be written costs only the next load's time.
 pub fn model_hash(info: &ImageModelInfo) -> Result<String> {
-    if let Some(c) = info.converted_from.as_ref().filter(|c| c.sha256.len() >= 10) {
+    if let Some(c) = info
+        .converted_from
+        .as_ref()
+        .filter(|c| c.sha256.len() >= 10)
+    {
         return Ok(c.sha256[..10].to_owned());
     }
     let unet = info

@@ -262,37 +262,15 @@ fn run_blocking(
     for n in 0..p.batch_count {
         ctx.check()?;
         let (one, seed) = nth_image(p, first_seed, n);
-        let record = ImageRecord {
-            version: 1,
-            params: one.clone(),
-            model_family: model.info.family.label().into(),
-            model_hash: hash.clone(),
-            rng: RNG_NAME.into(),
-            app: format!("Atelier {}", env!("CARGO_PKG_VERSION")),
-        };
-        let gen_id = store.begin_generation(&NewGeneration {
-            project_id: job.project_id,
-            job_id: Some(ctx.id()),
-            kind: GenerationKind::Image,
-            model_id: p.model.clone(),
-            prompt: p.prompt.clone(),
-            params: serde_json::to_value(&record)?,
-            seed: Some(seed as i64),
-        })?;
+        let record = ImageRecord::new(one.clone(), model.info.family.label(), &hash, RNG_NAME);
+        let gen_id = begin_image(ctx, store, job, &record)?;
         let started = Instant::now();
-        let done_before = n as u64 * p.steps as u64;
         let mut on_step = |step: usize, steps: usize, preview: Option<pipeline::Rgb>| {
-            // img2img runs fewer steps than asked; the bar still ends at this image's share.
-            let done = done_before + (step as u64 * p.steps as u64) / steps.max(1) as u64;
-            ctx.progress(done, total);
+            ctx.progress(batch_progress(p, n, step as u64, steps as u64), total);
             if let Some(rgb) = preview
-                && let Some(url) = preview_data_url(&rgb)
+                && let Some(img) = image::RgbImage::from_raw(rgb.width, rgb.height, rgb.pixels)
             {
-                ctx.emit(JobEvent::Preview {
-                    image: n,
-                    step: step as u64,
-                    data_url: url,
-                });
+                emit_preview(ctx, n, step as u64, img);
             }
         };
         let made = pipeline::generate(
@@ -322,6 +300,42 @@ fn run_blocking(
         }
     }
     Ok(ImageJobResult { images })
+}
+
+/// The generation row of one image, begun before it is made (its record is the params).
+fn begin_image(
+    ctx: &JobContext,
+    store: &Store,
+    job: &ImageJob,
+    record: &ImageRecord,
+) -> Result<i64> {
+    store.begin_generation(&NewGeneration {
+        project_id: job.project_id,
+        job_id: Some(ctx.id()),
+        kind: GenerationKind::Image,
+        model_id: job.params.model.clone(),
+        prompt: job.params.prompt.clone(),
+        params: serde_json::to_value(record)?,
+        seed: record.params.seed.map(|s| s as i64),
+    })
+}
+
+/// The batch's progress after `step` of `steps` of image `n`. img2img runs fewer steps than
+/// asked; the bar still ends at this image's share.
+fn batch_progress(p: &ImageParams, n: u32, step: u64, steps: u64) -> u64 {
+    let asked = p.steps as u64;
+    n as u64 * asked + (step * asked / steps.max(1)).min(asked)
+}
+
+/// Sends a picture of the work so far to the UI.
+fn emit_preview(ctx: &JobContext, image: u32, step: u64, img: image::RgbImage) {
+    if let Some(url) = preview_data_url(img) {
+        ctx.emit(JobEvent::Preview {
+            image,
+            step,
+            data_url: url,
+        });
+    }
 }
 
 /// Image `n` of a batch: its own request (`batch_count` 1) and seed. A batch of variations
@@ -379,47 +393,17 @@ async fn run_comfyui(
     for n in 0..p.batch_count {
         ctx.check()?;
         let (one, seed) = nth_image(p, first_seed, n);
-        let record = ImageRecord {
-            version: 1,
-            params: one.clone(),
-            model_family: "ComfyUI".into(),
-            model_hash: String::new(),
-            rng: "ComfyUI".into(),
-            app: format!("Atelier {}", env!("CARGO_PKG_VERSION")),
-        };
-        let gen_id = store.begin_generation(&NewGeneration {
-            project_id: job.project_id,
-            job_id: Some(ctx.id()),
-            kind: GenerationKind::Image,
-            model_id: p.model.clone(),
-            prompt: p.prompt.clone(),
-            params: serde_json::to_value(&record)?,
-            seed: Some(seed as i64),
-        })?;
+        let record = ImageRecord::new(one.clone(), "ComfyUI", "", "ComfyUI");
+        let gen_id = begin_image(&ctx, &store, &job, &record)?;
         let started = Instant::now();
-        let done_before = n as u64 * p.steps as u64;
         let c = &ctx;
         let mut last_step = 0u64;
         let mut on = |news: comfyui::Progress| match news {
             comfyui::Progress::Step { step, steps } => {
                 last_step = step as u64;
-                let done = done_before + (step as u64 * p.steps as u64) / steps.max(1) as u64;
-                c.progress(done.min(done_before + p.steps as u64), total);
+                c.progress(batch_progress(p, n, step as u64, steps as u64), total);
             }
-            comfyui::Progress::Preview(img) => {
-                let rgb = pipeline::Rgb {
-                    width: img.width(),
-                    height: img.height(),
-                    pixels: img.into_raw(),
-                };
-                if let Some(url) = preview_data_url(&rgb) {
-                    c.emit(JobEvent::Preview {
-                        image: n,
-                        step: last_step,
-                        data_url: url,
-                    });
-                }
-            }
+            comfyui::Progress::Preview(img) => emit_preview(c, n, last_step, img),
             comfyui::Progress::Queued { remaining } => {
                 tracing::debug!(remaining, "waiting in ComfyUI's queue");
             }
@@ -508,8 +492,7 @@ fn save_image(
 }
 
 /// A preview as a `data:` URL (the CSP allows data: images; no file is written).
-fn preview_data_url(rgb: &pipeline::Rgb) -> Option<String> {
-    let img = image::RgbImage::from_raw(rgb.width, rgb.height, rgb.pixels.clone())?;
+fn preview_data_url(img: image::RgbImage) -> Option<String> {
     let mut png = Vec::new();
     image::DynamicImage::ImageRgb8(img)
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)

@@ -201,13 +201,16 @@ impl Settings {
         if !self.label_producer.trim().is_empty() {
             labels::validate_producer(&self.label_producer)?;
         }
-        let url = self.remote_base_url.trim();
-        if !url.is_empty() && !(url.starts_with("http://") || url.starts_with("https://")) {
-            return bad("the server address must start with http:// or https://");
-        }
-        let url = self.comfyui_url.trim();
-        if !url.is_empty() && !(url.starts_with("http://") || url.starts_with("https://")) {
-            return bad("the ComfyUI address must start with http:// or https://");
+        for (what, url) in [
+            ("server address", &self.remote_base_url),
+            ("ComfyUI address", &self.comfyui_url),
+        ] {
+            let url = url.trim();
+            if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(Error::invalid(format!(
+                    "the {what} must start with http:// or https://"
+                )));
+            }
         }
         Ok(())
     }

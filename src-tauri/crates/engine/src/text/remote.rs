@@ -5,7 +5,7 @@
 //! on the server. Every failure keeps the text received so far (the caller accumulates what
 //! `on_text` was given) and says plainly what went wrong.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -44,17 +44,7 @@ impl std::fmt::Debug for RemoteConfig {
 
 impl RemoteConfig {
     pub fn validate(&self) -> Result<()> {
-        let url = reqwest::Url::parse(self.base_url.trim()).map_err(|e| {
-            Error::invalid(format!(
-                "the server address “{}” is not a URL: {e}",
-                self.base_url
-            ))
-        })?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(Error::invalid(
-                "the server address must start with http:// or https://",
-            ));
-        }
+        crate::http::check_url(&self.base_url, "server address")?;
         if self.model.trim().is_empty() {
             return Err(Error::invalid("name the model the server should run"));
         }
@@ -74,18 +64,6 @@ impl RemoteConfig {
     }
 }
 
-fn remote(kind: RemoteFailure, message: impl Into<String>) -> Error {
-    Error::Remote {
-        failure: kind,
-        message: message.into(),
-    }
-}
-
-fn install_crypto() {
-    // reqwest is built without a default TLS provider; ring is ours. Installing twice is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 /// Streams a reply from the server. `on_text` gets each piece as it arrives.
 pub async fn generate(
     config: &RemoteConfig,
@@ -95,13 +73,7 @@ pub async fn generate(
     on_text: &mut (dyn FnMut(&str) + Send),
 ) -> Result<TextOutcome> {
     config.validate()?;
-    install_crypto();
-    let timeout = Duration::from_secs(config.timeout_s as u64);
-    let client = reqwest::Client::builder()
-        .connect_timeout(timeout.min(Duration::from_secs(30)))
-        .read_timeout(timeout)
-        .build()
-        .map_err(|e| Error::Internal(format!("HTTP client: {e}")))?;
+    let client = crate::http::client(config.timeout_s)?;
 
     let p = &req.params;
     let mut body = serde_json::json!({
@@ -155,7 +127,7 @@ pub async fn generate(
         let Some(chunk) = chunk else { break };
         let chunk = chunk.map_err(|e| {
             if e.is_timeout() {
-                remote(
+                Error::remote(
                     RemoteFailure::Timeout,
                     format!(
                         "the server sent nothing for {} s; the reply so far was kept",
@@ -163,7 +135,7 @@ pub async fn generate(
                     ),
                 )
             } else {
-                remote(
+                Error::remote(
                     RemoteFailure::Interrupted,
                     format!(
                         "the connection broke during the reply ({e}); the text so far was kept"
@@ -181,7 +153,7 @@ pub async fn generate(
                 break 'read;
             }
             let v: serde_json::Value = serde_json::from_str(&data).map_err(|e| {
-                remote(
+                Error::remote(
                     RemoteFailure::Protocol,
                     format!("the server sent something that is not OpenAI-style JSON ({e})"),
                 )
@@ -191,7 +163,7 @@ pub async fn generate(
                     .get("message")
                     .and_then(|m| m.as_str())
                     .map_or_else(|| err.to_string(), str::to_owned);
-                return Err(remote(
+                return Err(Error::remote(
                     RemoteFailure::Server,
                     format!("the server stopped with an error: {msg}"),
                 ));
@@ -240,7 +212,7 @@ pub async fn generate(
         }
     }
     let Some(reason) = finished else {
-        return Err(remote(
+        return Err(Error::remote(
             RemoteFailure::Interrupted,
             "the server closed the reply before it was complete; the text so far was kept",
         ));
@@ -323,7 +295,7 @@ fn event_data(event: &str) -> Option<String> {
 
 fn send_error(config: &RemoteConfig, e: reqwest::Error) -> Error {
     if e.is_timeout() {
-        remote(
+        Error::remote(
             RemoteFailure::Timeout,
             format!(
                 "{} did not answer within {} s",
@@ -331,7 +303,7 @@ fn send_error(config: &RemoteConfig, e: reqwest::Error) -> Error {
             ),
         )
     } else if e.is_connect() {
-        remote(
+        Error::remote(
             RemoteFailure::Unreachable,
             format!(
                 "cannot connect to {}: is the server running and the address right? ({e})",
@@ -339,7 +311,7 @@ fn send_error(config: &RemoteConfig, e: reqwest::Error) -> Error {
             ),
         )
     } else {
-        remote(
+        Error::remote(
             RemoteFailure::Unreachable,
             format!("the request to {} failed: {e}", config.base_url),
         )
@@ -364,25 +336,25 @@ fn status_error(status: u16, body: &str) -> Error {
         format!(": {}", detail.trim())
     };
     match status {
-        401 | 403 => remote(
+        401 | 403 => Error::remote(
             RemoteFailure::Auth,
             format!("the server refused the API key (HTTP {status}){detail}"),
         ),
-        404 => remote(
+        404 => Error::remote(
             RemoteFailure::Server,
             format!("the server has no such endpoint or model (HTTP 404){detail}"),
         ),
-        429 => remote(
+        429 => Error::remote(
             RemoteFailure::RateLimited,
             format!(
                 "the server is rate-limiting or out of quota (HTTP 429){detail}; wait and try again"
             ),
         ),
-        400..=499 => remote(
+        400..=499 => Error::remote(
             RemoteFailure::Rejected,
             format!("the server rejected the request (HTTP {status}){detail}"),
         ),
-        _ => remote(
+        _ => Error::remote(
             RemoteFailure::Server,
             format!("the server failed (HTTP {status}){detail}"),
         ),

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use atelier_engine::store::SettingsPatch;
+use atelier_engine::store::{GalleryQuery, GenerationKind, HistoryQuery, SettingsPatch};
 use atelier_engine::{Access, Engine, Home, JobEvent};
 use tokio::sync::mpsc;
 
@@ -52,4 +52,38 @@ pub fn sink() -> (atelier_engine::EventSink, mpsc::UnboundedReceiver<JobEvent>) 
         }),
         rx,
     )
+}
+
+/// How many images a project's gallery shows.
+pub fn gallery_len(engine: &Engine, project_id: i64) -> usize {
+    engine
+        .store()
+        .gallery(&GalleryQuery {
+            project_id,
+            ..Default::default()
+        })
+        .unwrap()
+        .items
+        .len()
+}
+
+/// The statuses of the image generations in History, newest first (`failed`, `cancelled`...).
+pub fn image_statuses(engine: &Engine) -> Vec<String> {
+    engine
+        .store()
+        .history(&HistoryQuery {
+            kind: Some(GenerationKind::Image),
+            ..Default::default()
+        })
+        .unwrap()
+        .items
+        .iter()
+        .map(|g| {
+            serde_json::to_value(g.status)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
 }
