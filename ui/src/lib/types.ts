@@ -177,12 +177,16 @@ export interface ModelInfo {
   tokenizer: string | null;
   has_chat_template: boolean;
   unsupported: string | null;
+  /** What runs it on the CPU: Atelier's native engine (blocks as shipped) or candle. */
+  cpu_engine: 'native' | 'candle';
   repacked_on_cpu: string[];
 }
 
 export type ModelEntry = ({ status: 'ok' } & ModelInfo) | { status: 'broken'; file: string; error: string };
 
 export interface LoadReport {
+  engine: 'native' | 'candle';
+  engine_note: string | null;
   repacked: Record<string, number>;
   from_cache: boolean;
   device: string;

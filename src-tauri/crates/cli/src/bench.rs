@@ -331,6 +331,7 @@ pub struct TextBench {
     pub threads: Option<usize>,
     pub runs: usize,
     pub repack: bool,
+    pub native: bool,
 }
 
 pub fn text_model(engine: &atelier_engine::Engine, a: TextBench, as_json: bool) -> Result<()> {
@@ -366,6 +367,7 @@ pub fn text_model(engine: &atelier_engine::Engine, a: TextBench, as_json: bool) 
         device: settings.device,
         cache_dir: Some(engine.home().repacked_models_dir()),
         repack: a.repack,
+        native: a.native,
     };
     let t0 = Instant::now();
     let model = pool.install(|| LocalModel::load(&id, &file, &opts, &|_, _| {}))?;
@@ -388,6 +390,7 @@ pub fn text_model(engine: &atelier_engine::Engine, a: TextBench, as_json: bool) 
         "file": file,
         "device": model.report.device,
         "threads": threads,
+        "engine": model.report.engine,
         "repacked": model.report.repacked,
         "prompt_tokens": a.prompt_tokens,
         "gen_tokens": a.gen_tokens,
@@ -401,8 +404,9 @@ pub fn text_model(engine: &atelier_engine::Engine, a: TextBench, as_json: bool) 
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
         println!(
-            "{id} on {} ({threads} threads{}), median of {} runs:\n  prefill {} tokens: {:.1} tok/s\n  decode {} tokens:  {:.1} tok/s\n  time to first token: {:.0} ms\n  load: {:.2} s",
+            "{id} on {} ({} engine, {threads} threads{}), median of {} runs:\n  prefill {} tokens: {:.1} tok/s\n  decode {} tokens:  {:.1} tok/s\n  time to first token: {:.0} ms\n  load: {:.2} s",
             model.report.device,
+            model.report.engine,
             if model.report.repacked.is_empty() {
                 String::new()
             } else {

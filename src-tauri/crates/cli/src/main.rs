@@ -266,9 +266,12 @@ enum BenchCmd {
         /// Measured runs after one warm-up; the median is reported.
         #[arg(long, default_value_t = 3)]
         runs: usize,
-        /// Load as shipped, without repacking slow tensor types.
+        /// With --candle: load as shipped, without repacking slow tensor types.
         #[arg(long)]
         no_repack: bool,
+        /// Run on candle's models instead of the native CPU engine (for comparison).
+        #[arg(long)]
+        candle: bool,
     },
     /// Stable Diffusion on random weights: seconds per UNet step, VAE decode, peak memory
     Image {
@@ -410,6 +413,7 @@ fn run(cli: Cli) -> Result<()> {
                 threads,
                 runs,
                 no_repack,
+                candle,
             },
     } = cli.command
     {
@@ -421,6 +425,7 @@ fn run(cli: Cli) -> Result<()> {
             threads,
             runs,
             repack: !no_repack,
+            native: !candle,
         };
         return bench::text_model(&engine, args, cli.json);
     }

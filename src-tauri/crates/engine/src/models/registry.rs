@@ -37,8 +37,11 @@ pub struct ModelInfo {
     pub has_chat_template: bool,
     /// `None` when the local engine can run it; otherwise why not.
     pub unsupported: Option<String>,
-    /// Tensor types the CPU engine repacks to Q8_0 on load (candle has no fast kernel for
+    /// What runs it on the CPU: "native" (Atelier's engine, blocks as shipped) or "candle".
+    pub cpu_engine: String,
+    /// Tensor types the candle path repacks to Q8_0 on load (candle has no fast kernel for
     /// them), e.g. `["Q4_1"]`; the repacked copy is cached, so only the first load pays.
+    /// Empty when the native engine runs the model.
     pub repacked_on_cpu: Vec<String>,
 }
 
@@ -99,12 +102,22 @@ fn info_from(path: &Path, h: &Header) -> ModelInfo {
             Some(pre) => format!("{m}/{pre}"),
             None => m.to_owned(),
         });
-    let repacked_on_cpu = tensor_types
-        .keys()
-        .filter(|t| matches!(t.as_str(), "Q4_1" | "Q5_0" | "Q5_1"))
-        .cloned()
-        .collect();
+    let native = crate::text::native::ARCHITECTURES.contains(&architecture.as_str())
+        && h.get(&format!("{architecture}.expert_count")).is_none()
+        && tensor_types
+            .keys()
+            .all(|t| crate::text::native::TENSOR_TYPES.contains(&t.as_str()));
+    let repacked_on_cpu = if native {
+        Vec::new()
+    } else {
+        tensor_types
+            .keys()
+            .filter(|t| matches!(t.as_str(), "Q4_1" | "Q5_0" | "Q5_1"))
+            .cloned()
+            .collect()
+    };
     ModelInfo {
+        cpu_engine: if native { "native" } else { "candle" }.into(),
         repacked_on_cpu,
         id: model_id(path),
         file: path.to_path_buf(),

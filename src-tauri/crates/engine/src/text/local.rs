@@ -1,12 +1,15 @@
-//! The local engine: GGUF models run with candle, on the host's CPU or a GPU.
+//! The local engine: GGUF models on the host's CPU (our [`native`](super::native) engine) or a
+//! GPU (candle).
 //!
 //! Loading validates the header with our bounded reader first (a broken file is a clear error,
-//! never a huge allocation), repacks tensors candle has no fast CPU kernel for (Q4_1, Q5_0,
-//! Q5_1 → Q8_0) into a cached GGUF beside the data folder, and keeps the model resident: the
-//! [`LocalEngine`] holds loaded models most-recently-used first within a memory budget.
+//! never a huge allocation) and keeps the model resident: the [`LocalEngine`] holds loaded
+//! models most-recently-used first within a memory budget. On the CPU, llama/qwen2/qwen3 files
+//! run on the native engine with the blocks as shipped. Anything else (a GPU, an architecture or
+//! tensor type the native engine lacks) runs on candle's models; there, tensors candle has no
+//! fast CPU kernel for (Q4_1, Q5_0, Q5_1) are repacked to Q8_0 into a cached GGUF.
 //!
-//! candle keeps the KV cache inside the model, so a model runs one request at a time (each run
-//! starts by clearing the cache); requests for different models run side by side.
+//! The KV cache lives inside the model, so a model runs one request at a time (each run starts
+//! by clearing the cache); requests for different models run side by side.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +22,7 @@ use candle_transformers::models::{quantized_llama, quantized_qwen2, quantized_qw
 use serde::Serialize;
 
 use super::chat::ChatTemplate;
+use super::native::{self, NativeModel};
 use super::params::{StopReason, TextOutcome, TextRequest};
 use super::sampler::Sampler;
 use super::stream::{StopStrings, TextStream};
@@ -116,6 +120,7 @@ pub unsafe fn configure_process_threads(threads: Option<usize>) {
 }
 
 enum Weights {
+    Native(Box<NativeModel>),
     Llama(quantized_llama::ModelWeights),
     Qwen2(quantized_qwen2::ModelWeights),
     Qwen3(quantized_qwen3::ModelWeights),
@@ -124,6 +129,10 @@ enum Weights {
 impl Weights {
     /// Logits for the last position of `ids`, fed at position `pos`.
     fn forward(&mut self, ids: &[u32], pos: usize, device: &Device) -> Result<Vec<f32>> {
+        if let Weights::Native(m) = self {
+            // Callers run inside the rayon pool sized by the Threads setting (or --threads).
+            return m.forward(ids, pos, rayon::current_num_threads());
+        }
         let x = Tensor::new(ids, device)
             .and_then(|t| t.unsqueeze(0))
             .map_err(candle_err("input"))?;
@@ -131,6 +140,7 @@ impl Weights {
             Weights::Llama(w) => w.forward(&x, pos),
             Weights::Qwen2(w) => w.forward(&x, pos),
             Weights::Qwen3(w) => w.forward(&x, pos),
+            Weights::Native(_) => unreachable!("handled above"),
         }
         .map_err(candle_err("model forward pass"))?;
         logits
@@ -145,6 +155,7 @@ impl Weights {
             Weights::Llama(w) => w.clear_kv_cache(),
             Weights::Qwen2(w) => w.clear_kv_cache(),
             Weights::Qwen3(w) => w.clear_kv_cache(),
+            Weights::Native(m) => m.clear(),
         }
     }
 }
@@ -152,6 +163,10 @@ impl Weights {
 /// What loading did, for the model list and the logs.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct LoadReport {
+    /// "native" (our CPU engine, blocks as shipped) or "candle".
+    pub engine: String,
+    /// Why the CPU model runs on candle rather than the native engine.
+    pub engine_note: Option<String>,
     /// Tensor counts by (from type → to type), e.g. `Q4_1→Q8_0: 210`.
     pub repacked: BTreeMap<String, usize>,
     /// The repacked file was read from the cache instead of being made again.
@@ -191,8 +206,10 @@ pub struct LoadOptions {
     pub device: DevicePreference,
     /// Folder for repacked files; `None` repacks in memory every load.
     pub cache_dir: Option<PathBuf>,
-    /// Repack slow tensor types on the CPU (off only to measure the file as shipped).
+    /// Repack slow tensor types on the CPU for candle (off only to measure the file as shipped).
     pub repack: bool,
+    /// Run supported models on the native CPU engine (off only to compare with candle).
+    pub native: bool,
 }
 
 fn needs_repack(t: GgmlDType) -> bool {
@@ -240,7 +257,8 @@ impl LocalModel {
         let file_ctx = header
             .u64(&format!("{architecture}.context_length"))
             .unwrap_or(2048) as usize;
-        // candle's llama precomputes rotary tables for 4096 positions only.
+        // candle's llama precomputes rotary tables for 4096 positions only (the native engine
+        // grows its tables; the cap is lifted below when it runs the model).
         let context_length = if architecture == "llama" {
             file_ctx.min(quantized_llama::MAX_SEQ_LEN)
         } else {
@@ -270,7 +288,25 @@ impl LocalModel {
             .map(|(n, _)| n.clone())
             .collect();
 
-        let weights = if to_repack.is_empty() || !device.is_cpu() || !opts.repack {
+        let native_blocker = if !device.is_cpu() {
+            Some("a GPU is in use".to_owned())
+        } else if !opts.native {
+            Some("turned off".to_owned())
+        } else {
+            native::unsupported_reason(&content)
+        };
+        report.engine = if native_blocker.is_none() {
+            "native"
+        } else {
+            "candle"
+        }
+        .into();
+        report.engine_note = native_blocker.clone().filter(|_| device.is_cpu());
+        let weights = if native_blocker.is_none() {
+            let m = NativeModel::load(&content, &mut file, progress)?;
+            report.resident_bytes = m.weight_bytes;
+            Weights::Native(Box::new(m))
+        } else if to_repack.is_empty() || !device.is_cpu() || !opts.repack {
             // GPUs have kernels for every type: repacking would only cost quality.
             progress(0, 1);
             let w = build_weights(&architecture, content, &mut file, &device)?;
@@ -318,9 +354,16 @@ impl LocalModel {
                 }
             }
         };
-        report.resident_bytes = header.tensors.iter().map(resident_size).sum();
+        if report.resident_bytes == 0 {
+            report.resident_bytes = header.tensors.iter().map(resident_size).sum();
+        }
         report.load_ms = started.elapsed().as_millis() as u64;
         tracing::info!(model = id, ?report, "model loaded");
+        let context_length = if matches!(weights, Weights::Native(_)) {
+            file_ctx
+        } else {
+            context_length
+        };
         Ok(LocalModel {
             id: id.into(),
             architecture,
@@ -511,6 +554,19 @@ impl LocalModel {
             logits = weights.forward(&[next], n_prompt + step, &self.device)?;
         }
         Ok((prefill, t1.elapsed().as_secs_f64()))
+    }
+}
+
+impl LocalModel {
+    /// Logits after `ids` from an empty cache (tests and diagnostics compare engines with it).
+    pub fn logits(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let mut weights = self.weights.lock().unwrap_or_else(|p| p.into_inner());
+        weights.clear();
+        let mut logits = Vec::new();
+        for (i, chunk) in ids.chunks(PREFILL_CHUNK).enumerate() {
+            logits = weights.forward(chunk, i * PREFILL_CHUNK, &self.device)?;
+        }
+        Ok(logits)
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod chat;
 pub mod local;
+pub mod native;
 pub mod params;
 pub mod remote;
 pub mod sampler;

@@ -109,6 +109,7 @@ impl TextService {
                 .cache_repacked_models
                 .then(|| home.repacked_models_dir()),
             repack: true,
+            native: true,
         };
         let pool = self.pool_for(settings)?;
         let budget = settings.model_memory_mb as u64 * 1024 * 1024;

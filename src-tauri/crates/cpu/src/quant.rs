@@ -1,0 +1,894 @@
+//! Weight matrices in their GGUF block formats, activation quantisation, and the dot products
+//! between them.
+//!
+//! The legacy 32-value formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) have AVX2 kernels here: candle 0.11
+//! has fast kernels only for Q4_0 and Q8_0, and the default models ship as Q4_1 (SmolLM2) and
+//! Q5_0 (Qwen). Keeping the shipped 4/5-bit blocks instead of widening them to Q8_0 reads 30–40 %
+//! fewer bytes per token, which is what decode speed is made of. The k-quant formats use candle's
+//! own AVX2 kernels against Q8_K activations.
+//!
+//! Activations are quantised once per matrix product to [`ActBlock`]s (32 values, an f32 scale,
+//! and the scaled sum the Q4_1/Q5_1 minimum needs), so every weight row reuses them.
+
+use candle_core::quantized::GgmlDType;
+use candle_core::quantized::k_quants::{
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, GgmlType, QK_K,
+};
+use half::{bf16, f16};
+
+/// Values per legacy block.
+pub const QK: usize = 32;
+
+/// Weight storage formats the native engine computes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WType {
+    F32,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q2K,
+    Q3K,
+    Q4K,
+    Q5K,
+    Q6K,
+}
+
+impl WType {
+    /// The format a GGUF tensor type is kept in (F16/BF16 are widened to F32 on load), or
+    /// `None` when the native engine has no kernel for it.
+    pub fn for_gguf(t: GgmlDType) -> Option<WType> {
+        Some(match t {
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => WType::F32,
+            GgmlDType::Q4_0 => WType::Q4_0,
+            GgmlDType::Q4_1 => WType::Q4_1,
+            GgmlDType::Q5_0 => WType::Q5_0,
+            GgmlDType::Q5_1 => WType::Q5_1,
+            GgmlDType::Q8_0 => WType::Q8_0,
+            GgmlDType::Q2K => WType::Q2K,
+            GgmlDType::Q3K => WType::Q3K,
+            GgmlDType::Q4K => WType::Q4K,
+            GgmlDType::Q5K => WType::Q5K,
+            GgmlDType::Q6K => WType::Q6K,
+            GgmlDType::Q8_1 | GgmlDType::Q8K => return None,
+        })
+    }
+
+    /// (values per block, bytes per block).
+    pub fn block(self) -> (usize, usize) {
+        match self {
+            WType::F32 => (1, 4),
+            WType::Q4_0 => (QK, 18),
+            WType::Q4_1 => (QK, 20),
+            WType::Q5_0 => (QK, 22),
+            WType::Q5_1 => (QK, 24),
+            WType::Q8_0 => (QK, 34),
+            WType::Q2K => (QK_K, std::mem::size_of::<BlockQ2K>()),
+            WType::Q3K => (QK_K, std::mem::size_of::<BlockQ3K>()),
+            WType::Q4K => (QK_K, std::mem::size_of::<BlockQ4K>()),
+            WType::Q5K => (QK_K, std::mem::size_of::<BlockQ5K>()),
+            WType::Q6K => (QK_K, std::mem::size_of::<BlockQ6K>()),
+        }
+    }
+
+    fn is_kquant(self) -> bool {
+        matches!(
+            self,
+            WType::Q2K | WType::Q3K | WType::Q4K | WType::Q5K | WType::Q6K
+        )
+    }
+
+    fn is_legacy(self) -> bool {
+        !self.is_kquant() && self != WType::F32
+    }
+}
+
+/// Bytes of a tensor of `n` values stored as GGUF type `t` (file layout).
+pub fn gguf_bytes(t: GgmlDType, n: usize) -> Option<usize> {
+    let (bs, bytes) = match t {
+        GgmlDType::F16 | GgmlDType::BF16 => (1, 2),
+        other => WType::for_gguf(other)?.block(),
+    };
+    n.is_multiple_of(bs).then(|| n / bs * bytes)
+}
+
+/// A row-major matrix of `rows` × `cols` in one block format. Rows start on 8-byte boundaries
+/// (the buffer is u64-backed) so k-quant rows can be viewed as candle's block structs.
+pub struct QMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub wtype: WType,
+    row_bytes: usize,
+    data: Vec<u64>,
+}
+
+impl QMatrix {
+    /// Builds a matrix from a GGUF tensor's bytes (`cols` is the fastest-varying dimension).
+    pub fn from_gguf(
+        t: GgmlDType,
+        rows: usize,
+        cols: usize,
+        bytes: &[u8],
+    ) -> Result<QMatrix, String> {
+        let wtype = WType::for_gguf(t).ok_or_else(|| format!("no native kernel for {t:?}"))?;
+        let (bs, bb) = wtype.block();
+        if !cols.is_multiple_of(bs) {
+            return Err(format!(
+                "a row of {cols} values is not a whole number of {t:?} blocks"
+            ));
+        }
+        let expected = gguf_bytes(t, rows * cols).ok_or("bad tensor size")?;
+        if bytes.len() != expected {
+            return Err(format!(
+                "tensor data is {} bytes, {expected} expected",
+                bytes.len()
+            ));
+        }
+        let row_bytes = cols / bs * bb;
+        let mut m = QMatrix {
+            rows,
+            cols,
+            wtype,
+            row_bytes,
+            data: vec![0u64; (rows * row_bytes).div_ceil(8)],
+        };
+        let dst = m.bytes_mut();
+        match t {
+            GgmlDType::F16 => {
+                for (o, c) in dst.chunks_exact_mut(4).zip(bytes.chunks_exact(2)) {
+                    let v = f16::from_le_bytes([c[0], c[1]]).to_f32();
+                    o.copy_from_slice(&v.to_le_bytes());
+                }
+            }
+            GgmlDType::BF16 => {
+                for (o, c) in dst.chunks_exact_mut(4).zip(bytes.chunks_exact(2)) {
+                    let v = bf16::from_le_bytes([c[0], c[1]]).to_f32();
+                    o.copy_from_slice(&v.to_le_bytes());
+                }
+            }
+            _ => dst[..bytes.len()].copy_from_slice(bytes),
+        }
+        Ok(m)
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: u64 storage viewed as bytes; the length stays within the allocation.
+        unsafe { std::slice::from_raw_parts(self.data.as_ptr().cast::<u8>(), self.data.len() * 8) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above, exclusive.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.data.as_mut_ptr().cast::<u8>(), self.data.len() * 8)
+        }
+    }
+
+    pub fn row(&self, r: usize) -> &[u8] {
+        &self.bytes()[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+
+    /// Bytes the matrix occupies.
+    pub fn size(&self) -> usize {
+        self.rows * self.row_bytes
+    }
+
+    /// Row `r` as f32 (embedding lookups).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let row = self.row(r);
+        match self.wtype {
+            WType::F32 => {
+                for (o, c) in out.iter_mut().zip(row.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            WType::Q2K => BlockQ2K::to_float(kblocks(row), out),
+            WType::Q3K => BlockQ3K::to_float(kblocks(row), out),
+            WType::Q4K => BlockQ4K::to_float(kblocks(row), out),
+            WType::Q5K => BlockQ5K::to_float(kblocks(row), out),
+            WType::Q6K => BlockQ6K::to_float(kblocks(row), out),
+            t => {
+                let (_, bb) = t.block();
+                for (blk, o) in row.chunks_exact(bb).zip(out.chunks_exact_mut(QK)) {
+                    let (q, d, m) = unpack_scalar(t, blk);
+                    for (o, q) in o.iter_mut().zip(q) {
+                        *o = d * q as f32 + m;
+                    }
+                }
+            }
+        }
+    }
+
+    /// What [`Acts`] must hold for this matrix.
+    pub fn needs(&self) -> Needs {
+        Needs {
+            q8: self.wtype.is_legacy(),
+            q8k: self.wtype.is_kquant(),
+            f32: self.wtype == WType::F32,
+        }
+    }
+
+    /// `out[c × stride + r] = row r · activation column c` for rows `r0..r1` and every
+    /// column of `acts`.
+    ///
+    /// # Safety
+    /// `out` must be valid for those writes, and no other thread may write those elements.
+    pub unsafe fn gemm(&self, r0: usize, r1: usize, acts: &Acts, out: *mut f32, stride: usize) {
+        let ncols = acts.cols();
+        let r1 = r1.min(self.rows);
+        let n = self.cols;
+        let put = |r: usize, c: usize, v: f32| {
+            // SAFETY: the caller vouches for `out`.
+            unsafe { *out.add(c * stride + r) = v };
+        };
+        match self.wtype {
+            WType::F32 => {
+                for r in r0..r1 {
+                    for c in 0..ncols {
+                        put(r, c, dot_f32(self.row(r), acts.f32_row(c)));
+                    }
+                }
+            }
+            WType::Q2K => kgemm::<BlockQ2K>(self, n, r0, r1, acts, &put),
+            WType::Q3K => kgemm::<BlockQ3K>(self, n, r0, r1, acts, &put),
+            WType::Q4K => kgemm::<BlockQ4K>(self, n, r0, r1, acts, &put),
+            WType::Q5K => kgemm::<BlockQ5K>(self, n, r0, r1, acts, &put),
+            WType::Q6K => kgemm::<BlockQ6K>(self, n, r0, r1, acts, &put),
+            t => {
+                assert_eq!(
+                    acts.q8.len(),
+                    ncols * (n / QK),
+                    "activations of another width"
+                );
+                #[cfg(target_arch = "x86_64")]
+                if avx2::available() {
+                    // SAFETY: AVX2/FMA/F16C present; rows r0..r1 and every activation column
+                    // hold whole blocks (checked above); `out` as vouched by the caller.
+                    unsafe {
+                        avx2::gemm(
+                            t,
+                            self.bytes().as_ptr(),
+                            self.row_bytes,
+                            r0..r1,
+                            acts.q8.as_ptr(),
+                            n / QK,
+                            ncols,
+                            out,
+                            stride,
+                        )
+                    };
+                    return;
+                }
+                for r in r0..r1 {
+                    for c in 0..ncols {
+                        put(r, c, legacy_dot_scalar(t, self.row(r), acts.q8_row(c)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn kgemm<B: GgmlType<VecDotType = BlockQ8K>>(
+    m: &QMatrix,
+    n: usize,
+    r0: usize,
+    r1: usize,
+    acts: &Acts,
+    put: &dyn Fn(usize, usize, f32),
+) {
+    for r in r0..r1 {
+        let w = kblocks::<B>(m.row(r));
+        for c in 0..acts.cols() {
+            put(r, c, B::vec_dot(n, w, acts.q8k_row(c)));
+        }
+    }
+}
+
+fn kblocks<B>(row: &[u8]) -> &[B] {
+    let n = row.len() / std::mem::size_of::<B>();
+    assert_eq!(row.as_ptr() as usize % std::mem::align_of::<B>(), 0);
+    // SAFETY: candle's k-quant blocks are repr(C) plain data (integers and f16), the pointer is
+    // aligned (checked) and the row holds exactly `n` blocks.
+    unsafe { std::slice::from_raw_parts(row.as_ptr().cast::<B>(), n) }
+}
+
+fn dot_f32(row: &[u8], a: &[f32]) -> f32 {
+    // Eight independent sums so the compiler vectorises the loop.
+    let mut acc = [0f32; 8];
+    for (c, x) in row.chunks_exact(32).zip(a.chunks_exact(8)) {
+        for i in 0..8 {
+            let w = f32::from_le_bytes([c[4 * i], c[4 * i + 1], c[4 * i + 2], c[4 * i + 3]]);
+            acc[i] += w * x[i];
+        }
+    }
+    let tail = a.len() / 8 * 8;
+    let mut s: f32 = acc.iter().sum();
+    for (i, x) in a[tail..].iter().enumerate() {
+        let c = &row[(tail + i) * 4..(tail + i) * 4 + 4];
+        s += f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * x;
+    }
+    s
+}
+
+/// 32 activations quantised to i8 with one f32 scale; `s` = `d` × Σ`qs` for the formats with a
+/// minimum (Q4_1, Q5_1).
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct ActBlock {
+    pub d: f32,
+    pub s: f32,
+    pub qs: [i8; QK],
+}
+
+impl ActBlock {
+    const ZERO: ActBlock = ActBlock {
+        d: 0.0,
+        s: 0.0,
+        qs: [0; QK],
+    };
+}
+
+/// Which activation forms a set of matrices needs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Needs {
+    pub q8: bool,
+    pub q8k: bool,
+    pub f32: bool,
+}
+
+impl Needs {
+    pub fn or(self, o: Needs) -> Needs {
+        Needs {
+            q8: self.q8 || o.q8,
+            q8k: self.q8k || o.q8k,
+            f32: self.f32 || o.f32,
+        }
+    }
+}
+
+/// `t` columns of `k` activations, quantised for the matrices that will read them.
+#[derive(Default)]
+pub struct Acts {
+    k: usize,
+    cols: usize,
+    q8: Vec<ActBlock>,
+    q8k: Vec<BlockQ8K>,
+    f32: Vec<f32>,
+}
+
+impl Acts {
+    /// Quantises `x` (`t` rows of `k` values) in the forms `needs` asks for, reusing buffers.
+    pub fn quantize(&mut self, x: &[f32], k: usize, needs: Needs) {
+        self.k = k;
+        let t = x.len() / k;
+        self.cols = t;
+        if needs.q8 {
+            self.q8.resize(t * k / QK, ActBlock::ZERO);
+            for (xs, b) in x.chunks_exact(QK).zip(self.q8.iter_mut()) {
+                quantize_block(xs, b);
+            }
+        }
+        if needs.q8k {
+            self.q8k.resize(t * k / QK_K, BlockQ8K::zeros());
+            for (xs, b) in x.chunks_exact(k).zip(self.q8k.chunks_exact_mut(k / QK_K)) {
+                BlockQ8K::from_float(xs, b);
+            }
+        }
+        if needs.f32 {
+            self.f32.clear();
+            self.f32.extend_from_slice(x);
+        }
+    }
+
+    /// Columns (tokens) held.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn q8_row(&self, t: usize) -> &[ActBlock] {
+        let nb = self.k / QK;
+        &self.q8[t * nb..(t + 1) * nb]
+    }
+
+    fn q8k_row(&self, t: usize) -> &[BlockQ8K] {
+        let nb = self.k / QK_K;
+        &self.q8k[t * nb..(t + 1) * nb]
+    }
+
+    fn f32_row(&self, t: usize) -> &[f32] {
+        &self.f32[t * self.k..(t + 1) * self.k]
+    }
+}
+
+fn quantize_block(xs: &[f32], b: &mut ActBlock) {
+    let amax = xs.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let d = amax / 127.0;
+    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let mut sum = 0i32;
+    for (q, x) in b.qs.iter_mut().zip(xs) {
+        let v = (x * id).round() as i32;
+        *q = v as i8;
+        sum += v;
+    }
+    b.d = d;
+    b.s = d * sum as f32;
+}
+
+/// A legacy block's 32 integer values, scale and minimum (value = d × q + m).
+fn unpack_scalar(t: WType, b: &[u8]) -> ([i32; QK], f32, f32) {
+    let h = |i: usize| f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
+    let mut q = [0i32; QK];
+    let nibbles = |q: &mut [i32; QK], qs: &[u8], off: i32| {
+        for j in 0..QK / 2 {
+            q[j] = (qs[j] & 0x0F) as i32 + off;
+            q[j + QK / 2] = (qs[j] >> 4) as i32 + off;
+        }
+    };
+    let high_bits = |q: &mut [i32; QK], qh: u32| {
+        for (j, v) in q.iter_mut().enumerate() {
+            *v += (((qh >> j) & 1) << 4) as i32;
+        }
+    };
+    let qh = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    match t {
+        WType::Q4_0 => {
+            nibbles(&mut q, &b[2..18], -8);
+            (q, h(0), 0.0)
+        }
+        WType::Q4_1 => {
+            nibbles(&mut q, &b[4..20], 0);
+            (q, h(0), h(2))
+        }
+        WType::Q5_0 => {
+            nibbles(&mut q, &b[6..22], -16);
+            high_bits(&mut q, qh(2));
+            (q, h(0), 0.0)
+        }
+        WType::Q5_1 => {
+            nibbles(&mut q, &b[8..24], 0);
+            high_bits(&mut q, qh(4));
+            (q, h(0), h(2))
+        }
+        WType::Q8_0 => {
+            for (v, &x) in q.iter_mut().zip(&b[2..34]) {
+                *v = x as i8 as i32;
+            }
+            (q, h(0), 0.0)
+        }
+        _ => unreachable!("not a legacy type"),
+    }
+}
+
+/// Portable reference: the same arithmetic as the SIMD kernels (integer dot per block, then
+/// scaled), used where AVX2 is missing and by the tests.
+pub fn legacy_dot_scalar(t: WType, row: &[u8], a: &[ActBlock]) -> f32 {
+    let (_, bb) = t.block();
+    let mut sum = 0f32;
+    for (blk, ab) in row.chunks_exact(bb).zip(a) {
+        let (q, d, m) = unpack_scalar(t, blk);
+        let dot: i32 = q.iter().zip(ab.qs).map(|(&q, a)| q * a as i32).sum();
+        sum += d * ab.d * dot as f32 + m * ab.s;
+    }
+    sum
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{ActBlock, WType};
+    use std::arch::x86_64::*;
+
+    /// The widest integer dot-product instructions this CPU has.
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    pub enum Level {
+        /// AVX2 `maddubs` + `madd` (every x86-64 CPU since 2013).
+        Avx2,
+        /// AVX-VNNI `vpdpbusd` on 256-bit registers (Intel since Alder Lake).
+        AvxVnni,
+        /// AVX-512 VNNI with VL, the same instruction EVEX-encoded (Ice Lake, Zen 4).
+        Avx512Vnni,
+    }
+
+    pub fn level() -> Option<Level> {
+        use std::sync::OnceLock;
+        static LEVEL: OnceLock<Option<Level>> = OnceLock::new();
+        *LEVEL.get_or_init(|| {
+            let avx2 = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
+            if !avx2 {
+                None
+            } else if is_x86_feature_detected!("avxvnni") {
+                Some(Level::AvxVnni)
+            } else if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")
+            {
+                Some(Level::Avx512Vnni)
+            } else {
+                Some(Level::Avx2)
+            }
+        })
+    }
+
+    pub fn available() -> bool {
+        level().is_some()
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn f16_at(p: *const u8) -> f32 {
+        let bits = unsafe { (p as *const u16).read_unaligned() };
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    }
+
+    /// 16 packed bytes of nibbles → 32 bytes: low nibbles first (values 0..16), then high.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn nibbles(p: *const u8) -> __m256i {
+        let raw = unsafe { _mm_loadu_si128(p as *const __m128i) };
+        let mask = _mm_set1_epi8(0x0F);
+        let lo = _mm_and_si128(raw, mask);
+        let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+        _mm256_set_m128i(hi, lo)
+    }
+
+    /// A 32-bit little-endian mask → 32 bytes, 0xFF where the bit is set.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn bit_bytes(p: *const u8) -> __m256i {
+        let bits = unsafe { (p as *const i32).read_unaligned() };
+        // Byte i takes source byte i / 8 ...
+        let spread = _mm256_shuffle_epi8(
+            _mm256_set1_epi32(bits),
+            _mm256_set_epi64x(
+                0x0303_0303_0303_0303,
+                0x0202_0202_0202_0202,
+                0x0101_0101_0101_0101,
+                0,
+            ),
+        );
+        // ... and is all ones once every bit but its own (i % 8) is forced on.
+        let others = _mm256_set1_epi64x(0x7FBF_DFEF_F7FB_FDFEu64 as i64);
+        _mm256_cmpeq_epi8(_mm256_or_si256(spread, others), _mm256_set1_epi8(-1))
+    }
+
+    /// A block's 32 values as bytes (signed for Q4_0/Q5_0/Q8_0, unsigned for Q4_1/Q5_1), its
+    /// scale and minimum. `T` indexes [`TYPES`]; being a constant, the `match` folds away.
+    #[inline(always)]
+    unsafe fn unpack<const T: usize>(p: *const u8) -> (__m256i, f32, f32) {
+        // SAFETY (all arms): the caller guarantees AVX2/FMA/F16C and a whole block at `p`.
+        unsafe {
+            match T {
+                0 => (
+                    _mm256_sub_epi8(nibbles(p.add(2)), _mm256_set1_epi8(8)),
+                    f16_at(p),
+                    0.0,
+                ),
+                1 => (nibbles(p.add(4)), f16_at(p), f16_at(p.add(2))),
+                2 => {
+                    // Without its fifth bit a value is nibble − 16, i.e. the nibble with the
+                    // top four bits of the byte set.
+                    let high =
+                        _mm256_andnot_si256(bit_bytes(p.add(2)), _mm256_set1_epi8(0xF0u8 as i8));
+                    (_mm256_or_si256(nibbles(p.add(6)), high), f16_at(p), 0.0)
+                }
+                3 => {
+                    let high = _mm256_and_si256(bit_bytes(p.add(4)), _mm256_set1_epi8(0x10));
+                    (
+                        _mm256_or_si256(nibbles(p.add(8)), high),
+                        f16_at(p),
+                        f16_at(p.add(2)),
+                    )
+                }
+                _ => (
+                    _mm256_loadu_si256(p.add(2) as *const __m256i),
+                    f16_at(p),
+                    0.0,
+                ),
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    const TYPES: [WType; 5] = [
+        WType::Q4_0,
+        WType::Q4_1,
+        WType::Q5_0,
+        WType::Q5_1,
+        WType::Q8_0,
+    ];
+
+    /// Rows `rows` of the matrix at `w` (`row_bytes` apart) times `ncols` activation columns of
+    /// `nb` blocks each, into `out[c × stride + r]`, with the CPU's best instructions.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm(
+        t: WType,
+        w: *const u8,
+        row_bytes: usize,
+        rows: std::ops::Range<usize>,
+        a: *const ActBlock,
+        nb: usize,
+        ncols: usize,
+        out: *mut f32,
+        stride: usize,
+    ) {
+        let args = (w, row_bytes, rows, a, nb, ncols, out, stride);
+        // SAFETY: forwarded from the caller, who checked `available()`.
+        unsafe { gemm_at(level().unwrap_or(Level::Avx2), t, args) }
+    }
+
+    /// [`gemm`] with the instructions of `level` (the tests try each one the CPU has).
+    pub unsafe fn gemm_at(level: Level, t: WType, args: Args) {
+        // SAFETY (all): forwarded from the caller, who checked the CPU has `level`.
+        unsafe {
+            match level {
+                Level::AvxVnni => gemm_avxvnni(t, args),
+                Level::Avx512Vnni => gemm_avx512vnni(t, args),
+                Level::Avx2 => gemm_avx2(t, args),
+            }
+        }
+    }
+
+    pub type Args = (
+        *const u8,
+        usize,
+        std::ops::Range<usize>,
+        *const ActBlock,
+        usize,
+        usize,
+        *mut f32,
+        usize,
+    );
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn gemm_avx2(t: WType, a: Args) {
+        unsafe { gemm_types::<0>(t, a) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    unsafe fn gemm_avxvnni(t: WType, a: Args) {
+        unsafe { gemm_types::<1>(t, a) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    unsafe fn gemm_avx512vnni(t: WType, a: Args) {
+        unsafe { gemm_types::<2>(t, a) }
+    }
+
+    #[inline(always)]
+    unsafe fn gemm_types<const V: u8>(t: WType, a: Args) {
+        unsafe {
+            match t {
+                WType::Q4_0 => gemm_t::<0, V>(a),
+                WType::Q4_1 => gemm_t::<1, V>(a),
+                WType::Q5_0 => gemm_t::<2, V>(a),
+                WType::Q5_1 => gemm_t::<3, V>(a),
+                _ => gemm_t::<4, V>(a),
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn gemm_t<const T: usize, const V: u8>(
+        (w, row_bytes, rows, a, nb, ncols, out, stride): Args,
+    ) {
+        // SAFETY (all): forwarded from the caller.
+        unsafe {
+            for r in rows {
+                let wr = w.add(r * row_bytes);
+                let mut c = 0;
+                // Four columns share each unpacked weight block (prefill); then the rest.
+                while c + 4 <= ncols {
+                    let v =
+                        dot_n_t::<4, T, V>(wr, std::array::from_fn(|j| a.add((c + j) * nb)), nb);
+                    for (j, v) in v.into_iter().enumerate() {
+                        *out.add((c + j) * stride + r) = v;
+                    }
+                    c += 4;
+                }
+                while c < ncols {
+                    let [v] = dot_n_t::<1, T, V>(wr, [a.add(c * nb)], nb);
+                    *out.add(c * stride + r) = v;
+                    c += 1;
+                }
+            }
+        }
+    }
+
+    /// One weight row of `nb` blocks at `w` against `N` activation columns.
+    #[inline(always)]
+    unsafe fn dot_n_t<const N: usize, const T: usize, const V: u8>(
+        w: *const u8,
+        a: [*const ActBlock; N],
+        nb: usize,
+    ) -> [f32; N] {
+        let t = TYPES[T];
+        let signed = matches!(t, WType::Q4_0 | WType::Q5_0 | WType::Q8_0);
+        let has_min = matches!(t, WType::Q4_1 | WType::Q5_1);
+        let bb = t.block().1;
+        // SAFETY (all): the caller guarantees the CPU features and `nb` blocks at every pointer.
+        unsafe {
+            let ones = _mm256_set1_epi16(1);
+            let mut acc = [_mm256_setzero_ps(); N];
+            let mut min_acc = [0f32; N];
+            for b in 0..nb {
+                let (wv, d, m) = unpack::<T>(w.add(b * bb));
+                // maddubs multiplies unsigned by signed bytes: signed weights lend their sign
+                // to the activations.
+                let w_abs = if signed { _mm256_sign_epi8(wv, wv) } else { wv };
+                for c in 0..N {
+                    let ab = &*a[c].add(b);
+                    let x = _mm256_loadu_si256(ab.qs.as_ptr() as *const __m256i);
+                    let x = if signed { _mm256_sign_epi8(x, wv) } else { x };
+                    // Sums of four byte products as i32: one VNNI instruction, or two AVX2 ones
+                    // (exact either way: the pairs cannot overflow i16).
+                    let p = match V {
+                        1 => _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w_abs, x),
+                        2 => _mm256_dpbusd_epi32(_mm256_setzero_si256(), w_abs, x),
+                        _ => _mm256_madd_epi16(_mm256_maddubs_epi16(w_abs, x), ones),
+                    };
+                    acc[c] =
+                        _mm256_fmadd_ps(_mm256_set1_ps(d * ab.d), _mm256_cvtepi32_ps(p), acc[c]);
+                    if has_min {
+                        min_acc[c] += m * ab.s;
+                    }
+                }
+            }
+            std::array::from_fn(|c| hsum(acc[c]) + min_acc[c])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rng(seed: &mut u64) -> u32 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        (*seed >> 16) as u32
+    }
+
+    /// Random blocks of each legacy type: the SIMD kernel equals the scalar reference and the
+    /// dequantised float dot product.
+    #[test]
+    fn legacy_kernels_match_reference() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        for t in [
+            WType::Q4_0,
+            WType::Q4_1,
+            WType::Q5_0,
+            WType::Q5_1,
+            WType::Q8_0,
+        ] {
+            let (_, bb) = t.block();
+            let cols = 8 * QK;
+            let rows = 3;
+            let mut bytes = vec![0u8; rows * cols / QK * bb];
+            for (i, b) in bytes.iter_mut().enumerate() {
+                *b = rng(&mut seed) as u8;
+                // Keep the f16 scale and minimum finite and moderate.
+                let in_block = i % bb;
+                let scale_bytes = if matches!(t, WType::Q4_1 | WType::Q5_1) {
+                    4
+                } else {
+                    2
+                };
+                if in_block < scale_bytes {
+                    let h = f16::from_f32((rng(&mut seed) % 1000) as f32 / 5000.0 - 0.1);
+                    let hb = h.to_le_bytes();
+                    *b = hb[in_block % 2];
+                }
+            }
+            let gt = match t {
+                WType::Q4_0 => GgmlDType::Q4_0,
+                WType::Q4_1 => GgmlDType::Q4_1,
+                WType::Q5_0 => GgmlDType::Q5_0,
+                WType::Q5_1 => GgmlDType::Q5_1,
+                _ => GgmlDType::Q8_0,
+            };
+            let m = QMatrix::from_gguf(gt, rows, cols, &bytes).unwrap();
+            let ncols = 7;
+            let x: Vec<f32> = (0..ncols * cols)
+                .map(|_| (rng(&mut seed) % 2001) as f32 / 1000.0 - 1.0)
+                .collect();
+            let mut acts = Acts::default();
+            acts.quantize(&x, cols, m.needs());
+            let mut all = vec![0f32; ncols * rows];
+            // SAFETY: `all` holds ncols × rows elements, written by this thread only.
+            unsafe { m.gemm(0, rows, &acts, all.as_mut_ptr(), rows) };
+            for r in 0..rows {
+                let got: Vec<f32> = (0..ncols).map(|c| all[c * rows + r]).collect();
+                let mut w = vec![0f32; cols];
+                m.dequantize_row(r, &mut w);
+                for (c, g) in got.iter().enumerate() {
+                    let reference = legacy_dot_scalar(t, m.row(r), acts.q8_row(c));
+                    assert!(
+                        (g - reference).abs() <= 1e-4 * (1.0 + reference.abs()),
+                        "{t:?} row {r} col {c}: {g} vs {reference}"
+                    );
+                    let exact: f32 = w
+                        .iter()
+                        .zip(&x[c * cols..(c + 1) * cols])
+                        .map(|(a, b)| a * b)
+                        .sum();
+                    let scale: f32 = w.iter().map(|v| v.abs()).sum::<f32>() / 100.0 + 1e-3;
+                    assert!(
+                        (g - exact).abs() <= scale,
+                        "{t:?} row {r} col {c}: {g} vs float {exact}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Every instruction level this CPU has gives bit-identical results (so a seed reproduces
+    /// the same text on another machine of the same kind of arithmetic).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn instruction_levels_agree_exactly() {
+        use avx2::Level;
+        if !avx2::available() {
+            return;
+        }
+        let mut seed = 7u64;
+        let cols = 4 * QK;
+        let rows = 5;
+        let bytes: Vec<u8> = (0..rows * cols / QK * 20)
+            .map(|_| rng(&mut seed) as u8 & 0x3F)
+            .collect();
+        let m = QMatrix::from_gguf(GgmlDType::Q4_1, rows, cols, &bytes).unwrap();
+        let x: Vec<f32> = (0..6 * cols)
+            .map(|_| (rng(&mut seed) % 200) as f32 / 100.0 - 1.0)
+            .collect();
+        let mut acts = Acts::default();
+        acts.quantize(&x, cols, m.needs());
+        let run = |level| {
+            let mut out = vec![0f32; 6 * rows];
+            // SAFETY: `out` holds 6 × rows elements; the level is checked below.
+            unsafe {
+                avx2::gemm_at(
+                    level,
+                    WType::Q4_1,
+                    (
+                        m.bytes().as_ptr(),
+                        m.row_bytes,
+                        0..rows,
+                        acts.q8.as_ptr(),
+                        cols / QK,
+                        6,
+                        out.as_mut_ptr(),
+                        rows,
+                    ),
+                )
+            };
+            out
+        };
+        let base = run(Level::Avx2);
+        let mut levels = vec![];
+        if is_x86_feature_detected!("avxvnni") {
+            levels.push(Level::AvxVnni);
+        }
+        if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+            levels.push(Level::Avx512Vnni);
+        }
+        for l in levels {
+            assert_eq!(run(l), base, "{l:?}");
+        }
+    }
+
+    #[test]
+    fn rejects_wrong_sizes() {
+        assert!(QMatrix::from_gguf(GgmlDType::Q4_1, 2, 32, &[0u8; 39]).is_err());
+        assert!(QMatrix::from_gguf(GgmlDType::Q4_1, 2, 48, &[0u8; 60]).is_err());
+        assert!(QMatrix::from_gguf(GgmlDType::Q8_1, 1, 32, &[0u8; 36]).is_err());
+    }
+}
