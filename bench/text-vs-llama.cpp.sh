@@ -34,16 +34,19 @@ for id in "${MODELS[@]}"; do
   file="$MODEL_CACHE/$id.gguf"
   ours=$("$CLI" --home "$BENCH_HOME" --json bench text --file "$file" --threads "$THREADS" \
     --prompt-tokens "$PROMPT_TOKENS" --gen-tokens "$GEN_TOKENS" --runs "$RUNS")
-  asis=$("$CLI" --home "$BENCH_HOME" --json bench text --file "$file" --threads "$THREADS" \
-    --prompt-tokens "$PROMPT_TOKENS" --gen-tokens "$GEN_TOKENS" --runs 1 --no-repack)
+  # candle's quantised model (tensors repacked to Q8_0), the engine before the native one.
+  cndl=$("$CLI" --home "$BENCH_HOME" --json bench text --file "$file" --threads "$THREADS" \
+    --prompt-tokens "$PROMPT_TOKENS" --gen-tokens "$GEN_TOKENS" --runs "$RUNS" --candle)
   peer=$("$VENV/bin/python" "$ROOT/bench/llama_cpp_peer.py" "$file" "$THREADS" "$PROMPT_TOKENS" "$GEN_TOKENS" "$RUNS")
-  python3 - "$id" "$THREADS" "$ours" "$asis" "$peer" <<'PY'
+  python3 - "$id" "$THREADS" "$ours" "$cndl" "$peer" <<'PY'
 import json, sys
-mid, threads, ours, asis, peer = sys.argv[1], sys.argv[2], *map(json.loads, sys.argv[3:6])
+mid, threads, ours, cndl, peer = sys.argv[1], sys.argv[2], *map(json.loads, sys.argv[3:6])
 row = lambda name, r: print(f"{mid:<30} {name:<9} {threads:>8} {r['prefill_tokens_per_s']:>10.1f} {r['decode_tokens_per_s']:>10.1f}")
 row("llama.cpp", peer)
 row("atelier", ours)
-row("as-shipped", asis)
-print(f"{'':<30} {'ratio':<9} {'':>8} {ours['prefill_tokens_per_s'] / peer['prefill_tokens_per_s']:>9.2f}x {ours['decode_tokens_per_s'] / peer['decode_tokens_per_s']:>9.2f}x   (atelier ÷ llama.cpp; repacked {ours['repacked']})")
+row("candle", cndl)
+ratio = lambda r, k: r[k] / peer[k]
+for name, r in (("atelier", ours), ("candle", cndl)):
+    print(f"{'':<30} {name + ' ÷':<9} {'':>8} {ratio(r, 'prefill_tokens_per_s'):>9.2f}x {ratio(r, 'decode_tokens_per_s'):>9.2f}x   ({r['engine']} engine)")
 PY
 done
