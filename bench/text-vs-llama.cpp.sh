@@ -6,7 +6,12 @@
 #   THREADS=2 PROMPT_TOKENS=128 GEN_TOKENS=64 RUNS=3 bench/text-vs-llama.cpp.sh
 #
 # The peer is built from source by `pip install llama-cpp-python==0.3.36` in a virtualenv under
-# ~/.cache/atelier/bench-venv (10-20 minutes on 2 cores, once).
+# ~/.cache/atelier/bench-venv (10-20 minutes on 2 cores, once; ATELIER_BENCH_VENV picks another).
+# Its default build is -march=native. Where that build crashes (it did with a general protection
+# fault in libggml-cpu on a Sapphire Rapids VM), build the peer with the instructions our kernels
+# use instead:
+#   ATELIER_BENCH_VENV=~/.cache/atelier/bench-venv-avx2 CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON \
+#     -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX_VNNI=ON" bench/text-vs-llama.cpp.sh
 source "$(dirname "$0")/../scripts/lib.sh"
 
 THREADS=${THREADS:-$(python3 -c 'import os; print(len(os.sched_getaffinity(0)))')}
