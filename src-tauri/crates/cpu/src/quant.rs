@@ -681,34 +681,74 @@ mod avx2 {
     ) {
         // SAFETY (all): forwarded from the caller.
         unsafe {
-            for r in rows {
-                let wr = w.add(r * row_bytes);
-                let mut c = 0;
-                // Four columns share each unpacked weight block (prefill); then the rest.
-                while c + 4 <= ncols {
-                    let v =
-                        dot_n_t::<4, T, V>(wr, std::array::from_fn(|j| a.add((c + j) * nb)), nb);
-                    for (j, v) in v.into_iter().enumerate() {
-                        *out.add((c + j) * stride + r) = v;
-                    }
-                    c += 4;
+            // Prefill of the signed formats: tiles of two rows × four columns, so each
+            // activation load serves two rows (measured: Qwen's prefill +15 %). The formats with
+            // a minimum keep one row: their extra accumulators spill and it measured slower, as
+            // did routing decode (one column) through the two-row code.
+            let two_rows =
+                ncols >= 4 && matches!(TYPES[T], WType::Q4_0 | WType::Q5_0 | WType::Q8_0);
+            if !two_rows {
+                for r in rows {
+                    tile::<1, T, V>(w, row_bytes, r, a, nb, ncols, out, stride);
                 }
-                while c < ncols {
-                    let [v] = dot_n_t::<1, T, V>(wr, [a.add(c * nb)], nb);
-                    *out.add(c * stride + r) = v;
-                    c += 1;
-                }
+                return;
+            }
+            let mut r = rows.start;
+            while r + 1 < rows.end {
+                tile::<2, T, V>(w, row_bytes, r, a, nb, ncols, out, stride);
+                r += 2;
+            }
+            if r < rows.end {
+                tile::<1, T, V>(w, row_bytes, r, a, nb, ncols, out, stride);
             }
         }
     }
 
-    /// One weight row of `nb` blocks at `w` against `N` activation columns.
+    /// Rows `r..r + R` against every column, four columns at a time, then one at a time.
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    unsafe fn dot_n_t<const N: usize, const T: usize, const V: u8>(
+    unsafe fn tile<const R: usize, const T: usize, const V: u8>(
         w: *const u8,
+        row_bytes: usize,
+        r: usize,
+        a: *const ActBlock,
+        nb: usize,
+        ncols: usize,
+        out: *mut f32,
+        stride: usize,
+    ) {
+        // SAFETY (all): forwarded from the caller.
+        unsafe {
+            let wr: [*const u8; R] = std::array::from_fn(|i| w.add((r + i) * row_bytes));
+            let mut c = 0;
+            while c + 4 <= ncols {
+                let v = dot_t::<R, 4, T, V>(wr, std::array::from_fn(|j| a.add((c + j) * nb)), nb);
+                for (i, row) in v.into_iter().enumerate() {
+                    for (j, v) in row.into_iter().enumerate() {
+                        *out.add((c + j) * stride + r + i) = v;
+                    }
+                }
+                c += 4;
+            }
+            while c < ncols {
+                let v = dot_t::<R, 1, T, V>(wr, [a.add(c * nb)], nb);
+                for (i, [v]) in v.into_iter().enumerate() {
+                    *out.add(c * stride + r + i) = v;
+                }
+                c += 1;
+            }
+        }
+    }
+
+    /// `R` weight rows of `nb` blocks against `N` activation columns. Every output element
+    /// sees the same operations in the same order whatever `R` and `N` are, so tiling never
+    /// changes a result.
+    #[inline(always)]
+    unsafe fn dot_t<const R: usize, const N: usize, const T: usize, const V: u8>(
+        w: [*const u8; R],
         a: [*const ActBlock; N],
         nb: usize,
-    ) -> [f32; N] {
+    ) -> [[f32; N]; R] {
         let t = TYPES[T];
         let signed = matches!(t, WType::Q4_0 | WType::Q5_0 | WType::Q8_0);
         let has_min = matches!(t, WType::Q4_1 | WType::Q5_1);
@@ -716,32 +756,45 @@ mod avx2 {
         // SAFETY (all): the caller guarantees the CPU features and `nb` blocks at every pointer.
         unsafe {
             let ones = _mm256_set1_epi16(1);
-            let mut acc = [_mm256_setzero_ps(); N];
-            let mut min_acc = [0f32; N];
+            let mut acc = [[_mm256_setzero_ps(); N]; R];
+            let mut min_acc = [[0f32; N]; R];
             for b in 0..nb {
-                let (wv, d, m) = unpack::<T>(w.add(b * bb));
+                let blocks: [(__m256i, f32, f32); R] =
+                    std::array::from_fn(|i| unpack::<T>(w[i].add(b * bb)));
                 // maddubs multiplies unsigned by signed bytes: signed weights lend their sign
                 // to the activations.
-                let w_abs = if signed { _mm256_sign_epi8(wv, wv) } else { wv };
+                let w_abs: [__m256i; R] = std::array::from_fn(|i| {
+                    if signed {
+                        _mm256_sign_epi8(blocks[i].0, blocks[i].0)
+                    } else {
+                        blocks[i].0
+                    }
+                });
                 for c in 0..N {
                     let ab = &*a[c].add(b);
                     let x = _mm256_loadu_si256(ab.qs.as_ptr() as *const __m256i);
-                    let x = if signed { _mm256_sign_epi8(x, wv) } else { x };
-                    // Sums of four byte products as i32: one VNNI instruction, or two AVX2 ones
-                    // (exact either way: the pairs cannot overflow i16).
-                    let p = match V {
-                        1 => _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w_abs, x),
-                        2 => _mm256_dpbusd_epi32(_mm256_setzero_si256(), w_abs, x),
-                        _ => _mm256_madd_epi16(_mm256_maddubs_epi16(w_abs, x), ones),
-                    };
-                    acc[c] =
-                        _mm256_fmadd_ps(_mm256_set1_ps(d * ab.d), _mm256_cvtepi32_ps(p), acc[c]);
-                    if has_min {
-                        min_acc[c] += m * ab.s;
+                    for i in 0..R {
+                        let (wv, d, m) = blocks[i];
+                        let x = if signed { _mm256_sign_epi8(x, wv) } else { x };
+                        // Sums of four byte products as i32: one VNNI instruction, or two AVX2
+                        // ones (exact either way: the pairs cannot overflow i16).
+                        let p = match V {
+                            1 => _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w_abs[i], x),
+                            2 => _mm256_dpbusd_epi32(_mm256_setzero_si256(), w_abs[i], x),
+                            _ => _mm256_madd_epi16(_mm256_maddubs_epi16(w_abs[i], x), ones),
+                        };
+                        acc[i][c] = _mm256_fmadd_ps(
+                            _mm256_set1_ps(d * ab.d),
+                            _mm256_cvtepi32_ps(p),
+                            acc[i][c],
+                        );
+                        if has_min {
+                            min_acc[i][c] += m * ab.s;
+                        }
                     }
                 }
             }
-            std::array::from_fn(|c| hsum(acc[c]) + min_acc[c])
+            std::array::from_fn(|i| std::array::from_fn(|c| hsum(acc[i][c]) + min_acc[i][c]))
         }
     }
 }
@@ -842,46 +895,65 @@ mod tests {
         let mut seed = 7u64;
         let cols = 4 * QK;
         let rows = 5;
-        let bytes: Vec<u8> = (0..rows * cols / QK * 20)
-            .map(|_| rng(&mut seed) as u8 & 0x3F)
-            .collect();
-        let m = QMatrix::from_gguf(GgmlDType::Q4_1, rows, cols, &bytes).unwrap();
-        let x: Vec<f32> = (0..6 * cols)
-            .map(|_| (rng(&mut seed) % 200) as f32 / 100.0 - 1.0)
-            .collect();
-        let mut acts = Acts::default();
-        acts.quantize(&x, cols, m.needs());
-        let run = |level| {
-            let mut out = vec![0f32; 6 * rows];
-            // SAFETY: `out` holds 6 × rows elements; the level is checked below.
-            unsafe {
-                avx2::gemm_at(
-                    level,
-                    WType::Q4_1,
-                    (
-                        m.bytes().as_ptr(),
-                        m.row_bytes,
-                        0..rows,
-                        acts.q8.as_ptr(),
-                        cols / QK,
-                        6,
-                        out.as_mut_ptr(),
-                        rows,
-                    ),
-                )
+        for (gt, wt) in [
+            (GgmlDType::Q4_1, WType::Q4_1),
+            (GgmlDType::Q5_0, WType::Q5_0),
+            (GgmlDType::Q8_0, WType::Q8_0),
+        ] {
+            let bb = wt.block().1;
+            // Bytes below 0x40 keep every f16 scale small and finite.
+            let bytes: Vec<u8> = (0..rows * cols / QK * bb)
+                .map(|_| rng(&mut seed) as u8 & 0x3F)
+                .collect();
+            let m = QMatrix::from_gguf(gt, rows, cols, &bytes).unwrap();
+            let x: Vec<f32> = (0..6 * cols)
+                .map(|_| (rng(&mut seed) % 200) as f32 / 100.0 - 1.0)
+                .collect();
+            let mut acts = Acts::default();
+            acts.quantize(&x, cols, m.needs());
+            let run = |level| {
+                let mut out = vec![0f32; 6 * rows];
+                // SAFETY: `out` holds 6 × rows elements; the level is checked below.
+                unsafe {
+                    avx2::gemm_at(
+                        level,
+                        wt,
+                        (
+                            m.bytes().as_ptr(),
+                            m.row_bytes,
+                            0..rows,
+                            acts.q8.as_ptr(),
+                            cols / QK,
+                            6,
+                            out.as_mut_ptr(),
+                            rows,
+                        ),
+                    )
+                };
+                out
             };
-            out
-        };
-        let base = run(Level::Avx2);
-        let mut levels = vec![];
-        if is_x86_feature_detected!("avxvnni") {
-            levels.push(Level::AvxVnni);
-        }
-        if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
-            levels.push(Level::Avx512Vnni);
-        }
-        for l in levels {
-            assert_eq!(run(l), base, "{l:?}");
+            let base = run(Level::Avx2);
+            let best = run(avx2::level().unwrap_or(Level::Avx2));
+            // Tiling must not change a result: the same rows one column at a time.
+            for c in 0..6 {
+                let mut one = Acts::default();
+                one.quantize(&x[c * cols..(c + 1) * cols], cols, m.needs());
+                let mut col = vec![0f32; rows];
+                // SAFETY: `col` holds rows × 1 elements.
+                unsafe { m.gemm(0, rows, &one, col.as_mut_ptr(), rows) };
+                let tiled: Vec<f32> = (0..rows).map(|r| best[c * rows + r]).collect();
+                assert_eq!(col, tiled, "{wt:?} column {c} alone");
+            }
+            let mut levels = vec![];
+            if is_x86_feature_detected!("avxvnni") {
+                levels.push(Level::AvxVnni);
+            }
+            if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+                levels.push(Level::Avx512Vnni);
+            }
+            for l in levels {
+                assert_eq!(run(l), base, "{wt:?} {l:?}");
+            }
         }
     }
 
