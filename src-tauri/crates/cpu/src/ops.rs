@@ -1,17 +1,19 @@
 //! The vector and matrix operations of a decoder layer, on plain slices.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use crate::pool::{JobPanicked, Pool};
 use crate::quant::{Acts, QMatrix};
+
+/// 1 / RMS of `xs`.
+fn rms_scale(xs: &[f32], eps: f32) -> f32 {
+    1.0 / (dot(xs, xs) / xs.len() as f32 + eps).sqrt()
+}
 
 /// RMS norm of every row of `x` (rows of `w.len()`), times `w`, into `out`.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
     let d = w.len();
     out.resize(x.len(), 0.0);
     for (xs, os) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        let ms = dot(xs, xs) / d as f32;
-        let scale = 1.0 / (ms + eps).sqrt();
+        let scale = rms_scale(xs, eps);
         for ((o, x), w) in os.iter_mut().zip(xs).zip(w) {
             *o = x * scale * w;
         }
@@ -22,8 +24,7 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
 pub fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
     let d = w.len();
     for xs in x.chunks_exact_mut(d) {
-        let ms = dot(xs, xs) / d as f32;
-        let scale = 1.0 / (ms + eps).sqrt();
+        let scale = rms_scale(xs, eps);
         xs.iter_mut().zip(w).for_each(|(x, w)| *x = *x * scale * w);
     }
 }
@@ -120,25 +121,22 @@ pub fn matmul(
             "matmul buffers of the wrong size"
         );
         let chunks = m.rows.div_ceil(ROW_CHUNK);
-        spans.push((total_chunks, chunks, *m as &QMatrix, Out(out.as_mut_ptr())));
+        spans.push((total_chunks, *m as &QMatrix, Out(out.as_mut_ptr())));
         total_chunks += chunks;
     }
-    let next = AtomicUsize::new(0);
-    pool.run(&|_| {
-        loop {
-            let chunk = next.fetch_add(1, Ordering::Relaxed);
-            if chunk >= total_chunks {
-                break;
-            }
-            let Some(&(first, _, m, out)) = spans.iter().rev().find(|s| s.0 <= chunk) else {
-                break;
+    pool.run_items(
+        total_chunks,
+        || (),
+        |_, chunk| {
+            let Some(&(first, m, out)) = spans.iter().rev().find(|s| s.0 <= chunk) else {
+                return;
             };
             let r0 = (chunk - first) * ROW_CHUNK;
             // SAFETY: each chunk of rows is taken by exactly one thread, and its elements lie
             // inside the output's `t × rows`.
             unsafe { m.gemm(r0, r0 + ROW_CHUNK, acts, out.0, m.rows) };
-        }
-    })
+        },
+    )
 }
 
 /// Causal attention of the `t` new queries (positions `pos..pos + t`) over the cached keys
@@ -163,41 +161,33 @@ pub fn attention(
     assert!(q.len() >= t * q_dim && out.len() >= t * q_dim);
     let scale = 1.0 / (hd as f32).sqrt();
     let units = t * c.n_head;
-    let next = AtomicUsize::new(0);
     let o = Out(out.as_mut_ptr());
-    pool.run(&|_| {
-        let mut scores: Vec<f32> = Vec::new();
-        loop {
-            let u = next.fetch_add(1, Ordering::Relaxed);
-            if u >= units {
-                break;
-            }
-            let (i, h) = (u / c.n_head, u % c.n_head);
-            let kh = h / group;
-            let len = pos + i + 1;
-            let qh = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
-            scores.clear();
-            let mut max = f32::NEG_INFINITY;
-            for p in 0..len {
-                let k = &keys[p * kv_dim + kh * hd..p * kv_dim + (kh + 1) * hd];
-                let s = dot(qh, k) * scale;
-                max = max.max(s);
-                scores.push(s);
-            }
-            let mut sum = 0.0;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            let inv = 1.0 / sum;
-            // SAFETY: each (query, head) slice of `out` is written by one thread only.
-            let dst = unsafe { std::slice::from_raw_parts_mut(o.at(i * q_dim + h * hd), hd) };
-            dst.fill(0.0);
-            for (p, s) in scores.iter().enumerate() {
-                let v = &values[p * kv_dim + kh * hd..p * kv_dim + (kh + 1) * hd];
-                let w = s * inv;
-                dst.iter_mut().zip(v).for_each(|(d, v)| *d += w * v);
-            }
+    pool.run_items(units, Vec::<f32>::new, |scores, u| {
+        let (i, h) = (u / c.n_head, u % c.n_head);
+        let kh = h / group;
+        let len = pos + i + 1;
+        let qh = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
+        scores.clear();
+        let mut max = f32::NEG_INFINITY;
+        for p in 0..len {
+            let k = &keys[p * kv_dim + kh * hd..p * kv_dim + (kh + 1) * hd];
+            let s = dot(qh, k) * scale;
+            max = max.max(s);
+            scores.push(s);
+        }
+        let mut sum = 0.0;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        // SAFETY: each (query, head) slice of `out` is written by one thread only.
+        let dst = unsafe { std::slice::from_raw_parts_mut(o.at(i * q_dim + h * hd), hd) };
+        dst.fill(0.0);
+        for (p, s) in scores.iter().enumerate() {
+            let v = &values[p * kv_dim + kh * hd..p * kv_dim + (kh + 1) * hd];
+            let w = s * inv;
+            dst.iter_mut().zip(v).for_each(|(d, v)| *d += w * v);
         }
     })
 }

@@ -148,6 +148,30 @@ fn join(s: &Shared, g: usize) -> bool {
     }
 }
 
+impl Pool {
+    /// Runs `f(state, i)` for every `i` in `0..items`, each exactly once, on whichever threads
+    /// join (the shape every job here must have, see [`Pool::run`]). `state()` makes one
+    /// scratch value per participating thread.
+    pub fn run_items<S>(
+        &self,
+        items: usize,
+        state: impl Fn() -> S + Sync,
+        f: impl Fn(&mut S, usize) + Sync,
+    ) -> Result<(), JobPanicked> {
+        let next = AtomicUsize::new(0);
+        self.run(&|_| {
+            let mut scratch = state();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= items {
+                    break;
+                }
+                f(&mut scratch, i);
+            }
+        })
+    }
+}
+
 fn worker(s: &Shared, index: usize) {
     let mut seen = 0usize;
     loop {
@@ -210,18 +234,14 @@ impl Drop for Pool {
 mod tests {
     use super::*;
 
-    /// A job shaped like the matrix products: items taken from a counter.
     fn run_items(pool: &Pool, items: usize, seen: &[AtomicUsize]) {
-        let next = AtomicUsize::new(0);
-        pool.run(&|_| {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= items {
-                    break;
-                }
+        pool.run_items(
+            items,
+            || (),
+            |_, i| {
                 seen[i].fetch_add(1, Ordering::Relaxed);
-            }
-        })
+            },
+        )
         .unwrap();
     }
 
@@ -244,18 +264,15 @@ mod tests {
         let pool = Pool::new(2).unwrap();
         let prev = std::panic::take_hook();
         std::panic::set_hook(Box::new(|_| {}));
-        let next = AtomicUsize::new(0);
-        let r = pool.run(&|_| {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
+        let r = pool.run_items(
+            100,
+            || (),
+            |_, i| {
                 if i == 50 {
                     panic!("boom");
                 }
-                if i > 100 {
-                    break;
-                }
-            }
-        });
+            },
+        );
         std::panic::set_hook(prev);
         assert!(r.is_err());
         let seen: Vec<AtomicUsize> = (0..100).map(|_| AtomicUsize::new(0)).collect();

@@ -16,6 +16,8 @@ use candle_core::quantized::k_quants::{
 };
 use half::{bf16, f16};
 
+use crate::ops::dot;
+
 /// Values per legacy block.
 pub const QK: usize = 32;
 
@@ -134,17 +136,24 @@ impl QMatrix {
             data: vec![0u64; (rows * row_bytes).div_ceil(8)],
         };
         let dst = m.bytes_mut();
+        // Floats are kept in the host's byte order so rows can be read as `f32` slices.
         match t {
+            GgmlDType::F32 => {
+                for (o, c) in dst.chunks_exact_mut(4).zip(bytes.chunks_exact(4)) {
+                    let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                    o.copy_from_slice(&v.to_ne_bytes());
+                }
+            }
             GgmlDType::F16 => {
                 for (o, c) in dst.chunks_exact_mut(4).zip(bytes.chunks_exact(2)) {
                     let v = f16::from_le_bytes([c[0], c[1]]).to_f32();
-                    o.copy_from_slice(&v.to_le_bytes());
+                    o.copy_from_slice(&v.to_ne_bytes());
                 }
             }
             GgmlDType::BF16 => {
                 for (o, c) in dst.chunks_exact_mut(4).zip(bytes.chunks_exact(2)) {
                     let v = bf16::from_le_bytes([c[0], c[1]]).to_f32();
-                    o.copy_from_slice(&v.to_le_bytes());
+                    o.copy_from_slice(&v.to_ne_bytes());
                 }
             }
             _ => dst[..bytes.len()].copy_from_slice(bytes),
@@ -168,20 +177,11 @@ impl QMatrix {
         &self.bytes()[r * self.row_bytes..(r + 1) * self.row_bytes]
     }
 
-    /// Bytes the matrix occupies.
-    pub fn size(&self) -> usize {
-        self.rows * self.row_bytes
-    }
-
     /// Row `r` as f32 (embedding lookups).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let row = self.row(r);
         match self.wtype {
-            WType::F32 => {
-                for (o, c) in out.iter_mut().zip(row.chunks_exact(4)) {
-                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                }
-            }
+            WType::F32 => out.copy_from_slice(kblocks::<f32>(row)),
             WType::Q2K => BlockQ2K::to_float(kblocks(row), out),
             WType::Q3K => BlockQ3K::to_float(kblocks(row), out),
             WType::Q4K => BlockQ4K::to_float(kblocks(row), out),
@@ -225,7 +225,7 @@ impl QMatrix {
             WType::F32 => {
                 for r in r0..r1 {
                     for c in 0..ncols {
-                        put(r, c, dot_f32(self.row(r), acts.f32_row(c)));
+                        put(r, c, dot(kblocks::<f32>(self.row(r)), acts.f32_row(c)));
                     }
                 }
             }
@@ -285,30 +285,14 @@ fn kgemm<B: GgmlType<VecDotType = BlockQ8K>>(
     }
 }
 
+/// A row viewed as its elements: candle's k-quant blocks, or `f32` for float matrices.
 fn kblocks<B>(row: &[u8]) -> &[B] {
     let n = row.len() / std::mem::size_of::<B>();
     assert_eq!(row.as_ptr() as usize % std::mem::align_of::<B>(), 0);
-    // SAFETY: candle's k-quant blocks are repr(C) plain data (integers and f16), the pointer is
-    // aligned (checked) and the row holds exactly `n` blocks.
+    // SAFETY: the k-quant blocks are repr(C) plain data (integers and f16) and f32 rows hold
+    // host-order floats (see `from_gguf`); the pointer is aligned (checked, rows of floats start
+    // on multiples of 4 in a u64 buffer) and the row holds exactly `n` elements.
     unsafe { std::slice::from_raw_parts(row.as_ptr().cast::<B>(), n) }
-}
-
-fn dot_f32(row: &[u8], a: &[f32]) -> f32 {
-    // Eight independent sums so the compiler vectorises the loop.
-    let mut acc = [0f32; 8];
-    for (c, x) in row.chunks_exact(32).zip(a.chunks_exact(8)) {
-        for i in 0..8 {
-            let w = f32::from_le_bytes([c[4 * i], c[4 * i + 1], c[4 * i + 2], c[4 * i + 3]]);
-            acc[i] += w * x[i];
-        }
-    }
-    let tail = a.len() / 8 * 8;
-    let mut s: f32 = acc.iter().sum();
-    for (i, x) in a[tail..].iter().enumerate() {
-        let c = &row[(tail + i) * 4..(tail + i) * 4 + 4];
-        s += f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * x;
-    }
-    s
 }
 
 /// 32 activations quantised to i8 with one f32 scale; `s` = `d` × Σ`qs` for the formats with a
@@ -597,6 +581,11 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
+    /// Formats whose values are signed bytes (the others carry a minimum instead).
+    const fn signed(t: WType) -> bool {
+        matches!(t, WType::Q4_0 | WType::Q5_0 | WType::Q8_0)
+    }
+
     const TYPES: [WType; 5] = [
         WType::Q4_0,
         WType::Q4_1,
@@ -685,8 +674,7 @@ mod avx2 {
             // activation load serves two rows (measured: Qwen's prefill +15 %). The formats with
             // a minimum keep one row: their extra accumulators spill and it measured slower, as
             // did routing decode (one column) through the two-row code.
-            let two_rows =
-                ncols >= 4 && matches!(TYPES[T], WType::Q4_0 | WType::Q5_0 | WType::Q8_0);
+            let two_rows = ncols >= 4 && signed(TYPES[T]);
             if !two_rows {
                 for r in rows {
                     tile::<1, T, V>(w, row_bytes, r, a, nb, ncols, out, stride);
@@ -750,8 +738,8 @@ mod avx2 {
         nb: usize,
     ) -> [[f32; N]; R] {
         let t = TYPES[T];
-        let signed = matches!(t, WType::Q4_0 | WType::Q5_0 | WType::Q8_0);
-        let has_min = matches!(t, WType::Q4_1 | WType::Q5_1);
+        let signed = signed(t);
+        let has_min = !signed;
         let bb = t.block().1;
         // SAFETY (all): the caller guarantees the CPU features and `nb` blocks at every pointer.
         unsafe {
