@@ -512,6 +512,15 @@ fn native_engine_matches_candle() {
     let (native, candle) = (load(true), load(false));
     assert_eq!(native.report.engine, "native");
     assert_eq!(candle.report.engine, "candle");
+    assert_eq!(candle.report.engine_note.as_deref(), Some("turned off"));
+    // The model list says the same before loading: native, nothing repacked.
+    let info = atelier_engine::models::registry::describe(&model_file()).unwrap();
+    assert_eq!(info.cpu_engine, "native");
+    assert!(
+        info.repacked_on_cpu.is_empty(),
+        "{:?}",
+        info.repacked_on_cpu
+    );
     let req = request(
         "Write one sentence about green tea.",
         SamplingParams::default(),

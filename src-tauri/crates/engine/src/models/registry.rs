@@ -102,11 +102,7 @@ fn info_from(path: &Path, h: &Header) -> ModelInfo {
             Some(pre) => format!("{m}/{pre}"),
             None => m.to_owned(),
         });
-    let native = crate::text::native::ARCHITECTURES.contains(&architecture.as_str())
-        && h.get(&format!("{architecture}.expert_count")).is_none()
-        && tensor_types
-            .keys()
-            .all(|t| crate::text::native::TENSOR_TYPES.contains(&t.as_str()));
+    let native = crate::text::native::unsupported_reason(h).is_none();
     let repacked_on_cpu = if native {
         Vec::new()
     } else {

@@ -119,8 +119,15 @@ pub unsafe fn configure_process_threads(threads: Option<usize>) {
     }
 }
 
+// One per loaded model, behind its mutex: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Weights {
-    Native(Box<NativeModel>),
+    Native(NativeModel),
+    Candle(CandleWeights),
+}
+
+/// candle's quantised models (GPUs, and files the native engine cannot run).
+enum CandleWeights {
     Llama(quantized_llama::ModelWeights),
     Qwen2(quantized_qwen2::ModelWeights),
     Qwen3(quantized_qwen3::ModelWeights),
@@ -129,18 +136,18 @@ enum Weights {
 impl Weights {
     /// Logits for the last position of `ids`, fed at position `pos`.
     fn forward(&mut self, ids: &[u32], pos: usize, device: &Device) -> Result<Vec<f32>> {
-        if let Weights::Native(m) = self {
+        let w = match self {
             // Callers run inside the rayon pool sized by the Threads setting (or --threads).
-            return m.forward(ids, pos, rayon::current_num_threads());
-        }
+            Weights::Native(m) => return m.forward(ids, pos, rayon::current_num_threads()),
+            Weights::Candle(w) => w,
+        };
         let x = Tensor::new(ids, device)
             .and_then(|t| t.unsqueeze(0))
             .map_err(candle_err("input"))?;
-        let logits = match self {
-            Weights::Llama(w) => w.forward(&x, pos),
-            Weights::Qwen2(w) => w.forward(&x, pos),
-            Weights::Qwen3(w) => w.forward(&x, pos),
-            Weights::Native(_) => unreachable!("handled above"),
+        let logits = match w {
+            CandleWeights::Llama(w) => w.forward(&x, pos),
+            CandleWeights::Qwen2(w) => w.forward(&x, pos),
+            CandleWeights::Qwen3(w) => w.forward(&x, pos),
         }
         .map_err(candle_err("model forward pass"))?;
         logits
@@ -150,12 +157,22 @@ impl Weights {
             .map_err(candle_err("reading logits"))
     }
 
+    /// Clears the cache and feeds `ids` from position 0 in prefill chunks; the last logits.
+    fn prefill(&mut self, ids: &[u32], device: &Device) -> Result<Vec<f32>> {
+        self.clear();
+        let mut logits = Vec::new();
+        for (i, chunk) in ids.chunks(PREFILL_CHUNK).enumerate() {
+            logits = self.forward(chunk, i * PREFILL_CHUNK, device)?;
+        }
+        Ok(logits)
+    }
+
     fn clear(&mut self) {
         match self {
-            Weights::Llama(w) => w.clear_kv_cache(),
-            Weights::Qwen2(w) => w.clear_kv_cache(),
-            Weights::Qwen3(w) => w.clear_kv_cache(),
             Weights::Native(m) => m.clear(),
+            Weights::Candle(CandleWeights::Llama(w)) => w.clear_kv_cache(),
+            Weights::Candle(CandleWeights::Qwen2(w)) => w.clear_kv_cache(),
+            Weights::Candle(CandleWeights::Qwen3(w)) => w.clear_kv_cache(),
         }
     }
 }
@@ -257,13 +274,6 @@ impl LocalModel {
         let file_ctx = header
             .u64(&format!("{architecture}.context_length"))
             .unwrap_or(2048) as usize;
-        // candle's llama precomputes rotary tables for 4096 positions only (the native engine
-        // grows its tables; the cap is lifted below when it runs the model).
-        let context_length = if architecture == "llama" {
-            file_ctx.min(quantized_llama::MAX_SEQ_LEN)
-        } else {
-            file_ctx
-        };
 
         check_memory(header.file_size)?;
         let (device, device_note) = choose_device(opts.device);
@@ -293,7 +303,7 @@ impl LocalModel {
         } else if !opts.native {
             Some("turned off".to_owned())
         } else {
-            native::unsupported_reason(&content)
+            native::unsupported_reason(&header)
         };
         report.engine = if native_blocker.is_none() {
             "native"
@@ -303,15 +313,13 @@ impl LocalModel {
         .into();
         report.engine_note = native_blocker.clone().filter(|_| device.is_cpu());
         let weights = if native_blocker.is_none() {
-            let m = NativeModel::load(&content, &mut file, progress)?;
-            report.resident_bytes = m.weight_bytes;
-            Weights::Native(Box::new(m))
+            Weights::Native(NativeModel::load(&content, &mut file, progress)?)
         } else if to_repack.is_empty() || !device.is_cpu() || !opts.repack {
             // GPUs have kernels for every type: repacking would only cost quality.
             progress(0, 1);
             let w = build_weights(&architecture, content, &mut file, &device)?;
             progress(1, 1);
-            w
+            Weights::Candle(w)
         } else {
             for name in &to_repack {
                 if let Some(t) = content.tensor_infos.get(name) {
@@ -326,7 +334,7 @@ impl LocalModel {
                 .as_ref()
                 .map(|dir| repack_cache_path(dir, id, path))
                 .transpose()?;
-            match cache_file {
+            Weights::Candle(match cache_file {
                 Some(cache_file) if cache_file.is_file() => {
                     report.from_cache = true;
                     load_file(&architecture, &cache_file, &device)?
@@ -352,17 +360,21 @@ impl LocalModel {
                         .map_err(candle_err("re-reading the repacked model"))?;
                     build_weights(&architecture, content, &mut cursor, &device)?
                 }
-            }
+            })
         };
-        if report.resident_bytes == 0 {
-            report.resident_bytes = header.tensors.iter().map(resident_size).sum();
-        }
+        report.resident_bytes = match &weights {
+            Weights::Native(m) => m.weight_bytes,
+            Weights::Candle(_) => header.tensors.iter().map(resident_size).sum(),
+        };
         report.load_ms = started.elapsed().as_millis() as u64;
         tracing::info!(model = id, ?report, "model loaded");
-        let context_length = if matches!(weights, Weights::Native(_)) {
-            file_ctx
-        } else {
-            context_length
+        // candle's llama precomputes rotary tables for 4096 positions only; the native engine
+        // grows its tables.
+        let context_length = match &weights {
+            Weights::Candle(_) if architecture == "llama" => {
+                file_ctx.min(quantized_llama::MAX_SEQ_LEN)
+            }
+            _ => file_ctx,
         };
         Ok(LocalModel {
             id: id.into(),
@@ -536,17 +548,13 @@ impl LocalModel {
             )));
         }
         let mut weights = self.weights.lock().unwrap_or_else(|p| p.into_inner());
-        weights.clear();
         // Ordinary text tokens (not special), deterministic.
         let vocab = self.tokenizer.vocab_size().max(1000) as u32;
         let ids: Vec<u32> = (0..n_prompt as u32)
             .map(|i| 200 + (i * 7919) % (vocab - 400))
             .collect();
         let t0 = Instant::now();
-        let mut logits = Vec::new();
-        for (i, chunk) in ids.chunks(PREFILL_CHUNK).enumerate() {
-            logits = weights.forward(chunk, i * PREFILL_CHUNK, &self.device)?;
-        }
+        let mut logits = weights.prefill(&ids, &self.device)?;
         let prefill = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         for step in 0..n_gen {
@@ -555,18 +563,11 @@ impl LocalModel {
         }
         Ok((prefill, t1.elapsed().as_secs_f64()))
     }
-}
 
-impl LocalModel {
     /// Logits after `ids` from an empty cache (tests and diagnostics compare engines with it).
     pub fn logits(&self, ids: &[u32]) -> Result<Vec<f32>> {
         let mut weights = self.weights.lock().unwrap_or_else(|p| p.into_inner());
-        weights.clear();
-        let mut logits = Vec::new();
-        for (i, chunk) in ids.chunks(PREFILL_CHUNK).enumerate() {
-            logits = weights.forward(chunk, i * PREFILL_CHUNK, &self.device)?;
-        }
-        Ok(logits)
+        weights.prefill(ids, &self.device)
     }
 }
 
@@ -591,18 +592,18 @@ fn build_weights<R: std::io::Read + std::io::Seek>(
     content: gguf_file::Content,
     reader: &mut R,
     device: &Device,
-) -> Result<Weights> {
+) -> Result<CandleWeights> {
     let bad = |e: candle_core::Error| {
         Error::invalid(format!("the model's weights cannot be loaded: {e}"))
     };
     Ok(match arch {
-        "llama" => Weights::Llama(
+        "llama" => CandleWeights::Llama(
             quantized_llama::ModelWeights::from_gguf(content, reader, device).map_err(bad)?,
         ),
-        "qwen2" => Weights::Qwen2(
+        "qwen2" => CandleWeights::Qwen2(
             quantized_qwen2::ModelWeights::from_gguf(content, reader, device).map_err(bad)?,
         ),
-        "qwen3" => Weights::Qwen3(
+        "qwen3" => CandleWeights::Qwen3(
             quantized_qwen3::ModelWeights::from_gguf(content, reader, device).map_err(bad)?,
         ),
         other => {
@@ -613,7 +614,7 @@ fn build_weights<R: std::io::Read + std::io::Seek>(
     })
 }
 
-fn load_file(arch: &str, path: &Path, device: &Device) -> Result<Weights> {
+fn load_file(arch: &str, path: &Path, device: &Device) -> Result<CandleWeights> {
     let mut file = std::fs::File::open(path)
         .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
     let content = gguf_file::Content::read(&mut file).map_err(|e| {

@@ -10,13 +10,13 @@
 //! path remains for GPUs and for types without a kernel here.
 
 use std::io::{Read, Seek, SeekFrom};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use atelier_cpu::ops::{Heads, Rope, attention, matmul, rms_norm, rms_norm_in_place, silu};
 use atelier_cpu::pool::Pool;
-use atelier_cpu::quant::{self as quant, Acts, QMatrix, WType};
+use atelier_cpu::quant::{self as quant, Acts, QMatrix};
 use candle_core::quantized::gguf_file;
 
+use crate::models::gguf;
 use crate::{Error, Result};
 
 /// A tensor as read from the file: dimensions (slowest first), type and bytes.
@@ -113,29 +113,20 @@ pub const TENSOR_TYPES: &[&str] = &[
     "Q6_K",
 ];
 
-/// Why a file cannot run on the native engine (the caller falls back to candle).
-pub fn unsupported_reason(content: &gguf_file::Content) -> Option<String> {
-    let arch = content
-        .metadata
-        .get("general.architecture")
-        .and_then(|v| v.to_string().ok())
-        .map(String::as_str)
-        .unwrap_or("");
+/// Why a file cannot run on the native engine (the caller falls back to candle), from the
+/// header our bounded reader validated. The model list asks the same question.
+pub fn unsupported_reason(header: &gguf::Header) -> Option<String> {
+    let arch = header.str("general.architecture").unwrap_or("");
     if !ARCHITECTURES.contains(&arch) {
         return Some(format!("architecture {arch}"));
     }
-    if content
-        .metadata
-        .contains_key(&format!("{arch}.expert_count"))
-    {
+    if header.get(&format!("{arch}.expert_count")).is_some() {
         return Some("mixture of experts".into());
     }
-    for (name, t) in &content.tensor_infos {
-        if WType::for_gguf(t.ggml_dtype).is_none() {
-            return Some(format!("tensor {name} is {:?}", t.ggml_dtype));
-        }
-    }
-    None
+    header.tensors.iter().find_map(|t| {
+        let name = gguf::ggml_type(t.ggml_type).map_or("unknown", |(n, _, _)| n);
+        (!TENSOR_TYPES.contains(&name)).then(|| format!("tensor {} is {name}", t.name))
+    })
 }
 
 impl NativeModel {
@@ -145,14 +136,11 @@ impl NativeModel {
         reader: &mut R,
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<NativeModel> {
-        if let Some(why) = unsupported_reason(content) {
-            return Err(Error::invalid(format!(
-                "the native engine cannot run this model: {why}"
-            )));
-        }
+        // Tensor types without a kernel are refused by `QMatrix::from_gguf`, other
+        // architectures by `read_config`.
         let config = read_config(content)?;
         let total = content.tensor_infos.len() as u64;
-        let loaded = AtomicUsize::new(0);
+        let mut loaded = 0u64;
         let mut weight_bytes = 0u64;
         let mut tensor = |name: &str| -> Result<Option<RawTensor>> {
             let Some(info) = content.tensor_infos.get(name) else {
@@ -171,8 +159,8 @@ impl NativeModel {
                 .and_then(|_| reader.read_exact(&mut buf))
                 .map_err(|e| Error::invalid(format!("tensor {name}: the file ends early ({e})")))?;
             weight_bytes += bytes as u64;
-            let done = loaded.fetch_add(1, Ordering::Relaxed) as u64 + 1;
-            progress(done, total);
+            loaded += 1;
+            progress(loaded, total);
             Ok(Some((dims, info.ggml_dtype, buf)))
         };
         let mut matrix = |name: &str, rows: usize, cols: usize| -> Result<QMatrix> {
@@ -277,18 +265,17 @@ impl NativeModel {
     /// Logits for the last of `ids`, which sit at positions `pos..pos + ids.len()`; positions
     /// from `pos` on are replaced in the cache. `threads` sizes the worker pool.
     pub fn forward(&mut self, ids: &[u32], pos: usize, threads: usize) -> Result<Vec<f32>> {
-        let c = self.config.clone();
         let t = ids.len();
         if t == 0 {
             return Err(Error::invalid("no tokens to run"));
         }
-        if let Some(bad) = ids.iter().find(|&&i| i as usize >= c.vocab) {
+        let vocab = self.config.vocab;
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
             return Err(Error::invalid(format!(
-                "token id {bad} is outside the vocabulary of {}",
-                c.vocab
+                "token id {bad} is outside the vocabulary of {vocab}"
             )));
         }
-        let kv_dim = c.n_kv_head * c.head_dim;
+        let kv_dim = self.config.n_kv_head * self.config.head_dim;
         if self.cache[0].k.len() < pos * kv_dim {
             return Err(Error::invalid(format!(
                 "position {pos} skips past the {} cached positions",
@@ -305,8 +292,8 @@ impl NativeModel {
         }
         self.grow_rope(pos + t);
 
-        let q_dim = c.n_head * c.head_dim;
         let NativeModel {
+            config: c,
             embd,
             layers,
             out_norm,
@@ -318,6 +305,7 @@ impl NativeModel {
             pool,
             ..
         } = self;
+        let q_dim = c.n_head * c.head_dim;
         let pool = pool
             .as_ref()
             .ok_or_else(|| Error::Internal("no model threads".into()))?;
@@ -451,6 +439,11 @@ fn read_config(content: &gguf_file::Content) -> Result<Config> {
         .and_then(|v| v.to_string().ok())
         .cloned()
         .unwrap_or_default();
+    if !ARCHITECTURES.contains(&arch.as_str()) {
+        return Err(Error::invalid(format!(
+            "the native engine cannot run architecture “{arch}”"
+        )));
+    }
     let get = |key: &str| -> Option<&gguf_file::Value> { md.get(&format!("{arch}.{key}")) };
     let uint = |key: &str| -> Result<usize> {
         get(key)
