@@ -1,11 +1,13 @@
 //! Weight matrices in their GGUF block formats, activation quantisation, and the dot products
 //! between them.
 //!
-//! The legacy 32-value formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) have AVX2 kernels here: candle 0.11
-//! has fast kernels only for Q4_0 and Q8_0, and the default models ship as Q4_1 (SmolLM2) and
-//! Q5_0 (Qwen). Keeping the shipped 4/5-bit blocks instead of widening them to Q8_0 reads 30–40 %
-//! fewer bytes per token, which is what decode speed is made of. The k-quant formats use candle's
-//! own AVX2 kernels against Q8_K activations.
+//! The legacy 32-value formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) have SIMD kernels here (see
+//! [`groups`]): candle 0.11 has fast kernels only for Q4_0 and Q8_0, and the default models ship
+//! as Q4_1 (SmolLM2) and Q5_0 (Qwen). Keeping the shipped 4/5-bit values instead of widening them
+//! to Q8_0 reads 30–40 % fewer bytes per token, which is what decode speed is made of. On x86-64
+//! with AVX2 those matrices are rearranged on load into groups of eight rows (the same bits, in an
+//! order one instruction can use for eight rows); elsewhere they stay as GGUF rows for the
+//! portable code. The k-quant formats use candle's own AVX2 kernels against Q8_K activations.
 //!
 //! Activations are quantised once per matrix product to [`ActBlock`]s (32 values, an f32 scale,
 //! and the scaled sum the Q4_1/Q5_1 minimum needs), so every weight row reuses them.
@@ -17,6 +19,10 @@ use candle_core::quantized::k_quants::{
 use half::{bf16, f16};
 
 use crate::ops::dot;
+
+mod groups;
+#[cfg(target_arch = "x86_64")]
+use groups::avx2;
 
 /// Values per legacy block.
 pub const QK: usize = 32;
@@ -95,13 +101,16 @@ pub fn gguf_bytes(t: GgmlDType, n: usize) -> Option<usize> {
     n.is_multiple_of(bs).then(|| n / bs * bytes)
 }
 
-/// A row-major matrix of `rows` × `cols` in one block format. Rows start on 8-byte boundaries
-/// (the buffer is u64-backed) so k-quant rows can be viewed as candle's block structs.
+/// A matrix of `rows` × `cols` in one block format: GGUF rows one after another (rows start on
+/// 8-byte boundaries, the buffer is u64-backed, so k-quant rows can be viewed as candle's block
+/// structs), or for the legacy formats on AVX2 machines, [`groups`] of eight rows.
 pub struct QMatrix {
     pub rows: usize,
     pub cols: usize,
     pub wtype: WType,
+    /// Bytes per row, or per group of eight rows when `grouped`.
     row_bytes: usize,
+    grouped: bool,
     data: Vec<u64>,
 }
 
@@ -128,11 +137,26 @@ impl QMatrix {
             ));
         }
         let row_bytes = cols / bs * bb;
+        if wtype.is_legacy() && simd() {
+            let nb = cols / QK;
+            let group_bytes = nb * groups::layout(wtype).bytes;
+            let mut m = QMatrix {
+                rows,
+                cols,
+                wtype,
+                row_bytes: group_bytes,
+                grouped: true,
+                data: vec![0u64; (rows.div_ceil(groups::ROWS) * group_bytes).div_ceil(8)],
+            };
+            groups::pack(wtype, bytes, rows, nb, m.bytes_mut());
+            return Ok(m);
+        }
         let mut m = QMatrix {
             rows,
             cols,
             wtype,
             row_bytes,
+            grouped: false,
             data: vec![0u64; (rows * row_bytes).div_ceil(8)],
         };
         let dst = m.bytes_mut();
@@ -173,12 +197,25 @@ impl QMatrix {
         }
     }
 
-    pub fn row(&self, r: usize) -> &[u8] {
+    /// Row `r` as stored in the file (row layout only).
+    fn row(&self, r: usize) -> &[u8] {
+        assert!(!self.grouped, "a grouped matrix has no contiguous rows");
         &self.bytes()[r * self.row_bytes..(r + 1) * self.row_bytes]
     }
 
     /// Row `r` as f32 (embedding lookups).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        if self.grouped {
+            let l = groups::layout(self.wtype);
+            let group = &self.bytes()[r / groups::ROWS * self.row_bytes..][..self.row_bytes];
+            for (blk, o) in group.chunks_exact(l.bytes).zip(out.chunks_exact_mut(QK)) {
+                let (q, d, m) = groups::unpack_row(self.wtype, blk, r % groups::ROWS);
+                for (o, q) in o.iter_mut().zip(q) {
+                    *o = d * q as f32 + m;
+                }
+            }
+            return;
+        }
         let row = self.row(r);
         match self.wtype {
             WType::F32 => out.copy_from_slice(kblocks::<f32>(row)),
@@ -241,22 +278,11 @@ impl QMatrix {
                     "activations of another width"
                 );
                 #[cfg(target_arch = "x86_64")]
-                if avx2::available() {
-                    // SAFETY: AVX2/FMA/F16C present; rows r0..r1 and every activation column
-                    // hold whole blocks (checked above); `out` as vouched by the caller.
-                    unsafe {
-                        avx2::gemm(
-                            t,
-                            self.bytes().as_ptr(),
-                            self.row_bytes,
-                            r0..r1,
-                            acts.q8.as_ptr(),
-                            n / QK,
-                            ncols,
-                            out,
-                            stride,
-                        )
-                    };
+                if self.grouped {
+                    // SAFETY: grouped only when AVX2/FMA/F16C are present; the groups over
+                    // r0..r1 and every activation column hold whole blocks (checked above);
+                    // `out` as vouched by the caller.
+                    unsafe { avx2::gemm(t, self.group_args(r0..r1, acts, out, stride)) };
                     return;
                 }
                 for r in r0..r1 {
@@ -265,6 +291,40 @@ impl QMatrix {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Whether legacy matrices are packed in groups for the SIMD kernels.
+fn simd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx2::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl QMatrix {
+    fn group_args(
+        &self,
+        rows: std::ops::Range<usize>,
+        acts: &Acts,
+        out: *mut f32,
+        stride: usize,
+    ) -> avx2::Args {
+        avx2::Args {
+            w: self.bytes().as_ptr(),
+            group_bytes: self.row_bytes,
+            rows,
+            a: acts.q8.as_ptr(),
+            nb: self.cols / QK,
+            ncols: acts.cols(),
+            out,
+            stride,
         }
     }
 }
@@ -295,13 +355,15 @@ fn kblocks<B>(row: &[u8]) -> &[B] {
     unsafe { std::slice::from_raw_parts(row.as_ptr().cast::<B>(), n) }
 }
 
-/// 32 activations quantised to i8 with one f32 scale; `s` = `d` × Σ`qs` for the formats with a
-/// minimum (Q4_1, Q5_1).
+/// 32 activations quantised to i8 with one f32 scale; `sum` = Σ`qs` (for the offset of the
+/// signed formats, whose values are stored unsigned) and `s` = `d` × `sum` (for the minimum of
+/// Q4_1 and Q5_1).
 #[derive(Clone, Copy)]
 #[repr(C)]
 pub struct ActBlock {
     pub d: f32,
     pub s: f32,
+    pub sum: i32,
     pub qs: [i8; QK],
 }
 
@@ -309,6 +371,7 @@ impl ActBlock {
     const ZERO: ActBlock = ActBlock {
         d: 0.0,
         s: 0.0,
+        sum: 0,
         qs: [0; QK],
     };
 }
@@ -396,6 +459,7 @@ fn quantize_block(xs: &[f32], b: &mut ActBlock) {
         sum += v;
     }
     b.d = d;
+    b.sum = sum;
     b.s = d * sum as f32;
 }
 
@@ -455,336 +519,6 @@ pub fn legacy_dot_scalar(t: WType, row: &[u8], a: &[ActBlock]) -> f32 {
         sum += d * ab.d * dot as f32 + m * ab.s;
     }
     sum
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{ActBlock, WType};
-    use std::arch::x86_64::*;
-
-    /// The widest integer dot-product instructions this CPU has.
-    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-    pub enum Level {
-        /// AVX2 `maddubs` + `madd` (every x86-64 CPU since 2013).
-        Avx2,
-        /// AVX-VNNI `vpdpbusd` on 256-bit registers (Intel since Alder Lake).
-        AvxVnni,
-        /// AVX-512 VNNI with VL, the same instruction EVEX-encoded (Ice Lake, Zen 4).
-        Avx512Vnni,
-    }
-
-    pub fn level() -> Option<Level> {
-        use std::sync::OnceLock;
-        static LEVEL: OnceLock<Option<Level>> = OnceLock::new();
-        *LEVEL.get_or_init(|| {
-            let avx2 = is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c");
-            if !avx2 {
-                None
-            } else if is_x86_feature_detected!("avxvnni") {
-                Some(Level::AvxVnni)
-            } else if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")
-            {
-                Some(Level::Avx512Vnni)
-            } else {
-                Some(Level::Avx2)
-            }
-        })
-    }
-
-    pub fn available() -> bool {
-        level().is_some()
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn f16_at(p: *const u8) -> f32 {
-        let bits = unsafe { (p as *const u16).read_unaligned() };
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-    }
-
-    /// 16 packed bytes of nibbles → 32 bytes: low nibbles first (values 0..16), then high.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn nibbles(p: *const u8) -> __m256i {
-        let raw = unsafe { _mm_loadu_si128(p as *const __m128i) };
-        let mask = _mm_set1_epi8(0x0F);
-        let lo = _mm_and_si128(raw, mask);
-        let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-        _mm256_set_m128i(hi, lo)
-    }
-
-    /// A 32-bit little-endian mask → 32 bytes, 0xFF where the bit is set.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn bit_bytes(p: *const u8) -> __m256i {
-        let bits = unsafe { (p as *const i32).read_unaligned() };
-        // Byte i takes source byte i / 8 ...
-        let spread = _mm256_shuffle_epi8(
-            _mm256_set1_epi32(bits),
-            _mm256_set_epi64x(
-                0x0303_0303_0303_0303,
-                0x0202_0202_0202_0202,
-                0x0101_0101_0101_0101,
-                0,
-            ),
-        );
-        // ... and is all ones once every bit but its own (i % 8) is forced on.
-        let others = _mm256_set1_epi64x(0x7FBF_DFEF_F7FB_FDFEu64 as i64);
-        _mm256_cmpeq_epi8(_mm256_or_si256(spread, others), _mm256_set1_epi8(-1))
-    }
-
-    /// A block's 32 values as bytes (signed for Q4_0/Q5_0/Q8_0, unsigned for Q4_1/Q5_1), its
-    /// scale and minimum. `T` indexes [`TYPES`]; being a constant, the `match` folds away.
-    #[inline(always)]
-    unsafe fn unpack<const T: usize>(p: *const u8) -> (__m256i, f32, f32) {
-        // SAFETY (all arms): the caller guarantees AVX2/FMA/F16C and a whole block at `p`.
-        unsafe {
-            match T {
-                0 => (
-                    _mm256_sub_epi8(nibbles(p.add(2)), _mm256_set1_epi8(8)),
-                    f16_at(p),
-                    0.0,
-                ),
-                1 => (nibbles(p.add(4)), f16_at(p), f16_at(p.add(2))),
-                2 => {
-                    // Without its fifth bit a value is nibble − 16, i.e. the nibble with the
-                    // top four bits of the byte set.
-                    let high =
-                        _mm256_andnot_si256(bit_bytes(p.add(2)), _mm256_set1_epi8(0xF0u8 as i8));
-                    (_mm256_or_si256(nibbles(p.add(6)), high), f16_at(p), 0.0)
-                }
-                3 => {
-                    let high = _mm256_and_si256(bit_bytes(p.add(4)), _mm256_set1_epi8(0x10));
-                    (
-                        _mm256_or_si256(nibbles(p.add(8)), high),
-                        f16_at(p),
-                        f16_at(p.add(2)),
-                    )
-                }
-                _ => (
-                    _mm256_loadu_si256(p.add(2) as *const __m256i),
-                    f16_at(p),
-                    0.0,
-                ),
-            }
-        }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
-    }
-
-    /// Formats whose values are signed bytes (the others carry a minimum instead).
-    const fn signed(t: WType) -> bool {
-        matches!(t, WType::Q4_0 | WType::Q5_0 | WType::Q8_0)
-    }
-
-    const TYPES: [WType; 5] = [
-        WType::Q4_0,
-        WType::Q4_1,
-        WType::Q5_0,
-        WType::Q5_1,
-        WType::Q8_0,
-    ];
-
-    /// Rows `rows` of the matrix at `w` (`row_bytes` apart) times `ncols` activation columns of
-    /// `nb` blocks each, into `out[c × stride + r]`, with the CPU's best instructions.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn gemm(
-        t: WType,
-        w: *const u8,
-        row_bytes: usize,
-        rows: std::ops::Range<usize>,
-        a: *const ActBlock,
-        nb: usize,
-        ncols: usize,
-        out: *mut f32,
-        stride: usize,
-    ) {
-        let args = (w, row_bytes, rows, a, nb, ncols, out, stride);
-        // SAFETY: forwarded from the caller, who checked `available()`.
-        unsafe { gemm_at(level().unwrap_or(Level::Avx2), t, args) }
-    }
-
-    /// [`gemm`] with the instructions of `level` (the tests try each one the CPU has).
-    pub unsafe fn gemm_at(level: Level, t: WType, args: Args) {
-        // SAFETY (all): forwarded from the caller, who checked the CPU has `level`.
-        unsafe {
-            match level {
-                Level::AvxVnni => gemm_avxvnni(t, args),
-                Level::Avx512Vnni => gemm_avx512vnni(t, args),
-                Level::Avx2 => gemm_avx2(t, args),
-            }
-        }
-    }
-
-    pub type Args = (
-        *const u8,
-        usize,
-        std::ops::Range<usize>,
-        *const ActBlock,
-        usize,
-        usize,
-        *mut f32,
-        usize,
-    );
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn gemm_avx2(t: WType, a: Args) {
-        unsafe { gemm_types::<0>(t, a) }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-    unsafe fn gemm_avxvnni(t: WType, a: Args) {
-        unsafe { gemm_types::<1>(t, a) }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    unsafe fn gemm_avx512vnni(t: WType, a: Args) {
-        unsafe { gemm_types::<2>(t, a) }
-    }
-
-    #[inline(always)]
-    unsafe fn gemm_types<const V: u8>(t: WType, a: Args) {
-        unsafe {
-            match t {
-                WType::Q4_0 => gemm_t::<0, V>(a),
-                WType::Q4_1 => gemm_t::<1, V>(a),
-                WType::Q5_0 => gemm_t::<2, V>(a),
-                WType::Q5_1 => gemm_t::<3, V>(a),
-                _ => gemm_t::<4, V>(a),
-            }
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn gemm_t<const T: usize, const V: u8>(
-        (w, row_bytes, rows, a, nb, ncols, out, stride): Args,
-    ) {
-        // SAFETY (all): forwarded from the caller.
-        unsafe {
-            // Prefill of the signed formats: tiles of two rows × four columns, so each
-            // activation load serves two rows (measured: Qwen's prefill +15 %). The formats with
-            // a minimum keep one row: their extra accumulators spill and it measured slower, as
-            // did routing decode (one column) through the two-row code.
-            let two_rows = ncols >= 4 && signed(TYPES[T]);
-            if !two_rows {
-                for r in rows {
-                    tile::<1, T, V>(w, row_bytes, r, a, nb, ncols, out, stride);
-                }
-                return;
-            }
-            let mut r = rows.start;
-            while r + 1 < rows.end {
-                tile::<2, T, V>(w, row_bytes, r, a, nb, ncols, out, stride);
-                r += 2;
-            }
-            if r < rows.end {
-                tile::<1, T, V>(w, row_bytes, r, a, nb, ncols, out, stride);
-            }
-        }
-    }
-
-    /// Rows `r..r + R` against every column, four columns at a time, then one at a time.
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    unsafe fn tile<const R: usize, const T: usize, const V: u8>(
-        w: *const u8,
-        row_bytes: usize,
-        r: usize,
-        a: *const ActBlock,
-        nb: usize,
-        ncols: usize,
-        out: *mut f32,
-        stride: usize,
-    ) {
-        // SAFETY (all): forwarded from the caller.
-        unsafe {
-            let wr: [*const u8; R] = std::array::from_fn(|i| w.add((r + i) * row_bytes));
-            let mut c = 0;
-            while c + 4 <= ncols {
-                let v = dot_t::<R, 4, T, V>(wr, std::array::from_fn(|j| a.add((c + j) * nb)), nb);
-                for (i, row) in v.into_iter().enumerate() {
-                    for (j, v) in row.into_iter().enumerate() {
-                        *out.add((c + j) * stride + r + i) = v;
-                    }
-                }
-                c += 4;
-            }
-            while c < ncols {
-                let v = dot_t::<R, 1, T, V>(wr, [a.add(c * nb)], nb);
-                for (i, [v]) in v.into_iter().enumerate() {
-                    *out.add(c * stride + r + i) = v;
-                }
-                c += 1;
-            }
-        }
-    }
-
-    /// `R` weight rows of `nb` blocks against `N` activation columns. Every output element
-    /// sees the same operations in the same order whatever `R` and `N` are, so tiling never
-    /// changes a result.
-    #[inline(always)]
-    unsafe fn dot_t<const R: usize, const N: usize, const T: usize, const V: u8>(
-        w: [*const u8; R],
-        a: [*const ActBlock; N],
-        nb: usize,
-    ) -> [[f32; N]; R] {
-        let t = TYPES[T];
-        let signed = signed(t);
-        let has_min = !signed;
-        let bb = t.block().1;
-        // SAFETY (all): the caller guarantees the CPU features and `nb` blocks at every pointer.
-        unsafe {
-            let ones = _mm256_set1_epi16(1);
-            let mut acc = [[_mm256_setzero_ps(); N]; R];
-            let mut min_acc = [[0f32; N]; R];
-            for b in 0..nb {
-                let blocks: [(__m256i, f32, f32); R] =
-                    std::array::from_fn(|i| unpack::<T>(w[i].add(b * bb)));
-                // maddubs multiplies unsigned by signed bytes: signed weights lend their sign
-                // to the activations.
-                let w_abs: [__m256i; R] = std::array::from_fn(|i| {
-                    if signed {
-                        _mm256_sign_epi8(blocks[i].0, blocks[i].0)
-                    } else {
-                        blocks[i].0
-                    }
-                });
-                for c in 0..N {
-                    let ab = &*a[c].add(b);
-                    let x = _mm256_loadu_si256(ab.qs.as_ptr() as *const __m256i);
-                    for i in 0..R {
-                        let (wv, d, m) = blocks[i];
-                        let x = if signed { _mm256_sign_epi8(x, wv) } else { x };
-                        // Sums of four byte products as i32: one VNNI instruction, or two AVX2
-                        // ones (exact either way: the pairs cannot overflow i16).
-                        let p = match V {
-                            1 => _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w_abs[i], x),
-                            2 => _mm256_dpbusd_epi32(_mm256_setzero_si256(), w_abs[i], x),
-                            _ => _mm256_madd_epi16(_mm256_maddubs_epi16(w_abs[i], x), ones),
-                        };
-                        acc[i][c] = _mm256_fmadd_ps(
-                            _mm256_set1_ps(d * ab.d),
-                            _mm256_cvtepi32_ps(p),
-                            acc[i][c],
-                        );
-                        if has_min {
-                            min_acc[i][c] += m * ab.s;
-                        }
-                    }
-                }
-            }
-            std::array::from_fn(|i| std::array::from_fn(|c| hsum(acc[i][c]) + min_acc[i][c]))
-        }
-    }
 }
 
 #[cfg(test)]
@@ -851,7 +585,8 @@ mod tests {
                 let mut w = vec![0f32; cols];
                 m.dequantize_row(r, &mut w);
                 for (c, g) in got.iter().enumerate() {
-                    let reference = legacy_dot_scalar(t, m.row(r), acts.q8_row(c));
+                    let file_row = &bytes[r * cols / QK * bb..(r + 1) * cols / QK * bb];
+                    let reference = legacy_dot_scalar(t, file_row, acts.q8_row(c));
                     assert!(
                         (g - reference).abs() <= 1e-4 * (1.0 + reference.abs()),
                         "{t:?} row {r} col {c}: {g} vs {reference}"
@@ -882,16 +617,28 @@ mod tests {
         }
         let mut seed = 7u64;
         let cols = 4 * QK;
-        let rows = 5;
+        // A whole group of eight and a partial one.
+        let rows = 13;
         for (gt, wt) in [
+            (GgmlDType::Q4_0, WType::Q4_0),
             (GgmlDType::Q4_1, WType::Q4_1),
             (GgmlDType::Q5_0, WType::Q5_0),
+            (GgmlDType::Q5_1, WType::Q5_1),
             (GgmlDType::Q8_0, WType::Q8_0),
         ] {
             let bb = wt.block().1;
-            // Bytes below 0x40 keep every f16 scale small and finite.
+            let scales = if matches!(wt, WType::Q4_1 | WType::Q5_1) {
+                4
+            } else {
+                2
+            };
+            // Values over the whole byte range (Q8_0's −128 included); scale bytes below 0x40
+            // keep every f16 small and finite.
             let bytes: Vec<u8> = (0..rows * cols / QK * bb)
-                .map(|_| rng(&mut seed) as u8 & 0x3F)
+                .map(|i| {
+                    let b = rng(&mut seed) as u8;
+                    if i % bb < scales { b & 0x3F } else { b }
+                })
                 .collect();
             let m = QMatrix::from_gguf(gt, rows, cols, &bytes).unwrap();
             let x: Vec<f32> = (0..6 * cols)
@@ -901,21 +648,12 @@ mod tests {
             acts.quantize(&x, cols, m.needs());
             let run = |level| {
                 let mut out = vec![0f32; 6 * rows];
-                // SAFETY: `out` holds 6 × rows elements; the level is checked below.
+                // SAFETY: `out` holds 6 × rows elements; `level` is one the CPU has.
                 unsafe {
                     avx2::gemm_at(
                         level,
                         wt,
-                        (
-                            m.bytes().as_ptr(),
-                            m.row_bytes,
-                            0..rows,
-                            acts.q8.as_ptr(),
-                            cols / QK,
-                            6,
-                            out.as_mut_ptr(),
-                            rows,
-                        ),
+                        m.group_args(0..rows, &acts, out.as_mut_ptr(), rows),
                     )
                 };
                 out
@@ -932,15 +670,61 @@ mod tests {
                 let tiled: Vec<f32> = (0..rows).map(|r| best[c * rows + r]).collect();
                 assert_eq!(col, tiled, "{wt:?} column {c} alone");
             }
-            let mut levels = vec![];
-            if is_x86_feature_detected!("avxvnni") {
-                levels.push(Level::AvxVnni);
-            }
-            if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
-                levels.push(Level::Avx512Vnni);
-            }
-            for l in levels {
+            for l in avx2::levels() {
                 assert_eq!(run(l), base, "{wt:?} {l:?}");
+            }
+            // A range of rows that starts and ends inside groups writes those rows only.
+            let mut part = vec![f32::NAN; 6 * rows];
+            // SAFETY: `part` holds 6 × rows elements.
+            unsafe { m.gemm(3, 11, &acts, part.as_mut_ptr(), rows) };
+            for c in 0..6 {
+                for r in 0..rows {
+                    let (got, want) = (part[c * rows + r], best[c * rows + r]);
+                    if (3..11).contains(&r) {
+                        assert_eq!(got, want, "{wt:?} row {r} col {c}");
+                    } else {
+                        assert!(got.is_nan(), "{wt:?} row {r} written");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Packing into groups of eight keeps every value, scale and minimum: each row reads back
+    /// exactly as the GGUF row it came from.
+    #[test]
+    fn grouped_rows_read_back_exactly() {
+        let mut seed = 11u64;
+        let cols = 3 * QK;
+        let rows = 11;
+        for (gt, wt) in [
+            (GgmlDType::Q4_0, WType::Q4_0),
+            (GgmlDType::Q4_1, WType::Q4_1),
+            (GgmlDType::Q5_0, WType::Q5_0),
+            (GgmlDType::Q5_1, WType::Q5_1),
+            (GgmlDType::Q8_0, WType::Q8_0),
+        ] {
+            let bb = wt.block().1;
+            let bytes: Vec<u8> = (0..rows * cols / QK * bb)
+                .map(|i| {
+                    let b = rng(&mut seed) as u8;
+                    // Finite f16 scales and minima.
+                    if i % bb < 4 { b & 0x3F } else { b }
+                })
+                .collect();
+            let m = QMatrix::from_gguf(gt, rows, cols, &bytes).unwrap();
+            for r in 0..rows {
+                let mut got = vec![0f32; cols];
+                m.dequantize_row(r, &mut got);
+                let file_row = &bytes[r * cols / QK * bb..(r + 1) * cols / QK * bb];
+                let want: Vec<f32> = file_row
+                    .chunks_exact(bb)
+                    .flat_map(|blk| {
+                        let (q, d, m) = unpack_scalar(wt, blk);
+                        q.map(|q| d * q as f32 + m)
+                    })
+                    .collect();
+                assert_eq!(got, want, "{wt:?} row {r}");
             }
         }
     }
