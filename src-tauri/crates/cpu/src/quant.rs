@@ -7,7 +7,9 @@
 //! to Q8_0 reads 30–40 % fewer bytes per token, which is what decode speed is made of. On x86-64
 //! with AVX2 those matrices are rearranged on load into groups of eight rows (the same bits, in an
 //! order one instruction can use for eight rows); elsewhere they stay as GGUF rows for the
-//! portable code. The k-quant formats use candle's own AVX2 kernels against Q8_K activations.
+//! portable code. Q4_K and Q6_K (the k-quants of `Q4_K_M` files) are grouped the same way
+//! ([`kgroups`]); the other k-quants, and all of them without AVX2, use candle's own kernels.
+//! Every k-quant product takes candle's Q8_K activations.
 //!
 //! Activations are quantised once per matrix product to [`ActBlock`]s (32 values, an f32 scale,
 //! and the scaled sum the Q4_1/Q5_1 minimum needs), so every weight row reuses them.
@@ -21,6 +23,7 @@ use half::{bf16, f16};
 use crate::ops::dot;
 
 mod groups;
+mod kgroups;
 #[cfg(target_arch = "x86_64")]
 use groups::avx2;
 
@@ -90,6 +93,20 @@ impl WType {
     fn is_legacy(self) -> bool {
         !self.is_kquant() && self != WType::F32
     }
+
+    /// Formats with kernels over groups of eight rows ([`groups`], [`kgroups`]).
+    fn is_grouped(self) -> bool {
+        self.is_legacy() || matches!(self, WType::Q4K | WType::Q6K)
+    }
+
+    /// Bytes of one block of a group of eight rows.
+    fn group_block_bytes(self) -> usize {
+        if self.is_kquant() {
+            kgroups::group_block_bytes(self)
+        } else {
+            groups::layout(self).bytes
+        }
+    }
 }
 
 /// Bytes of a tensor of `n` values stored as GGUF type `t` (file layout).
@@ -137,9 +154,9 @@ impl QMatrix {
             ));
         }
         let row_bytes = cols / bs * bb;
-        if wtype.is_legacy() && simd() {
-            let nb = cols / QK;
-            let group_bytes = nb * groups::layout(wtype).bytes;
+        if wtype.is_grouped() && simd() {
+            let nb = cols / bs;
+            let group_bytes = nb * wtype.group_block_bytes();
             let mut m = QMatrix {
                 rows,
                 cols,
@@ -148,7 +165,11 @@ impl QMatrix {
                 grouped: true,
                 data: vec![0u64; (rows.div_ceil(groups::ROWS) * group_bytes).div_ceil(8)],
             };
-            groups::pack(wtype, bytes, rows, nb, m.bytes_mut());
+            if wtype.is_kquant() {
+                kgroups::pack(wtype, bytes, rows, nb, m.bytes_mut());
+            } else {
+                groups::pack(wtype, bytes, rows, nb, m.bytes_mut());
+            }
             return Ok(m);
         }
         let mut m = QMatrix {
@@ -206,9 +227,15 @@ impl QMatrix {
     /// Row `r` as f32 (embedding lookups).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         if self.grouped {
-            let l = groups::layout(self.wtype);
             let group = &self.bytes()[r / groups::ROWS * self.row_bytes..][..self.row_bytes];
-            for (blk, o) in group.chunks_exact(l.bytes).zip(out.chunks_exact_mut(QK)) {
+            let gb = self.wtype.group_block_bytes();
+            if self.wtype.is_kquant() {
+                for (blk, o) in group.chunks_exact(gb).zip(out.chunks_exact_mut(QK_K)) {
+                    kgroups::dequantize_row(self.wtype, blk, r % groups::ROWS, o);
+                }
+                return;
+            }
+            for (blk, o) in group.chunks_exact(gb).zip(out.chunks_exact_mut(QK)) {
                 let (q, d, m) = groups::unpack_row(self.wtype, blk, r % groups::ROWS);
                 for (o, q) in o.iter_mut().zip(q) {
                     *o = d * q as f32 + m;
@@ -258,6 +285,21 @@ impl QMatrix {
             // SAFETY: the caller vouches for `out`.
             unsafe { *out.add(c * stride + r) = v };
         };
+        #[cfg(target_arch = "x86_64")]
+        if self.grouped {
+            let (bs, _) = self.wtype.block();
+            let held = if self.wtype.is_kquant() {
+                acts.q8k.len()
+            } else {
+                acts.q8.len()
+            };
+            assert_eq!(held, ncols * (n / bs), "activations of another width");
+            // SAFETY: grouped only when AVX2/FMA/F16C are present; the groups over r0..r1 and
+            // every activation column hold whole blocks (checked above); `out` as vouched by
+            // the caller.
+            unsafe { avx2::gemm(self.wtype, self.group_args(r0..r1, acts, out, stride)) };
+            return;
+        }
         match self.wtype {
             WType::F32 => {
                 for r in r0..r1 {
@@ -277,14 +319,6 @@ impl QMatrix {
                     ncols * (n / QK),
                     "activations of another width"
                 );
-                #[cfg(target_arch = "x86_64")]
-                if self.grouped {
-                    // SAFETY: grouped only when AVX2/FMA/F16C are present; the groups over
-                    // r0..r1 and every activation column hold whole blocks (checked above);
-                    // `out` as vouched by the caller.
-                    unsafe { avx2::gemm(t, self.group_args(r0..r1, acts, out, stride)) };
-                    return;
-                }
                 for r in r0..r1 {
                     for c in 0..ncols {
                         put(r, c, legacy_dot_scalar(t, self.row(r), acts.q8_row(c)));
@@ -320,8 +354,12 @@ impl QMatrix {
             w: self.bytes().as_ptr(),
             group_bytes: self.row_bytes,
             rows,
-            a: acts.q8.as_ptr(),
-            nb: self.cols / QK,
+            a: if self.wtype.is_kquant() {
+                acts.q8k.as_ptr().cast()
+            } else {
+                acts.q8.as_ptr().cast()
+            },
+            nb: self.cols / self.wtype.block().0,
             ncols: acts.cols(),
             out,
             stride,
@@ -725,6 +763,93 @@ mod tests {
                     })
                     .collect();
                 assert_eq!(got, want, "{wt:?} row {r}");
+            }
+        }
+    }
+
+    /// Random Q4_K / Q6_K rows with finite f16 scales.
+    fn kquant_bytes(wt: WType, rows: usize, cols: usize, seed: &mut u64) -> Vec<u8> {
+        let bb = wt.block().1;
+        // Where the f16 scales lie in a block: Q4_K's d and dmin first, Q6_K's d last.
+        let f16_at = if wt == WType::Q4K { 0..4 } else { 208..210 };
+        (0..rows * cols / QK_K * bb)
+            .map(|i| {
+                let b = rng(seed) as u8;
+                if f16_at.contains(&(i % bb)) {
+                    b & 0x1F
+                } else {
+                    b
+                }
+            })
+            .collect()
+    }
+
+    /// Q4_K and Q6_K in groups: rows read back exactly as candle dequantises the file's rows,
+    /// and products match candle's own kernels.
+    #[test]
+    fn grouped_kquants_match_candle() {
+        let mut seed = 5u64;
+        let cols = 2 * QK_K;
+        let rows = 11;
+        for (gt, wt) in [(GgmlDType::Q4K, WType::Q4K), (GgmlDType::Q6K, WType::Q6K)] {
+            let bytes = kquant_bytes(wt, rows, cols, &mut seed);
+            let m = QMatrix::from_gguf(gt, rows, cols, &bytes).unwrap();
+            let x: Vec<f32> = (0..5 * cols)
+                .map(|_| (rng(&mut seed) % 2001) as f32 / 1000.0 - 1.0)
+                .collect();
+            let mut acts = Acts::default();
+            acts.quantize(&x, cols, m.needs());
+            let mut out = vec![0f32; 5 * rows];
+            // SAFETY: `out` holds 5 × rows elements.
+            unsafe { m.gemm(0, rows, &acts, out.as_mut_ptr(), rows) };
+            let bb = wt.block().1;
+            for r in 0..rows {
+                let file_row = &bytes[r * cols / QK_K * bb..(r + 1) * cols / QK_K * bb];
+                let mut want = vec![0f32; cols];
+                let mut got = vec![0f32; cols];
+                m.dequantize_row(r, &mut got);
+                let reference = |c: usize| match wt {
+                    WType::Q4K => BlockQ4K::vec_dot(cols, kblocks(file_row), acts.q8k_row(c)),
+                    _ => BlockQ6K::vec_dot(cols, kblocks(file_row), acts.q8k_row(c)),
+                };
+                match wt {
+                    WType::Q4K => BlockQ4K::to_float(kblocks(file_row), &mut want),
+                    _ => BlockQ6K::to_float(kblocks(file_row), &mut want),
+                }
+                assert_eq!(got, want, "{wt:?} row {r} read back");
+                for c in 0..5 {
+                    let (g, r_) = (out[c * rows + r], reference(c));
+                    assert!(
+                        (g - r_).abs() <= 1e-4 * (1.0 + r_.abs()),
+                        "{wt:?} row {r} col {c}: {g} vs candle {r_}"
+                    );
+                }
+            }
+            // Every level bit-identical, and a column alone equals its four-column tile.
+            #[cfg(target_arch = "x86_64")]
+            for level in avx2::levels() {
+                let mut at = vec![0f32; 5 * rows];
+                // SAFETY: `at` holds 5 × rows elements; `level` is one the CPU has.
+                unsafe {
+                    avx2::gemm_at(
+                        level,
+                        wt,
+                        m.group_args(0..rows, &acts, at.as_mut_ptr(), rows),
+                    )
+                };
+                assert_eq!(at, out, "{wt:?} {level:?}");
+            }
+            for c in 0..5 {
+                let mut one = Acts::default();
+                one.quantize(&x[c * cols..(c + 1) * cols], cols, m.needs());
+                let mut col = vec![0f32; rows];
+                // SAFETY: `col` holds rows elements.
+                unsafe { m.gemm(0, rows, &one, col.as_mut_ptr(), rows) };
+                assert_eq!(
+                    col,
+                    out[c * rows..(c + 1) * rows],
+                    "{wt:?} column {c} alone"
+                );
             }
         }
     }

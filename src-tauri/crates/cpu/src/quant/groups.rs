@@ -209,15 +209,16 @@ pub mod avx2 {
         l
     }
 
-    /// One product's operands: groups `groups` of the packed matrix at `w` (`group_bytes`
-    /// apart), `nb` blocks per row, `ncols` activation columns of `nb` blocks at `a`; row `r`
-    /// of column `c` goes to `out[c × stride + r]` for `r` in `rows` only.
+    /// One product's operands: the groups over `rows` of the packed matrix at `w`
+    /// (`group_bytes` apart), `nb` blocks per row, `ncols` activation columns of `nb` blocks at
+    /// `a` ([`ActBlock`]s, or candle's `BlockQ8K` for k-quants); row `r` of column `c` goes to
+    /// `out[c × stride + r]` for `r` in `rows` only.
     #[derive(Clone)]
     pub struct Args {
         pub w: *const u8,
         pub group_bytes: usize,
         pub rows: std::ops::Range<usize>,
-        pub a: *const ActBlock,
+        pub a: *const u8,
         pub nb: usize,
         pub ncols: usize,
         pub out: *mut f32,
@@ -275,6 +276,8 @@ pub mod avx2 {
     unsafe fn gemm_types<const V: u8>(t: WType, a: Args) {
         unsafe {
             match t {
+                WType::Q4K => super::super::kgroups::avx2::gemm_t::<0, V>(a),
+                WType::Q6K => super::super::kgroups::avx2::gemm_t::<1, V>(a),
                 WType::Q4_0 => gemm_t::<0, V>(a),
                 WType::Q4_1 => gemm_t::<1, V>(a),
                 WType::Q5_0 => gemm_t::<2, V>(a),
@@ -310,7 +313,12 @@ pub mod avx2 {
 
     /// Writes group `g`'s eight rows of columns `c..c + N`, only those inside `a.rows`.
     #[inline(always)]
-    unsafe fn store<const N: usize>(a: &Args, g: usize, c: usize, acc: &[__m256; N]) {
+    pub(in crate::quant) unsafe fn store<const N: usize>(
+        a: &Args,
+        g: usize,
+        c: usize,
+        acc: &[__m256; N],
+    ) {
         // SAFETY (all): the caller vouches for `out` over `a.rows` and the columns.
         unsafe {
             let r = g * ROWS;
@@ -397,7 +405,8 @@ pub mod avx2 {
         unsafe {
             let ones = _mm256_set1_epi16(1);
             let flip = _mm256_set1_epi8(0x80u8 as i8);
-            let cols: [*const ActBlock; N] = std::array::from_fn(|j| a.a.add((c + j) * a.nb));
+            let acts = a.a.cast::<ActBlock>();
+            let cols: [*const ActBlock; N] = std::array::from_fn(|j| acts.add((c + j) * a.nb));
             let mut acc = [_mm256_setzero_ps(); N];
             for b in 0..a.nb {
                 let p = w.add(b * l.bytes);
