@@ -8,10 +8,11 @@
 # The peer is built from source by `pip install llama-cpp-python==0.3.36` in a virtualenv under
 # ~/.cache/atelier/bench-venv (10-20 minutes on 2 cores, once; ATELIER_BENCH_VENV picks another).
 # Its default build is -march=native. Where that build crashes (it did with a general protection
-# fault in libggml-cpu on a Sapphire Rapids VM), build the peer with the instructions our kernels
-# use instead:
-#   ATELIER_BENCH_VENV=~/.cache/atelier/bench-venv-avx2 CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON \
-#     -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX_VNNI=ON" bench/text-vs-llama.cpp.sh
+# fault in libggml-cpu on a Sapphire Rapids VM), name the instruction sets instead; on a CPU with
+# AVX-512 give the peer those too, since our kernels use them:
+#   ATELIER_BENCH_VENV=~/.cache/atelier/bench-venv-avx512 CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON \
+#     -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX_VNNI=ON -DGGML_AVX512=ON \
+#     -DGGML_AVX512_VNNI=ON" bench/text-vs-llama.cpp.sh
 source "$(dirname "$0")/../scripts/lib.sh"
 
 THREADS=${THREADS:-$(python3 -c 'import os; print(len(os.sched_getaffinity(0)))')}
