@@ -177,7 +177,7 @@ export interface ModelInfo {
   tokenizer: string | null;
   has_chat_template: boolean;
   unsupported: string | null;
-  /** What runs it on the CPU: Atelier's native engine (blocks as shipped) or candle. */
+  /** What runs it on the CPU: Atelier's native engine (the file's own precision) or candle. */
   cpu_engine: 'native' | 'candle';
   repacked_on_cpu: string[];
 }
