@@ -218,6 +218,11 @@ impl QMatrix {
         }
     }
 
+    /// Bytes of memory the matrix holds.
+    pub fn held_bytes(&self) -> usize {
+        self.data.len() * 8
+    }
+
     /// Row `r` as stored in the file (row layout only).
     fn row(&self, r: usize) -> &[u8] {
         assert!(!self.grouped, "a grouped matrix has no contiguous rows");

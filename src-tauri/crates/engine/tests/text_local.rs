@@ -511,6 +511,15 @@ fn native_engine_matches_candle() {
     };
     let (native, candle) = (load(true), load(false));
     assert_eq!(native.report.engine, "native");
+    // The model's memory is what the engine holds: the file's tensors, rearranged but not
+    // widened (SmolLM2 has no F16 or Q4_K tensors to grow).
+    let header = atelier_engine::models::gguf::read_header(&model_file()).unwrap();
+    let tensor_bytes: u64 = header.tensors.iter().map(|t| t.bytes).sum();
+    let held = native.report.resident_bytes;
+    assert!(
+        held >= tensor_bytes && held <= tensor_bytes + tensor_bytes / 100,
+        "resident {held} for {tensor_bytes} bytes of tensors"
+    );
     assert_eq!(candle.report.engine, "candle");
     assert_eq!(candle.report.engine_note.as_deref(), Some("turned off"));
     // The model list says the same before loading: native, nothing repacked.

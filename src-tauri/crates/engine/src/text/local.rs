@@ -275,8 +275,15 @@ impl LocalModel {
             .u64(&format!("{architecture}.context_length"))
             .unwrap_or(2048) as usize;
 
-        check_memory(header.file_size)?;
         let (device, device_note) = choose_device(opts.device);
+        let native_blocker = if !device.is_cpu() {
+            Some("a GPU is in use".to_owned())
+        } else if !opts.native {
+            Some("turned off".to_owned())
+        } else {
+            native::unsupported_reason(&header)
+        };
+        check_memory(memory_needed(&header, native_blocker.is_none()))?;
         let mut report = LoadReport {
             device: device_name(&device).into(),
             device_note,
@@ -298,13 +305,6 @@ impl LocalModel {
             .map(|(n, _)| n.clone())
             .collect();
 
-        let native_blocker = if !device.is_cpu() {
-            Some("a GPU is in use".to_owned())
-        } else if !opts.native {
-            Some("turned off".to_owned())
-        } else {
-            native::unsupported_reason(&header)
-        };
         report.engine = if native_blocker.is_none() {
             "native"
         } else {
@@ -685,14 +685,28 @@ fn repack<R: std::io::Read + std::io::Seek>(
     Ok(out.into_inner())
 }
 
+/// Memory a load needs: the weights as they will be held plus working memory. The native engine
+/// holds one copy (F16 widened to F32, Q4_K's scales unpacked); candle's path may build a
+/// repacked second copy while loading.
+fn memory_needed(header: &gguf::Header, native: bool) -> u64 {
+    let working = 256 * 1024 * 1024;
+    if !native {
+        return header.file_size.saturating_mul(2) + working;
+    }
+    let held = |t: &gguf::TensorInfo| match gguf::ggml_type(t.ggml_type).map(|x| x.0) {
+        Some("F16" | "BF16") => t.bytes.saturating_mul(2),
+        Some("Q4_K") => t.bytes / 144 * 148,
+        _ => t.bytes,
+    };
+    header.tensors.iter().map(held).sum::<u64>() + working
+}
+
 /// Refuses to load a model that cannot fit: the allocator aborts the process on failure, so
 /// the check has to come first. Linux only (elsewhere the OS pages instead of failing).
-fn check_memory(file_bytes: u64) -> Result<()> {
+fn check_memory(needed: u64) -> Result<()> {
     let Some(available) = available_memory() else {
         return Ok(());
     };
-    // Weights, a repack's second copy, and working memory.
-    let needed = file_bytes.saturating_mul(2) + 256 * 1024 * 1024;
     if needed > available {
         return Err(Error::invalid(format!(
             "not enough memory to load this model: about {} MiB needed, {} MiB available. Close other programs or use a smaller model",

@@ -141,7 +141,9 @@ impl NativeModel {
         let config = read_config(content)?;
         let total = content.tensor_infos.len() as u64;
         let mut loaded = 0u64;
-        let mut weight_bytes = 0u64;
+        // What the weights hold in memory, which is not the file's size: F16 widens to F32, and
+        // grouped formats pad to whole groups of eight rows.
+        let weight_bytes = std::cell::Cell::new(0u64);
         let mut tensor = |name: &str| -> Result<Option<RawTensor>> {
             let Some(info) = content.tensor_infos.get(name) else {
                 return Ok(None);
@@ -158,7 +160,6 @@ impl NativeModel {
                 .seek(SeekFrom::Start(content.tensor_data_offset + info.offset))
                 .and_then(|_| reader.read_exact(&mut buf))
                 .map_err(|e| Error::invalid(format!("tensor {name}: the file ends early ({e})")))?;
-            weight_bytes += bytes as u64;
             loaded += 1;
             progress(loaded, total);
             Ok(Some((dims, info.ggml_dtype, buf)))
@@ -172,8 +173,10 @@ impl NativeModel {
                     "tensor {name} is {dims:?}, [{rows}, {cols}] expected"
                 )));
             }
-            QMatrix::from_gguf(t, rows, cols, &bytes)
-                .map_err(|e| Error::invalid(format!("tensor {name}: {e}")))
+            let m = QMatrix::from_gguf(t, rows, cols, &bytes)
+                .map_err(|e| Error::invalid(format!("tensor {name}: {e}")))?;
+            weight_bytes.set(weight_bytes.get() + m.held_bytes() as u64);
+            Ok(m)
         };
         let c = &config;
         let q_dim = c.n_head * c.head_dim;
@@ -220,6 +223,7 @@ impl NativeModel {
                         .map_err(|e| Error::invalid(format!("tensor {name}: {e}")))?;
                     let mut v = vec![0f32; n];
                     m.dequantize_row(0, &mut v);
+                    weight_bytes.set(weight_bytes.get() + 4 * n as u64);
                     Ok(Some(v))
                 }
             }
@@ -250,7 +254,7 @@ impl NativeModel {
             rope_sin: Vec::new(),
             scratch: Scratch::default(),
             pool: None,
-            weight_bytes,
+            weight_bytes: weight_bytes.get(),
         })
     }
 
