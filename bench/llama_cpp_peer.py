@@ -12,8 +12,11 @@ import time
 from llama_cpp import Llama
 
 path, threads, n_prompt, n_gen, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=n_prompt + n_gen + 8,
-            n_batch=512, n_gpu_layers=0, verbose=False, logits_all=False)
+# n_batch spans the whole context: the prompt is prefilled in one batch like ours, and
+# llama-cpp-python keeps only n_batch rows of logits when logits_all is off.
+n_ctx = n_prompt + n_gen + 8
+llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx,
+            n_batch=max(512, n_ctx), n_gpu_layers=0, verbose=False, logits_all=False)
 vocab = llm.n_vocab()
 ids = [200 + (i * 7919) % (vocab - 400) for i in range(n_prompt)]
 

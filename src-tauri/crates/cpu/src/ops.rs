@@ -139,15 +139,28 @@ pub fn matmul(
     )
 }
 
-/// Causal attention of the `t` new queries (positions `pos..pos + t`) over the cached keys
-/// and values (`[position][kv head × head_dim]`), split over the pool by (query, head).
+/// The KV cache's element type: f16, as llama.cpp keeps it. Half the memory of f32 (Qwen2.5's
+/// full 32k context: 0.4 GB instead of 0.8) and half the bytes attention reads per step.
+pub type Kv = half::f16;
+
+/// Appends `src` to a KV cache as f16.
+pub fn push_kv(cache: &mut Vec<Kv>, src: &[f32]) {
+    use half::slice::HalfFloatSliceExt;
+    let at = cache.len();
+    cache.resize(at + src.len(), Kv::ZERO);
+    cache[at..].convert_from_f32_slice(src);
+}
+
+/// Causal attention of `t` new queries (positions `pos..pos + t`) over the cached keys and
+/// values (`[position][kv head × head_dim]`, f16), into `out` (`t × n_head × head_dim`). Work
+/// is split by (query, head), each unit computed by one thread start to finish.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     pool: &Pool,
     heads: Heads,
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    keys: &[Kv],
+    values: &[Kv],
     pos: usize,
     t: usize,
     out: &mut [f32],
@@ -162,16 +175,68 @@ pub fn attention(
     let scale = 1.0 / (hd as f32).sqrt();
     let units = t * c.n_head;
     let o = Out(out.as_mut_ptr());
+    #[cfg(target_arch = "x86_64")]
+    let simd = hd.is_multiple_of(8)
+        && is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c");
     pool.run_items(units, Vec::<f32>::new, |scores, u| {
         let (i, h) = (u / c.n_head, u % c.n_head);
-        let kh = h / group;
-        let len = pos + i + 1;
-        let qh = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
+        let unit = Unit {
+            q: &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd],
+            keys,
+            values,
+            stride: kv_dim,
+            offset: (h / group) * hd,
+            len: pos + i + 1,
+            scale,
+        };
+        // SAFETY: each (query, head) slice of `out` is written by one thread only.
+        let dst = unsafe { std::slice::from_raw_parts_mut(o.at(i * q_dim + h * hd), hd) };
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: AVX2/FMA/F16C checked above; head_dim is a multiple of 8.
+            unsafe { attention_avx2::unit(&unit, scores, dst) };
+            return;
+        }
+        unit.run(scores, dst);
+    })
+}
+
+/// One query and head of [`attention`].
+struct Unit<'a> {
+    q: &'a [f32],
+    keys: &'a [Kv],
+    values: &'a [Kv],
+    /// Elements per cached position, and where this head's slice starts in it.
+    stride: usize,
+    offset: usize,
+    /// Positions attended.
+    len: usize,
+    scale: f32,
+}
+
+impl Unit<'_> {
+    fn key(&self, p: usize) -> &[Kv] {
+        &self.keys[p * self.stride + self.offset..][..self.q.len()]
+    }
+
+    fn value(&self, p: usize) -> &[Kv] {
+        &self.values[p * self.stride + self.offset..][..self.q.len()]
+    }
+
+    /// The portable version.
+    fn run(&self, scores: &mut Vec<f32>, dst: &mut [f32]) {
         scores.clear();
         let mut max = f32::NEG_INFINITY;
-        for p in 0..len {
-            let k = &keys[p * kv_dim + kh * hd..p * kv_dim + (kh + 1) * hd];
-            let s = dot(qh, k) * scale;
+        for p in 0..self.len {
+            let s: f32 = self
+                .q
+                .iter()
+                .zip(self.key(p))
+                .map(|(q, k)| q * k.to_f32())
+                .sum();
+            let s = s * self.scale;
             max = max.max(s);
             scores.push(s);
         }
@@ -181,15 +246,139 @@ pub fn attention(
             sum += *s;
         }
         let inv = 1.0 / sum;
-        // SAFETY: each (query, head) slice of `out` is written by one thread only.
-        let dst = unsafe { std::slice::from_raw_parts_mut(o.at(i * q_dim + h * hd), hd) };
         dst.fill(0.0);
         for (p, s) in scores.iter().enumerate() {
-            let v = &values[p * kv_dim + kh * hd..p * kv_dim + (kh + 1) * hd];
             let w = s * inv;
-            dst.iter_mut().zip(v).for_each(|(d, v)| *d += w * v);
+            dst.iter_mut()
+                .zip(self.value(p))
+                .for_each(|(d, v)| *d += w * v.to_f32());
         }
-    })
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod attention_avx2 {
+    use super::Unit;
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        // SAFETY: AVX present (callers' target features).
+        unsafe {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+        }
+    }
+
+    /// Eight f16 at `p` as f32.
+    #[inline(always)]
+    unsafe fn load8(p: *const super::Kv) -> __m256 {
+        // SAFETY: eight elements at `p`; F16C present.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+    }
+
+    /// e^x for x ≤ 0 (softmax after subtracting the maximum): 2^n × a degree-6 polynomial on
+    /// |r| ≤ ln 2 / 2, relative error about 3e-7; inputs below −87 give e^−87 rather than 0.
+    #[inline(always)]
+    unsafe fn exp_neg(x: __m256) -> __m256 {
+        // SAFETY: AVX2/FMA present (callers' target features).
+        unsafe {
+            let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
+            let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+            );
+            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
+            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
+            let mut p = _mm256_set1_ps(1.0 / 720.0);
+            for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+                p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+            }
+            let pow2 = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+                _mm256_cvtps_epi32(n),
+                _mm256_set1_epi32(127),
+            ));
+            _mm256_mul_ps(p, _mm256_castsi256_ps(pow2))
+        }
+    }
+
+    /// [`Unit::run`] with AVX2: four keys at a time, the exponentials eight at a time, and the
+    /// weighted values summed 64 lanes at a time in registers.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn unit(u: &Unit, scores: &mut Vec<f32>, dst: &mut [f32]) {
+        let hd = u.q.len();
+        let len = u.len;
+        scores.clear();
+        scores.resize(len.next_multiple_of(8), 0.0);
+        // SAFETY (all): every key and value row holds `hd` elements (Unit::key/value bounds
+        // are checked by `attention`'s asserts), `hd` is a multiple of 8, and `scores` holds
+        // `len` rounded up to 8.
+        unsafe {
+            let q = u.q.as_ptr();
+            let key = |p: usize| u.keys.as_ptr().add(p * u.stride + u.offset);
+            let mut p = 0;
+            while p + 4 <= len {
+                let mut acc = [_mm256_setzero_ps(); 4];
+                for c in (0..hd).step_by(8) {
+                    let qv = _mm256_loadu_ps(q.add(c));
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(qv, load8(key(p + j).add(c)), *a);
+                    }
+                }
+                for (j, a) in acc.iter().enumerate() {
+                    scores[p + j] = hsum(*a) * u.scale;
+                }
+                p += 4;
+            }
+            while p < len {
+                let mut acc = _mm256_setzero_ps();
+                for c in (0..hd).step_by(8) {
+                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(c)), load8(key(p).add(c)), acc);
+                }
+                scores[p] = hsum(acc) * u.scale;
+                p += 1;
+            }
+            let max = scores[..len]
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+            let mut sums = _mm256_setzero_ps();
+            let sp = scores.as_mut_ptr();
+            for b in (0..len).step_by(8) {
+                let e = exp_neg(_mm256_sub_ps(
+                    _mm256_loadu_ps(sp.add(b)),
+                    _mm256_set1_ps(max),
+                ));
+                // Lanes past `len` are not positions: they stay out of the sum.
+                let e = if b + 8 > len {
+                    let keep = _mm256_cmpgt_epi32(
+                        _mm256_set1_epi32((len - b) as i32),
+                        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                    );
+                    _mm256_and_ps(e, _mm256_castsi256_ps(keep))
+                } else {
+                    e
+                };
+                _mm256_storeu_ps(sp.add(b), e);
+                sums = _mm256_add_ps(sums, e);
+            }
+            let inv = 1.0 / hsum(sums);
+            let value = |p: usize| u.values.as_ptr().add(p * u.stride + u.offset);
+            for c0 in (0..hd).step_by(64) {
+                let lanes = (hd - c0).min(64) / 8;
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for p in 0..len {
+                    let w = _mm256_set1_ps(scores[p] * inv);
+                    let v = value(p).add(c0);
+                    for (j, a) in acc.iter_mut().enumerate().take(lanes) {
+                        *a = _mm256_fmadd_ps(w, load8(v.add(8 * j)), *a);
+                    }
+                }
+                for (j, a) in acc.iter().enumerate().take(lanes) {
+                    _mm256_storeu_ps(dst.as_mut_ptr().add(c0 + 8 * j), *a);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -211,6 +400,75 @@ mod tests {
             dot(&a, &b)
         );
         assert_eq!(dot(&[], &[]), 0.0);
+    }
+
+    /// Attention (the SIMD path where the CPU has it) against an f64 reference over the same
+    /// f16 cache: head sizes of one and two 64-lane chunks, grouped heads, prefill and decode,
+    /// lengths that are not multiples of 4 or 8, and scores far apart (a near one-hot softmax).
+    #[test]
+    fn attention_matches_a_reference() {
+        let pool = Pool::new(2).unwrap();
+        let mut seed = 3u32;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
+        };
+        for (hd, n_head, n_kv_head, pos, t, spread) in [
+            (64, 6, 2, 0, 13, 1.0),
+            (128, 4, 4, 9, 1, 1.0),
+            (24, 2, 1, 5, 3, 1.0),
+            (64, 2, 1, 30, 2, 40.0),
+            // Not a multiple of 8: the portable path.
+            (20, 2, 1, 4, 2, 1.0),
+        ] {
+            let heads = Heads {
+                n_head,
+                n_kv_head,
+                head_dim: hd,
+            };
+            let (q_dim, kv_dim) = (n_head * hd, n_kv_head * hd);
+            let n = pos + t;
+            let q: Vec<f32> = (0..t * q_dim).map(|_| rnd() * spread).collect();
+            let (mut keys, mut values) = (Vec::new(), Vec::new());
+            push_kv(
+                &mut keys,
+                &(0..n * kv_dim).map(|_| rnd()).collect::<Vec<_>>(),
+            );
+            push_kv(
+                &mut values,
+                &(0..n * kv_dim).map(|_| rnd()).collect::<Vec<_>>(),
+            );
+            let mut out = vec![0f32; t * q_dim];
+            attention(&pool, heads, &q, &keys, &values, pos, t, &mut out).unwrap();
+            for i in 0..t {
+                for h in 0..n_head {
+                    let kh = h / (n_head / n_kv_head);
+                    let qh = &q[i * q_dim + h * hd..][..hd];
+                    let at = |c: &Vec<Kv>, p: usize, d: usize| c[p * kv_dim + kh * hd + d].to_f64();
+                    let scores: Vec<f64> = (0..pos + i + 1)
+                        .map(|p| {
+                            (0..hd).map(|d| qh[d] as f64 * at(&keys, p, d)).sum::<f64>()
+                                / (hd as f64).sqrt()
+                        })
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let sum: f64 = e.iter().sum();
+                    for d in 0..hd {
+                        let want: f64 = e
+                            .iter()
+                            .enumerate()
+                            .map(|(p, w)| w / sum * at(&values, p, d))
+                            .sum();
+                        let got = out[i * q_dim + h * hd + d] as f64;
+                        assert!(
+                            (got - want).abs() < 2e-5,
+                            "hd {hd} query {i} head {h} lane {d}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

