@@ -366,8 +366,8 @@ mod attention_avx2 {
             for c0 in (0..hd).step_by(64) {
                 let lanes = (hd - c0).min(64) / 8;
                 let mut acc = [_mm256_setzero_ps(); 8];
-                for p in 0..len {
-                    let w = _mm256_set1_ps(scores[p] * inv);
+                for (p, s) in scores[..len].iter().enumerate() {
+                    let w = _mm256_set1_ps(s * inv);
                     let v = value(p).add(c0);
                     for (j, a) in acc.iter_mut().enumerate().take(lanes) {
                         *a = _mm256_fmadd_ps(w, load8(v.add(8 * j)), *a);
