@@ -649,6 +649,31 @@ mod tests {
         }
     }
 
+    const LEGACY: [(GgmlDType, WType); 5] = [
+        (GgmlDType::Q4_0, WType::Q4_0),
+        (GgmlDType::Q4_1, WType::Q4_1),
+        (GgmlDType::Q5_0, WType::Q5_0),
+        (GgmlDType::Q5_1, WType::Q5_1),
+        (GgmlDType::Q8_0, WType::Q8_0),
+    ];
+
+    /// Random blocks of a legacy format: values over the whole byte range (Q8_0's −128
+    /// included), scale and minimum bytes below 0x40 so every f16 is small and finite.
+    fn legacy_bytes(wt: WType, rows: usize, cols: usize, seed: &mut u64) -> Vec<u8> {
+        let bb = wt.block().1;
+        let scales = if matches!(wt, WType::Q4_1 | WType::Q5_1) {
+            4
+        } else {
+            2
+        };
+        (0..rows * cols / QK * bb)
+            .map(|i| {
+                let b = rng(seed) as u8;
+                if i % bb < scales { b & 0x3F } else { b }
+            })
+            .collect()
+    }
+
     /// Every instruction level this CPU has gives bit-identical results (so a seed reproduces
     /// the same text on another machine of the same kind of arithmetic).
     #[cfg(target_arch = "x86_64")]
@@ -662,27 +687,8 @@ mod tests {
         let cols = 4 * QK;
         // A whole group of eight and a partial one.
         let rows = 13;
-        for (gt, wt) in [
-            (GgmlDType::Q4_0, WType::Q4_0),
-            (GgmlDType::Q4_1, WType::Q4_1),
-            (GgmlDType::Q5_0, WType::Q5_0),
-            (GgmlDType::Q5_1, WType::Q5_1),
-            (GgmlDType::Q8_0, WType::Q8_0),
-        ] {
-            let bb = wt.block().1;
-            let scales = if matches!(wt, WType::Q4_1 | WType::Q5_1) {
-                4
-            } else {
-                2
-            };
-            // Values over the whole byte range (Q8_0's −128 included); scale bytes below 0x40
-            // keep every f16 small and finite.
-            let bytes: Vec<u8> = (0..rows * cols / QK * bb)
-                .map(|i| {
-                    let b = rng(&mut seed) as u8;
-                    if i % bb < scales { b & 0x3F } else { b }
-                })
-                .collect();
+        for (gt, wt) in LEGACY {
+            let bytes = legacy_bytes(wt, rows, cols, &mut seed);
             let m = QMatrix::from_gguf(gt, rows, cols, &bytes).unwrap();
             let x: Vec<f32> = (0..6 * cols)
                 .map(|_| (rng(&mut seed) % 200) as f32 / 100.0 - 1.0)
@@ -740,21 +746,9 @@ mod tests {
         let mut seed = 11u64;
         let cols = 3 * QK;
         let rows = 11;
-        for (gt, wt) in [
-            (GgmlDType::Q4_0, WType::Q4_0),
-            (GgmlDType::Q4_1, WType::Q4_1),
-            (GgmlDType::Q5_0, WType::Q5_0),
-            (GgmlDType::Q5_1, WType::Q5_1),
-            (GgmlDType::Q8_0, WType::Q8_0),
-        ] {
+        for (gt, wt) in LEGACY {
             let bb = wt.block().1;
-            let bytes: Vec<u8> = (0..rows * cols / QK * bb)
-                .map(|i| {
-                    let b = rng(&mut seed) as u8;
-                    // Finite f16 scales and minima.
-                    if i % bb < 4 { b & 0x3F } else { b }
-                })
-                .collect();
+            let bytes = legacy_bytes(wt, rows, cols, &mut seed);
             let m = QMatrix::from_gguf(gt, rows, cols, &bytes).unwrap();
             for r in 0..rows {
                 let mut got = vec![0f32; cols];

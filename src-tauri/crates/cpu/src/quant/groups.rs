@@ -348,13 +348,7 @@ pub mod avx2 {
             if TYPES[T] == WType::Q8_0 {
                 return std::array::from_fn(|v| _mm256_loadu_si256(qs.add(32 * v).cast()));
             }
-            let low4 = _mm256_set1_epi8(0x0F);
-            let mut w = [_mm256_setzero_si256(); 8];
-            for c in 0..4 {
-                let raw = _mm256_loadu_si256(qs.add(32 * c).cast());
-                w[2 * c] = _mm256_and_si256(raw, low4);
-                w[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), low4);
-            }
+            let mut w = nibbles(qs);
             if let Some(hi) = l.hi {
                 // Bit v of each byte moves to bit 4 (a 16-bit shift cannot carry across bytes
                 // into bit 4 for these distances), then joins the nibble.
@@ -378,9 +372,26 @@ pub mod avx2 {
         }
     }
 
+    /// The eight value vectors of 128 bytes of packed nibbles (vectors `2c` and `2c + 1` in
+    /// the low and high nibbles of bytes `32c..32c + 32`).
+    #[inline(always)]
+    pub(in crate::quant) unsafe fn nibbles(qs: *const u8) -> [__m256i; 8] {
+        // SAFETY: 128 bytes at `qs`; AVX2 present.
+        unsafe {
+            let low4 = _mm256_set1_epi8(0x0F);
+            let mut w = [_mm256_setzero_si256(); 8];
+            for c in 0..4 {
+                let raw = _mm256_loadu_si256(qs.add(32 * c).cast());
+                w[2 * c] = _mm256_and_si256(raw, low4);
+                w[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), low4);
+            }
+            w
+        }
+    }
+
     /// Eight f16 values at `p` as f32.
     #[inline(always)]
-    unsafe fn halves(p: *const u8) -> __m256 {
+    pub(in crate::quant) unsafe fn halves(p: *const u8) -> __m256 {
         // SAFETY: 16 bytes at `p`; F16C present.
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
     }

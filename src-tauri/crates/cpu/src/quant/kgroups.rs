@@ -190,7 +190,7 @@ pub fn dequantize_row(t: WType, gblk: &[u8], i: usize, y: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
     use super::super::groups::ROWS;
-    use super::super::groups::avx2::{Args, store};
+    use super::super::groups::avx2::{Args, halves, nibbles, store};
     use super::*;
     use std::arch::x86_64::*;
 
@@ -222,22 +222,6 @@ pub mod avx2 {
         }
     }
 
-    /// The eight value vectors of a 32-value slice packed like a legacy Q4 group block.
-    #[inline(always)]
-    unsafe fn nibbles(p: *const u8) -> [__m256i; 8] {
-        // SAFETY: 128 bytes at `p`; AVX2 present.
-        unsafe {
-            let low4 = _mm256_set1_epi8(0x0F);
-            let mut w = [_mm256_setzero_si256(); 8];
-            for c in 0..4 {
-                let raw = _mm256_loadu_si256(p.add(32 * c).cast());
-                w[2 * c] = _mm256_and_si256(raw, low4);
-                w[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), low4);
-            }
-            w
-        }
-    }
-
     /// Sum of four value vectors times the activations at `x` (16 bytes, four per vector).
     #[inline(always)]
     unsafe fn dot16<const V: u8>(q: &[__m256i], x: *const u8) -> __m256i {
@@ -259,12 +243,6 @@ pub mod avx2 {
             }
             _mm256_add_epi32(s[0], s[1])
         }
-    }
-
-    #[inline(always)]
-    unsafe fn halves(p: *const u8) -> __m256 {
-        // SAFETY: 16 bytes at `p`; F16C present.
-        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
     }
 
     /// The eight rows at `w` against columns `c..c + N`; each output element sees the same
