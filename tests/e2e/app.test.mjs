@@ -60,6 +60,22 @@ async function startApp() {
   return driver;
 }
 
+// Clicks `el` once nothing covers it. WebDriver scrolls an element only to the edge of the view,
+// where the fixed job panel or a passing toast can sit over it; centring it first and retrying
+// while the click is intercepted makes the click what a user would do, not a race.
+async function clickFree(driver, el) {
+  await driver.wait(async () => {
+    try {
+      await driver.executeScript('arguments[0].scrollIntoView({block: "center"})', el);
+      await el.click();
+      return true;
+    } catch (e) {
+      if (e.name === 'ElementClickInterceptedError') return false;
+      throw e;
+    }
+  }, 10_000);
+}
+
 // WebKitWebDriver's screenshot waits for the page's next rendering update, and an idle page
 // has none: the command then never returns. A 1-pixel element that changes colour every frame
 // while the shot is taken keeps updates coming; it is removed afterwards.
@@ -493,7 +509,7 @@ test('images: a tiny model imported by path, generated with a live preview, reca
       await url.sendKeys(comfy.url, Key.TAB);
       const check = await driver.findElement(By.css('[data-testid=comfy-check]'));
       await driver.wait(() => check.isEnabled(), 10_000);
-      await check.click();
+      await clickFree(driver, check);
       await driver.wait(async () => /0\.3\.99[\s\S]*2/.test(await textOf('[data-testid=comfy-status]')), 10_000);
       await driver.findElement(By.css('[data-view=images]')).click();
       const option = await driver.wait(until.elementLocated(By.css('[data-testid=image-model] option[value="comfyui:e2e-base.safetensors"]')), 10_000);
