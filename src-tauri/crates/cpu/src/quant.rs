@@ -94,6 +94,11 @@ impl WType {
         !self.is_kquant() && self != WType::F32
     }
 
+    /// Blocks in a GGUF row of `row_bytes`.
+    fn cols_blocks(self, row_bytes: usize) -> usize {
+        row_bytes / self.block().1
+    }
+
     /// Formats with kernels over groups of eight rows ([`groups`], [`kgroups`]).
     fn is_grouped(self) -> bool {
         self.is_legacy() || matches!(self, WType::Q4K | WType::Q6K)
@@ -165,11 +170,7 @@ impl QMatrix {
                 grouped: true,
                 data: vec![0u64; (rows.div_ceil(groups::ROWS) * group_bytes).div_ceil(8)],
             };
-            if wtype.is_kquant() {
-                kgroups::pack(wtype, bytes, rows, nb, m.bytes_mut());
-            } else {
-                groups::pack(wtype, bytes, rows, nb, m.bytes_mut());
-            }
+            pack_groups(wtype, bytes, rows, row_bytes, group_bytes, m.bytes_mut());
             return Ok(m);
         }
         let mut m = QMatrix {
@@ -332,6 +333,65 @@ impl QMatrix {
             }
         }
     }
+}
+
+/// Rearranges GGUF rows (`row_bytes` each) into groups of eight (`group_bytes` each), on every
+/// core for big matrices: the pass moves every byte of the model once, and a 4 GB file would
+/// otherwise spend seconds of its load on one core.
+fn pack_groups(
+    t: WType,
+    src: &[u8],
+    rows: usize,
+    row_bytes: usize,
+    group_bytes: usize,
+    dst: &mut [u8],
+) {
+    let nb = t.cols_blocks(row_bytes);
+    let pack = |src: &[u8], rows: usize, dst: &mut [u8]| {
+        if t.is_kquant() {
+            kgroups::pack(t, src, rows, nb, dst);
+        } else {
+            groups::pack(t, src, rows, nb, dst);
+        }
+    };
+    let n_groups = rows.div_ceil(groups::ROWS);
+    // Below about a megabyte per thread, starting threads costs more than it saves.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(n_groups * group_bytes / (1 << 20))
+        .max(1);
+    if threads == 1 {
+        return pack(src, rows, dst);
+    }
+    // Parts are taken from a counter, so a thread that cannot be started only leaves more
+    // for the others (the calling thread among them).
+    let per = n_groups.div_ceil(threads);
+    let parts: Vec<std::sync::Mutex<&mut [u8]>> = dst
+        .chunks_mut(per * group_bytes)
+        .map(std::sync::Mutex::new)
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || {
+        loop {
+            let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(part) = parts.get(k) else { break };
+            let mut part = part.lock().unwrap_or_else(|e| e.into_inner());
+            let r0 = (k * per * groups::ROWS).min(rows);
+            let r1 = ((k + 1) * per * groups::ROWS).min(rows);
+            pack(&src[r0 * row_bytes..r1 * row_bytes], r1 - r0, &mut part);
+        }
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..threads {
+            let spawned = std::thread::Builder::new()
+                .name("atelier-pack".into())
+                .spawn_scoped(scope, work);
+            if spawned.is_err() {
+                break;
+            }
+        }
+        work();
+    });
 }
 
 /// Whether legacy matrices are packed in groups for the SIMD kernels.
@@ -762,6 +822,28 @@ mod tests {
                     })
                     .collect();
                 assert_eq!(got, want, "{wt:?} row {r}");
+            }
+        }
+    }
+
+    /// A matrix big enough to be packed on several threads (over a megabyte per thread, with a
+    /// partial last group) reads back exactly, every row.
+    #[test]
+    fn big_matrices_pack_in_parallel_exactly() {
+        let mut seed = 17u64;
+        let (rows, cols) = (4001, 1024);
+        let bytes = legacy_bytes(WType::Q8_0, rows, cols, &mut seed);
+        let m = QMatrix::from_gguf(GgmlDType::Q8_0, rows, cols, &bytes).unwrap();
+        let bb = WType::Q8_0.block().1;
+        let mut got = vec![0f32; cols];
+        for r in 0..rows {
+            m.dequantize_row(r, &mut got);
+            let file_row = &bytes[r * cols / QK * bb..(r + 1) * cols / QK * bb];
+            for (b, blk) in file_row.chunks_exact(bb).enumerate() {
+                let (q, d, _) = unpack_scalar(WType::Q8_0, blk);
+                for (k, q) in q.iter().enumerate() {
+                    assert_eq!(got[b * QK + k], d * *q as f32, "row {r}");
+                }
             }
         }
     }
