@@ -176,10 +176,7 @@ pub fn attention(
     let units = t * c.n_head;
     let o = Out(out.as_mut_ptr());
     #[cfg(target_arch = "x86_64")]
-    let simd = hd.is_multiple_of(8)
-        && is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c");
+    let simd = hd.is_multiple_of(8) && crate::quant::simd();
     pool.run_items(units, Vec::<f32>::new, |scores, u| {
         let (i, h) = (u / c.n_head, u % c.n_head);
         let unit = Unit {

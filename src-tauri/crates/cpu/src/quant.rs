@@ -94,11 +94,6 @@ impl WType {
         !self.is_kquant() && self != WType::F32
     }
 
-    /// Blocks in a GGUF row of `row_bytes`.
-    fn cols_blocks(self, row_bytes: usize) -> usize {
-        row_bytes / self.block().1
-    }
-
     /// Formats with kernels over groups of eight rows ([`groups`], [`kgroups`]).
     fn is_grouped(self) -> bool {
         self.is_legacy() || matches!(self, WType::Q4K | WType::Q6K)
@@ -112,6 +107,46 @@ impl WType {
             groups::layout(self).bytes
         }
     }
+}
+
+/// The GGUF tensor type a file names `name` (ggml's spelling, e.g. `Q4_K`), when the native
+/// engine has a kernel for it.
+pub fn gguf_type_named(name: &str) -> Option<GgmlDType> {
+    let t = match name {
+        "F32" => GgmlDType::F32,
+        "F16" => GgmlDType::F16,
+        "BF16" => GgmlDType::BF16,
+        "Q4_0" => GgmlDType::Q4_0,
+        "Q4_1" => GgmlDType::Q4_1,
+        "Q5_0" => GgmlDType::Q5_0,
+        "Q5_1" => GgmlDType::Q5_1,
+        "Q8_0" => GgmlDType::Q8_0,
+        "Q2_K" => GgmlDType::Q2K,
+        "Q3_K" => GgmlDType::Q3K,
+        "Q4_K" => GgmlDType::Q4K,
+        "Q5_K" => GgmlDType::Q5K,
+        "Q6_K" => GgmlDType::Q6K,
+        _ => return None,
+    };
+    WType::for_gguf(t).map(|_| t)
+}
+
+/// Bytes of memory a `rows` × `cols` matrix of GGUF type `t` holds once loaded (F16 widened to
+/// F32, grouped formats padded to whole groups of eight rows), or `None` without a kernel or
+/// when a row is not whole blocks. Known before loading, for the memory check.
+pub fn held_bytes(t: GgmlDType, rows: usize, cols: usize) -> Option<usize> {
+    let w = WType::for_gguf(t)?;
+    let (bs, bb) = w.block();
+    if !cols.is_multiple_of(bs) {
+        return None;
+    }
+    let nb = cols / bs;
+    let bytes = if w.is_grouped() && simd() {
+        rows.div_ceil(groups::ROWS) * nb * w.group_block_bytes()
+    } else {
+        rows * nb * bb
+    };
+    Some(bytes.next_multiple_of(8))
 }
 
 /// Bytes of a tensor of `n` values stored as GGUF type `t` (file layout).
@@ -146,11 +181,11 @@ impl QMatrix {
     ) -> Result<QMatrix, String> {
         let wtype = WType::for_gguf(t).ok_or_else(|| format!("no native kernel for {t:?}"))?;
         let (bs, bb) = wtype.block();
-        if !cols.is_multiple_of(bs) {
+        let Some(held) = held_bytes(t, rows, cols) else {
             return Err(format!(
                 "a row of {cols} values is not a whole number of {t:?} blocks"
             ));
-        }
+        };
         let expected = gguf_bytes(t, rows * cols).ok_or("bad tensor size")?;
         if bytes.len() != expected {
             return Err(format!(
@@ -158,29 +193,25 @@ impl QMatrix {
                 bytes.len()
             ));
         }
-        let row_bytes = cols / bs * bb;
-        if wtype.is_grouped() && simd() {
-            let nb = cols / bs;
-            let group_bytes = nb * wtype.group_block_bytes();
-            let mut m = QMatrix {
-                rows,
-                cols,
-                wtype,
-                row_bytes: group_bytes,
-                grouped: true,
-                data: vec![0u64; (rows.div_ceil(groups::ROWS) * group_bytes).div_ceil(8)],
-            };
-            pack_groups(wtype, bytes, rows, row_bytes, group_bytes, m.bytes_mut());
-            return Ok(m);
-        }
+        let nb = cols / bs;
+        let grouped = wtype.is_grouped() && simd();
         let mut m = QMatrix {
             rows,
             cols,
             wtype,
-            row_bytes,
-            grouped: false,
-            data: vec![0u64; (rows * row_bytes).div_ceil(8)],
+            row_bytes: nb
+                * if grouped {
+                    wtype.group_block_bytes()
+                } else {
+                    bb
+                },
+            grouped,
+            data: vec![0u64; held / 8],
         };
+        if grouped {
+            pack_groups(wtype, bytes, rows, nb, m.bytes_mut());
+            return Ok(m);
+        }
         let dst = m.bytes_mut();
         // Floats are kept in the host's byte order so rows can be read as `f32` slices.
         match t {
@@ -291,15 +322,20 @@ impl QMatrix {
             // SAFETY: the caller vouches for `out`.
             unsafe { *out.add(c * stride + r) = v };
         };
-        #[cfg(target_arch = "x86_64")]
-        if self.grouped {
-            let (bs, _) = self.wtype.block();
+        if self.wtype != WType::F32 {
             let held = if self.wtype.is_kquant() {
                 acts.q8k.len()
             } else {
                 acts.q8.len()
             };
-            assert_eq!(held, ncols * (n / bs), "activations of another width");
+            assert_eq!(
+                held,
+                ncols * (n / self.wtype.block().0),
+                "activations of another width"
+            );
+        }
+        #[cfg(target_arch = "x86_64")]
+        if self.grouped {
             // SAFETY: grouped only when AVX2/FMA/F16C are present; the groups over r0..r1 and
             // every activation column hold whole blocks (checked above); `out` as vouched by
             // the caller.
@@ -320,11 +356,6 @@ impl QMatrix {
             WType::Q5K => kgemm::<BlockQ5K>(self, n, r0, r1, acts, &put),
             WType::Q6K => kgemm::<BlockQ6K>(self, n, r0, r1, acts, &put),
             t => {
-                assert_eq!(
-                    acts.q8.len(),
-                    ncols * (n / QK),
-                    "activations of another width"
-                );
                 for r in r0..r1 {
                     for c in 0..ncols {
                         put(r, c, legacy_dot_scalar(t, self.row(r), acts.q8_row(c)));
@@ -335,18 +366,12 @@ impl QMatrix {
     }
 }
 
-/// Rearranges GGUF rows (`row_bytes` each) into groups of eight (`group_bytes` each), on every
-/// core for big matrices: the pass moves every byte of the model once, and a 4 GB file would
-/// otherwise spend seconds of its load on one core.
-fn pack_groups(
-    t: WType,
-    src: &[u8],
-    rows: usize,
-    row_bytes: usize,
-    group_bytes: usize,
-    dst: &mut [u8],
-) {
-    let nb = t.cols_blocks(row_bytes);
+/// Rearranges GGUF rows of `nb` blocks into groups of eight, on every core for big matrices:
+/// the pass moves every byte of the model once, and a 4 GB file would otherwise spend seconds
+/// of its load on one core.
+fn pack_groups(t: WType, src: &[u8], rows: usize, nb: usize, dst: &mut [u8]) {
+    let row_bytes = nb * t.block().1;
+    let group_bytes = nb * t.group_block_bytes();
     let pack = |src: &[u8], rows: usize, dst: &mut [u8]| {
         if t.is_kquant() {
             kgroups::pack(t, src, rows, nb, dst);
@@ -394,8 +419,9 @@ fn pack_groups(
     });
 }
 
-/// Whether legacy matrices are packed in groups for the SIMD kernels.
-fn simd() -> bool {
+/// Whether the CPU has AVX2, FMA and F16C, which every SIMD kernel here needs (and so whether
+/// matrices are packed in groups for them).
+pub(crate) fn simd() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         avx2::available()
@@ -566,49 +592,60 @@ fn quantize_block(xs: &[f32], b: &mut ActBlock) {
     b.s = d * sum as f32;
 }
 
+/// Where a legacy GGUF block keeps its parts after the f16 scale at byte 0.
+struct GgufBlock {
+    /// The f16 minimum (Q4_1, Q5_1).
+    min: Option<usize>,
+    /// The 32 fifth bits, little-endian (Q5_0, Q5_1).
+    qh: Option<usize>,
+    /// The values: 16 bytes of nibbles (values 0..16 low, 16..32 high), or Q8_0's 32 bytes.
+    qs: usize,
+    /// Added to a nibble (with its fifth bit) to get the value: −8 for Q4_0, −16 for Q5_0.
+    offset: i32,
+}
+
+const fn gguf_block(t: WType) -> GgufBlock {
+    let min = matches!(t, WType::Q4_1 | WType::Q5_1);
+    let qh = matches!(t, WType::Q5_0 | WType::Q5_1);
+    let qh_at = 2 + 2 * min as usize;
+    GgufBlock {
+        min: if min { Some(2) } else { None },
+        qh: if qh { Some(qh_at) } else { None },
+        qs: qh_at + 4 * qh as usize,
+        offset: match t {
+            WType::Q4_0 => -8,
+            WType::Q5_0 => -16,
+            _ => 0,
+        },
+    }
+}
+
+/// The fifth bits of a Q5 block (0 for the others).
+fn gguf_qh(p: &GgufBlock, b: &[u8]) -> u32 {
+    p.qh.map_or(0, |i| {
+        u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+    })
+}
+
 /// A legacy block's 32 integer values, scale and minimum (value = d × q + m).
 fn unpack_scalar(t: WType, b: &[u8]) -> ([i32; QK], f32, f32) {
     let h = |i: usize| f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
+    let p = gguf_block(t);
+    let m = p.min.map_or(0.0, h);
     let mut q = [0i32; QK];
-    let nibbles = |q: &mut [i32; QK], qs: &[u8], off: i32| {
-        for j in 0..QK / 2 {
-            q[j] = (qs[j] & 0x0F) as i32 + off;
-            q[j + QK / 2] = (qs[j] >> 4) as i32 + off;
+    if t == WType::Q8_0 {
+        for (v, &x) in q.iter_mut().zip(&b[p.qs..p.qs + QK]) {
+            *v = x as i8 as i32;
         }
-    };
-    let high_bits = |q: &mut [i32; QK], qh: u32| {
-        for (j, v) in q.iter_mut().enumerate() {
-            *v += (((qh >> j) & 1) << 4) as i32;
-        }
-    };
-    let qh = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-    match t {
-        WType::Q4_0 => {
-            nibbles(&mut q, &b[2..18], -8);
-            (q, h(0), 0.0)
-        }
-        WType::Q4_1 => {
-            nibbles(&mut q, &b[4..20], 0);
-            (q, h(0), h(2))
-        }
-        WType::Q5_0 => {
-            nibbles(&mut q, &b[6..22], -16);
-            high_bits(&mut q, qh(2));
-            (q, h(0), 0.0)
-        }
-        WType::Q5_1 => {
-            nibbles(&mut q, &b[8..24], 0);
-            high_bits(&mut q, qh(4));
-            (q, h(0), h(2))
-        }
-        WType::Q8_0 => {
-            for (v, &x) in q.iter_mut().zip(&b[2..34]) {
-                *v = x as i8 as i32;
-            }
-            (q, h(0), 0.0)
-        }
-        _ => unreachable!("not a legacy type"),
+        return (q, h(0), m);
     }
+    let qs = &b[p.qs..p.qs + QK / 2];
+    let qh = gguf_qh(&p, b);
+    for (j, v) in q.iter_mut().enumerate() {
+        let nibble = (qs[j % 16] >> (4 * (j / 16))) & 0x0F;
+        *v = nibble as i32 + (((qh >> j) & 1) << 4) as i32 + p.offset;
+    }
+    (q, h(0), m)
 }
 
 /// Portable reference: the same arithmetic as the SIMD kernels (integer dot per block, then
@@ -627,6 +664,7 @@ pub fn legacy_dot_scalar(t: WType, row: &[u8], a: &[ActBlock]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::quantized::k_quants::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0};
 
     fn rng(seed: &mut u64) -> u32 {
         *seed ^= *seed << 13;
@@ -739,7 +777,6 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn instruction_levels_agree_exactly() {
-        use avx2::Level;
         if !avx2::available() {
             return;
         }
@@ -755,33 +792,7 @@ mod tests {
                 .collect();
             let mut acts = Acts::default();
             acts.quantize(&x, cols, m.needs());
-            let run = |level| {
-                let mut out = vec![0f32; 6 * rows];
-                // SAFETY: `out` holds 6 × rows elements; `level` is one the CPU has.
-                unsafe {
-                    avx2::gemm_at(
-                        level,
-                        wt,
-                        m.group_args(0..rows, &acts, out.as_mut_ptr(), rows),
-                    )
-                };
-                out
-            };
-            let base = run(Level::Avx2);
-            let best = run(avx2::level().unwrap_or(Level::Avx2));
-            // Tiling must not change a result: the same rows one column at a time.
-            for c in 0..6 {
-                let mut one = Acts::default();
-                one.quantize(&x[c * cols..(c + 1) * cols], cols, m.needs());
-                let mut col = vec![0f32; rows];
-                // SAFETY: `col` holds rows × 1 elements.
-                unsafe { m.gemm(0, rows, &one, col.as_mut_ptr(), rows) };
-                let tiled: Vec<f32> = (0..rows).map(|r| best[c * rows + r]).collect();
-                assert_eq!(col, tiled, "{wt:?} column {c} alone");
-            }
-            for l in avx2::levels() {
-                assert_eq!(run(l), base, "{wt:?} {l:?}");
-            }
+            let best = product_checked(&m, &acts, &x);
             // A range of rows that starts and ends inside groups writes those rows only.
             let mut part = vec![f32::NAN; 6 * rows];
             // SAFETY: `part` holds 6 × rows elements.
@@ -822,6 +833,16 @@ mod tests {
                     })
                     .collect();
                 assert_eq!(got, want, "{wt:?} row {r}");
+                // The scalar reader itself agrees with candle's.
+                let mut candle = vec![0f32; cols];
+                match wt {
+                    WType::Q4_0 => BlockQ4_0::to_float(kblocks(file_row), &mut candle),
+                    WType::Q4_1 => BlockQ4_1::to_float(kblocks(file_row), &mut candle),
+                    WType::Q5_0 => BlockQ5_0::to_float(kblocks(file_row), &mut candle),
+                    WType::Q5_1 => BlockQ5_1::to_float(kblocks(file_row), &mut candle),
+                    _ => BlockQ8_0::to_float(kblocks(file_row), &mut candle),
+                }
+                assert_eq!(want, candle, "{wt:?} row {r} against candle");
             }
         }
     }
@@ -846,6 +867,45 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `m` times the activation columns `acts` (quantised from `x`), as `[column][row]`, after
+    /// checking what the kernels promise: every instruction level gives the same bits, and a
+    /// column computed alone equals its place in the tiled product.
+    fn product_checked(m: &QMatrix, acts: &Acts, x: &[f32]) -> Vec<f32> {
+        let (rows, cols, ncols) = (m.rows, m.cols, acts.cols());
+        let mut out = vec![0f32; ncols * rows];
+        // SAFETY: `out` holds ncols × rows elements.
+        unsafe { m.gemm(0, rows, acts, out.as_mut_ptr(), rows) };
+        #[cfg(target_arch = "x86_64")]
+        if m.grouped {
+            for level in avx2::levels() {
+                let mut at = vec![0f32; ncols * rows];
+                // SAFETY: `at` holds ncols × rows elements; `level` is one the CPU has.
+                unsafe {
+                    avx2::gemm_at(
+                        level,
+                        m.wtype,
+                        m.group_args(0..rows, acts, at.as_mut_ptr(), rows),
+                    )
+                };
+                assert_eq!(at, out, "{:?} {level:?}", m.wtype);
+            }
+        }
+        for c in 0..ncols {
+            let mut one = Acts::default();
+            one.quantize(&x[c * cols..(c + 1) * cols], cols, m.needs());
+            let mut col = vec![0f32; rows];
+            // SAFETY: `col` holds rows elements.
+            unsafe { m.gemm(0, rows, &one, col.as_mut_ptr(), rows) };
+            assert_eq!(
+                col,
+                out[c * rows..(c + 1) * rows],
+                "{:?} column {c} alone",
+                m.wtype
+            );
+        }
+        out
     }
 
     /// Random Q4_K / Q6_K rows with finite f16 scales.
@@ -906,32 +966,7 @@ mod tests {
                     );
                 }
             }
-            // Every level bit-identical, and a column alone equals its four-column tile.
-            #[cfg(target_arch = "x86_64")]
-            for level in avx2::levels() {
-                let mut at = vec![0f32; 5 * rows];
-                // SAFETY: `at` holds 5 × rows elements; `level` is one the CPU has.
-                unsafe {
-                    avx2::gemm_at(
-                        level,
-                        wt,
-                        m.group_args(0..rows, &acts, at.as_mut_ptr(), rows),
-                    )
-                };
-                assert_eq!(at, out, "{wt:?} {level:?}");
-            }
-            for c in 0..5 {
-                let mut one = Acts::default();
-                one.quantize(&x[c * cols..(c + 1) * cols], cols, m.needs());
-                let mut col = vec![0f32; rows];
-                // SAFETY: `col` holds rows elements.
-                unsafe { m.gemm(0, rows, &one, col.as_mut_ptr(), rows) };
-                assert_eq!(
-                    col,
-                    out[c * rows..(c + 1) * rows],
-                    "{wt:?} column {c} alone"
-                );
-            }
+            assert_eq!(product_checked(&m, &acts, &x), out, "{wt:?}");
         }
     }
 

@@ -29,7 +29,7 @@
 
 use half::f16;
 
-use super::{QK, WType};
+use super::{QK, WType, gguf_block, gguf_qh};
 
 /// Rows per group.
 pub const ROWS: usize = 8;
@@ -47,12 +47,13 @@ pub struct Layout {
 }
 
 pub const fn layout(t: WType) -> Layout {
-    let (m, hi, offset) = match t {
-        WType::Q4_0 => (false, false, -8),
-        WType::Q4_1 => (true, false, 0),
-        WType::Q5_0 => (false, true, -16),
-        WType::Q5_1 => (true, true, 0),
-        _ => (false, false, -128),
+    // The same parts as the file's block; Q8_0's bytes are stored + 128.
+    let file = gguf_block(t);
+    let (m, hi) = (file.min.is_some(), file.qh.is_some());
+    let offset = if matches!(t, WType::Q8_0) {
+        -128
+    } else {
+        file.offset
     };
     let m_at = 16;
     let hi_at = if m { 32 } else { 16 };
@@ -72,8 +73,7 @@ pub const fn layout(t: WType) -> Layout {
 pub fn pack(t: WType, src: &[u8], rows: usize, nb: usize, dst: &mut [u8]) {
     let l = layout(t);
     let bb = t.block().1;
-    // Where a GGUF block keeps its values: after the scale, the minimum and the fifth bits.
-    let qs_at = 2 + 2 * l.m.is_some() as usize + 4 * l.hi.is_some() as usize;
+    let file = gguf_block(t);
     for (gi, group) in dst.chunks_exact_mut(nb * l.bytes).enumerate() {
         for (b, out) in group.chunks_exact_mut(l.bytes).enumerate() {
             for i in 0..ROWS {
@@ -89,16 +89,11 @@ pub fn pack(t: WType, src: &[u8], rows: usize, nb: usize, dst: &mut [u8]) {
                 }
                 let blk = &src[(r * nb + b) * bb..][..bb];
                 out[2 * i..2 * i + 2].copy_from_slice(&blk[0..2]);
-                if let Some(m) = l.m {
-                    out[m + 2 * i..m + 2 * i + 2].copy_from_slice(&blk[2..4]);
+                if let (Some(m), Some(at)) = (l.m, file.min) {
+                    out[m + 2 * i..m + 2 * i + 2].copy_from_slice(&blk[at..at + 2]);
                 }
-                let q = &blk[qs_at..];
-                let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
-                let qh = if l.m.is_some() {
-                    u32::from_le_bytes([blk[4], blk[5], blk[6], blk[7]])
-                } else {
-                    qh
-                };
+                let q = &blk[file.qs..];
+                let qh = gguf_qh(&file, blk);
                 for k in 0..4 {
                     let j = 4 * i + k;
                     if t == WType::Q8_0 {
@@ -389,6 +384,50 @@ pub mod avx2 {
         }
     }
 
+    /// Four bytes at `p` in every 32-bit lane.
+    #[inline(always)]
+    unsafe fn broadcast4(p: *const u8) -> __m256i {
+        // SAFETY: four bytes at `p`.
+        unsafe { _mm256_set1_epi32(p.cast::<i32>().read_unaligned()) }
+    }
+
+    /// `acc` plus, in each 32-bit lane, the four products of the unsigned bytes of `q` and the
+    /// signed bytes of `x`: one VNNI instruction, or AVX2's `maddubs` + `madd` (exact for the
+    /// values here: no byte pair overflows i16).
+    #[inline(always)]
+    pub(in crate::quant) unsafe fn dpbusd<const V: u8>(
+        acc: __m256i,
+        q: __m256i,
+        x: __m256i,
+    ) -> __m256i {
+        // SAFETY: the level's features are present (the callers' target features).
+        unsafe {
+            match V {
+                1 => _mm256_dpbusd_avx_epi32(acc, q, x),
+                2 => _mm256_dpbusd_epi32(acc, q, x),
+                _ => _mm256_add_epi32(
+                    acc,
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), _mm256_set1_epi16(1)),
+                ),
+            }
+        }
+    }
+
+    /// Value vectors `q` (four values of each of eight rows apiece) times the activations at
+    /// `x` (four per vector, broadcast to every row), summed per row.
+    #[inline(always)]
+    pub(in crate::quant) unsafe fn dot_bytes<const V: u8>(q: &[__m256i], x: *const u8) -> __m256i {
+        // SAFETY: four bytes per vector at `x`; the level's features present.
+        unsafe {
+            // Two partial sums, so consecutive instructions do not wait on each other.
+            let mut s = [_mm256_setzero_si256(); 2];
+            for (v, q) in q.iter().enumerate() {
+                s[v % 2] = dpbusd::<V>(s[v % 2], *q, broadcast4(x.add(4 * v)));
+            }
+            _mm256_add_epi32(s[0], s[1])
+        }
+    }
+
     /// Eight f16 values at `p` as f32.
     #[inline(always)]
     pub(in crate::quant) unsafe fn halves(p: *const u8) -> __m256 {
@@ -414,7 +453,6 @@ pub mod avx2 {
         // SAFETY (all): the caller guarantees the CPU features and `nb` group blocks at `w` and
         // `nb` activation blocks per column.
         unsafe {
-            let ones = _mm256_set1_epi16(1);
             let flip = _mm256_set1_epi8(0x80u8 as i8);
             let acts = a.a.cast::<ActBlock>();
             let cols: [*const ActBlock; N] = std::array::from_fn(|j| acts.add((c + j) * a.nb));
@@ -436,28 +474,17 @@ pub mod avx2 {
                 };
                 for j in 0..N {
                     let ab = &*cols[j].add(b);
-                    let x4 = ab.qs.as_ptr();
-                    let mut s = [_mm256_setzero_si256(); 2];
-                    for v in 0..8 {
-                        let x = _mm256_set1_epi32(x4.add(4 * v).cast::<i32>().read_unaligned());
-                        let part = &mut s[v % 2];
-                        *part = match V {
-                            1 => _mm256_dpbusd_avx_epi32(*part, q[v], x),
-                            2 => _mm256_dpbusd_epi32(*part, q[v], x),
-                            _ => {
-                                let x = if signed_bytes {
-                                    _mm256_sign_epi8(x, signs[v])
-                                } else {
-                                    x
-                                };
-                                _mm256_add_epi32(
-                                    *part,
-                                    _mm256_madd_epi16(_mm256_maddubs_epi16(q[v], x), ones),
-                                )
-                            }
-                        };
-                    }
-                    let mut sum = _mm256_add_epi32(s[0], s[1]);
+                    let x4 = ab.qs.as_ptr().cast::<u8>();
+                    let mut sum = if signed_bytes {
+                        let mut sum = _mm256_setzero_si256();
+                        for v in 0..8 {
+                            let x = _mm256_sign_epi8(broadcast4(x4.add(4 * v)), signs[v]);
+                            sum = dpbusd::<V>(sum, q[v], x);
+                        }
+                        sum
+                    } else {
+                        dot_bytes::<V>(&q, x4)
+                    };
                     if l.offset != 0 && !signed_bytes {
                         sum = _mm256_add_epi32(sum, _mm256_set1_epi32(l.offset * ab.sum));
                     }

@@ -190,7 +190,7 @@ pub fn dequantize_row(t: WType, gblk: &[u8], i: usize, y: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
     use super::super::groups::ROWS;
-    use super::super::groups::avx2::{Args, halves, nibbles, store};
+    use super::super::groups::avx2::{Args, dot_bytes, halves, nibbles, store};
     use super::*;
     use std::arch::x86_64::*;
 
@@ -219,29 +219,6 @@ pub mod avx2 {
                     c += 1;
                 }
             }
-        }
-    }
-
-    /// Sum of four value vectors times the activations at `x` (16 bytes, four per vector).
-    #[inline(always)]
-    unsafe fn dot16<const V: u8>(q: &[__m256i], x: *const u8) -> __m256i {
-        // SAFETY: 16 bytes at `x`; the level's features present.
-        unsafe {
-            let ones = _mm256_set1_epi16(1);
-            let mut s = [_mm256_setzero_si256(); 2];
-            for (v, q) in q.iter().enumerate() {
-                let xv = _mm256_set1_epi32(x.add(4 * v).cast::<i32>().read_unaligned());
-                let part = &mut s[v % 2];
-                *part = match V {
-                    1 => _mm256_dpbusd_avx_epi32(*part, *q, xv),
-                    2 => _mm256_dpbusd_epi32(*part, *q, xv),
-                    _ => _mm256_add_epi32(
-                        *part,
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(*q, xv), ones),
-                    ),
-                };
-            }
-            _mm256_add_epi32(s[0], s[1])
         }
     }
 
@@ -275,8 +252,8 @@ pub mod avx2 {
                         for j in 0..N {
                             let x = xs[j].add(Q8K_QS + 32 * s);
                             let d = _mm256_add_epi32(
-                                dot16::<V>(&q[..4], x),
-                                dot16::<V>(&q[4..], x.add(16)),
+                                dot_bytes::<V>(&q[..4], x),
+                                dot_bytes::<V>(&q[4..], x.add(16)),
                             );
                             isum[j] = _mm256_add_epi32(isum[j], _mm256_mullo_epi32(d, sc));
                         }
@@ -336,11 +313,11 @@ pub mod avx2 {
                         for j in 0..N {
                             let x = xs[j].add(Q8K_QS + 32 * s);
                             let d0 = _mm256_sub_epi32(
-                                dot16::<V>(&q[..4], x),
+                                dot_bytes::<V>(&q[..4], x),
                                 _mm256_set1_epi32(32 * sums(j, 2 * s)),
                             );
                             let d1 = _mm256_sub_epi32(
-                                dot16::<V>(&q[4..], x.add(16)),
+                                dot_bytes::<V>(&q[4..], x.add(16)),
                                 _mm256_set1_epi32(32 * sums(j, 2 * s + 1)),
                             );
                             let both = _mm256_add_epi32(

@@ -109,11 +109,6 @@ impl std::fmt::Debug for NativeModel {
 
 /// Architectures the native engine runs.
 pub const ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3"];
-/// GGUF tensor types (by name) it computes with.
-pub const TENSOR_TYPES: &[&str] = &[
-    "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
-    "Q6_K",
-];
 
 /// Why a file cannot run on the native engine (the caller falls back to candle), from the
 /// header our bounded reader validated. The model list asks the same question.
@@ -127,7 +122,9 @@ pub fn unsupported_reason(header: &gguf::Header) -> Option<String> {
     }
     header.tensors.iter().find_map(|t| {
         let name = gguf::ggml_type(t.ggml_type).map_or("unknown", |(n, _, _)| n);
-        (!TENSOR_TYPES.contains(&name)).then(|| format!("tensor {} is {name}", t.name))
+        quant::gguf_type_named(name)
+            .is_none()
+            .then(|| format!("tensor {} is {name}", t.name))
     })
 }
 
