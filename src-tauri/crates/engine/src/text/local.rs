@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use atelier_cpu::quant;
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::{quantized_llama, quantized_qwen2, quantized_qwen3};
@@ -157,14 +158,23 @@ impl Weights {
             .map_err(candle_err("reading logits"))
     }
 
-    /// Clears the cache and feeds `ids` from position 0 in prefill chunks; the last logits.
-    fn prefill(&mut self, ids: &[u32], device: &Device) -> Result<Vec<f32>> {
+    /// Clears the cache and feeds `ids` from position 0 in prefill chunks; the last logits, or
+    /// `None` when `cancelled` says so between chunks.
+    fn prefill(
+        &mut self,
+        ids: &[u32],
+        device: &Device,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Option<Vec<f32>>> {
         self.clear();
         let mut logits = Vec::new();
         for (i, chunk) in ids.chunks(PREFILL_CHUNK).enumerate() {
+            if cancelled() {
+                return Ok(None);
+            }
             logits = self.forward(chunk, i * PREFILL_CHUNK, device)?;
         }
-        Ok(logits)
+        Ok(Some(logits))
     }
 
     fn clear(&mut self) {
@@ -425,7 +435,6 @@ impl LocalModel {
             )));
         }
         let mut weights = self.weights.lock().unwrap_or_else(|p| p.into_inner());
-        weights.clear();
         let mut sampler = Sampler::new(&req.params, seed);
         let mut stream = TextStream::default();
         let mut stops = StopStrings::new(&req.params.stop);
@@ -438,22 +447,18 @@ impl LocalModel {
             }
         };
 
-        let mut logits = Vec::new();
-        for (i, chunk) in prompt.chunks(PREFILL_CHUNK).enumerate() {
-            if cancelled() {
-                return Ok(self.outcome(
-                    String::new(),
-                    seed,
-                    prompt.len(),
-                    0,
-                    StopReason::Cancelled,
-                    started,
-                    None,
-                    None,
-                ));
-            }
-            logits = weights.forward(chunk, i * PREFILL_CHUNK, &self.device)?;
-        }
+        let Some(mut logits) = weights.prefill(&prompt, &self.device, cancelled)? else {
+            return Ok(self.outcome(
+                String::new(),
+                seed,
+                prompt.len(),
+                0,
+                StopReason::Cancelled,
+                started,
+                None,
+                None,
+            ));
+        };
         let prefill_done = Instant::now();
         let mut first_token_at = None;
         let mut generated = 0usize;
@@ -554,7 +559,9 @@ impl LocalModel {
             .map(|i| 200 + (i * 7919) % (vocab - 400))
             .collect();
         let t0 = Instant::now();
-        let mut logits = weights.prefill(&ids, &self.device)?;
+        let mut logits = weights
+            .prefill(&ids, &self.device, &|| false)?
+            .unwrap_or_default();
         let prefill = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         for step in 0..n_gen {
@@ -567,7 +574,9 @@ impl LocalModel {
     /// Logits after `ids` from an empty cache (tests and diagnostics compare engines with it).
     pub fn logits(&self, ids: &[u32]) -> Result<Vec<f32>> {
         let mut weights = self.weights.lock().unwrap_or_else(|p| p.into_inner());
-        weights.prefill(ids, &self.device)
+        Ok(weights
+            .prefill(ids, &self.device, &|| false)?
+            .unwrap_or_default())
     }
 }
 
@@ -686,17 +695,21 @@ fn repack<R: std::io::Read + std::io::Seek>(
 }
 
 /// Memory a load needs: the weights as they will be held plus working memory. The native engine
-/// holds one copy (F16 widened to F32, Q4_K's scales unpacked); candle's path may build a
-/// repacked second copy while loading.
+/// holds one copy (as `atelier_cpu::quant::held_bytes` sizes it: F16 widened to F32, grouped
+/// formats padded); candle's path may build a repacked second copy while loading.
 fn memory_needed(header: &gguf::Header, native: bool) -> u64 {
     let working = 256 * 1024 * 1024;
     if !native {
         return header.file_size.saturating_mul(2) + working;
     }
-    let held = |t: &gguf::TensorInfo| match gguf::ggml_type(t.ggml_type).map(|x| x.0) {
-        Some("F16" | "BF16") => t.bytes.saturating_mul(2),
-        Some("Q4_K") => t.bytes / 144 * 148,
-        _ => t.bytes,
+    let held = |t: &gguf::TensorInfo| {
+        // GGUF lists dimensions fastest first: a row is the first, the rest count rows.
+        let cols = t.dims.first().copied().unwrap_or(1) as usize;
+        let rows = t.dims.iter().skip(1).product::<u64>() as usize;
+        gguf::ggml_type(t.ggml_type)
+            .and_then(|(name, _, _)| quant::gguf_type_named(name))
+            .and_then(|ty| quant::held_bytes(ty, rows, cols))
+            .map_or(t.bytes, |b| b as u64)
     };
     header.tensors.iter().map(held).sum::<u64>() + working
 }
