@@ -253,8 +253,24 @@ impl Unit<'_> {
     }
 }
 
+/// Replaces each `x` of `row` by e^(x − max) and returns their sum: the body of a softmax once
+/// its maximum is known. Eight lanes at a time where AVX2/FMA exist.
+pub(crate) fn exp_sub_sum(row: &mut [f32], max: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::quant::simd() {
+        // SAFETY: AVX2/FMA checked just above.
+        return unsafe { attention_avx2::exp_sub_sum(row, max) };
+    }
+    let mut sum = 0.0;
+    for x in row.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    sum
+}
+
 #[cfg(target_arch = "x86_64")]
-mod attention_avx2 {
+pub(crate) mod attention_avx2 {
     use super::Unit;
     use std::arch::x86_64::*;
 
@@ -278,7 +294,7 @@ mod attention_avx2 {
     /// e^x for x ≤ 0 (softmax after subtracting the maximum): 2^n × a degree-6 polynomial on
     /// |r| ≤ ln 2 / 2, relative error about 3e-7; inputs below −87 give e^−87 rather than 0.
     #[inline(always)]
-    unsafe fn exp_neg(x: __m256) -> __m256 {
+    pub(crate) unsafe fn exp_neg(x: __m256) -> __m256 {
         // SAFETY: AVX2/FMA present (callers' target features).
         unsafe {
             let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
@@ -299,10 +315,34 @@ mod attention_avx2 {
         }
     }
 
+    /// [`super::exp_sub_sum`] eight lanes at a time.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn exp_sub_sum(row: &mut [f32], max: f32) -> f32 {
+        let n = row.len();
+        let body = n - n % 8;
+        // SAFETY: loads and stores stay below `body` ≤ `row.len()`; AVX2/FMA are enabled.
+        unsafe {
+            let m = _mm256_set1_ps(max);
+            let mut sums = _mm256_setzero_ps();
+            let p = row.as_mut_ptr();
+            for i in (0..body).step_by(8) {
+                let e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m));
+                _mm256_storeu_ps(p.add(i), e);
+                sums = _mm256_add_ps(sums, e);
+            }
+            let mut sum = hsum(sums);
+            for x in &mut row[body..] {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            sum
+        }
+    }
+
     /// [`Unit::run`] with AVX2: four keys at a time, the exponentials eight at a time, and the
     /// weighted values summed 64 lanes at a time in registers.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn unit(u: &Unit, scores: &mut Vec<f32>, dst: &mut [f32]) {
+    pub(super) unsafe fn unit(u: &Unit, scores: &mut Vec<f32>, dst: &mut [f32]) {
         let hd = u.q.len();
         let len = u.len;
         scores.clear();

@@ -4,6 +4,8 @@
 //!
 //! - [`params`]: the request and its validation, scheduler names
 //! - [`model`]: diffusers folders: describe (bounded header reads), load, import
+//! - [`unet`], [`vae`]: the UNet and the VAE, on [`ops`] (convolution, group norm and
+//!   attention on `atelier_cpu`'s kernels on the CPU)
 //! - [`ldm`]: single-file checkpoints (LDM names), converted to a diffusers folder on import
 //! - [`prompt`]: CLIP tokenizer, A1111 emphasis, prompts over 77 tokens in windows
 //! - [`sampler`]: noise schedules and the samplers (sigma form)
@@ -19,11 +21,14 @@ pub mod label;
 pub mod ldm;
 pub mod metadata;
 pub mod model;
+pub mod ops;
 pub mod params;
 pub mod pipeline;
 pub mod prompt;
 pub mod random;
 pub mod sampler;
 pub mod service;
+pub mod unet;
+pub mod vae;
 
 pub use params::{ImageParams, InitImage, Scheduler, Variation};

@@ -16,9 +16,9 @@ use candle_transformers::models::stable_diffusion::clip::{
     ClipTextTransformer as SdClip, Config as SdClipConfig,
 };
 use candle_transformers::models::stable_diffusion::unet_2d::{
-    BlockConfig, UNet2DConditionModel, UNet2DConditionModelConfig,
+    BlockConfig, UNet2DConditionModelConfig,
 };
-use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
+use candle_transformers::models::stable_diffusion::vae::AutoEncoderKLConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -117,10 +117,20 @@ fn dtype_size(dtype: &str) -> Option<u64> {
     })
 }
 
-/// Checks a safetensors file's header against its size with bounded reads: the header length,
-/// each tensor's type, shape and byte range. A truncated file or an absurd header is refused
-/// before anything is mapped.
-pub fn check_safetensors(path: &Path) -> Result<SafetensorsSummary> {
+/// One tensor of a safetensors file, as its header describes it.
+#[derive(Debug, Clone)]
+struct TensorEntry {
+    dtype: String,
+    shape: Vec<usize>,
+    /// Byte range from the start of the file.
+    start: u64,
+    len: u64,
+}
+
+/// Reads and checks a safetensors file's header against its size with bounded reads: the
+/// header length, each tensor's type, shape and byte range. A truncated file or an absurd
+/// header is refused before any tensor is read.
+fn read_header(path: &Path) -> Result<(std::fs::File, Vec<(String, TensorEntry)>)> {
     let bad = |why: String| {
         Error::invalid(format!(
             "{} is not a usable safetensors file: {why}",
@@ -147,9 +157,9 @@ pub fn check_safetensors(path: &Path) -> Result<SafetensorsSummary> {
         .map_err(|e| bad(format!("cannot read its header: {e}")))?;
     let header: serde_json::Map<String, Value> =
         serde_json::from_slice(&header).map_err(|e| bad(format!("its header is not JSON: {e}")))?;
-    let data_len = file_len - 8 - header_len;
-    let (mut tensors, mut parameters) = (0usize, 0u64);
-    let mut dtype_counts: Vec<(String, u64)> = Vec::new();
+    let data_start = 8 + header_len;
+    let data_len = file_len - data_start;
+    let mut entries = Vec::with_capacity(header.len());
     for (name, info) in &header {
         if name == "__metadata__" {
             continue;
@@ -157,18 +167,19 @@ pub fn check_safetensors(path: &Path) -> Result<SafetensorsSummary> {
         let dtype = info["dtype"].as_str().unwrap_or("");
         let size = dtype_size(dtype)
             .ok_or_else(|| bad(format!("tensor {name} has an unknown type \"{dtype}\"")))?;
-        let shape: Vec<u64> = info["shape"]
+        let shape: Vec<usize> = info["shape"]
             .as_array()
             .ok_or_else(|| bad(format!("tensor {name} has no shape")))?
             .iter()
             .map(|d| {
                 d.as_u64()
+                    .and_then(|d| usize::try_from(d).ok())
                     .ok_or_else(|| bad(format!("tensor {name} has a bad shape")))
             })
             .collect::<Result<_>>()?;
         let count = shape
             .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
             .ok_or_else(|| bad(format!("tensor {name} claims an absurd shape")))?;
         let offsets = info["data_offsets"]
             .as_array()
@@ -183,22 +194,129 @@ pub fn check_safetensors(path: &Path) -> Result<SafetensorsSummary> {
                 "tensor {name} lies outside the file (the file may be truncated)"
             )));
         }
-        tensors += 1;
-        parameters += count;
-        match dtype_counts.iter_mut().find(|(d, _)| d == dtype) {
-            Some((_, n)) => *n += count,
-            None => dtype_counts.push((dtype.to_owned(), count)),
-        }
+        entries.push((
+            name.clone(),
+            TensorEntry {
+                dtype: dtype.to_owned(),
+                shape,
+                start: data_start + offsets.0,
+                len: expected,
+            },
+        ));
     }
-    if tensors == 0 {
-        return Err(bad("it holds no tensors".into()));
+    Ok((f, entries))
+}
+
+/// Checks a safetensors file (see [`read_header`]) and sums up its tensors.
+pub fn check_safetensors(path: &Path) -> Result<SafetensorsSummary> {
+    let (_, entries) = read_header(path)?;
+    if entries.is_empty() {
+        return Err(Error::invalid(format!(
+            "{} is not a usable safetensors file: it holds no tensors",
+            path.display()
+        )));
+    }
+    let mut parameters = 0u64;
+    let mut dtype_counts: Vec<(String, u64)> = Vec::new();
+    for (_, t) in &entries {
+        let count = t.shape.iter().map(|&d| d as u64).product::<u64>();
+        parameters += count;
+        match dtype_counts.iter_mut().find(|(d, _)| *d == t.dtype) {
+            Some((_, n)) => *n += count,
+            None => dtype_counts.push((t.dtype.clone(), count)),
+        }
     }
     dtype_counts.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
     Ok(SafetensorsSummary {
-        tensors,
+        tensors: entries.len(),
         parameters,
         dtype: dtype_counts[0].0.clone(),
     })
+}
+
+/// A safetensors file read one tensor at a time into memory of its own (no mapping): a
+/// loaded model then holds its weights once, where a mapped file would also keep every
+/// page it was copied from resident until the load ends (twice the model at the peak).
+struct FileTensors {
+    path: PathBuf,
+    file: std::sync::Mutex<std::fs::File>,
+    entries: std::collections::HashMap<String, TensorEntry>,
+}
+
+impl FileTensors {
+    fn open(path: &Path) -> Result<FileTensors> {
+        let (file, entries) = read_header(path)?;
+        Ok(FileTensors {
+            path: path.to_owned(),
+            file: std::sync::Mutex::new(file),
+            entries: entries.into_iter().collect(),
+        })
+    }
+
+    fn read(&self, name: &str) -> candle_core::Result<(Vec<u8>, &TensorEntry)> {
+        use std::io::{Seek, SeekFrom};
+        let Some(t) = self.entries.get(name) else {
+            candle_core::bail!("{} has no tensor {name}", self.path.display())
+        };
+        let mut bytes = vec![0u8; t.len as usize];
+        let mut f = self
+            .file
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("a weights read panicked".into()))?;
+        f.seek(SeekFrom::Start(t.start))
+            .and_then(|_| f.read_exact(&mut bytes))
+            .map_err(|e| {
+                candle_core::Error::Msg(format!(
+                    "cannot read {name} from {}: {e}",
+                    self.path.display()
+                ))
+            })?;
+        Ok((bytes, t))
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for FileTensors {
+    fn get(
+        &self,
+        shape: candle_core::Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        let t = self.get_unchecked(name, dtype, dev)?;
+        if t.shape() != &shape {
+            candle_core::bail!(
+                "tensor {name} is {:?} in {}, expected {:?}",
+                t.dims(),
+                self.path.display(),
+                shape.dims()
+            );
+        }
+        Ok(t)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        let (bytes, t) = self.read(name)?;
+        let file_dtype = match t.dtype.as_str() {
+            "F32" => DType::F32,
+            "F16" => DType::F16,
+            "BF16" => DType::BF16,
+            other => candle_core::bail!("tensor {name} is {other}, not a float type"),
+        };
+        candle_core::Tensor::from_raw_buffer(&bytes, file_dtype, &t.shape, &Device::Cpu)?
+            .to_dtype(dtype)?
+            .to_device(dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -554,8 +672,8 @@ pub const INPAINT_IN_CHANNELS: usize = 9;
 /// A model ready to run.
 pub struct LoadedModel {
     pub info: ImageModelInfo,
-    pub unet: UNet2DConditionModel,
-    pub vae: AutoEncoderKL,
+    pub unet: super::unet::UNet,
+    pub vae: super::vae::Vae,
     pub text: TextEncoder,
     pub tokenizer: ClipTokenizer,
     pub schedule: NoiseSchedule,
@@ -565,42 +683,11 @@ pub struct LoadedModel {
     pub dtype: DType,
 }
 
-fn mmap(file: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
-    // SAFETY: the file was checked (header and byte ranges) just before; mapping is how candle
-    // reads safetensors without copying them. A file changed while mapped is the user's risk,
-    // as in every mmap-based loader.
-    unsafe { VarBuilder::from_mmaped_safetensors(&[file], dtype, device) }
-        .map_err(|e| Error::invalid(format!("cannot map {}: {e}", file.display())))
-}
-
-/// Makes the VAE encoder's "sample" its mean: the log-variance half of the layer that emits
-/// the latent distribution gets zero weights and a bias so negative that its standard
-/// deviation is exactly 0. candle's `sample()` draws from an RNG that cannot be seeded on the
-/// CPU, and img2img must be reproducible; diffusers calls this mode "argmax".
-fn mean_only_encoder(
-    tensors: &mut std::collections::HashMap<String, candle_core::Tensor>,
-    latent_channels: usize,
-) -> candle_core::Result<()> {
-    let (w_name, b_name) = if tensors.contains_key("quant_conv.weight") {
-        ("quant_conv.weight", "quant_conv.bias")
-    } else {
-        ("encoder.conv_out.weight", "encoder.conv_out.bias")
-    };
-    let (Some(w), Some(b)) = (tensors.get(w_name), tensors.get(b_name)) else {
-        return Err(candle_core::Error::Msg(format!("no {w_name}")));
-    };
-    let c = latent_channels;
-    let w = candle_core::Tensor::cat(&[w.narrow(0, 0, c)?, w.narrow(0, c, c)?.zeros_like()?], 0)?;
-    let b = candle_core::Tensor::cat(
-        &[
-            b.narrow(0, 0, c)?,
-            (b.narrow(0, c, c)?.zeros_like()? - 30000.0)?,
-        ],
-        0,
-    )?;
-    tensors.insert(w_name.into(), w);
-    tensors.insert(b_name.into(), b);
-    Ok(())
+/// The weights in `file` as `dtype` on `device`, read tensor by tensor as the model asks.
+fn weights(file: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+    let backend: Box<dyn candle_nn::var_builder::SimpleBackend> =
+        Box::new(FileTensors::open(file)?);
+    Ok(VarBuilder::from_backend(backend, dtype, device.clone()))
 }
 
 /// Loads a described model onto `device` (f16 on GPUs, f32 on the CPU).
@@ -630,29 +717,19 @@ pub fn load(info: ImageModelInfo, device: &Device) -> Result<LoadedModel> {
     };
     let (unet_cfg, in_channels, out_channels) =
         unet_config(&read_json(&dir.join("unet").join("config.json"))?)?;
-    let unet = UNet2DConditionModel::new(
-        mmap(&file("unet")?, dtype, device)?,
+    let unet = super::unet::UNet::load(
+        weights(&file("unet")?, dtype, device)?,
         in_channels,
         out_channels,
-        false,
-        unet_cfg,
+        &unet_cfg,
     )
     .map_err(mismatch("UNet"))?;
     let (vae_cfg, vae_scale) = vae_config(&read_json(&dir.join("vae").join("config.json"))?)?;
     let latent_channels = vae_cfg.latent_channels;
-    let vae_file = file("vae")?;
-    let mut vae_tensors = candle_core::safetensors::load(&vae_file, device)
-        .map_err(|e| Error::invalid(format!("cannot read {}: {e}", vae_file.display())))?;
-    mean_only_encoder(&mut vae_tensors, latent_channels).map_err(mismatch("VAE"))?;
-    let vae = AutoEncoderKL::new(
-        VarBuilder::from_tensors(vae_tensors, dtype, device),
-        3,
-        3,
-        vae_cfg,
-    )
-    .map_err(mismatch("VAE"))?;
+    let vae = super::vae::Vae::load(weights(&file("vae")?, dtype, device)?, &vae_cfg)
+        .map_err(mismatch("VAE"))?;
     // CLIP runs in f32 everywhere: it is small and f16 CLIP drifts.
-    let text_vb = mmap(&file("text_encoder")?, DType::F32, device)?;
+    let text_vb = weights(&file("text_encoder")?, DType::F32, device)?;
     let (text, pad_with) =
         match text_config(&read_json(&dir.join("text_encoder").join("config.json"))?)? {
             TextEncoderConfig::QuickGelu(c) => (

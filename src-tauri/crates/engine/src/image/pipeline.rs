@@ -112,25 +112,28 @@ pub fn latent_preview(latent: &Tensor) -> candle_core::Result<Option<Rgb>> {
 }
 
 /// A rough peak-memory estimate for one image, so a run that cannot fit is refused with a
-/// suggestion instead of being killed. Weights (as loaded) plus the largest working set: the
-/// UNet's first-level attention scores (batch × heads × L², L = latent pixels) or the VAE's
-/// full-resolution activations and mid-block attention.
+/// suggestion instead of being killed. Weights (as loaded) plus the largest working set. On
+/// the CPU ([`super::ops`]' kernels) attention is computed a block of queries at a time, so
+/// the largest sets are the VAE's full-resolution activations (a few 128-channel images) and
+/// the UNet's activations with CFG; elsewhere candle materialises the attention scores
+/// (batch × heads × L², L = latent pixels; one head of 512 channels in the VAE).
 pub fn estimate_peak_bytes(model: &LoadedModel, p: &ImageParams) -> u64 {
-    let weights: u64 = model
-        .info
-        .pieces
-        .iter()
-        .map(|pc| {
-            let per = if model.dtype == DType::F32 { 4 } else { 2 };
-            pc.parameters * per
-        })
-        .sum();
-    let l = (p.width as u64 / 8) * (p.height as u64 / 8);
+    let per = if model.dtype == DType::F32 { 4 } else { 2 };
+    let weights: u64 = model.info.pieces.iter().map(|pc| pc.parameters * per).sum();
+    let pixels = p.width as u64 * p.height as u64;
+    let l = pixels / 64;
     let batch = if p.uses_cfg() { 2 } else { 1 };
-    let heads = 8u64;
-    let unet_attention = batch * heads * l * l * 4 * 2; // scores and softmax
-    let vae = 128 * p.width as u64 * p.height as u64 * 4 * 4 + l * l * 4 * 2;
-    weights + unet_attention.max(vae) + (256 << 20)
+    let vae_activations = 128 * pixels * 4 * 6;
+    let working = if model.device.is_cpu() && model.dtype == DType::F32 {
+        // The UNet keeps its skip activations (~12 at up to 320 channels × L) and a few more.
+        let unet = batch * 320 * l * 4 * 24;
+        unet.max(vae_activations)
+    } else {
+        let heads = 8u64;
+        let unet_attention = batch * heads * l * l * 4 * 2; // scores and softmax
+        unet_attention.max(vae_activations + l * l * 4 * 2)
+    };
+    weights + working + (256 << 20)
 }
 
 /// `MemAvailable` from /proc/meminfo (Linux); `None` elsewhere.
@@ -241,10 +244,8 @@ fn pixels_tensor(img: &image::RgbImage, device: &Device) -> candle_core::Result<
 fn encode_pixels(model: &LoadedModel, x: &Tensor) -> Result<Tensor> {
     let bad = |e: candle_core::Error| Error::Internal(format!("encoding the source image: {e}"));
     let x = x.to_dtype(model.dtype).map_err(bad)?;
-    let dist = model.vae.encode(&x).map_err(bad)?;
-    // The VAE was loaded with a zero log-variance head patched to -inf (see model.rs), so a
-    // "sample" is exactly the mean.
-    let latent = dist.sample().map_err(bad)?;
+    // The distribution's mean: reproducible, as diffusers' img2img does it.
+    let latent = model.vae.encode(&x).map_err(bad)?;
     (latent.to_dtype(DType::F32).map_err(bad)? * model.vae_scale).map_err(bad)
 }
 

@@ -1,0 +1,591 @@
+//! f32 kernels for the diffusion models' UNet and VAE, whose activations are NCHW:
+//! - [`conv2d`]: a convolution as image-to-column products, a band of output rows at a time,
+//!   written straight into the output (no full column matrix, no output transpose);
+//! - [`group_norm`]: group normalisation with the SiLU that usually follows it, one pass to
+//!   measure and one to write;
+//! - [`attention`]: multi-head attention a block of queries at a time, so the score matrix of
+//!   4096 × 4096 tokens never exists whole (a block's scores stay in cache).
+//!
+//! The products are the `gemm` crate's (AVX-512 where the CPU has it). Work is spread on the
+//! current rayon pool. Shapes are checked by the callers; a mismatch here is a bug and panics.
+
+use gemm::{Parallelism, gemm};
+use rayon::prelude::*;
+
+/// Output pixels per band of [`conv2d`]: enough columns for the products to run near peak, few
+/// enough that a band's column matrix (9 × channels × pixels) stays a few MiB.
+const BAND_PIXELS: usize = 512;
+
+/// Queries per block of [`attention`]: a block's scores over 4096 keys are 1 MiB.
+const QUERY_BLOCK: usize = 64;
+
+/// A 2-D convolution's shape: square kernel, the same stride and zero padding on both axes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2d {
+    pub batch: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl Conv2d {
+    /// Whether the shape is usable: a kernel that fits the padded input and a non-zero stride.
+    pub fn is_valid(&self) -> bool {
+        self.kernel > 0
+            && self.stride > 0
+            && self.h + 2 * self.pad >= self.kernel
+            && self.w + 2 * self.pad >= self.kernel
+    }
+    pub fn out_h(&self) -> usize {
+        (self.h + 2 * self.pad - self.kernel) / self.stride + 1
+    }
+    pub fn out_w(&self) -> usize {
+        (self.w + 2 * self.pad - self.kernel) / self.stride + 1
+    }
+    pub fn input_len(&self) -> usize {
+        self.batch * self.c_in * self.h * self.w
+    }
+    pub fn weight_len(&self) -> usize {
+        self.c_out * self.c_in * self.kernel * self.kernel
+    }
+    pub fn output_len(&self) -> usize {
+        self.batch * self.c_out * self.out_h() * self.out_w()
+    }
+}
+
+/// A pointer that rayon's closures may share: every user writes a disjoint part.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: the users below write disjoint ranges and the buffer outlives the parallel section.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    fn at(self, i: usize) -> *mut f32 {
+        // SAFETY: callers stay inside the buffer the pointer came from.
+        unsafe { self.0.add(i) }
+    }
+}
+
+/// `out = conv(input, weight) + bias`, input `[batch, c_in, h, w]`, weight
+/// `[c_out, c_in, kernel, kernel]`, output `[batch, c_out, out_h, out_w]`, all contiguous.
+pub fn conv2d(p: &Conv2d, input: &[f32], weight: &[f32], bias: &[f32], out: &mut [f32]) {
+    assert!(p.is_valid(), "conv2d: unusable shape {p:?}");
+    assert_eq!(input.len(), p.input_len(), "conv2d input");
+    assert_eq!(weight.len(), p.weight_len(), "conv2d weight");
+    assert_eq!(bias.len(), p.c_out, "conv2d bias");
+    assert_eq!(out.len(), p.output_len(), "conv2d output");
+    let (oh, ow) = (p.out_h(), p.out_w());
+    let plane = oh * ow;
+    // The products add onto the output, so it starts as the bias.
+    for image in out.chunks_exact_mut(p.c_out * plane) {
+        for (channel, b) in image.chunks_exact_mut(plane).zip(bias) {
+            channel.fill(*b);
+        }
+    }
+    let threads = rayon::current_num_threads();
+    let depth = p.c_in * p.kernel * p.kernel;
+    let dst = Shared(out.as_mut_ptr());
+    if p.kernel == 1 && p.stride == 1 && p.pad == 0 {
+        // Each input image is already its own column matrix.
+        for b in 0..p.batch {
+            let src = &input[b * p.c_in * plane..][..p.c_in * plane];
+            // SAFETY: dst holds c_out × plane from this image's start; lhs c_out × c_in, rhs
+            // c_in × plane, all row-major as the strides say.
+            unsafe {
+                product(
+                    (p.c_out, plane, depth),
+                    dst.at(b * p.c_out * plane),
+                    plane,
+                    weight.as_ptr(),
+                    src.as_ptr(),
+                    plane,
+                    par(threads),
+                )
+            };
+        }
+        return;
+    }
+    let rows = (BAND_PIXELS / ow).clamp(1, oh);
+    let bands = oh.div_ceil(rows);
+    let band = |unit: usize, columns: &mut Vec<f32>, parallelism: Parallelism| {
+        let (b, y0) = (unit / bands, (unit % bands) * rows);
+        let y1 = (y0 + rows).min(oh);
+        let n = (y1 - y0) * ow;
+        columns.resize(depth * n, 0.0);
+        let image = &input[b * p.c_in * p.h * p.w..][..p.c_in * p.h * p.w];
+        image_to_columns(p, image, y0..y1, &mut columns[..depth * n]);
+        // SAFETY: the band's output columns y0·ow.. of each of the c_out planes of image b
+        // (row stride `plane`) are written by this unit only; the column matrix is depth × n.
+        unsafe {
+            product(
+                (p.c_out, n, depth),
+                dst.at(b * p.c_out * plane + y0 * ow),
+                plane,
+                weight.as_ptr(),
+                columns.as_ptr(),
+                n,
+                parallelism,
+            )
+        };
+    };
+    let units = p.batch * bands;
+    if threads > 1 && units >= 2 * threads {
+        (0..units)
+            .into_par_iter()
+            .for_each_init(Vec::new, |columns, u| band(u, columns, Parallelism::None));
+    } else {
+        let mut columns = Vec::new();
+        for u in 0..units {
+            band(u, &mut columns, par(threads));
+        }
+    }
+}
+
+fn par(threads: usize) -> Parallelism {
+    if threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    }
+}
+
+/// `dst (m × n, row stride dst_rs) += lhs (m × k, contiguous) · rhs (k × n, row stride rhs_rs)`.
+///
+/// # Safety
+/// The pointers must hold the matrices their shapes and strides describe, and `dst` must not
+/// be written by anyone else meanwhile.
+unsafe fn product(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: *const f32,
+    rhs: *const f32,
+    rhs_rs: usize,
+    parallelism: Parallelism,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            true,
+            lhs,
+            1,
+            k as isize,
+            rhs,
+            1,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// The column matrix of output rows `ys` of one image: row `(c, ky, kx)` (the weight's order)
+/// holds, for each output pixel of the band, the input pixel that kernel tap reads (0 where it
+/// falls in the padding).
+fn image_to_columns(p: &Conv2d, image: &[f32], ys: std::ops::Range<usize>, columns: &mut [f32]) {
+    let ow = p.out_w();
+    let n = ys.len() * ow;
+    let k = p.kernel;
+    for (r, row) in columns.chunks_exact_mut(n).enumerate() {
+        let (c, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+        let plane = &image[c * p.h * p.w..][..p.h * p.w];
+        for (oy, dst) in ys.clone().zip(row.chunks_exact_mut(ow)) {
+            let iy = (oy * p.stride + ky).wrapping_sub(p.pad);
+            if iy >= p.h {
+                dst.fill(0.0);
+                continue;
+            }
+            let src = &plane[iy * p.w..][..p.w];
+            if p.stride == 1 {
+                // Output x reads input x + kx − pad: one run of the row, zeros either side.
+                let first = p.pad.saturating_sub(kx).min(ow);
+                let end = (p.w + p.pad).saturating_sub(kx).clamp(first, ow);
+                dst[..first].fill(0.0);
+                dst[first..end].copy_from_slice(&src[first + kx - p.pad..end + kx - p.pad]);
+                dst[end..].fill(0.0);
+            } else {
+                for (ox, d) in dst.iter_mut().enumerate() {
+                    let ix = (ox * p.stride + kx).wrapping_sub(p.pad);
+                    *d = if ix < p.w { src[ix] } else { 0.0 };
+                }
+            }
+        }
+    }
+}
+
+/// Group normalisation of `x` (`[batch, channels, spatial]`, contiguous): each group of
+/// `channels / groups` channels is scaled to zero mean and unit variance over its channels and
+/// pixels, then `gamma · x + beta` per channel, then SiLU when `silu`. Statistics in f64.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm(
+    x: &[f32],
+    channels: usize,
+    spatial: usize,
+    groups: usize,
+    eps: f32,
+    gamma: &[f32],
+    beta: &[f32],
+    silu: bool,
+    out: &mut [f32],
+) {
+    assert!(
+        groups > 0 && channels.is_multiple_of(groups),
+        "group_norm groups"
+    );
+    assert_eq!(gamma.len(), channels, "group_norm gamma");
+    assert_eq!(beta.len(), channels, "group_norm beta");
+    assert_eq!(x.len(), out.len(), "group_norm output");
+    assert!(
+        x.len().is_multiple_of((channels * spatial).max(1)),
+        "group_norm input"
+    );
+    let per_group = channels / groups;
+    // A group's elements are contiguous: `per_group` channel planes.
+    let group_len = per_group * spatial;
+    if group_len == 0 {
+        return;
+    }
+    out.par_chunks_mut(group_len)
+        .zip(x.par_chunks(group_len))
+        .enumerate()
+        .for_each(|(i, (dst, src))| {
+            let first_channel = (i % groups) * per_group;
+            let n = src.len() as f64;
+            let mean = src.iter().map(|&v| v as f64).sum::<f64>() / n;
+            let var = src.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+            let inv = 1.0 / (var + eps as f64).sqrt();
+            let planes = dst.chunks_exact_mut(spatial).zip(src.chunks_exact(spatial));
+            for (c, (d, s)) in planes.enumerate() {
+                let ch = first_channel + c;
+                let a = gamma[ch] as f64 * inv;
+                let b = beta[ch] as f64 - mean * a;
+                let (a, b) = (a as f32, b as f32);
+                for (d, &s) in d.iter_mut().zip(s) {
+                    *d = a * s + b;
+                }
+                if silu {
+                    for d in d.iter_mut() {
+                        *d /= 1.0 + (-*d).exp();
+                    }
+                }
+            }
+        });
+}
+
+/// Multi-head attention: `q` `[batch, n_q, heads × head_dim]`, `k` and `v`
+/// `[batch, n_kv, heads × head_dim]`, into `out` shaped like `q`: softmax(q·kᵀ · scale)·v per
+/// head. No mask (the UNet's attention is not causal).
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    batch: usize,
+    n_q: usize,
+    n_kv: usize,
+    heads: usize,
+    head_dim: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let width = heads * head_dim;
+    assert_eq!(q.len(), batch * n_q * width, "attention q");
+    assert_eq!(k.len(), batch * n_kv * width, "attention k");
+    assert_eq!(v.len(), batch * n_kv * width, "attention v");
+    assert_eq!(out.len(), q.len(), "attention output");
+    if q.is_empty() {
+        return;
+    }
+    assert!(n_kv > 0, "attention over no keys");
+    let blocks = n_q.div_ceil(QUERY_BLOCK);
+    let dst = Shared(out.as_mut_ptr());
+    (0..batch * heads * blocks).into_par_iter().for_each_init(
+        Vec::new,
+        |scores: &mut Vec<f32>, unit| {
+            let (bh, block) = (unit / blocks, unit % blocks);
+            let (b, h) = (bh / heads, bh % heads);
+            let q0 = block * QUERY_BLOCK;
+            let rows = QUERY_BLOCK.min(n_q - q0);
+            scores.resize(rows * n_kv, 0.0);
+            let q_at = b * n_q * width + q0 * width + h * head_dim;
+            let kv_at = b * n_kv * width + h * head_dim;
+            // SAFETY: q rows q0..q0+rows of head h (row stride `width`) and the n_kv key rows
+            // of head h are inside q and k; scores holds rows × n_kv.
+            unsafe {
+                gemm(
+                    rows,
+                    n_kv,
+                    head_dim,
+                    scores.as_mut_ptr(),
+                    1,
+                    n_kv as isize,
+                    false,
+                    q.as_ptr().add(q_at),
+                    1,
+                    width as isize,
+                    // kᵀ: element (d, j) is key j's d-th value.
+                    k.as_ptr().add(kv_at),
+                    width as isize,
+                    1,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                )
+            };
+            let mut inv = [0f32; QUERY_BLOCK];
+            for (row, inv) in scores.chunks_exact_mut(n_kv).zip(&mut inv) {
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                *inv = 1.0 / crate::ops::exp_sub_sum(row, max);
+            }
+            // SAFETY: this unit alone writes rows q0..q0+rows of head h in `out`; v holds
+            // n_kv rows of head h with stride `width`.
+            unsafe {
+                let o = dst.at(q_at);
+                gemm(
+                    rows,
+                    head_dim,
+                    n_kv,
+                    o,
+                    1,
+                    width as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    n_kv as isize,
+                    v.as_ptr().add(kv_at),
+                    1,
+                    width as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+                for (r, inv) in inv.iter().enumerate().take(rows) {
+                    let row = std::slice::from_raw_parts_mut(o.add(r * width), head_dim);
+                    row.iter_mut().for_each(|x| *x *= inv);
+                }
+            }
+        },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [−1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// The convolution's definition, summed in f64.
+    fn conv_reference(p: &Conv2d, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f32> {
+        let (oh, ow, k) = (p.out_h(), p.out_w(), p.kernel);
+        let mut out = vec![0.0; p.output_len()];
+        for b in 0..p.batch {
+            for co in 0..p.c_out {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut s = bias[co] as f64;
+                        for ci in 0..p.c_in {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let iy = (oy * p.stride + ky) as isize - p.pad as isize;
+                                    let ix = (ox * p.stride + kx) as isize - p.pad as isize;
+                                    if iy < 0 || ix < 0 || iy >= p.h as isize || ix >= p.w as isize
+                                    {
+                                        continue;
+                                    }
+                                    let xi =
+                                        ((b * p.c_in + ci) * p.h + iy as usize) * p.w + ix as usize;
+                                    let wi = ((co * p.c_in + ci) * k + ky) * k + kx;
+                                    s += x[xi] as f64 * w[wi] as f64;
+                                }
+                            }
+                        }
+                        out[((b * p.c_out + co) * oh + oy) * ow + ox] = s as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= tol * (1.0 + w.abs()),
+                "{what}: element {i} is {g}, expected {w}"
+            );
+        }
+    }
+
+    fn pool(threads: usize) -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn conv2d_matches_the_definition() {
+        let shapes = [
+            // 3×3, padding 1: the UNet's and VAE's convolutions; odd sizes, several bands.
+            (2, 5, 9, 70, 7, 3, 1, 1),
+            (1, 3, 33, 17, 4, 3, 1, 1),
+            // Stride 2 (downsamplers), even and odd sides.
+            (2, 4, 16, 16, 6, 3, 2, 1),
+            (1, 4, 15, 9, 3, 3, 2, 1),
+            // 1×1 (shortcuts, projections).
+            (2, 8, 6, 5, 3, 1, 1, 0),
+            // No padding, a kernel as wide as the input.
+            (1, 2, 3, 3, 2, 3, 1, 0),
+        ];
+        for (i, &(batch, c_in, h, w, c_out, kernel, stride, pad)) in shapes.iter().enumerate() {
+            let p = Conv2d {
+                batch,
+                c_in,
+                h,
+                w,
+                c_out,
+                kernel,
+                stride,
+                pad,
+            };
+            let x = values(p.input_len(), 1 + i as u64);
+            let wt = values(p.weight_len(), 100 + i as u64);
+            let bias = values(c_out, 200 + i as u64);
+            let want = conv_reference(&p, &x, &wt, &bias);
+            for threads in [1, 3] {
+                let mut out = vec![f32::NAN; p.output_len()];
+                pool(threads).install(|| conv2d(&p, &x, &wt, &bias, &mut out));
+                assert_close(&out, &want, 1e-5, &format!("{p:?}, {threads} threads"));
+            }
+        }
+    }
+
+    #[test]
+    fn group_norm_matches_the_definition() {
+        let (batch, channels, spatial, groups) = (2, 12, 37, 4);
+        let x: Vec<f32> = values(batch * channels * spatial, 7)
+            .iter()
+            .map(|v| 3.0 * v + 0.5)
+            .collect();
+        let gamma = values(channels, 8);
+        let beta = values(channels, 9);
+        for silu in [false, true] {
+            let mut out = vec![f32::NAN; x.len()];
+            pool(2).install(|| {
+                group_norm(
+                    &x, channels, spatial, groups, 1e-5, &gamma, &beta, silu, &mut out,
+                )
+            });
+            let per = channels / groups;
+            let mut want = vec![0.0; x.len()];
+            for b in 0..batch {
+                for g in 0..groups {
+                    let range = (b * channels + g * per) * spatial
+                        ..(b * channels + (g + 1) * per) * spatial;
+                    let n = range.len() as f64;
+                    let mean = x[range.clone()].iter().map(|&v| v as f64).sum::<f64>() / n;
+                    let var = x[range.clone()]
+                        .iter()
+                        .map(|&v| (v as f64 - mean).powi(2))
+                        .sum::<f64>()
+                        / n;
+                    for i in range {
+                        let c = (i / spatial) % channels;
+                        let y = (x[i] as f64 - mean) / (var + 1e-5).sqrt() * gamma[c] as f64
+                            + beta[c] as f64;
+                        want[i] = if silu { y / (1.0 + (-y).exp()) } else { y } as f32;
+                    }
+                }
+            }
+            assert_close(&out, &want, 1e-5, &format!("silu {silu}"));
+        }
+    }
+
+    #[test]
+    fn attention_matches_the_definition() {
+        // Query counts that leave a partial block; key counts of self- and cross-attention.
+        for &(batch, n_q, n_kv, heads, head_dim) in
+            &[(2, 150, 150, 3, 8), (1, 70, 77, 2, 40), (1, 5, 1, 1, 4)]
+        {
+            let width = heads * head_dim;
+            let q = values(batch * n_q * width, 11);
+            let k = values(batch * n_kv * width, 12);
+            let v = values(batch * n_kv * width, 13);
+            let scale = 1.0 / (head_dim as f32).sqrt() * 4.0; // sharper than usual
+            let mut out = vec![f32::NAN; q.len()];
+            pool(2).install(|| {
+                attention(
+                    &q, &k, &v, batch, n_q, n_kv, heads, head_dim, scale, &mut out,
+                )
+            });
+            let mut want = vec![0.0; q.len()];
+            for b in 0..batch {
+                for h in 0..heads {
+                    for i in 0..n_q {
+                        let qi = &q[(b * n_q + i) * width + h * head_dim..][..head_dim];
+                        let s: Vec<f64> = (0..n_kv)
+                            .map(|j| {
+                                let kj = &k[(b * n_kv + j) * width + h * head_dim..][..head_dim];
+                                qi.iter()
+                                    .zip(kj)
+                                    .map(|(a, b)| *a as f64 * *b as f64)
+                                    .sum::<f64>()
+                                    * scale as f64
+                            })
+                            .collect();
+                        let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                        let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+                        let sum: f64 = e.iter().sum();
+                        for d in 0..head_dim {
+                            want[(b * n_q + i) * width + h * head_dim + d] = (0..n_kv)
+                                .map(|j| {
+                                    e[j] / sum * v[(b * n_kv + j) * width + h * head_dim + d] as f64
+                                })
+                                .sum::<f64>()
+                                as f32;
+                        }
+                    }
+                }
+            }
+            assert_close(
+                &out,
+                &want,
+                1e-5,
+                &format!("{batch}×{n_q}×{n_kv}×{heads}×{head_dim}"),
+            );
+        }
+    }
+}
