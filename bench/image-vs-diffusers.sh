@@ -36,7 +36,7 @@ python3 - "$ours" "$peer" <<'PY'
 import json, sys
 ours, peer = map(json.loads, sys.argv[1:3])
 print(f"\n{'engine':<22} {'UNet s/step':>12} {'VAE s':>8} {'peak GiB':>9}")
-for name, r in (("diffusers " + peer["engine"], peer), ("atelier (candle)", ours)):
+for name, r in (("diffusers " + peer["engine"], peer), ("atelier", ours)):
     print(f"{name:<22} {r['s_per_step']:>12.2f} {r['vae_decode_s']:>8.2f} {r['peak_rss_gib']:>9.2f}")
 print(f"{'speed ÷ diffusers':<22} {peer['s_per_step'] / ours['s_per_step']:>11.2f}x {peer['vae_decode_s'] / ours['vae_decode_s']:>7.2f}x"
       f"   ({ours['size']}², UNet batch {ours['unet_batch']}, {ours['threads']} threads)")
