@@ -223,7 +223,13 @@ impl candle_core::CustomOp3 for GroupNorm {
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
     let (batch, n_q, width) = q.dims3()?;
     let (kb, n_kv, kw) = k.dims3()?;
-    if kb != batch || kw != width || k.dims() != v.dims() || heads == 0 || width % heads != 0 {
+    if kb != batch
+        || kw != width
+        || k.dims() != v.dims()
+        || n_kv == 0
+        || heads == 0
+        || width % heads != 0
+    {
         bail!(
             "attention: q {:?}, k {:?}, v {:?}, {heads} heads do not fit",
             q.shape(),
