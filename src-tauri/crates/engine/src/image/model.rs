@@ -284,16 +284,19 @@ impl candle_nn::var_builder::SimpleBackend for FileTensors {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<candle_core::Tensor> {
-        let t = self.get_unchecked(name, dtype, dev)?;
-        if t.shape() != &shape {
+        // Checked against the header before reading: a loader that tries two shapes (the VAE's
+        // attention weights) then reads the tensor once.
+        if let Some(t) = self.entries.get(name)
+            && t.shape != shape.dims()
+        {
             candle_core::bail!(
                 "tensor {name} is {:?} in {}, expected {:?}",
-                t.dims(),
+                t.shape,
                 self.path.display(),
                 shape.dims()
             );
         }
-        Ok(t)
+        self.get_unchecked(name, dtype, dev)
     }
 
     fn get_unchecked(

@@ -303,3 +303,52 @@ impl candle_core::CustomOp3 for Attention {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
+
+/// What the UNet's and the VAE's tests share: deterministic inputs, a file of candle-made
+/// weights with non-trivial norms, and the comparison.
+#[cfg(test)]
+pub(super) mod testing {
+    use candle_core::{Device, Tensor};
+    use candle_nn::VarMap;
+
+    /// Deterministic values in [−scale, scale).
+    pub fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 23) as f32 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    /// candle starts norms at scale 1 and shift 0, where a mix-up of norms cannot show: gives
+    /// every norm scale 1 ± 0.5 and shift ± 0.5 (seeded from `seed`), then saves the weights.
+    pub fn save_with_varied_norms(vm: &VarMap, seed: u64, file: &std::path::Path) {
+        for (i, (name, var)) in vm.data().lock().unwrap().iter().enumerate() {
+            if name.contains("norm") {
+                let base = if name.ends_with("weight") { 1.0 } else { 0.0 };
+                let v: Vec<f32> = values(var.elem_count(), seed + i as u64, 0.5)
+                    .iter()
+                    .map(|x| x + base)
+                    .collect();
+                var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+            }
+        }
+        vm.save(file).unwrap();
+    }
+
+    /// The largest |got − want| and the largest |want|.
+    pub fn max_diff(got: &Tensor, want: &Tensor) -> (f32, f32) {
+        let max_abs = |t: &Tensor| {
+            t.abs()
+                .and_then(|t| t.max_all())
+                .and_then(|t| t.to_scalar::<f32>())
+                .unwrap()
+        };
+        (max_abs(&(got - want).unwrap()), max_abs(want))
+    }
+}

@@ -492,16 +492,7 @@ mod tests {
                 .unwrap()
                 .sqrt()
         };
-        let diff = |x: &Tensor, y: &Tensor| {
-            (x - y)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
+        let diff = |x: &Tensor, y: &Tensor| super::super::ops::testing::max_diff(x, y).0;
         assert_eq!(diff(&slerp(&a, &b, 0.0).unwrap(), &a), 0.0);
         assert!(diff(&slerp(&a, &b, 1.0).unwrap(), &b) < 1e-4);
         let mid = slerp(&a, &b, 0.5).unwrap();

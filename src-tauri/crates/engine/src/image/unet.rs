@@ -12,7 +12,9 @@
 
 use candle_core::{D, Module, Result, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder, layer_norm, linear, linear_no_bias};
-use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModelConfig;
+use candle_transformers::models::stable_diffusion::unet_2d::{
+    BlockConfig, UNet2DConditionModelConfig,
+};
 
 use super::ops::{Conv2d, GroupNorm, attention};
 
@@ -246,6 +248,38 @@ struct Settings {
     eps: f64,
     context_dim: usize,
     linear_projection: bool,
+    /// Width of the timestep embedding every ResNet receives.
+    temb: usize,
+}
+
+impl Settings {
+    fn resnet(&self, vb: VarBuilder, c_in: usize, c_out: usize) -> Result<Resnet> {
+        Resnet::load(vb, c_in, c_out, Some(self.temb), self.groups, self.eps)
+    }
+
+    /// The `count` transformers of a block (`attentions.0..count`), none without cross-attention.
+    fn transformers(
+        &self,
+        vb: VarBuilder,
+        count: usize,
+        channels: usize,
+        block: &BlockConfig,
+    ) -> Result<Vec<SpatialTransformer>> {
+        let Some(depth) = block.use_cross_attn else {
+            return Ok(Vec::new());
+        };
+        (0..count)
+            .map(|j| {
+                SpatialTransformer::load(
+                    vb.pp("attentions").pp(j),
+                    channels,
+                    depth,
+                    block.attention_head_dim,
+                    self,
+                )
+            })
+            .collect()
+    }
 }
 
 /// The UNet, ready to run.
@@ -299,12 +333,6 @@ impl UNet {
         out_channels: usize,
         config: &UNet2DConditionModelConfig,
     ) -> Result<UNet> {
-        let cfg = Settings {
-            groups: config.norm_num_groups,
-            eps: config.norm_eps,
-            context_dim: config.cross_attention_dim,
-            linear_projection: config.use_linear_projection,
-        };
         let blocks = &config.blocks;
         let n = blocks.len();
         if n == 0 {
@@ -312,6 +340,13 @@ impl UNet {
         }
         let channels: Vec<usize> = blocks.iter().map(|b| b.out_channels).collect();
         let temb = 4 * channels[0];
+        let cfg = Settings {
+            groups: config.norm_num_groups,
+            eps: config.norm_eps,
+            context_dim: config.cross_attention_dim,
+            linear_projection: config.use_linear_projection,
+            temb,
+        };
         let layers = config.layers_per_block;
 
         let mut down = Vec::with_capacity(n);
@@ -321,30 +356,14 @@ impl UNet {
             let c_in = if i == 0 { channels[0] } else { channels[i - 1] };
             let resnets = (0..layers)
                 .map(|j| {
-                    Resnet::load(
+                    cfg.resnet(
                         vb.pp("resnets").pp(j),
                         if j == 0 { c_in } else { c_out },
                         c_out,
-                        Some(temb),
-                        cfg.groups,
-                        cfg.eps,
                     )
                 })
                 .collect::<Result<_>>()?;
-            let transformers = match block.use_cross_attn {
-                Some(depth) => (0..layers)
-                    .map(|j| {
-                        SpatialTransformer::load(
-                            vb.pp("attentions").pp(j),
-                            c_out,
-                            depth,
-                            block.attention_head_dim,
-                            &cfg,
-                        )
-                    })
-                    .collect::<Result<_>>()?,
-                None => Vec::new(),
-            };
+            let transformers = cfg.transformers(vb.clone(), layers, c_out, block)?;
             let resample = (i + 1 < n)
                 .then(|| {
                     Conv2d::load(
@@ -369,16 +388,7 @@ impl UNet {
         let vb_mid = vb.pp("mid_block");
         let mid = Block {
             resnets: (0..2)
-                .map(|j| {
-                    Resnet::load(
-                        vb_mid.pp("resnets").pp(j),
-                        c_mid,
-                        c_mid,
-                        Some(temb),
-                        cfg.groups,
-                        cfg.eps,
-                    )
-                })
+                .map(|j| cfg.resnet(vb_mid.pp("resnets").pp(j), c_mid, c_mid))
                 .collect::<Result<_>>()?,
             transformers: vec![SpatialTransformer::load(
                 vb_mid.pp("attentions").pp("0"),
@@ -402,30 +412,10 @@ impl UNet {
                 .map(|j| {
                     let from_below = if j == 0 { prev } else { c_out };
                     let skip = if j == layers { skip_last } else { c_out };
-                    Resnet::load(
-                        vb.pp("resnets").pp(j),
-                        from_below + skip,
-                        c_out,
-                        Some(temb),
-                        cfg.groups,
-                        cfg.eps,
-                    )
+                    cfg.resnet(vb.pp("resnets").pp(j), from_below + skip, c_out)
                 })
                 .collect::<Result<_>>()?;
-            let transformers = match block.use_cross_attn {
-                Some(depth) => (0..=layers)
-                    .map(|j| {
-                        SpatialTransformer::load(
-                            vb.pp("attentions").pp(j),
-                            c_out,
-                            depth,
-                            block.attention_head_dim,
-                            &cfg,
-                        )
-                    })
-                    .collect::<Result<_>>()?,
-                None => Vec::new(),
-            };
+            let transformers = cfg.transformers(vb.clone(), layers + 1, c_out, block)?;
             let resample = (i + 1 < n)
                 .then(|| {
                     Conv2d::load(
@@ -538,20 +528,8 @@ mod tests {
         BlockConfig, UNet2DConditionModel, UNet2DConditionModelConfig,
     };
 
+    use super::super::ops::testing::{max_diff, save_with_varied_norms, values};
     use super::UNet;
-
-    /// Deterministic values in [−scale, scale).
-    fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 23) as f32 - 1.0) * scale
-            })
-            .collect()
-    }
 
     fn config(linear_projection: bool, heads: [usize; 3]) -> UNet2DConditionModelConfig {
         let block = |out_channels, cross: Option<usize>, h| BlockConfig {
@@ -598,20 +576,7 @@ mod tests {
                     cfg.clone(),
                 )
                 .unwrap();
-                // candle starts norms at scale 1, shift 0: give them values that show a mix-up.
-                for (i, (name, var)) in vm.data().lock().unwrap().iter().enumerate() {
-                    if name.contains("norm") {
-                        let n = var.elem_count();
-                        let base = if name.ends_with("weight") { 1.0 } else { 0.0 };
-                        let v: Vec<f32> = values(n, 1000 + i as u64, 0.5)
-                            .iter()
-                            .map(|x| x + base)
-                            .collect();
-                        var.set(&Tensor::from_vec(v, var.shape(), &dev).unwrap())
-                            .unwrap();
-                    }
-                }
-                vm.save(&file).unwrap();
+                save_with_varied_norms(&vm, 1000, &file);
             }
             // SAFETY: a file this test just wrote and nothing else touches.
             let vb = || {
@@ -627,21 +592,7 @@ mod tests {
             let want = reference.forward(&x, 311.0, &context).unwrap();
             let got = ours.forward(&x, 311.0, &context).unwrap();
             assert_eq!(got.dims(), want.dims());
-            let scale = want
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let diff = (&got - &want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let (diff, scale) = max_diff(&got, &want);
             // candle's GEGLU uses the tanh form of GELU, ours the exact one (as diffusers):
             // they differ by up to ~1e-3 per element. A wiring mistake differs by O(1).
             assert!(scale > 0.1, "a degenerate output ({scale})");

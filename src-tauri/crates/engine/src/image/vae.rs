@@ -293,38 +293,8 @@ mod tests {
     use candle_nn::{VarBuilder, VarMap};
     use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
 
+    use super::super::ops::testing::{max_diff, save_with_varied_norms, values};
     use super::Vae;
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> (f32, f32) {
-        let scale = b
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let diff = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        (diff, scale)
-    }
 
     /// Our VAE against candle's on the same weights file: decode, and encode's mean (candle's
     /// distribution's first half), with odd latent sides and non-trivial norms.
@@ -350,24 +320,14 @@ mod tests {
                 cfg.clone(),
             )
             .unwrap();
-            for (i, (name, var)) in vm.data().lock().unwrap().iter().enumerate() {
-                if name == "quant_conv.bias" {
-                    // The log-variance half far negative: candle's sample is then its mean.
-                    let v: Vec<f32> = (0..8)
-                        .map(|c| if c < 4 { 0.1 * c as f32 } else { -30000.0 })
-                        .collect();
-                    var.set(&Tensor::from_vec(v, 8, &dev).unwrap()).unwrap();
-                } else if name.contains("norm") {
-                    let base = if name.ends_with("weight") { 1.0 } else { 0.0 };
-                    let v: Vec<f32> = values(var.elem_count(), 50 + i as u64)
-                        .iter()
-                        .map(|x| 0.5 * x + base)
-                        .collect();
-                    var.set(&Tensor::from_vec(v, var.shape(), &dev).unwrap())
-                        .unwrap();
-                }
-            }
-            vm.save(&file).unwrap();
+            // The log-variance half far negative: candle's sample is then its mean.
+            let bias: Vec<f32> = (0..8)
+                .map(|c| if c < 4 { 0.1 * c as f32 } else { -30000.0 })
+                .collect();
+            vm.data().lock().unwrap()["quant_conv.bias"]
+                .set(&Tensor::from_vec(bias, 8, &dev).unwrap())
+                .unwrap();
+            save_with_varied_norms(&vm, 50, &file);
         }
         // SAFETY: a file this test just wrote and nothing else touches.
         let vb =
@@ -375,14 +335,14 @@ mod tests {
         let reference = AutoEncoderKL::new(vb(), 3, 3, cfg.clone()).unwrap();
         let ours = Vae::load(vb(), &cfg).unwrap();
 
-        let z = Tensor::from_vec(values(2 * 4 * 5 * 7, 1), (2, 4, 5, 7), &dev).unwrap();
+        let z = Tensor::from_vec(values(2 * 4 * 5 * 7, 1, 1.0), (2, 4, 5, 7), &dev).unwrap();
         let (diff, scale) = max_diff(&ours.decode(&z).unwrap(), &reference.decode(&z).unwrap());
         assert!(
             scale > 0.1 && diff <= 1e-4 * scale,
             "decode: {diff} against {scale}"
         );
 
-        let x = Tensor::from_vec(values(3 * 36 * 28, 2), (1, 3, 36, 28), &dev).unwrap();
+        let x = Tensor::from_vec(values(3 * 36 * 28, 2, 1.0), (1, 3, 36, 28), &dev).unwrap();
         let want = reference.encode(&x).unwrap().sample().unwrap();
         let got = ours.encode(&x).unwrap();
         assert_eq!(got.dims(), &[1, 4, 9, 7]);
