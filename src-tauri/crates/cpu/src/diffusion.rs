@@ -1,10 +1,14 @@
 //! f32 kernels for the diffusion models' UNet and VAE, whose activations are NCHW:
 //! - [`conv2d`]: a convolution as image-to-column products, a band of output rows at a time,
 //!   written straight into the output (no full column matrix, no output transpose);
+//! - [`pointwise`]: a 1×1 convolution that reads and writes either image (`[c][pixels]`) or
+//!   token (`[pixels][c]`) layout, so the transformers' projections need no transposes;
 //! - [`group_norm`]: group normalisation with the SiLU that usually follows it, one pass to
 //!   measure and one to write;
 //! - [`attention`]: multi-head attention a block of queries at a time, so the score matrix of
-//!   4096 × 4096 tokens never exists whole (a block's scores stay in cache).
+//!   4096 × 4096 tokens never exists whole (a block's scores stay in cache);
+//! - [`geglu`]: the transformer feed-forward's gate, `a · GELU(g)` with the exact GELU, in one
+//!   pass (eight lanes at a time with AVX2) instead of a copy, a GELU and a product.
 //!
 //! The products are the `gemm` crate's (AVX-512 where the CPU has it). Work is spread on the
 //! current rayon pool. Shapes are checked by the callers; a mismatch here is a bug and panics.
@@ -228,6 +232,93 @@ fn image_to_columns(p: &Conv2d, image: &[f32], ys: std::ops::Range<usize>, colum
     }
 }
 
+/// How a `[batch, …]` activation lays out its channels and pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `[channels][pixels]` per image (NCHW).
+    Image,
+    /// `[pixels][channels]` per image (a token sequence).
+    Tokens,
+}
+
+impl Layout {
+    /// (column stride, row stride) of the `pixels × channels` matrix in this layout.
+    fn strides(self, pixels: usize, channels: usize) -> (isize, isize) {
+        match self {
+            Layout::Image => (pixels as isize, 1),
+            Layout::Tokens => (1, channels as isize),
+        }
+    }
+}
+
+/// A 1×1 convolution: `out[b, p, o] = bias[o] + Σ_i weight[o, i] · input[b, p, i]` for each of
+/// `pixels` pixels, the input read in layout `from` and the output written in layout `to`.
+/// `weight` is `[c_out, c_in]` (a 1×1 kernel's weights as they are stored).
+#[allow(clippy::too_many_arguments)]
+pub fn pointwise(
+    (batch, pixels, c_in, c_out): (usize, usize, usize, usize),
+    input: &[f32],
+    from: Layout,
+    weight: &[f32],
+    bias: &[f32],
+    to: Layout,
+    out: &mut [f32],
+) {
+    assert_eq!(input.len(), batch * pixels * c_in, "pointwise input");
+    assert_eq!(weight.len(), c_out * c_in, "pointwise weight");
+    assert_eq!(bias.len(), c_out, "pointwise bias");
+    assert_eq!(out.len(), batch * pixels * c_out, "pointwise output");
+    if out.is_empty() {
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    for (out, input) in out
+        .chunks_exact_mut(pixels * c_out)
+        .zip(input.chunks_exact(pixels * c_in))
+    {
+        // The product adds onto the output, so it starts as the bias.
+        match to {
+            Layout::Image => {
+                for (channel, b) in out.chunks_exact_mut(pixels).zip(bias) {
+                    channel.fill(*b);
+                }
+            }
+            Layout::Tokens => {
+                for token in out.chunks_exact_mut(c_out) {
+                    token.copy_from_slice(bias);
+                }
+            }
+        }
+        let (dst_cs, dst_rs) = to.strides(pixels, c_out);
+        let (lhs_cs, lhs_rs) = from.strides(pixels, c_in);
+        // SAFETY: out is pixels × c_out and input pixels × c_in with the strides of their
+        // layouts; weightᵀ (c_in × c_out) has element (i, o) at o·c_in + i.
+        unsafe {
+            gemm(
+                pixels,
+                c_out,
+                c_in,
+                out.as_mut_ptr(),
+                dst_cs,
+                dst_rs,
+                true,
+                input.as_ptr(),
+                lhs_cs,
+                lhs_rs,
+                weight.as_ptr(),
+                c_in as isize,
+                1,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                par(threads),
+            )
+        };
+    }
+}
+
 /// Group normalisation of `x` (`[batch, channels, spatial]`, contiguous): each group of
 /// `channels / groups` channels is scaled to zero mean and unit variance over its channels and
 /// pixels, then `gamma · x + beta` per channel, then SiLU when `silu`. Statistics in f64.
@@ -290,6 +381,11 @@ pub fn group_norm(
 /// Multi-head attention: `q` `[batch, n_q, heads × head_dim]`, `k` and `v`
 /// `[batch, n_kv, heads × head_dim]`, into `out` shaped like `q`: softmax(q·kᵀ · scale)·v per
 /// head. No mask (the UNet's attention is not causal).
+///
+/// A block of queries is laid out query-minor: its scores are `[n_kv][queries]`, so both
+/// products run with the queries along the vector lanes and read the keys and values where
+/// they lie (no packing of K or V for every block, which cost as much as the products), and
+/// the softmax works on whole vectors of queries.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: &[f32],
@@ -315,61 +411,65 @@ pub fn attention(
     let blocks = n_q.div_ceil(QUERY_BLOCK);
     let dst = Shared(out.as_mut_ptr());
     (0..batch * heads * blocks).into_par_iter().for_each_init(
-        Vec::new,
-        |scores: &mut Vec<f32>, unit| {
+        BlockScratch::default,
+        |s: &mut BlockScratch, unit| {
             let (bh, block) = (unit / blocks, unit % blocks);
             let (b, h) = (bh / heads, bh % heads);
             let q0 = block * QUERY_BLOCK;
             let rows = QUERY_BLOCK.min(n_q - q0);
-            scores.resize(rows * n_kv, 0.0);
             let q_at = b * n_q * width + q0 * width + h * head_dim;
             let kv_at = b * n_kv * width + h * head_dim;
-            // SAFETY: q rows q0..q0+rows of head h (row stride `width`) and the n_kv key rows
-            // of head h are inside q and k; scores holds rows × n_kv.
+            // The block's queries, scaled, as [head_dim][rows].
+            s.queries.resize(head_dim * rows, 0.0);
+            for r in 0..rows {
+                let src = &q[q_at + r * width..][..head_dim];
+                for (d, &x) in src.iter().enumerate() {
+                    s.queries[d * rows + r] = x * scale;
+                }
+            }
+            s.scores.resize(n_kv * rows, 0.0);
+            // SAFETY: scores is [n_kv][rows] (column-major rows × n_kv); queries is
+            // [head_dim][rows]; key j's head-h values are head_dim contiguous floats at
+            // kv_at + j·width, inside k.
             unsafe {
                 gemm(
                     rows,
                     n_kv,
                     head_dim,
-                    scores.as_mut_ptr(),
+                    s.scores.as_mut_ptr(),
+                    rows as isize,
                     1,
-                    n_kv as isize,
                     false,
-                    q.as_ptr().add(q_at),
+                    s.queries.as_ptr(),
+                    rows as isize,
                     1,
-                    width as isize,
-                    // kᵀ: element (d, j) is key j's d-th value.
                     k.as_ptr().add(kv_at),
                     width as isize,
                     1,
                     0.0,
-                    scale,
+                    1.0,
                     false,
                     false,
                     false,
                     Parallelism::None,
                 )
             };
-            let mut inv = [0f32; QUERY_BLOCK];
-            for (row, inv) in scores.chunks_exact_mut(n_kv).zip(&mut inv) {
-                let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                *inv = 1.0 / crate::ops::exp_sub_sum(row, max);
-            }
-            // SAFETY: this unit alone writes rows q0..q0+rows of head h in `out`; v holds
-            // n_kv rows of head h with stride `width`.
+            let sums = softmax_lanes(&mut s.scores, rows);
+            s.values.resize(head_dim * rows, 0.0);
+            // SAFETY: values is [head_dim][rows]; the weights are the scores' layout; value
+            // j's head-h entries are at kv_at + j·width + d, inside v.
             unsafe {
-                let o = dst.at(q_at);
                 gemm(
                     rows,
                     head_dim,
                     n_kv,
-                    o,
+                    s.values.as_mut_ptr(),
+                    rows as isize,
                     1,
-                    width as isize,
                     false,
-                    scores.as_ptr(),
+                    s.scores.as_ptr(),
+                    rows as isize,
                     1,
-                    n_kv as isize,
                     v.as_ptr().add(kv_at),
                     1,
                     width as isize,
@@ -379,14 +479,190 @@ pub fn attention(
                     false,
                     false,
                     Parallelism::None,
-                );
-                for (r, inv) in inv.iter().enumerate().take(rows) {
-                    let row = std::slice::from_raw_parts_mut(o.add(r * width), head_dim);
-                    row.iter_mut().for_each(|x| *x *= inv);
+                )
+            };
+            for (r, sum) in sums.iter().enumerate().take(rows) {
+                // SAFETY: this unit alone writes rows q0..q0+rows of head h in `out`.
+                let row =
+                    unsafe { std::slice::from_raw_parts_mut(dst.at(q_at + r * width), head_dim) };
+                let inv = 1.0 / sum;
+                for (d, o) in row.iter_mut().enumerate() {
+                    *o = s.values[d * rows + r] * inv;
                 }
             }
         },
     );
+}
+
+/// One attention block's working memory, kept per rayon task.
+#[derive(Default)]
+struct BlockScratch {
+    queries: Vec<f32>,
+    scores: Vec<f32>,
+    values: Vec<f32>,
+}
+
+/// Softmax's numerators over `scores` laid out `[keys][lanes]`: each lane (query) gets
+/// e^(s − its maximum) in place; returns each lane's sum.
+fn softmax_lanes(scores: &mut [f32], lanes: usize) -> [f32; QUERY_BLOCK] {
+    assert!(lanes <= QUERY_BLOCK && scores.len().is_multiple_of(lanes.max(1)));
+    let mut sums = [0f32; QUERY_BLOCK];
+    #[cfg(target_arch = "x86_64")]
+    if crate::quant::simd() && lanes == QUERY_BLOCK {
+        // SAFETY: AVX2 checked just above; the keys are rows of QUERY_BLOCK lanes.
+        let max = unsafe { vector_avx2::lane_max(scores) };
+        for key in scores.chunks_exact_mut(lanes) {
+            // SAFETY: AVX2/FMA checked just above; all three hold `lanes` (a multiple of 8).
+            unsafe { vector_avx2::exp_sub_add(key, &max[..lanes], &mut sums[..lanes]) };
+        }
+        return sums;
+    }
+    let mut max = [f32::NEG_INFINITY; QUERY_BLOCK];
+    for key in scores.chunks_exact(lanes) {
+        for (m, &x) in max.iter_mut().zip(key) {
+            *m = if x > *m { x } else { *m };
+        }
+    }
+    for key in scores.chunks_exact_mut(lanes) {
+        for ((x, m), sum) in key.iter_mut().zip(&max).zip(&mut sums) {
+            *x = (*x - m).exp();
+            *sum += *x;
+        }
+    }
+    sums
+}
+
+/// The GEGLU gate of each row of `h` (`[rows, 2 · inner]`, the halves `a` and `g`):
+/// `out[r, i] = a[r, i] · GELU(g[r, i])`, `out` `[rows, inner]`. GELU is the exact one,
+/// `x · Φ(x)`, as diffusers computes it (not the tanh form).
+pub fn geglu(h: &[f32], inner: usize, out: &mut [f32]) {
+    assert!(inner > 0, "geglu: empty rows");
+    assert!(h.len().is_multiple_of(2 * inner), "geglu input");
+    assert_eq!(out.len() * 2, h.len(), "geglu output");
+    // Rows of a few thousand values: enough per task that rayon's overhead does not show.
+    let rows_per_task = (16_384 / inner).max(1);
+    out.par_chunks_mut(rows_per_task * inner)
+        .zip(h.par_chunks(rows_per_task * 2 * inner))
+        .for_each(|(out, h)| {
+            for (out, row) in out.chunks_exact_mut(inner).zip(h.chunks_exact(2 * inner)) {
+                let (a, g) = row.split_at(inner);
+                gate(a, g, out);
+            }
+        });
+}
+
+/// `out = a · GELU(g)`, elementwise.
+fn gate(a: &[f32], g: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::quant::simd() {
+        // SAFETY: AVX2/FMA checked just above.
+        return unsafe { vector_avx2::gate(a, g, out) };
+    }
+    for ((o, &a), &g) in out.iter_mut().zip(a).zip(g) {
+        *o = a * gelu(g);
+    }
+}
+
+/// Abramowitz and Stegun 7.1.26: erfc(z) ≈ P(t) · e^(−z²), t = 1 / (1 + p·z), z ≥ 0, with an
+/// absolute error below 1.5e-7.
+const ERFC_P: f32 = 0.327_591_1;
+const ERFC_A: [f32; 5] = [
+    0.254_829_6,
+    -0.284_496_74,
+    1.421_413_8,
+    -1.453_152,
+    1.061_405_4,
+];
+
+/// The exact GELU, `x · Φ(x)`, Φ from erfc of |x|/√2 so the negative tail keeps its relative
+/// precision instead of being 1 − (almost 1).
+pub fn gelu(x: f32) -> f32 {
+    let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
+    let t = 1.0 / (1.0 + ERFC_P * z);
+    let poly = ERFC_A.iter().rev().fold(0.0, |acc, &c| (acc + c) * t);
+    // Half of erfc(z): the normal tail beyond |x|.
+    let tail = 0.5 * poly * (-z * z).exp();
+    x * if x >= 0.0 { 1.0 - tail } else { tail }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vector_avx2 {
+    use super::{ERFC_A, ERFC_P, QUERY_BLOCK};
+    use crate::ops::attention_avx2::exp_neg;
+    use std::arch::x86_64::*;
+
+    /// Each lane's maximum over `scores` laid out `[keys][QUERY_BLOCK]`, the lanes held in
+    /// registers for the whole pass.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn lane_max(scores: &[f32]) -> [f32; QUERY_BLOCK] {
+        const REGS: usize = QUERY_BLOCK / 8;
+        let mut max = [f32::NEG_INFINITY; QUERY_BLOCK];
+        // SAFETY: each key row holds QUERY_BLOCK floats; AVX2 enabled.
+        unsafe {
+            let mut acc = [_mm256_set1_ps(f32::NEG_INFINITY); REGS];
+            for key in scores.chunks_exact(QUERY_BLOCK) {
+                for (i, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_max_ps(*a, _mm256_loadu_ps(key.as_ptr().add(8 * i)));
+                }
+            }
+            for (i, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(max.as_mut_ptr().add(8 * i), *a);
+            }
+        }
+        max
+    }
+
+    /// `x = e^(x − max)`, `sum += x`, lane by lane; all three the same length, a multiple
+    /// of 8.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn exp_sub_add(x: &mut [f32], max: &[f32], sum: &mut [f32]) {
+        // SAFETY: the caller gives equal lengths, multiples of 8; AVX2/FMA enabled.
+        unsafe {
+            for i in (0..x.len()).step_by(8) {
+                let e = exp_neg(_mm256_sub_ps(
+                    _mm256_loadu_ps(x.as_ptr().add(i)),
+                    _mm256_loadu_ps(max.as_ptr().add(i)),
+                ));
+                _mm256_storeu_ps(x.as_mut_ptr().add(i), e);
+                let s = _mm256_add_ps(_mm256_loadu_ps(sum.as_ptr().add(i)), e);
+                _mm256_storeu_ps(sum.as_mut_ptr().add(i), s);
+            }
+        }
+    }
+
+    /// [`super::gate`] eight lanes at a time: [`super::gelu`]'s formula in vector form.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn gate(a: &[f32], g: &[f32], out: &mut [f32]) {
+        let n = out.len().min(a.len()).min(g.len());
+        let body = n - n % 8;
+        // SAFETY: loads and stores stay below `body` ≤ each slice's length; AVX2/FMA enabled.
+        unsafe {
+            let sign = _mm256_set1_ps(-0.0);
+            let one = _mm256_set1_ps(1.0);
+            for i in (0..body).step_by(8) {
+                let x = _mm256_loadu_ps(g.as_ptr().add(i));
+                let z = _mm256_mul_ps(
+                    _mm256_andnot_ps(sign, x),
+                    _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2),
+                );
+                let t = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(ERFC_P), z, one));
+                let mut poly = _mm256_set1_ps(ERFC_A[4]);
+                for c in ERFC_A[..4].iter().rev() {
+                    poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(*c));
+                }
+                poly = _mm256_mul_ps(poly, t);
+                let e = exp_neg(_mm256_xor_ps(_mm256_mul_ps(z, z), sign));
+                let tail = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5), poly), e);
+                // Φ(x) = 1 − tail for x ≥ 0, tail below: pick by x's sign bit.
+                let phi = _mm256_blendv_ps(_mm256_sub_ps(one, tail), tail, x);
+                let y = _mm256_mul_ps(_mm256_mul_ps(x, phi), _mm256_loadu_ps(a.as_ptr().add(i)));
+                _mm256_storeu_ps(out.as_mut_ptr().add(i), y);
+            }
+        }
+        for i in body..n {
+            out[i] = a[i] * super::gelu(g[i]);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -586,6 +862,112 @@ mod tests {
                 1e-5,
                 &format!("{batch}×{n_q}×{n_kv}×{heads}×{head_dim}"),
             );
+        }
+    }
+
+    /// Φ(x) in f64: erf's Taylor series near 0, erfc's continued fraction in the tails (where
+    /// the series would cancel), both exact to ~1e-13 here.
+    fn phi_reference(x: f64) -> f64 {
+        let z = x.abs() / std::f64::consts::SQRT_2;
+        let tail = if z < 2.5 {
+            let (mut term, mut sum) = (z, z);
+            for n in 1..100 {
+                term *= -z * z / n as f64;
+                sum += term / (2 * n + 1) as f64;
+            }
+            0.5 * (1.0 - sum * 2.0 / std::f64::consts::PI.sqrt())
+        } else {
+            let fraction = (1..200).rev().fold(z, |acc, n| z + (n as f64 / 2.0) / acc);
+            0.5 * (-z * z).exp() / std::f64::consts::PI.sqrt() / fraction
+        };
+        if x >= 0.0 { 1.0 - tail } else { tail }
+    }
+
+    #[test]
+    fn geglu_matches_the_definition() {
+        // Values across the GELU's shape (−7..7), rows long enough for the vector body and a
+        // tail, and several rows per task.
+        for &(rows, inner) in &[(3, 37), (40, 1000), (1, 5)] {
+            let h: Vec<f32> = values(rows * 2 * inner, 21)
+                .iter()
+                .map(|x| x * 7.0)
+                .collect();
+            let mut out = vec![f32::NAN; rows * inner];
+            pool(2).install(|| geglu(&h, inner, &mut out));
+            let want: Vec<f32> = (0..rows * inner)
+                .map(|i| {
+                    let (r, c) = (i / inner, i % inner);
+                    let (a, g) = (
+                        h[r * 2 * inner + c] as f64,
+                        h[r * 2 * inner + inner + c] as f64,
+                    );
+                    (a * g * phi_reference(g)) as f32
+                })
+                .collect();
+            assert_close(&out, &want, 2e-6, &format!("geglu {rows}×{inner}"));
+        }
+        // The scalar form, which AVX2 machines only use for tails: deep in the negative tail
+        // it keeps relative precision (Φ(−6) ≈ 1e-9, not 0).
+        for &x in &[-9.0f32, -6.0, -1.5, -1e-3, 0.0, 0.3, 2.0, 6.0] {
+            let want = x as f64 * phi_reference(x as f64);
+            let got = gelu(x) as f64;
+            assert!(
+                (got - want).abs() <= 2e-7 * (1.0 + want.abs()) && (x > -5.0 || got < 0.0),
+                "gelu({x}) = {got}, expected {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn pointwise_matches_the_definition_in_every_layout() {
+        let (batch, pixels, c_in, c_out) = (2, 37, 9, 5);
+        let x = values(batch * pixels * c_in, 31);
+        let w = values(c_out * c_in, 32);
+        let bias = values(c_out, 33);
+        // x in image layout; the same values as tokens.
+        let mut tokens = vec![0.0; x.len()];
+        for b in 0..batch {
+            for p in 0..pixels {
+                for i in 0..c_in {
+                    tokens[(b * pixels + p) * c_in + i] = x[(b * c_in + i) * pixels + p];
+                }
+            }
+        }
+        let want = |b: usize, p: usize, o: usize| {
+            bias[o] as f64
+                + (0..c_in)
+                    .map(|i| w[o * c_in + i] as f64 * x[(b * c_in + i) * pixels + p] as f64)
+                    .sum::<f64>()
+        };
+        for from in [Layout::Image, Layout::Tokens] {
+            for to in [Layout::Image, Layout::Tokens] {
+                let input = if from == Layout::Image { &x } else { &tokens };
+                let mut out = vec![f32::NAN; batch * pixels * c_out];
+                pool(2).install(|| {
+                    pointwise(
+                        (batch, pixels, c_in, c_out),
+                        input,
+                        from,
+                        &w,
+                        &bias,
+                        to,
+                        &mut out,
+                    )
+                });
+                let mut expected = vec![0.0; out.len()];
+                for b in 0..batch {
+                    for p in 0..pixels {
+                        for o in 0..c_out {
+                            let at = match to {
+                                Layout::Image => (b * c_out + o) * pixels + p,
+                                Layout::Tokens => (b * pixels + p) * c_out + o,
+                            };
+                            expected[at] = want(b, p, o) as f32;
+                        }
+                    }
+                }
+                assert_close(&out, &expected, 1e-5, &format!("{from:?} -> {to:?}"));
+            }
         }
     }
 }

@@ -253,22 +253,6 @@ impl Unit<'_> {
     }
 }
 
-/// Replaces each `x` of `row` by e^(x − max) and returns their sum: the body of a softmax once
-/// its maximum is known. Eight lanes at a time where AVX2/FMA exist.
-pub(crate) fn exp_sub_sum(row: &mut [f32], max: f32) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if crate::quant::simd() {
-        // SAFETY: AVX2/FMA checked just above.
-        return unsafe { attention_avx2::exp_sub_sum(row, max) };
-    }
-    let mut sum = 0.0;
-    for x in row.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
-    sum
-}
-
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod attention_avx2 {
     use super::Unit;
@@ -312,30 +296,6 @@ pub(crate) mod attention_avx2 {
                 _mm256_set1_epi32(127),
             ));
             _mm256_mul_ps(p, _mm256_castsi256_ps(pow2))
-        }
-    }
-
-    /// [`super::exp_sub_sum`] eight lanes at a time.
-    #[target_feature(enable = "avx2,fma")]
-    pub(crate) unsafe fn exp_sub_sum(row: &mut [f32], max: f32) -> f32 {
-        let n = row.len();
-        let body = n - n % 8;
-        // SAFETY: loads and stores stay below `body` ≤ `row.len()`; AVX2/FMA are enabled.
-        unsafe {
-            let m = _mm256_set1_ps(max);
-            let mut sums = _mm256_setzero_ps();
-            let p = row.as_mut_ptr();
-            for i in (0..body).step_by(8) {
-                let e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m));
-                _mm256_storeu_ps(p.add(i), e);
-                sums = _mm256_add_ps(sums, e);
-            }
-            let mut sum = hsum(sums);
-            for x in &mut row[body..] {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            sum
         }
     }
 

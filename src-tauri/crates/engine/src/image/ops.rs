@@ -1,4 +1,5 @@
-//! The UNet's heavy operations — convolution, group norm (+ SiLU) and attention — on
+//! The UNet's heavy operations — convolution, group norm (+ SiLU), attention and the GEGLU
+//! gate — on
 //! `atelier_cpu::diffusion`'s kernels when the tensors are f32 on the CPU, and on candle's own
 //! operations otherwise (GPUs, f16). Both paths compute the same function; the CPU kernels
 //! avoid candle's full image-to-column copies, its 4096² score matrices and its many passes
@@ -62,6 +63,109 @@ impl Conv2d {
         let weight = vb.get((c_out, c_in, kernel, kernel), "weight")?;
         let bias = vb.get(c_out, "bias")?;
         Conv2d::new(weight, bias, stride, pad)
+    }
+}
+
+impl Conv2d {
+    /// This 1×1 convolution from an image `[batch, c_in, h, w]` straight to tokens
+    /// `[batch, h·w, c_out]` (a transformer's `proj_in`).
+    pub fn image_to_tokens(&self, x: &Tensor) -> Result<Tensor> {
+        let (batch, _, h, w) = x.dims4()?;
+        let c_out = self.pointwise_check()?;
+        if native(x) && self.weight.dtype() == DType::F32 {
+            return x.contiguous()?.apply_op3_no_bwd(
+                &self.weight,
+                &self.bias,
+                &Pointwise {
+                    from: diffusion::Layout::Image,
+                    to: diffusion::Layout::Tokens,
+                    shape: Shape::from((batch, h * w, c_out)),
+                },
+            );
+        }
+        self.forward(x)?
+            .flatten_from(2)?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// This 1×1 convolution from tokens `[batch, h·w, c_in]` to an image
+    /// `[batch, c_out, h, w]` (a transformer's `proj_out`).
+    pub fn tokens_to_image(&self, y: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+        let (batch, pixels, c_in) = y.dims3()?;
+        let c_out = self.pointwise_check()?;
+        if pixels != h * w {
+            bail!("conv2d: {pixels} tokens are not a {h}×{w} image");
+        }
+        if native(y) && self.weight.dtype() == DType::F32 {
+            return y.contiguous()?.apply_op3_no_bwd(
+                &self.weight,
+                &self.bias,
+                &Pointwise {
+                    from: diffusion::Layout::Tokens,
+                    to: diffusion::Layout::Image,
+                    shape: Shape::from((batch, c_out, h, w)),
+                },
+            );
+        }
+        self.forward(&y.transpose(1, 2)?.reshape((batch, c_in, h, w))?)
+    }
+
+    /// The output channels of a 1×1, stride-1, unpadded convolution; an error for others.
+    fn pointwise_check(&self) -> Result<usize> {
+        let (c_out, _, kernel, _) = self.weight.dims4()?;
+        if kernel != 1 || self.stride != 1 || self.pad != 0 {
+            bail!("conv2d: only a 1×1 convolution maps between images and tokens");
+        }
+        Ok(c_out)
+    }
+}
+
+/// A 1×1 convolution between image and token layouts; see [`Conv2d::image_to_tokens`].
+struct Pointwise {
+    from: diffusion::Layout,
+    to: diffusion::Layout,
+    shape: Shape,
+}
+
+impl candle_core::CustomOp3 for Pointwise {
+    fn name(&self) -> &'static str {
+        "atelier-pointwise"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (c_out, c_in, _, _) = l2.shape().dims4()?;
+        let dims = l1.shape().dims();
+        let batch = dims.first().copied().unwrap_or(0);
+        let pixels = l1.shape().elem_count() / (batch * c_in).max(1);
+        if batch * pixels * c_in != l1.shape().elem_count()
+            || self.shape.elem_count() != batch * pixels * c_out
+        {
+            bail!(
+                "conv2d: input {:?} does not fit the weight {:?}",
+                l1.shape(),
+                l2.shape()
+            );
+        }
+        let mut out = vec![0f32; batch * pixels * c_out];
+        diffusion::pointwise(
+            (batch, pixels, c_in, c_out),
+            f32s(s1, l1, "conv2d input")?,
+            self.from,
+            f32s(s2, l2, "conv2d weight")?,
+            f32s(s3, l3, "conv2d bias")?,
+            self.to,
+            &mut out,
+        );
+        Ok((CpuStorage::F32(out), self.shape.clone()))
     }
 }
 
@@ -301,6 +405,101 @@ impl candle_core::CustomOp3 for Attention {
             &mut out,
         );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// The GEGLU gate over the last dimension of `h` (`[…, 2·inner]`): the first half times the
+/// exact GELU of the second, `[…, inner]`.
+pub fn geglu(h: &Tensor) -> Result<Tensor> {
+    let width = h.dim(candle_core::D::Minus1)?;
+    if width == 0 || width % 2 != 0 {
+        bail!("geglu: the last dimension ({width}) must be even and non-zero");
+    }
+    let inner = width / 2;
+    if native(h) {
+        return h.contiguous()?.apply_op1_no_bwd(&Geglu { inner });
+    }
+    let last = candle_core::D::Minus1;
+    h.narrow(last, 0, inner)? * h.narrow(last, inner, inner)?.gelu_erf()?
+}
+
+struct Geglu {
+    inner: usize,
+}
+
+impl candle_core::CustomOp1 for Geglu {
+    fn name(&self) -> &'static str {
+        "atelier-geglu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let h = f32s(s, l, "geglu input")?;
+        let mut out = vec![0f32; h.len() / 2];
+        diffusion::geglu(h, self.inner, &mut out);
+        let mut dims = l.shape().dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = self.inner;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::testing::{max_diff, values};
+    use super::{Conv2d, geglu};
+
+    fn tensor(dims: &[usize], seed: u64) -> Tensor {
+        let n = dims.iter().product();
+        Tensor::from_vec(values(n, seed, 3.0), dims, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn geglu_kernel_matches_candles_operations() {
+        let h = tensor(&[2, 7, 2 * 45], 1);
+        let inner = 45;
+        let want = (h.narrow(2, 0, inner).unwrap()
+            * h.narrow(2, inner, inner).unwrap().gelu_erf().unwrap())
+        .unwrap();
+        let (diff, scale) = max_diff(&geglu(&h).unwrap(), &want);
+        assert!(
+            diff <= 1e-5 * scale,
+            "geglu differs by {diff} (scale {scale})"
+        );
+        assert!(
+            geglu(&tensor(&[2, 3], 2)).is_err(),
+            "an odd width has no halves"
+        );
+    }
+
+    #[test]
+    fn projections_between_images_and_tokens_match_a_convolution() {
+        let (b, c_in, c_out, h, w) = (2, 6, 5, 3, 4);
+        let conv = Conv2d::new(tensor(&[c_out, c_in, 1, 1], 3), tensor(&[c_out], 4), 1, 0).unwrap();
+        let x = tensor(&[b, c_in, h, w], 5);
+        let image = candle_core::Module::forward(&conv, &x).unwrap();
+        let tokens = conv.image_to_tokens(&x).unwrap();
+        let want = image.flatten_from(2).unwrap().transpose(1, 2).unwrap();
+        let (diff, scale) = max_diff(&tokens, &want);
+        assert!(diff <= 1e-5 * scale, "to tokens differs by {diff}");
+
+        let back = Conv2d::new(tensor(&[c_in, c_out, 1, 1], 6), tensor(&[c_in], 7), 1, 0).unwrap();
+        let got = back.tokens_to_image(&tokens, h, w).unwrap();
+        let via_image = candle_core::Module::forward(&back, &image).unwrap();
+        let (diff, scale) = max_diff(&got, &via_image);
+        assert!(diff <= 1e-5 * scale, "to image differs by {diff}");
+        assert!(
+            back.tokens_to_image(&tokens, h + 1, w).is_err(),
+            "wrong side"
+        );
+        let three =
+            Conv2d::new(tensor(&[c_out, c_in, 3, 3], 8), tensor(&[c_out], 9), 1, 1).unwrap();
+        assert!(
+            three.image_to_tokens(&x).is_err(),
+            "only 1×1 maps to tokens"
+        );
     }
 }
 

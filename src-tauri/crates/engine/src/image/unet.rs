@@ -10,13 +10,13 @@
 //! the matching down activation concatenated on the channels; nearest ×2 then a convolution)
 //! and `conv_out`.
 
-use candle_core::{D, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder, layer_norm, linear, linear_no_bias};
 use candle_transformers::models::stable_diffusion::unet_2d::{
     BlockConfig, UNet2DConditionModelConfig,
 };
 
-use super::ops::{Conv2d, GroupNorm, attention};
+use super::ops::{Conv2d, GroupNorm, attention, geglu};
 
 /// The transformer's group norm uses diffusers' fixed epsilon, not the config's.
 const TRANSFORMER_NORM_EPS: f64 = 1e-6;
@@ -135,11 +135,8 @@ impl TransformerBlock {
             .forward(&self.norm2.forward(&x)?, Some(context))?
             + x)?;
         let h = self.ff_in.forward(&self.norm3.forward(&x)?)?;
-        let inner = h.dim(D::Minus1)? / 2;
         // GEGLU with the exact (erf) GELU, as diffusers computes it.
-        let h =
-            (h.narrow(D::Minus1, 0, inner)? * h.narrow(D::Minus1, inner, inner)?.gelu_erf()?)?;
-        self.ff_out.forward(&h)? + x
+        self.ff_out.forward(&geglu(&h)?)? + x
     }
 }
 
@@ -201,18 +198,18 @@ impl SpatialTransformer {
     fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let y = self.norm.forward(x)?;
-        let to_tokens = |y: Tensor| y.flatten_from(2)?.transpose(1, 2)?.contiguous();
         let mut y = match &self.proj_in {
-            Projection::Conv(conv) => to_tokens(conv.forward(&y)?)?,
-            Projection::Linear(l) => l.forward(&to_tokens(y)?)?,
+            Projection::Conv(conv) => conv.image_to_tokens(&y)?,
+            Projection::Linear(l) => {
+                l.forward(&y.flatten_from(2)?.transpose(1, 2)?.contiguous()?)?
+            }
         };
         for block in &self.blocks {
             y = block.forward(&y, context)?;
         }
-        let to_image = |y: Tensor| y.transpose(1, 2)?.reshape((b, c, h, w));
         let y = match &self.proj_out {
-            Projection::Conv(conv) => conv.forward(&to_image(y)?)?,
-            Projection::Linear(l) => to_image(l.forward(&y)?)?,
+            Projection::Conv(conv) => conv.tokens_to_image(&y, h, w)?,
+            Projection::Linear(l) => l.forward(&y)?.transpose(1, 2)?.reshape((b, c, h, w))?,
         };
         y + x
     }
