@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use atelier_cpu::diffusion::{Conv2d, attention, conv2d};
+use atelier_cpu::diffusion::{Conv2d, attention, conv2d, conv2d_upsampled, group_norm};
 
 fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed | 1;
@@ -86,6 +86,62 @@ fn main() {
         "{:<34} {:>5} {:>9} {:>9} {:>8}",
         "convolution", "runs", "ms", "GFLOP/s", "s/step"
     );
+    let vae = [
+        (
+            Conv2d {
+                batch: 1,
+                ..conv(128, 128, 512, 3, 1)
+            },
+            5,
+        ),
+        (
+            Conv2d {
+                batch: 1,
+                ..conv(256, 128, 512, 3, 1)
+            },
+            1,
+        ),
+        (
+            Conv2d {
+                batch: 1,
+                ..conv(256, 256, 512, 3, 1)
+            },
+            1,
+        ),
+        (
+            Conv2d {
+                batch: 1,
+                ..conv(256, 256, 256, 3, 1)
+            },
+            5,
+        ),
+        (
+            Conv2d {
+                batch: 1,
+                ..conv(512, 256, 256, 3, 1)
+            },
+            1,
+        ),
+        (
+            Conv2d {
+                batch: 1,
+                ..conv(512, 512, 256, 3, 1)
+            },
+            1,
+        ),
+        (
+            Conv2d {
+                batch: 1,
+                ..conv(512, 512, 128, 3, 1)
+            },
+            7,
+        ),
+    ];
+    let convs: Vec<_> = if std::env::var_os("VAE").is_some() {
+        vae.to_vec()
+    } else {
+        convs.to_vec()
+    };
     let convs = if std::env::var_os("ATTENTION_ONLY").is_some() {
         &convs[..0]
     } else {
@@ -114,6 +170,47 @@ fn main() {
         );
     }
     println!("convolutions per step: {total:.2} s\n");
+    if std::env::var_os("VAE").is_some() {
+        let p = Conv2d { batch: 1, ..conv(256, 256, 512, 3, 1) };
+        let (x, w, b) = (values(p.input_len() / 4, 1), values(p.weight_len(), 2), values(p.c_out, 3));
+        let mut out = vec![0.0; p.output_len()];
+        let s = pool.install(|| best(|| conv2d_upsampled(&p, (256, 256), &x, &w, &b, &mut out)));
+        println!("{:<34} {:>5} {:>9.2}", "256→256 256²→512² upsampled", 1, s * 1e3);
+    }
+    // Group norms (+ SiLU) of the VAE's largest levels and the UNet's first.
+    for (batch, channels, side, silu) in [
+        (1, 128, 512, true),
+        (1, 256, 256, true),
+        (2, 320, 64, true),
+        (2, 320, 64, false),
+    ] {
+        let x = values(batch * channels * side * side, 6);
+        let (gamma, beta) = (values(channels, 7), values(channels, 8));
+        let mut out = vec![0.0; x.len()];
+        let s = pool.install(|| {
+            best(|| {
+                group_norm(
+                    &x,
+                    channels,
+                    side * side,
+                    32,
+                    1e-6,
+                    &gamma,
+                    &beta,
+                    silu,
+                    &mut out,
+                )
+            })
+        });
+        println!(
+            "{:<34} {:>5} {:>9.2} {:>8.2} GB/s",
+            format!("group norm {batch}×{channels}×{side}² silu {silu}"),
+            "",
+            s * 1e3,
+            (x.len() * 8) as f64 / s / 1e9
+        );
+    }
+    println!();
     // Self-attention at the 64² and 32² levels (8 heads), cross-attention over 77 tokens.
     let mut total = 0.0;
     for (n_q, n_kv, dim, runs) in [

@@ -78,8 +78,40 @@ impl Shared {
 /// `out = conv(input, weight) + bias`, input `[batch, c_in, h, w]`, weight
 /// `[c_out, c_in, kernel, kernel]`, output `[batch, c_out, out_h, out_w]`, all contiguous.
 pub fn conv2d(p: &Conv2d, input: &[f32], weight: &[f32], bias: &[f32], out: &mut [f32]) {
+    conv2d_from(p, (p.h, p.w), input, weight, bias, out)
+}
+
+/// [`conv2d`] of `input` (`[batch, c_in, h, w]` with `(h, w)` = `source`) first scaled to
+/// `p.h × p.w` by nearest neighbour, without making the scaled copy: the decoders' upsampling
+/// (2×, or to a skip connection's size) read straight into the convolution's columns.
+pub fn conv2d_upsampled(
+    p: &Conv2d,
+    source: (usize, usize),
+    input: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+) {
+    assert!(
+        source.0 > 0 && source.1 > 0 && source.0 <= p.h && source.1 <= p.w,
+        "conv2d: cannot upsample {source:?} to {}×{}",
+        p.h,
+        p.w
+    );
+    conv2d_from(p, source, input, weight, bias, out)
+}
+
+fn conv2d_from(
+    p: &Conv2d,
+    source: (usize, usize),
+    input: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+) {
     assert!(p.is_valid(), "conv2d: unusable shape {p:?}");
-    assert_eq!(input.len(), p.input_len(), "conv2d input");
+    let (sh, sw) = source;
+    assert_eq!(input.len(), p.batch * p.c_in * sh * sw, "conv2d input");
     assert_eq!(weight.len(), p.weight_len(), "conv2d weight");
     assert_eq!(bias.len(), p.c_out, "conv2d bias");
     assert_eq!(out.len(), p.output_len(), "conv2d output");
@@ -94,7 +126,7 @@ pub fn conv2d(p: &Conv2d, input: &[f32], weight: &[f32], bias: &[f32], out: &mut
     let threads = rayon::current_num_threads();
     let depth = p.c_in * p.kernel * p.kernel;
     let dst = Shared(out.as_mut_ptr());
-    if p.kernel == 1 && p.stride == 1 && p.pad == 0 {
+    if p.kernel == 1 && p.stride == 1 && p.pad == 0 && source == (p.h, p.w) {
         // Each input image is already its own column matrix.
         for b in 0..p.batch {
             let src = &input[b * p.c_in * plane..][..p.c_in * plane];
@@ -121,8 +153,8 @@ pub fn conv2d(p: &Conv2d, input: &[f32], weight: &[f32], bias: &[f32], out: &mut
         let y1 = (y0 + rows).min(oh);
         let n = (y1 - y0) * ow;
         columns.resize(depth * n, 0.0);
-        let image = &input[b * p.c_in * p.h * p.w..][..p.c_in * p.h * p.w];
-        image_to_columns(p, image, y0..y1, &mut columns[..depth * n]);
+        let image = &input[b * p.c_in * sh * sw..][..p.c_in * sh * sw];
+        image_to_columns(p, (image, source), y0..y1, &mut columns[..depth * n]);
         // SAFETY: the band's output columns y0·ow.. of each of the c_out planes of image b
         // (row stride `plane`) are written by this unit only; the column matrix is depth × n.
         unsafe {
@@ -200,22 +232,45 @@ unsafe fn product(
 
 /// The column matrix of output rows `ys` of one image: row `(c, ky, kx)` (the weight's order)
 /// holds, for each output pixel of the band, the input pixel that kernel tap reads (0 where it
-/// falls in the padding).
-fn image_to_columns(p: &Conv2d, image: &[f32], ys: std::ops::Range<usize>, columns: &mut [f32]) {
+/// falls in the padding). The image is `source` (rows, columns) and is read as if scaled to
+/// `p.h × p.w` by nearest neighbour (source pixel ⌊i · source / size⌋), usually the same size.
+fn image_to_columns(
+    p: &Conv2d,
+    (image, source): (&[f32], (usize, usize)),
+    ys: std::ops::Range<usize>,
+    columns: &mut [f32],
+) {
     let ow = p.out_w();
     let n = ys.len() * ow;
     let k = p.kernel;
+    let (sh, sw) = source;
+    let scaled = source != (p.h, p.w);
+    // For a scaled image: the source column of each padded input column (sw = none).
+    let columns_of: Vec<usize> = if scaled {
+        (0..p.w + 2 * p.pad)
+            .map(|x| match x.checked_sub(p.pad) {
+                Some(ix) if ix < p.w => ix * sw / p.w,
+                _ => sw,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     for (r, row) in columns.chunks_exact_mut(n).enumerate() {
         let (c, ky, kx) = (r / (k * k), (r / k) % k, r % k);
-        let plane = &image[c * p.h * p.w..][..p.h * p.w];
+        let plane = &image[c * sh * sw..][..sh * sw];
         for (oy, dst) in ys.clone().zip(row.chunks_exact_mut(ow)) {
             let iy = (oy * p.stride + ky).wrapping_sub(p.pad);
             if iy >= p.h {
                 dst.fill(0.0);
                 continue;
             }
-            let src = &plane[iy * p.w..][..p.w];
-            if p.stride == 1 {
+            let src = &plane[iy * sh / p.h * sw..][..sw];
+            if scaled {
+                for (ox, d) in dst.iter_mut().enumerate() {
+                    *d = src.get(columns_of[ox * p.stride + kx]).copied().unwrap_or(0.0);
+                }
+            } else if p.stride == 1 {
                 // Output x reads input x + kx − pad: one run of the row, zeros either side.
                 let first = p.pad.saturating_sub(kx).min(ow);
                 let end = (p.w + p.pad).saturating_sub(kx).clamp(first, ow);
@@ -357,25 +412,51 @@ pub fn group_norm(
         .for_each(|(i, (dst, src))| {
             let first_channel = (i % groups) * per_group;
             let n = src.len() as f64;
-            let mean = src.iter().map(|&v| v as f64).sum::<f64>() / n;
-            let var = src.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
-            let inv = 1.0 / (var + eps as f64).sqrt();
+            let mean = sum_f64(src, |x| x) / n;
+            let mean32 = mean as f32;
+            // Centred, so the variance does not cancel; the residual of rounding the mean to
+            // f32 is taken out again in f64.
+            let shift = mean - mean32 as f64;
+            let var = sum_f64(src, |x| (x - mean32) * (x - mean32)) / n - shift * shift;
+            let inv = 1.0 / (var.max(0.0) + eps as f64).sqrt();
             let planes = dst.chunks_exact_mut(spatial).zip(src.chunks_exact(spatial));
             for (c, (d, s)) in planes.enumerate() {
                 let ch = first_channel + c;
                 let a = gamma[ch] as f64 * inv;
                 let b = beta[ch] as f64 - mean * a;
-                let (a, b) = (a as f32, b as f32);
-                for (d, &s) in d.iter_mut().zip(s) {
-                    *d = a * s + b;
-                }
-                if silu {
-                    for d in d.iter_mut() {
-                        *d /= 1.0 + (-*d).exp();
-                    }
-                }
+                scale_shift(s, a as f32, b as f32, silu, d);
             }
         });
+}
+
+/// Σ f(x) over `xs` in f64, summed in f32 over 16 lanes for 256 values at a time (so it
+/// vectorises), each such part added in f64.
+fn sum_f64(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    let mut total = 0.0f64;
+    let mut chunks = xs.chunks_exact(256);
+    for chunk in &mut chunks {
+        let mut lanes = [0f32; 16];
+        for sixteen in chunk.chunks_exact(16) {
+            for (l, &x) in lanes.iter_mut().zip(sixteen) {
+                *l += f(x);
+            }
+        }
+        total += lanes.iter().map(|&l| l as f64).sum::<f64>();
+    }
+    total + chunks.remainder().iter().map(|&x| f(x) as f64).sum::<f64>()
+}
+
+/// `out = a · x + b`, then SiLU (`y · sigmoid(y)`) when `silu`.
+fn scale_shift(x: &[f32], a: f32, b: f32, silu: bool, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::quant::simd() {
+        // SAFETY: AVX2/FMA checked just above.
+        return unsafe { vector_avx2::scale_shift(x, a, b, silu, out) };
+    }
+    for (o, &x) in out.iter_mut().zip(x) {
+        let y = a * x + b;
+        *o = if silu { y / (1.0 + (-y).exp()) } else { y };
+    }
 }
 
 /// Multi-head attention: `q` `[batch, n_q, heads × head_dim]`, `k` and `v`
@@ -612,6 +693,33 @@ mod vector_avx2 {
         max
     }
 
+    /// [`super::scale_shift`] eight lanes at a time. The sigmoid takes e^(−|y|) (never
+    /// overflows): 1 / (1 + e) for y ≥ 0, e / (1 + e) below.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn scale_shift(x: &[f32], a: f32, b: f32, silu: bool, out: &mut [f32]) {
+        let n = x.len().min(out.len());
+        let body = n - n % 8;
+        // SAFETY: loads and stores stay below `body` ≤ both lengths; AVX2/FMA enabled.
+        unsafe {
+            let (va, vb) = (_mm256_set1_ps(a), _mm256_set1_ps(b));
+            let (one, sign) = (_mm256_set1_ps(1.0), _mm256_set1_ps(-0.0));
+            for i in (0..body).step_by(8) {
+                let mut y = _mm256_fmadd_ps(_mm256_loadu_ps(x.as_ptr().add(i)), va, vb);
+                if silu {
+                    let e = exp_neg(_mm256_or_ps(y, sign));
+                    let r = _mm256_div_ps(one, _mm256_add_ps(one, e));
+                    let sigmoid = _mm256_blendv_ps(r, _mm256_mul_ps(e, r), y);
+                    y = _mm256_mul_ps(y, sigmoid);
+                }
+                _mm256_storeu_ps(out.as_mut_ptr().add(i), y);
+            }
+        }
+        for i in body..n {
+            let y = a * x[i] + b;
+            out[i] = if silu { y / (1.0 + (-y).exp()) } else { y };
+        }
+    }
+
     /// `x = e^(x − max)`, `sum += x`, lane by lane; all three the same length, a multiple
     /// of 8.
     #[target_feature(enable = "avx2,fma")]
@@ -771,42 +879,47 @@ mod tests {
 
     #[test]
     fn group_norm_matches_the_definition() {
-        let (batch, channels, spatial, groups) = (2, 12, 37, 4);
-        let x: Vec<f32> = values(batch * channels * spatial, 7)
-            .iter()
-            .map(|v| 3.0 * v + 0.5)
-            .collect();
-        let gamma = values(channels, 8);
-        let beta = values(channels, 9);
-        for silu in [false, true] {
-            let mut out = vec![f32::NAN; x.len()];
-            pool(2).install(|| {
-                group_norm(
-                    &x, channels, spatial, groups, 1e-5, &gamma, &beta, silu, &mut out,
-                )
-            });
-            let per = channels / groups;
-            let mut want = vec![0.0; x.len()];
-            for b in 0..batch {
-                for g in 0..groups {
-                    let range = (b * channels + g * per) * spatial
-                        ..(b * channels + (g + 1) * per) * spatial;
-                    let n = range.len() as f64;
-                    let mean = x[range.clone()].iter().map(|&v| v as f64).sum::<f64>() / n;
-                    let var = x[range.clone()]
-                        .iter()
-                        .map(|&v| (v as f64 - mean).powi(2))
-                        .sum::<f64>()
-                        / n;
-                    for i in range {
-                        let c = (i / spatial) % channels;
-                        let y = (x[i] as f64 - mean) / (var + 1e-5).sqrt() * gamma[c] as f64
-                            + beta[c] as f64;
-                        want[i] = if silu { y / (1.0 + (-y).exp()) } else { y } as f32;
+        // A small group (all in the tail of the 256-value parts) and a large one far from zero
+        // (the parts, and a mean that would cancel in E[x²] − E[x]²).
+        for (batch, channels, spatial, groups, offset) in
+            [(2, 12, 37, 4, 0.5f32), (1, 8, 1000, 2, 100.0)]
+        {
+            let x: Vec<f32> = values(batch * channels * spatial, 7)
+                .iter()
+                .map(|v| 3.0 * v + offset)
+                .collect();
+            let gamma = values(channels, 8);
+            let beta = values(channels, 9);
+            for silu in [false, true] {
+                let mut out = vec![f32::NAN; x.len()];
+                pool(2).install(|| {
+                    group_norm(
+                        &x, channels, spatial, groups, 1e-5, &gamma, &beta, silu, &mut out,
+                    )
+                });
+                let per = channels / groups;
+                let mut want = vec![0.0; x.len()];
+                for b in 0..batch {
+                    for g in 0..groups {
+                        let range = (b * channels + g * per) * spatial
+                            ..(b * channels + (g + 1) * per) * spatial;
+                        let n = range.len() as f64;
+                        let mean = x[range.clone()].iter().map(|&v| v as f64).sum::<f64>() / n;
+                        let var = x[range.clone()]
+                            .iter()
+                            .map(|&v| (v as f64 - mean).powi(2))
+                            .sum::<f64>()
+                            / n;
+                        for i in range {
+                            let c = (i / spatial) % channels;
+                            let y = (x[i] as f64 - mean) / (var + 1e-5).sqrt() * gamma[c] as f64
+                                + beta[c] as f64;
+                            want[i] = if silu { y / (1.0 + (-y).exp()) } else { y } as f32;
+                        }
                     }
                 }
+                assert_close(&out, &want, 1e-5, &format!("silu {silu}"));
             }
-            assert_close(&out, &want, 1e-5, &format!("silu {silu}"));
         }
     }
 
@@ -968,6 +1081,42 @@ mod tests {
                 }
                 assert_close(&out, &expected, 1e-5, &format!("{from:?} -> {to:?}"));
             }
+        }
+    }
+
+    #[test]
+    fn upsampled_conv2d_matches_a_conv_of_the_scaled_image() {
+        // 2× (the VAE's and UNet's upsamplers) and to an odd size (a UNet skip rounded up).
+        for &(sh, sw, h, w) in &[(4, 5, 8, 10), (5, 4, 9, 7), (3, 3, 3, 3)] {
+            let p = Conv2d {
+                batch: 2,
+                c_in: 3,
+                h,
+                w,
+                c_out: 4,
+                kernel: 3,
+                stride: 1,
+                pad: 1,
+            };
+            let x = values(p.batch * p.c_in * sh * sw, 41);
+            let mut scaled = vec![0.0; p.input_len()];
+            for (plane, src) in scaled.chunks_exact_mut(h * w).zip(x.chunks_exact(sh * sw)) {
+                for y in 0..h {
+                    for xx in 0..w {
+                        // Nearest neighbour as candle and PyTorch compute it.
+                        let (fy, fx) = (
+                            y as f64 * sh as f64 / h as f64,
+                            xx as f64 * sw as f64 / w as f64,
+                        );
+                        plane[y * w + xx] = src[fy as usize * sw + fx as usize];
+                    }
+                }
+            }
+            let (wt, bias) = (values(p.weight_len(), 42), values(p.c_out, 43));
+            let want = conv_reference(&p, &scaled, &wt, &bias);
+            let mut out = vec![f32::NAN; p.output_len()];
+            pool(2).install(|| conv2d_upsampled(&p, (sh, sw), &x, &wt, &bias, &mut out));
+            assert_close(&out, &want, 1e-5, &format!("{sh}×{sw} -> {h}×{w}"));
         }
     }
 }

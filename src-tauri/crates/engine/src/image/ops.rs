@@ -172,16 +172,48 @@ impl candle_core::CustomOp3 for Pointwise {
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if native(x) && self.weight.dtype() == DType::F32 {
-            return x
-                .contiguous()?
-                .apply_op3_no_bwd(&self.weight, &self.bias, self);
+            return x.contiguous()?.apply_op3_no_bwd(
+                &self.weight,
+                &self.bias,
+                &ConvOp {
+                    stride: self.stride,
+                    pad: self.pad,
+                    size: None,
+                },
+            );
         }
         let y = x.conv2d(&self.weight, self.pad, self.stride, 1, 1)?;
         y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
     }
 }
 
-impl candle_core::CustomOp3 for Conv2d {
+impl Conv2d {
+    /// This convolution of `x` scaled to `h × w` by nearest neighbour (a decoder's
+    /// upsampler); on the CPU kernels the scaled copy is never made.
+    pub fn forward_upsampled(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+        if native(x) && self.weight.dtype() == DType::F32 {
+            return x.contiguous()?.apply_op3_no_bwd(
+                &self.weight,
+                &self.bias,
+                &ConvOp {
+                    stride: self.stride,
+                    pad: self.pad,
+                    size: Some((h, w)),
+                },
+            );
+        }
+        self.forward(&x.upsample_nearest2d(h, w)?)
+    }
+}
+
+/// The CPU convolution: `size` scales the input first (nearest neighbour).
+struct ConvOp {
+    stride: usize,
+    pad: usize,
+    size: Option<(usize, usize)>,
+}
+
+impl candle_core::CustomOp3 for ConvOp {
     fn name(&self) -> &'static str {
         "atelier-conv2d"
     }
@@ -195,10 +227,14 @@ impl candle_core::CustomOp3 for Conv2d {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (batch, c_in, h, w) = l1.shape().dims4()?;
+        let (batch, c_in, sh, sw) = l1.shape().dims4()?;
         let (c_out, w_in, kernel, _) = l2.shape().dims4()?;
         if w_in != c_in {
             bail!("conv2d: input has {c_in} channels, the weight expects {w_in}");
+        }
+        let (h, w) = self.size.unwrap_or((sh, sw));
+        if sh == 0 || sw == 0 || h < sh || w < sw {
+            bail!("conv2d: cannot scale a {sh}×{sw} input to {h}×{w}");
         }
         let p = diffusion::Conv2d {
             batch,
@@ -214,8 +250,9 @@ impl candle_core::CustomOp3 for Conv2d {
             bail!("conv2d: a {kernel}×{kernel} kernel does not fit a {h}×{w} input");
         }
         let mut out = vec![0f32; p.output_len()];
-        diffusion::conv2d(
+        diffusion::conv2d_upsampled(
             &p,
+            (sh, sw),
             f32s(s1, l1, "conv2d input")?,
             f32s(s2, l2, "conv2d weight")?,
             f32s(s3, l3, "conv2d bias")?,

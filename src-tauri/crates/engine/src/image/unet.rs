@@ -510,7 +510,7 @@ impl UNet {
                     Some(s) => (s.dim(2)?, s.dim(3)?),
                     None => (2 * x.dim(2)?, 2 * x.dim(3)?),
                 };
-                x = conv.forward(&x.upsample_nearest2d(h, w)?)?;
+                x = conv.forward_upsampled(&x, h, w)?;
             }
         }
         self.conv_out.forward(&self.norm_out.forward(&x)?)

@@ -280,7 +280,7 @@ impl Vae {
             }
             if let Some(conv) = &level.resample {
                 let (h, w) = (x.dim(2)?, x.dim(3)?);
-                x = conv.forward(&x.upsample_nearest2d(2 * h, 2 * w)?)?;
+                x = conv.forward_upsampled(&x, 2 * h, 2 * w)?;
             }
         }
         d.conv_out.forward(&d.norm_out.forward(&x)?)
