@@ -171,11 +171,23 @@ fn main() {
     }
     println!("convolutions per step: {total:.2} s\n");
     if std::env::var_os("VAE").is_some() {
-        let p = Conv2d { batch: 1, ..conv(256, 256, 512, 3, 1) };
-        let (x, w, b) = (values(p.input_len() / 4, 1), values(p.weight_len(), 2), values(p.c_out, 3));
+        let p = Conv2d {
+            batch: 1,
+            ..conv(256, 256, 512, 3, 1)
+        };
+        let (x, w, b) = (
+            values(p.input_len() / 4, 1),
+            values(p.weight_len(), 2),
+            values(p.c_out, 3),
+        );
         let mut out = vec![0.0; p.output_len()];
         let s = pool.install(|| best(|| conv2d_upsampled(&p, (256, 256), &x, &w, &b, &mut out)));
-        println!("{:<34} {:>5} {:>9.2}", "256→256 256²→512² upsampled", 1, s * 1e3);
+        println!(
+            "{:<34} {:>5} {:>9.2}",
+            "256→256 256²→512² upsampled",
+            1,
+            s * 1e3
+        );
     }
     // Group norms (+ SiLU) of the VAE's largest levels and the UNet's first.
     for (batch, channels, side, silu) in [

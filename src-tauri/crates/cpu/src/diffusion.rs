@@ -268,7 +268,10 @@ fn image_to_columns(
             let src = &plane[iy * sh / p.h * sw..][..sw];
             if scaled {
                 for (ox, d) in dst.iter_mut().enumerate() {
-                    *d = src.get(columns_of[ox * p.stride + kx]).copied().unwrap_or(0.0);
+                    *d = src
+                        .get(columns_of[ox * p.stride + kx])
+                        .copied()
+                        .unwrap_or(0.0);
                 }
             } else if p.stride == 1 {
                 // Output x reads input x + kx − pad: one run of the row, zeros either side.

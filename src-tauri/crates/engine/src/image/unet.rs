@@ -600,4 +600,55 @@ mod tests {
             eprintln!("linear projection {linear}: max difference {diff:e}, output scale {scale}");
         }
     }
+
+    /// Same seed and settings give the same bytes whatever the thread count: the kernels split
+    /// work differently (bands across threads, or one product's columns across threads, by
+    /// the number of bands) but never split a sum.
+    #[test]
+    fn output_does_not_depend_on_the_thread_count() {
+        let dev = Device::Cpu;
+        let cfg = config(false, [2, 4, 4]);
+        let vm = VarMap::new();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("unet.safetensors");
+        UNet2DConditionModel::new(
+            VarBuilder::from_varmap(&vm, candle_core::DType::F32, &dev),
+            4,
+            4,
+            false,
+            cfg.clone(),
+        )
+        .unwrap();
+        save_with_varied_norms(&vm, 2000, &file);
+        // SAFETY: a file this test just wrote and nothing else touches.
+        let vb =
+            unsafe { VarBuilder::from_mmaped_safetensors(&[&file], candle_core::DType::F32, &dev) }
+                .unwrap();
+        let unet = UNet::load(vb, 4, 4, &cfg).unwrap();
+        // 64² latents: eight bands per image at the top level (spread across threads), two at
+        // the next (one product spread across threads).
+        let x = Tensor::from_vec(values(2 * 4 * 64 * 64, 3, 1.0), (2, 4, 64, 64), &dev).unwrap();
+        let context = Tensor::from_vec(values(2 * 5 * 24, 4, 1.0), (2, 5, 24), &dev).unwrap();
+        let run = |threads: usize| -> Vec<f32> {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| unet.forward(&x, 311.0, &context))
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        let one = run(1);
+        for threads in [2, 3] {
+            let other = run(threads);
+            let same = one
+                .iter()
+                .zip(&other)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{threads} threads give other values than 1 thread");
+        }
+    }
 }
