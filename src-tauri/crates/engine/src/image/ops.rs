@@ -538,6 +538,22 @@ mod tests {
             "only 1×1 maps to tokens"
         );
     }
+
+    #[test]
+    fn upsampled_convolution_matches_candles_upsample_then_convolve() {
+        let conv = Conv2d::new(tensor(&[4, 3, 3, 3], 10), tensor(&[4], 11), 1, 1).unwrap();
+        let x = tensor(&[2, 3, 5, 4], 12);
+        for (h, w) in [(10, 8), (9, 7)] {
+            let want =
+                candle_core::Module::forward(&conv, &x.upsample_nearest2d(h, w).unwrap()).unwrap();
+            let (diff, scale) = max_diff(&conv.forward_upsampled(&x, h, w).unwrap(), &want);
+            assert!(diff <= 1e-5 * scale, "{h}×{w}: differs by {diff}");
+        }
+        assert!(
+            conv.forward_upsampled(&x, 4, 4).is_err(),
+            "smaller is not upsampling"
+        );
+    }
 }
 
 /// What the UNet's and the VAE's tests share: deterministic inputs, a file of candle-made
