@@ -7,6 +7,7 @@
 //! - [`unet`], [`vae`]: the UNet and the VAE, on [`ops`] (convolution, group norm and
 //!   attention on `atelier_cpu`'s kernels on the CPU)
 //! - [`ldm`]: single-file checkpoints (LDM names), converted to a diffusers folder on import
+//! - [`clip`]: the CLIP text encoders (ViT-L, OpenCLIP ViT-H and bigG), one implementation
 //! - [`prompt`]: CLIP tokenizer, A1111 emphasis, prompts over 77 tokens in windows
 //! - [`sampler`]: noise schedules and the samplers (sigma form)
 //! - [`pipeline`]: one image: text encoding, denoising with CFG and previews, VAE decode
@@ -16,6 +17,7 @@
 //! - [`comfyui`]: a ComfyUI server as the backend of a run (same gallery, same metadata)
 //! - [`random`]: random-weight models in the real layout, for tests and benchmarks
 
+pub mod clip;
 pub mod comfyui;
 pub mod label;
 pub mod ldm;

@@ -1,6 +1,6 @@
 //! Stable Diffusion models on disk: a diffusers folder (`unet/`, `vae/`, `text_encoder/`,
 //! `tokenizer/`, `scheduler/`), described from its config files and safetensors headers alone
-//! (bounded reads, nothing loaded), and loaded into candle's UNet, VAE and CLIP.
+//! (bounded reads, nothing loaded), and loaded into our UNet, VAE and CLIP text model.
 //!
 //! Pickled weights (`.ckpt`, `.bin`, `.pt`) are refused: unpickling runs code from the file.
 
@@ -9,12 +9,6 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
-use candle_transformers::models::clip::text_model::{
-    Activation, ClipTextConfig, ClipTextTransformer as GeneralClip,
-};
-use candle_transformers::models::stable_diffusion::clip::{
-    ClipTextTransformer as SdClip, Config as SdClipConfig,
-};
 use candle_transformers::models::stable_diffusion::unet_2d::{
     BlockConfig, UNet2DConditionModelConfig,
 };
@@ -22,6 +16,7 @@ use candle_transformers::models::stable_diffusion::vae::AutoEncoderKLConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::clip::{Activation, ClipConfig, ClipText};
 use super::ldm;
 use super::prompt::ClipTokenizer;
 use super::sampler::{NoiseSchedule, Prediction, Spacing};
@@ -527,38 +522,29 @@ pub fn vae_config(v: &Value) -> Result<(AutoEncoderKLConfig, f64)> {
     ))
 }
 
-/// The text encoder: CLIP ViT-L (SD 1.x, quick-gelu; any size) or OpenCLIP-H (SD 2.x, gelu).
-pub enum TextEncoderConfig {
-    QuickGelu(ClipTextConfig),
-    OpenClipH,
-}
-
-pub fn text_config(v: &Value) -> Result<TextEncoderConfig> {
-    let act = v["hidden_act"].as_str().unwrap_or("quick_gelu");
+/// The text encoder's config (transformers' `CLIPTextConfig`): CLIP ViT-L (SD 1.x, quick GELU)
+/// or OpenCLIP ViT-H (SD 2.x, exact GELU), of any size.
+pub fn text_config(v: &Value) -> Result<ClipConfig> {
     let hidden = get_usize(v, "hidden_size", None)?;
-    match act {
-        "quick_gelu" => Ok(TextEncoderConfig::QuickGelu(ClipTextConfig {
-            vocab_size: get_usize(v, "vocab_size", Some(49408))?,
-            embed_dim: hidden,
-            activation: Activation::QuickGelu,
-            intermediate_size: get_usize(v, "intermediate_size", None)?,
-            max_position_embeddings: get_usize(v, "max_position_embeddings", Some(77))?,
-            pad_with: None,
-            num_hidden_layers: get_usize(v, "num_hidden_layers", None)?,
-            num_attention_heads: get_usize(v, "num_attention_heads", None)?,
-            projection_dim: get_usize(v, "projection_dim", Some(hidden))?,
-        })),
-        "gelu"
-            if hidden == 1024
-                && get_usize(v, "num_hidden_layers", None)? == 23
-                && get_usize(v, "num_attention_heads", None)? == 16 =>
-        {
-            Ok(TextEncoderConfig::OpenClipH)
+    let activation = match v["hidden_act"].as_str().unwrap_or("quick_gelu") {
+        "quick_gelu" => Activation::QuickGelu,
+        "gelu" => Activation::Gelu,
+        other => {
+            return Err(Error::invalid(format!(
+                "the text encoder's activation ({other}) is not one Atelier can run (quick_gelu and gelu are)"
+            )));
         }
-        other => Err(Error::invalid(format!(
-            "the text encoder ({other}, hidden size {hidden}) is not one Atelier can run"
-        ))),
-    }
+    };
+    Ok(ClipConfig {
+        vocab_size: get_usize(v, "vocab_size", Some(49408))?,
+        hidden_size: hidden,
+        intermediate_size: get_usize(v, "intermediate_size", None)?,
+        layers: get_usize(v, "num_hidden_layers", None)?,
+        heads: get_usize(v, "num_attention_heads", None)?,
+        max_positions: get_usize(v, "max_position_embeddings", Some(77))?,
+        activation,
+        projection: None,
+    })
 }
 
 pub fn noise_schedule(v: &Value) -> Result<NoiseSchedule> {
@@ -649,9 +635,17 @@ pub fn describe(dir: &Path) -> Result<ImageModelInfo> {
         schedule.prediction,
         schedule.spacing,
     ) {
-        (768, TextEncoderConfig::QuickGelu(c), _, _) if c.embed_dim == 768 => Family::Sd15,
-        (1024, TextEncoderConfig::OpenClipH, _, Spacing::Trailing) => Family::SdTurbo,
-        (1024, TextEncoderConfig::OpenClipH, _, _) => Family::Sd21,
+        (768, c, _, _) if c.hidden_size == 768 && c.activation == Activation::QuickGelu => {
+            Family::Sd15
+        }
+        (1024, c, _, Spacing::Trailing)
+            if c.hidden_size == 1024 && c.activation == Activation::Gelu =>
+        {
+            Family::SdTurbo
+        }
+        (1024, c, _, _) if c.hidden_size == 1024 && c.activation == Activation::Gelu => {
+            Family::Sd21
+        }
         _ => Family::Custom,
     };
     let (recommended_steps, recommended_cfg) = match family {
@@ -689,21 +683,6 @@ pub fn model_id(dir: &Path) -> String {
         .unwrap_or_default()
 }
 
-pub enum TextEncoder {
-    General(GeneralClip),
-    OpenClip(SdClip),
-}
-
-impl TextEncoder {
-    /// The last hidden state for a batch of token windows.
-    pub fn forward(&self, ids: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
-        match self {
-            TextEncoder::General(m) => m.forward_with_mask(ids, usize::MAX),
-            TextEncoder::OpenClip(m) => m.forward_with_mask(ids, usize::MAX),
-        }
-    }
-}
-
 /// Input channels of an inpainting UNet: 4 latent, 1 mask, 4 masked-image latent.
 pub const INPAINT_IN_CHANNELS: usize = 9;
 
@@ -712,7 +691,7 @@ pub struct LoadedModel {
     pub info: ImageModelInfo,
     pub unet: super::unet::UNet,
     pub vae: super::vae::Vae,
-    pub text: TextEncoder,
+    pub text: ClipText,
     pub tokenizer: ClipTokenizer,
     pub schedule: NoiseSchedule,
     pub vae_scale: f64,
@@ -768,23 +747,10 @@ pub fn load(info: ImageModelInfo, device: &Device) -> Result<LoadedModel> {
         .map_err(mismatch("VAE"))?;
     // CLIP runs in f32 everywhere: it is small and f16 CLIP drifts.
     let text_vb = weights(&file("text_encoder")?, DType::F32, device)?;
-    let (text, pad_with) =
-        match text_config(&read_json(&dir.join("text_encoder").join("config.json"))?)? {
-            TextEncoderConfig::QuickGelu(c) => (
-                TextEncoder::General(
-                    GeneralClip::new(text_vb.pp("text_model"), &c)
-                        .map_err(mismatch("text encoder"))?,
-                ),
-                None,
-            ),
-            TextEncoderConfig::OpenClipH => (
-                TextEncoder::OpenClip(
-                    SdClip::new(text_vb, &SdClipConfig::v2_1())
-                        .map_err(mismatch("text encoder"))?,
-                ),
-                Some("!"),
-            ),
-        };
+    let text_cfg = text_config(&read_json(&dir.join("text_encoder").join("config.json"))?)?;
+    let text = ClipText::load(text_vb, &text_cfg).map_err(mismatch("text encoder"))?;
+    // OpenCLIP's tokenizers pad with "!", OpenAI's with the end-of-text token.
+    let pad_with = (text_cfg.activation == Activation::Gelu).then_some("!");
     let tokenizer = ClipTokenizer::load(&dir.join("tokenizer"), pad_with)?;
     let scheduler_path = dir.join("scheduler").join("scheduler_config.json");
     let schedule = if scheduler_path.is_file() {

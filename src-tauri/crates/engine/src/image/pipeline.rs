@@ -188,7 +188,7 @@ fn encode_prompts(model: &LoadedModel, p: &ImageParams) -> Result<(Tensor, usize
     let embed = |w: &Windows| -> Result<Tensor> {
         let ids: Vec<u32> = w.ids.concat();
         let ids = Tensor::from_vec(ids, (w.ids.len(), WINDOW), &model.device).map_err(bad)?;
-        let z = model.text.forward(&ids).map_err(bad)?; // (windows, 77, dim)
+        let z = model.text.forward(&ids).map_err(bad)?.last; // (windows, 77, dim)
         let weights: Vec<f32> = w.weights.concat();
         let weighted = if weights.iter().any(|&x| x != 1.0) {
             // A1111's emphasis: scale each token's vector, then restore the overall mean.

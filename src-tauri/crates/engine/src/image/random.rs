@@ -8,12 +8,12 @@ use std::path::Path;
 
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
-use candle_transformers::models::clip::text_model::ClipTextTransformer;
 use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
 use candle_transformers::models::stable_diffusion::vae::AutoEncoderKL;
 use serde_json::{Value, json};
 
-use super::model::{TextEncoderConfig, text_config, unet_config, vae_config};
+use super::clip::ClipText;
+use super::model::{text_config, unet_config, vae_config};
 use super::prompt::byte_chars;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
@@ -190,17 +190,10 @@ pub fn write_random_model(dir: &Path, arch: Arch) -> Result<()> {
             .map_err(candle("VAE"))?;
     }
     {
-        let TextEncoderConfig::QuickGelu(cfg) = text_config(&text_json)? else {
-            return Err(Error::Internal(
-                "random text encoders are CLIP ViT-L style".into(),
-            ));
-        };
+        let cfg = text_config(&text_json)?;
         let vm = VarMap::new();
-        ClipTextTransformer::new(
-            VarBuilder::from_varmap(&vm, DType::F32, &dev).pp("text_model"),
-            &cfg,
-        )
-        .map_err(candle("text encoder"))?;
+        ClipText::load(VarBuilder::from_varmap(&vm, DType::F32, &dev), &cfg)
+            .map_err(candle("text encoder"))?;
         write_json(&dir.join("text_encoder").join("config.json"), &text_json)?;
         vm.save(dir.join("text_encoder").join("model.safetensors"))
             .map_err(candle("text encoder"))?;
