@@ -435,6 +435,21 @@ fn usize_list(v: &Value, key: &str, n: usize, default: usize) -> Result<Vec<usiz
     }
 }
 
+/// SDXL's extra conditioning from a UNet config (`addition_embed_type: "text_time"`); `None`
+/// for UNets without one, an error for other kinds.
+pub fn text_time_config(v: &Value) -> Result<Option<super::unet::TextTime>> {
+    match v.get("addition_embed_type").and_then(|x| x.as_str()) {
+        None => Ok(None),
+        Some("text_time") => Ok(Some(super::unet::TextTime {
+            time_dim: get_usize(v, "addition_time_embed_dim", None)?,
+            input_dim: get_usize(v, "projection_class_embeddings_input_dim", None)?,
+        })),
+        Some(other) => Err(Error::invalid(format!(
+            "the UNet's extra conditioning \"{other}\" is not supported (SDXL's text_time is)"
+        ))),
+    }
+}
+
 /// The UNet config (diffusers `unet/config.json`) in candle's terms, with its input channels.
 pub fn unet_config(v: &Value) -> Result<(UNet2DConditionModelConfig, usize, usize)> {
     if v.get("addition_embed_type").is_some_and(|x| !x.is_null()) {
@@ -739,6 +754,7 @@ pub fn load(info: ImageModelInfo, device: &Device) -> Result<LoadedModel> {
         in_channels,
         out_channels,
         &unet_cfg,
+        None,
     )
     .map_err(mismatch("UNet"))?;
     let (vae_cfg, vae_scale) = vae_config(&read_json(&dir.join("vae").join("config.json"))?)?;

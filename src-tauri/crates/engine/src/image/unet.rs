@@ -293,32 +293,84 @@ pub struct UNet {
     up: Vec<Block>,
     norm_out: GroupNorm,
     conv_out: Conv2d,
+    add_embedding: Option<AddEmbedding>,
 }
 
-/// The sinusoidal embedding of `timestep` in `channels` values, repeated for a batch of
-/// `batch`: `[batch, channels]`, f32.
-fn timestep_embedding(
+/// The sinusoidal embedding of each of `values` in `channels` values: `[values, channels]`, f32
+/// (diffusers' `Timesteps`, used for the timestep and for SDXL's size and crop ids).
+fn sinusoidal_embedding(
     channels: usize,
     flip_sin_to_cos: bool,
     freq_shift: f64,
-    timestep: f64,
-    batch: usize,
+    values: &[f64],
     device: &candle_core::Device,
 ) -> Result<Tensor> {
     let half = channels / 2;
-    let angles: Vec<f32> = (0..half)
-        .map(|i| {
-            let exponent = -(10000f64.ln()) * i as f64 / (half as f64 - freq_shift);
-            (timestep * exponent.exp()) as f32
-        })
+    let frequencies: Vec<f64> = (0..half)
+        .map(|i| (-(10000f64.ln()) * i as f64 / (half as f64 - freq_shift)).exp())
         .collect();
-    let (sin, cos): (Vec<f32>, Vec<f32>) = angles.iter().map(|a| (a.sin(), a.cos())).unzip();
-    let row = if flip_sin_to_cos {
-        [cos, sin].concat()
-    } else {
-        [sin, cos].concat()
-    };
-    Tensor::from_vec(row, (1, 2 * half), device)?.repeat((batch, 1))
+    let mut rows = Vec::with_capacity(values.len() * 2 * half);
+    for &value in values {
+        let (sin, cos): (Vec<f32>, Vec<f32>) = frequencies
+            .iter()
+            .map(|f| {
+                let a = (value * f) as f32;
+                (a.sin(), a.cos())
+            })
+            .unzip();
+        if flip_sin_to_cos {
+            rows.extend(cos.into_iter().chain(sin));
+        } else {
+            rows.extend(sin.into_iter().chain(cos));
+        }
+    }
+    Tensor::from_vec(rows, (values.len(), 2 * half), device)
+}
+
+/// SDXL's extra conditioning (`addition_embed_type: "text_time"`): the pooled text embedding
+/// and six size and crop ids, embedded and added to the timestep embedding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextTime {
+    /// Channels of each id's sinusoidal embedding (`addition_time_embed_dim`, 256).
+    pub time_dim: usize,
+    /// The embedding MLP's input: pooled size + 6 × `time_dim`
+    /// (`projection_class_embeddings_input_dim`, 2816).
+    pub input_dim: usize,
+}
+
+/// What an SDXL UNet reads beside the latents and the text states: `text_embeds`
+/// `[batch, pooled]` and `time_ids` `[batch, 6]` (original height and width, crop top and left,
+/// target height and width).
+pub struct Added<'a> {
+    pub text_embeds: &'a Tensor,
+    pub time_ids: &'a [[f64; 6]],
+}
+
+struct AddEmbedding {
+    spec: TextTime,
+    linear_1: Linear,
+    linear_2: Linear,
+}
+
+impl AddEmbedding {
+    fn forward(&self, added: &Added, flip: bool, shift: f64) -> Result<Tensor> {
+        let batch = added.time_ids.len();
+        let (b, pooled) = added.text_embeds.dims2()?;
+        if b != batch || pooled + 6 * self.spec.time_dim != self.spec.input_dim {
+            candle_core::bail!(
+                "SDXL conditioning: {b} pooled embeddings of {pooled} and {batch} sets of ids do not fit an input of {}",
+                self.spec.input_dim
+            );
+        }
+        let ids: Vec<f64> = added.time_ids.iter().flatten().copied().collect();
+        let device = added.text_embeds.device();
+        let times = sinusoidal_embedding(self.spec.time_dim, flip, shift, &ids, device)?
+            .reshape((batch, 6 * self.spec.time_dim))?
+            .to_dtype(added.text_embeds.dtype())?;
+        let input = Tensor::cat(&[added.text_embeds, &times], 1)?;
+        self.linear_2
+            .forward(&self.linear_1.forward(&input)?.silu()?)
+    }
 }
 
 impl UNet {
@@ -329,6 +381,7 @@ impl UNet {
         in_channels: usize,
         out_channels: usize,
         config: &UNet2DConditionModelConfig,
+        text_time: Option<TextTime>,
     ) -> Result<UNet> {
         let blocks = &config.blocks;
         let n = blocks.len();
@@ -451,30 +504,62 @@ impl UNet {
                 true,
             )?,
             conv_out: Conv2d::load(&vb.pp("conv_out"), channels[0], out_channels, 3, 1, 1)?,
+            add_embedding: text_time
+                .map(|spec| -> Result<AddEmbedding> {
+                    let vb = vb.pp("add_embedding");
+                    Ok(AddEmbedding {
+                        spec,
+                        linear_1: linear(spec.input_dim, temb, vb.pp("linear_1"))?,
+                        linear_2: linear(temb, temb, vb.pp("linear_2"))?,
+                    })
+                })
+                .transpose()?,
         })
     }
 
     /// The noise (or v) prediction for latents `x` `[batch, in, h, w]` at `timestep`, given
     /// the text encoder's states `context` `[batch, tokens, context_dim]`.
     pub fn forward(&self, x: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor> {
+        self.forward_added(x, timestep, context, None)
+    }
+
+    /// Whether the UNet needs [`Added`] conditioning (SDXL).
+    pub fn needs_added(&self) -> bool {
+        self.add_embedding.is_some()
+    }
+
+    /// [`UNet::forward`] with SDXL's extra conditioning, which an SDXL UNet requires and
+    /// others ignore.
+    pub fn forward_added(
+        &self,
+        x: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        added: Option<&Added>,
+    ) -> Result<Tensor> {
         let batch = x.dim(0)?;
         let x = if self.center_input {
             ((x * 2.0)? - 1.0)?
         } else {
             x.clone()
         };
-        let temb = timestep_embedding(
+        let temb = sinusoidal_embedding(
             self.time_channels,
             self.flip_sin_to_cos,
             self.freq_shift,
-            timestep,
-            batch,
+            &vec![timestep; batch],
             x.device(),
         )?
         .to_dtype(x.dtype())?;
-        let temb = self
+        let mut temb = self
             .time_linear_2
             .forward(&self.time_linear_1.forward(&temb)?.silu()?)?;
+        if let Some(add) = &self.add_embedding {
+            let Some(added) = added else {
+                candle_core::bail!("an SDXL UNet needs the pooled text embedding and size ids");
+            };
+            temb = (temb + add.forward(added, self.flip_sin_to_cos, self.freq_shift)?)?;
+        }
         // Every ResNet applies SiLU to the embedding before its projection: do it once.
         let temb = temb.silu()?;
 
@@ -583,7 +668,7 @@ mod tests {
                 .unwrap()
             };
             let reference = UNet2DConditionModel::new(vb(), 4, 4, false, cfg.clone()).unwrap();
-            let ours = UNet::load(vb(), 4, 4, &cfg).unwrap();
+            let ours = UNet::load(vb(), 4, 4, &cfg, None).unwrap();
             let x = Tensor::from_vec(values(b * 4 * h * w, 1, 1.0), (b, 4, h, w), &dev).unwrap();
             let context = Tensor::from_vec(values(b * 5 * 24, 2, 1.0), (b, 5, 24), &dev).unwrap();
             let want = reference.forward(&x, 311.0, &context).unwrap();
@@ -624,7 +709,7 @@ mod tests {
         let vb =
             unsafe { VarBuilder::from_mmaped_safetensors(&[&file], candle_core::DType::F32, &dev) }
                 .unwrap();
-        let unet = UNet::load(vb, 4, 4, &cfg).unwrap();
+        let unet = UNet::load(vb, 4, 4, &cfg, None).unwrap();
         // 64² latents: eight bands per image at the top level (spread across threads), two at
         // the next (one product spread across threads).
         let x = Tensor::from_vec(values(2 * 4 * 64 * 64, 3, 1.0), (2, 4, 64, 64), &dev).unwrap();
@@ -650,5 +735,77 @@ mod tests {
                 .all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "{threads} threads give other values than 1 thread");
         }
+    }
+
+    /// SDXL's UNet: the pooled text embedding and the size ids go through `add_embedding`
+    /// into the timestep embedding; without them it refuses to run.
+    #[test]
+    fn sdxl_unets_read_the_pooled_embedding_and_size_ids() {
+        let dev = Device::Cpu;
+        let cfg = config(true, [1, 2, 8]);
+        let spec = super::TextTime {
+            time_dim: 8,
+            input_dim: 12 + 6 * 8,
+        };
+        // Our loader asks for the convolutions without an initialiser, so a VarMap starts
+        // them at zero: give every weight seeded values, then load what was saved.
+        let vm = VarMap::new();
+        UNet::load(
+            VarBuilder::from_varmap(&vm, candle_core::DType::F32, &dev),
+            4,
+            4,
+            &cfg,
+            Some(spec),
+        )
+        .unwrap();
+        for (i, (_, var)) in vm.data().lock().unwrap().iter().enumerate() {
+            let v = values(var.elem_count(), 50 + i as u64, 0.3);
+            var.set(&Tensor::from_vec(v, var.shape(), &dev).unwrap())
+                .unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("unet.safetensors");
+        save_with_varied_norms(&vm, 4000, &file);
+        // SAFETY: a file this test just wrote and nothing else touches.
+        let vb =
+            unsafe { VarBuilder::from_mmaped_safetensors(&[&file], candle_core::DType::F32, &dev) }
+                .unwrap();
+        let unet = UNet::load(vb, 4, 4, &cfg, Some(spec)).unwrap();
+        assert!(unet.needs_added());
+        let x = Tensor::from_vec(values(2 * 4 * 8 * 8, 5, 1.0), (2, 4, 8, 8), &dev).unwrap();
+        let context = Tensor::from_vec(values(2 * 5 * 24, 6, 1.0), (2, 5, 24), &dev).unwrap();
+        assert!(
+            unet.forward(&x, 500.0, &context).is_err(),
+            "SDXL needs its conditioning"
+        );
+        let pooled = Tensor::from_vec(values(2 * 12, 7, 1.0), (2, 12), &dev).unwrap();
+        let ids = [[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]; 2];
+        let run = |pooled: &Tensor, ids: &[[f64; 6]]| {
+            let added = super::Added {
+                text_embeds: pooled,
+                time_ids: ids,
+            };
+            unet.forward_added(&x, 500.0, &context, Some(&added))
+        };
+        let a = run(&pooled, &ids).unwrap();
+        assert_eq!(a.dims(), &[2, 4, 8, 8]);
+        assert!(
+            max_diff(&a, &a.zeros_like().unwrap()).0 > 1e-3,
+            "a degenerate output"
+        );
+        assert_eq!(max_diff(&run(&pooled, &ids).unwrap(), &a).0, 0.0);
+        let cropped = [[64.0, 64.0, 8.0, 0.0, 64.0, 64.0]; 2];
+        assert!(
+            max_diff(&run(&pooled, &cropped).unwrap(), &a).0 > 1e-6,
+            "ids matter"
+        );
+        let other = (&pooled * 2.0).unwrap();
+        assert!(
+            max_diff(&run(&other, &ids).unwrap(), &a).0 > 1e-6,
+            "pooled matters"
+        );
+        assert!(run(&pooled, &ids[..1]).is_err(), "one set of ids per image");
+        let wide = Tensor::zeros((2, 13), candle_core::DType::F32, &dev).unwrap();
+        assert!(run(&wide, &ids).is_err(), "the pooled size must fit");
     }
 }
