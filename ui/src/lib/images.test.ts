@@ -83,6 +83,11 @@ describe('image form', () => {
     const turbo = { id: 't', family: 'sd-turbo', default_size: 512, recommended_steps: 1, recommended_cfg: 1 } as ImageModelInfo;
     const f = applyModelDefaults(emptyForm(), turbo);
     expect([f.params.model, f.params.width, f.params.steps, f.params.cfg_scale, f.params.scheduler]).toEqual(['t', 512, 1, 1, 'euler']);
+    const xlTurbo = { ...turbo, id: 'x', family: 'sdxl-turbo' } as ImageModelInfo;
+    expect(applyModelDefaults(emptyForm(), xlTurbo).params.scheduler).toBe('euler');
+    const xl = { ...turbo, id: 'xl', family: 'sdxl', default_size: 1024, recommended_steps: 25, recommended_cfg: 5 } as ImageModelInfo;
+    const g = applyModelDefaults(emptyForm(), xl);
+    expect([g.params.width, g.params.steps, g.params.scheduler]).toEqual([1024, 25, emptyForm().params.scheduler]);
   });
 
   it('variations keep the seed and settings, add a batch and a variation seed; unlocked seeds send none', () => {

@@ -55,12 +55,12 @@ export function emptyForm(): ImageForm {
   };
 }
 
-/** A model's own defaults: its native size, steps and CFG (SD-Turbo: 1–4 steps, no CFG). */
+/** A model's own defaults: its native size, steps and CFG (the turbo models: 1–4 steps, no CFG). */
 export function applyModelDefaults(form: ImageForm, m: ImageModelInfo): ImageForm {
   const p = { ...form.params, model: m.id, width: m.default_size, height: m.default_size };
   p.steps = m.recommended_steps;
   p.cfg_scale = m.recommended_cfg;
-  if (m.family === 'sd-turbo') p.scheduler = 'euler';
+  if (m.family === 'sd-turbo' || m.family === 'sdxl-turbo') p.scheduler = 'euler';
   return { ...form, params: p };
 }
 

@@ -525,7 +525,7 @@ export interface ImagePiece { role: string; file: string; bytes: number; paramet
 export interface ImageModelInfo {
   id: string;
   path: string;
-  family: 'sd15' | 'sd21' | 'sd-turbo' | 'custom';
+  family: 'sd15' | 'sd21' | 'sd-turbo' | 'sdxl' | 'sdxl-turbo' | 'custom';
   prediction: 'epsilon' | 'v_prediction';
   unet_in_channels: number;
   default_size: number;

@@ -34,7 +34,7 @@ pub enum ImageCmd {
     Recall { file: PathBuf },
     /// Write a random-weight model in the diffusers layout (for tests and benchmarks: it draws noise).
     RandomModel {
-        #[arg(long, value_parser = ["tiny", "tiny-inpaint", "sd15"], default_value = "tiny")]
+        #[arg(long, value_parser = ["tiny", "tiny-inpaint", "tiny-xl", "sd15"], default_value = "tiny")]
         arch: String,
         /// Folder to create; install it with `image import`.
         out: PathBuf,
@@ -163,6 +163,7 @@ pub async fn run(engine: &Engine, cmd: ImageCmd, json: bool) -> Result<()> {
             let arch = match arch.as_str() {
                 "sd15" => Arch::Sd15,
                 "tiny-inpaint" => Arch::TinyInpaint,
+                "tiny-xl" => Arch::TinyXl,
                 _ => Arch::Tiny,
             };
             write_random_model(&out, arch)?;

@@ -1267,3 +1267,49 @@ fn clip_vocabulary_from_the_released_bpe_file_has_clips_ids() {
     let short: String = text.lines().take(1000).collect::<Vec<_>>().join("\n");
     assert!(atelier_engine::image::prompt::clip_vocab_from_bpe(&short).is_err());
 }
+
+/// SDXL's layout end to end on a tiny random SDXL: two text encoders and tokenizers, the
+/// pooled embedding and size ids, zeros for an empty negative prompt; reproducible, and an
+/// incomplete folder is refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdxl_layout_generates_reproducibly_from_both_encoders() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src").join("tiny-xl");
+    write_random_model(&src, Arch::TinyXl).unwrap();
+    let engine = Engine::open(
+        Home::at(dir.path().join("home")),
+        Access::Exclusive,
+        tokio::runtime::Handle::current(),
+    )
+    .unwrap();
+    let info = engine.import_image_model(&src, None).unwrap();
+    let roles: Vec<&str> = info.pieces.iter().map(|p| p.role.as_str()).collect();
+    assert_eq!(roles, ["unet", "vae", "text_encoder", "text_encoder_2"]);
+    let project = engine.store().create_project("xl").unwrap();
+    let xl = |seed, negative: &str| ImageParams {
+        model: "tiny-xl".into(),
+        negative_prompt: negative.into(),
+        ..params(seed)
+    };
+    let a = run(&engine, project.id, xl(7, "")).await.unwrap();
+    let b = run(&engine, project.id, xl(7, "")).await.unwrap();
+    let c = run(&engine, project.id, xl(8, "")).await.unwrap();
+    let d = run(&engine, project.id, xl(7, "blurry")).await.unwrap();
+    // Same seed, same pixels (the files differ by their label's produce id).
+    let (_, ra) = pixels(&engine, a[0]);
+    assert!(ra == pixels(&engine, b[0]).1, "same seed, same pixels");
+    assert!(ra != pixels(&engine, c[0]).1, "another seed, other pixels");
+    // An empty negative prompt is zeros (force_zeros_for_empty_prompt), not the encoding of "".
+    assert_ne!(
+        ra,
+        pixels(&engine, d[0]).1,
+        "a negative prompt changes the picture"
+    );
+
+    // Without the second encoder the folder is incomplete, and says so.
+    let broken = dir.path().join("src").join("broken-xl");
+    write_random_model(&broken, Arch::TinyXl).unwrap();
+    std::fs::remove_dir_all(broken.join("text_encoder_2")).unwrap();
+    let e = engine.import_image_model(&broken, None).unwrap_err();
+    assert!(e.to_string().contains("text_encoder_2"), "{e}");
+}

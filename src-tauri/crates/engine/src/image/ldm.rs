@@ -717,7 +717,7 @@ pub fn convert(src: &Path, out: &Path, tokenizer: &TokenizerSource) -> Result<()
         n.starts_with("conditioner.embedders.") || n.starts_with("model.diffusion_model.label_emb.")
     }) {
         return Err(Error::invalid(format!(
-            "{} is an SDXL checkpoint; SDXL is not supported yet (SD 1.x, SD 2.x and SD-Turbo are)",
+            "{} is a single-file SDXL checkpoint, which Atelier cannot convert yet (single-file SD 1.x and 2.x can); import the model's diffusers folder instead (unet/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/)",
             src.display()
         )));
     }

@@ -33,6 +33,8 @@ pub enum Family {
     Sd15,
     Sd21,
     SdTurbo,
+    Sdxl,
+    SdxlTurbo,
     /// Another shape (test models, small distilled UNets): runs, with no size defaults.
     Custom,
 }
@@ -43,6 +45,8 @@ impl Family {
             Family::Sd15 => "SD 1.5",
             Family::Sd21 => "SD 2.1",
             Family::SdTurbo => "SD-Turbo",
+            Family::Sdxl => "SDXL",
+            Family::SdxlTurbo => "SDXL-Turbo",
             Family::Custom => "custom",
         }
     }
@@ -50,6 +54,7 @@ impl Family {
     pub fn native_size(self) -> u32 {
         match self {
             Family::Sd21 => 768,
+            Family::Sdxl => 1024,
             _ => 512,
         }
     }
@@ -58,7 +63,7 @@ impl Family {
 /// One weights file of a model.
 #[derive(Debug, Clone, Serialize)]
 pub struct Piece {
-    /// `unet`, `vae` or `text_encoder`.
+    /// `unet`, `vae`, `text_encoder` or (SDXL) `text_encoder_2`.
     pub role: String,
     pub file: PathBuf,
     pub bytes: u64,
@@ -452,11 +457,7 @@ pub fn text_time_config(v: &Value) -> Result<Option<super::unet::TextTime>> {
 
 /// The UNet config (diffusers `unet/config.json`) in candle's terms, with its input channels.
 pub fn unet_config(v: &Value) -> Result<(UNet2DConditionModelConfig, usize, usize)> {
-    if v.get("addition_embed_type").is_some_and(|x| !x.is_null()) {
-        return Err(Error::invalid(
-            "this is an SDXL-class UNet; SDXL is not supported yet (SD 1.5, SD 2.1 and SD-Turbo are)",
-        ));
-    }
+    text_time_config(v)?;
     let channels: Vec<usize> = v["block_out_channels"]
         .as_array()
         .ok_or_else(|| Error::invalid("the UNet config has no block_out_channels"))?
@@ -558,7 +559,12 @@ pub fn text_config(v: &Value) -> Result<ClipConfig> {
         heads: get_usize(v, "num_attention_heads", None)?,
         max_positions: get_usize(v, "max_position_embeddings", Some(77))?,
         activation,
-        projection: None,
+        // SDXL's second encoder is a CLIPTextModelWithProjection (the pooled embedding).
+        projection: v["architectures"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == "CLIPTextModelWithProjection"))
+            .then(|| get_usize(v, "projection_dim", Some(hidden)))
+            .transpose()?,
     })
 }
 
@@ -595,6 +601,54 @@ pub fn noise_schedule(v: &Value) -> Result<NoiseSchedule> {
     Ok(s)
 }
 
+fn check_tokenizer(tok: &Path) -> Result<()> {
+    if !tok.join("tokenizer.json").is_file()
+        && !(tok.join("vocab.json").is_file() && tok.join("merges.txt").is_file())
+    {
+        return Err(Error::invalid(format!(
+            "{} has no CLIP tokenizer (vocab.json and merges.txt)",
+            tok.display()
+        )));
+    }
+    Ok(())
+}
+
+/// SDXL's second text encoder (`text_encoder_2/`, OpenCLIP bigG with its projection).
+fn sdxl_second_encoder(dir: &Path) -> Result<ClipConfig> {
+    let path = dir.join("text_encoder_2").join("config.json");
+    if !path.is_file() {
+        return Err(Error::invalid(format!(
+            "{} has an SDXL UNet but no text_encoder_2/: the model folder is incomplete",
+            dir.display()
+        )));
+    }
+    text_config(&read_json(&path)?)
+}
+
+/// An SDXL UNet reads both encoders' states side by side and the second's pooled embedding
+/// with six embedded ids: the three configs must agree.
+fn check_sdxl_shapes(
+    unet: &UNet2DConditionModelConfig,
+    text_time: super::unet::TextTime,
+    text: &ClipConfig,
+    text_2: &ClipConfig,
+) -> Result<()> {
+    let Some(pooled) = text_2.projection else {
+        return Err(Error::invalid(
+            "SDXL's text_encoder_2 must be a CLIPTextModelWithProjection (it gives the pooled embedding)",
+        ));
+    };
+    if text.hidden_size + text_2.hidden_size != unet.cross_attention_dim
+        || pooled + 6 * text_time.time_dim != text_time.input_dim
+    {
+        return Err(Error::invalid(format!(
+            "the SDXL components do not fit together: text encoders of {} and {} (pooled {pooled}) for a UNet reading {} and {}",
+            text.hidden_size, text_2.hidden_size, unet.cross_attention_dim, text_time.input_dim
+        )));
+    }
+    Ok(())
+}
+
 /// Reads a model folder's configs and weight headers (no weights) and describes it.
 pub fn describe(dir: &Path) -> Result<ImageModelInfo> {
     if is_pickle(dir) {
@@ -616,21 +670,21 @@ pub fn describe(dir: &Path) -> Result<ImageModelInfo> {
     } else {
         NoiseSchedule::stable_diffusion(Prediction::Epsilon)
     };
-    let tok = dir.join("tokenizer");
-    if !tok.join("tokenizer.json").is_file()
-        && !(tok.join("vocab.json").is_file() && tok.join("merges.txt").is_file())
-    {
-        return Err(Error::invalid(format!(
-            "{} has no CLIP tokenizer (vocab.json and merges.txt)",
-            tok.display()
-        )));
-    }
-    let mut pieces = Vec::new();
-    for (role, stem) in [
+    check_tokenizer(&dir.join("tokenizer"))?;
+    let text_time = text_time_config(&unet_json)?;
+    let mut roles = vec![
         ("unet", "diffusion_pytorch_model"),
         ("vae", "diffusion_pytorch_model"),
         ("text_encoder", "model"),
-    ] {
+    ];
+    if let Some(tt) = text_time {
+        let text_2 = sdxl_second_encoder(dir)?;
+        check_sdxl_shapes(&unet_cfg, tt, &text, &text_2)?;
+        check_tokenizer(&dir.join("tokenizer_2"))?;
+        roles.push(("text_encoder_2", "model"));
+    }
+    let mut pieces = Vec::new();
+    for (role, stem) in roles {
         let file = weights_file(&dir.join(role), stem)?;
         let summary = check_safetensors(&file)?;
         let bytes = std::fs::metadata(&file)
@@ -645,7 +699,11 @@ pub fn describe(dir: &Path) -> Result<ImageModelInfo> {
         });
     }
     let family = match (
-        unet_cfg.cross_attention_dim,
+        if text_time.is_some() {
+            0 // SDXL: told apart below
+        } else {
+            unet_cfg.cross_attention_dim
+        },
         &text,
         schedule.prediction,
         schedule.spacing,
@@ -663,8 +721,14 @@ pub fn describe(dir: &Path) -> Result<ImageModelInfo> {
         }
         _ => Family::Custom,
     };
+    let family = match (text_time, schedule.spacing) {
+        (Some(_), Spacing::Trailing) if unet_cfg.cross_attention_dim == 2048 => Family::SdxlTurbo,
+        (Some(_), _) if unet_cfg.cross_attention_dim == 2048 => Family::Sdxl,
+        _ => family,
+    };
     let (recommended_steps, recommended_cfg) = match family {
-        Family::SdTurbo => (1, 0.0),
+        Family::SdTurbo | Family::SdxlTurbo => (1, 0.0),
+        Family::Sdxl => (25, 5.0),
         _ => (25, 7.0),
     };
     let index = dir.join("model_index.json");
@@ -701,6 +765,15 @@ pub fn model_id(dir: &Path) -> String {
 /// Input channels of an inpainting UNet: 4 latent, 1 mask, 4 masked-image latent.
 pub const INPAINT_IN_CHANNELS: usize = 9;
 
+/// SDXL's second text encoder (OpenCLIP bigG: penultimate states beside the first encoder's,
+/// and the pooled embedding), its tokenizer (padding with "!"), and whether an empty negative
+/// prompt is zeros rather than the encoding of "" (`force_zeros_for_empty_prompt`).
+pub struct SdxlText {
+    pub text: ClipText,
+    pub tokenizer: ClipTokenizer,
+    pub zero_empty_negative: bool,
+}
+
 /// A model ready to run.
 pub struct LoadedModel {
     pub info: ImageModelInfo,
@@ -708,6 +781,8 @@ pub struct LoadedModel {
     pub vae: super::vae::Vae,
     pub text: ClipText,
     pub tokenizer: ClipTokenizer,
+    /// SDXL's second text encoder and what goes with it; `None` for SD 1.x and 2.x.
+    pub sdxl: Option<SdxlText>,
     pub schedule: NoiseSchedule,
     pub vae_scale: f64,
     pub latent_channels: usize,
@@ -747,14 +822,15 @@ pub fn load(info: ImageModelInfo, device: &Device) -> Result<LoadedModel> {
             .map(|p| p.file.clone())
             .ok_or_else(|| Error::invalid(format!("the model has no {role}")))
     };
-    let (unet_cfg, in_channels, out_channels) =
-        unet_config(&read_json(&dir.join("unet").join("config.json"))?)?;
+    let unet_json = read_json(&dir.join("unet").join("config.json"))?;
+    let (unet_cfg, in_channels, out_channels) = unet_config(&unet_json)?;
+    let text_time = text_time_config(&unet_json)?;
     let unet = super::unet::UNet::load(
         weights(&file("unet")?, dtype, device)?,
         in_channels,
         out_channels,
         &unet_cfg,
-        None,
+        text_time,
     )
     .map_err(mismatch("UNet"))?;
     let (vae_cfg, vae_scale) = vae_config(&read_json(&dir.join("vae").join("config.json"))?)?;
@@ -768,6 +844,26 @@ pub fn load(info: ImageModelInfo, device: &Device) -> Result<LoadedModel> {
     // OpenCLIP's tokenizers pad with "!", OpenAI's with the end-of-text token.
     let pad_with = (text_cfg.activation == Activation::Gelu).then_some("!");
     let tokenizer = ClipTokenizer::load(&dir.join("tokenizer"), pad_with)?;
+    let sdxl = match text_time {
+        None => None,
+        Some(_) => {
+            let cfg = sdxl_second_encoder(&dir)?;
+            let vb = weights(&file("text_encoder_2")?, DType::F32, device)?;
+            let index = dir.join("model_index.json");
+            let index = if index.is_file() {
+                read_json(&index)?
+            } else {
+                Value::Null
+            };
+            Some(SdxlText {
+                text: ClipText::load(vb, &cfg).map_err(mismatch("second text encoder"))?,
+                tokenizer: ClipTokenizer::load(&dir.join("tokenizer_2"), Some("!"))?,
+                zero_empty_negative: index["force_zeros_for_empty_prompt"]
+                    .as_bool()
+                    .unwrap_or(true),
+            })
+        }
+    };
     let scheduler_path = dir.join("scheduler").join("scheduler_config.json");
     let schedule = if scheduler_path.is_file() {
         noise_schedule(&read_json(&scheduler_path)?)?
@@ -780,6 +876,7 @@ pub fn load(info: ImageModelInfo, device: &Device) -> Result<LoadedModel> {
         vae,
         text,
         tokenizer,
+        sdxl,
         schedule,
         vae_scale,
         latent_channels,
@@ -815,14 +912,18 @@ pub fn list(dir: &Path) -> Result<Vec<std::result::Result<ImageModelInfo, (Strin
 }
 
 /// The files of a diffusers folder that Atelier reads (and so copies on import).
-const MODEL_FILES: [&str; 7] = [
+const MODEL_FILES: [&str; 11] = [
     "model_index.json",
     "unet/config.json",
     "vae/config.json",
     "text_encoder/config.json",
+    "text_encoder_2/config.json",
     "scheduler/scheduler_config.json",
     "tokenizer/vocab.json",
     "tokenizer/merges.txt",
+    "tokenizer_2/vocab.json",
+    "tokenizer_2/merges.txt",
+    "tokenizer_2/tokenizer.json",
 ];
 
 /// CLIP's released BPE file, where the set-up puts it for single-file imports.

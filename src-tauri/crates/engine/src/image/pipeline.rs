@@ -170,25 +170,72 @@ pub fn check_memory(model: &LoadedModel, p: &ImageParams) -> Result<()> {
     Ok(())
 }
 
-/// The text conditioning `[uncond?, cond]` for the UNet.
-fn encode_prompts(model: &LoadedModel, p: &ImageParams) -> Result<(Tensor, usize)> {
-    let prompt = p.translated_prompt.as_deref().unwrap_or(&p.prompt);
-    let mut cond = model.tokenizer.windows(prompt)?;
-    let mut uncond = model.tokenizer.windows(&p.negative_prompt)?;
-    let windows = cond.ids.len().max(uncond.ids.len());
-    // Both sides need the same length; pad the shorter with empty windows.
-    for w in [&mut cond, &mut uncond] {
-        while w.ids.len() < windows {
-            let (ids, weights) = model.tokenizer.empty_window();
-            w.ids.push(ids);
-            w.weights.push(weights);
+/// What the UNet is conditioned on, `[uncond?, cond]` along the batch: the text states and
+/// (SDXL) the pooled embedding of the second encoder.
+struct Conditioning {
+    context: Tensor,
+    pooled: Option<Tensor>,
+}
+
+/// A prompt's token windows for each text encoder (one for SD 1.x/2.x, two for SDXL: the same
+/// tokens, padded differently), padded with empty windows to `count`.
+fn windows_of(model: &LoadedModel, text: &str) -> Result<(Windows, Option<Windows>)> {
+    let first = model.tokenizer.windows(text)?;
+    let second = match &model.sdxl {
+        Some(x) => Some(x.tokenizer.windows(text)?),
+        None => None,
+    };
+    Ok((first, second))
+}
+
+fn pad_windows(model: &LoadedModel, w: &mut (Windows, Option<Windows>), count: usize) {
+    while w.0.ids.len() < count {
+        let (ids, weights) = model.tokenizer.empty_window();
+        w.0.ids.push(ids);
+        w.0.weights.push(weights);
+    }
+    if let (Some(x), Some(second)) = (&model.sdxl, &mut w.1) {
+        while second.ids.len() < count {
+            let (ids, weights) = x.tokenizer.empty_window();
+            second.ids.push(ids);
+            second.weights.push(weights);
         }
     }
+}
+
+/// The text conditioning `[uncond?, cond]` for the UNet.
+fn encode_prompts(model: &LoadedModel, p: &ImageParams) -> Result<(Conditioning, usize)> {
+    let prompt = p.translated_prompt.as_deref().unwrap_or(&p.prompt);
+    let mut cond = windows_of(model, prompt)?;
+    let mut uncond = windows_of(model, &p.negative_prompt)?;
+    // Both sides need the same length; pad the shorter with empty windows.
+    let windows = cond.0.ids.len().max(uncond.0.ids.len());
+    pad_windows(model, &mut cond, windows);
+    pad_windows(model, &mut uncond, windows);
     let bad = |e: candle_core::Error| Error::Internal(format!("text encoder: {e}"));
-    let embed = |w: &Windows| -> Result<Tensor> {
-        let ids: Vec<u32> = w.ids.concat();
-        let ids = Tensor::from_vec(ids, (w.ids.len(), WINDOW), &model.device).map_err(bad)?;
-        let z = model.text.forward(&ids).map_err(bad)?.last; // (windows, 77, dim)
+    let ids_of = |w: &Windows| {
+        Tensor::from_vec(w.ids.concat(), (w.ids.len(), WINDOW), &model.device).map_err(bad)
+    };
+    let embed = |(w, second): &(Windows, Option<Windows>)| -> Result<(Tensor, Option<Tensor>)> {
+        let first = model.text.forward(&ids_of(w)?).map_err(bad)?;
+        let (z, pooled) = match (&model.sdxl, second) {
+            // SDXL: both encoders' penultimate states side by side; the second encoder's
+            // pooled embedding of the first window.
+            (Some(x), Some(second)) => {
+                let out = x.text.forward(&ids_of(second)?).map_err(bad)?;
+                let z = Tensor::cat(&[&first.penultimate, &out.penultimate], 2).map_err(bad)?;
+                let pooled = match out.pooled {
+                    Some(p) => Some(p.i(0..1).map_err(bad)?),
+                    None => {
+                        return Err(Error::Internal(
+                            "SDXL's second encoder gave no pooled embedding".into(),
+                        ));
+                    }
+                };
+                (z, pooled)
+            }
+            _ => (first.last, None),
+        }; // z: (windows, 77, dim)
         let weights: Vec<f32> = w.weights.concat();
         let weighted = if weights.iter().any(|&x| x != 1.0) {
             // A1111's emphasis: scale each token's vector, then restore the overall mean.
@@ -210,15 +257,37 @@ fn encode_prompts(model: &LoadedModel, p: &ImageParams) -> Result<(Tensor, usize
             z
         };
         let (n, t, d) = weighted.dims3().map_err(bad)?;
-        weighted.reshape((1, n * t, d)).map_err(bad)
+        Ok((weighted.reshape((1, n * t, d)).map_err(bad)?, pooled))
     };
-    let c = embed(&cond)?;
-    let emb = if p.uses_cfg() {
-        Tensor::cat(&[embed(&uncond)?, c], 0).map_err(bad)?
+    let (c, c_pooled) = embed(&cond)?;
+    let (context, pooled) = if p.uses_cfg() {
+        let zero_negative = model
+            .sdxl
+            .as_ref()
+            .is_some_and(|x| x.zero_empty_negative && p.negative_prompt.trim().is_empty());
+        let (u, u_pooled) = if zero_negative {
+            // SDXL's `force_zeros_for_empty_prompt`: no negative prompt is zeros, not "".
+            let zeros = |t: &Tensor| t.zeros_like().map_err(bad);
+            (zeros(&c)?, c_pooled.as_ref().map(zeros).transpose()?)
+        } else {
+            embed(&uncond)?
+        };
+        let pooled = match (u_pooled, c_pooled) {
+            (Some(u), Some(c)) => Some(Tensor::cat(&[u, c], 0).map_err(bad)?),
+            _ => None,
+        };
+        (Tensor::cat(&[u, c], 0).map_err(bad)?, pooled)
     } else {
-        c
+        (c, c_pooled)
     };
-    Ok((emb.to_dtype(model.dtype).map_err(bad)?, cond.token_count))
+    let to_model = |t: Tensor| t.to_dtype(model.dtype).map_err(bad);
+    Ok((
+        Conditioning {
+            context: to_model(context)?,
+            pooled: pooled.map(to_model).transpose()?,
+        },
+        cond.0.token_count,
+    ))
 }
 
 /// A source image as latents (the distribution's mean: reproducible, as diffusers' "argmax").
@@ -309,7 +378,10 @@ pub fn generate(
     on_step: &mut StepFn<'_>,
 ) -> Result<image::RgbImage> {
     let bad = |e: candle_core::Error| Error::Internal(format!("image model: {e}"));
-    let (emb, _) = encode_prompts(model, p)?;
+    let (conditioning, _) = encode_prompts(model, p)?;
+    // SDXL's size and crop ids: made at this size, uncropped, for this size.
+    let (h, w) = (p.height as f64, p.width as f64);
+    let time_ids = [[h, w, 0.0, 0.0, h, w]; 2];
     let mut noise = HostNoise::new(seed);
     let shape = [
         1,
@@ -368,7 +440,17 @@ pub fn generate(
             Some(c) => Tensor::cat(&[&input, c], 1)?,
             None => input,
         };
-        let out = model.unet.forward(&input, t, &emb)?.to_dtype(DType::F32)?;
+        let added = conditioning
+            .pooled
+            .as_ref()
+            .map(|pooled| super::unet::Added {
+                text_embeds: pooled,
+                time_ids: &time_ids[..pooled.dims()[0].min(2)],
+            });
+        let out = model
+            .unet
+            .forward_added(&input, t, &conditioning.context, added.as_ref())?
+            .to_dtype(DType::F32)?;
         let out = if cfg {
             let (u, c) = (out.i(0..1)?, out.i(1..2)?);
             (&u + (c - &u)?.affine(guidance, 0.0)?)?

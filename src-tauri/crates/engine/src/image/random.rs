@@ -13,7 +13,7 @@ use candle_transformers::models::stable_diffusion::vae::AutoEncoderKL;
 use serde_json::{Value, json};
 
 use super::clip::ClipText;
-use super::model::{text_config, unet_config, vae_config};
+use super::model::{text_config, text_time_config, unet_config, vae_config};
 use super::prompt::byte_chars;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
@@ -25,12 +25,41 @@ pub enum Arch {
     Tiny,
     /// Tiny, with an inpainting UNet (9 input channels: latents, mask, masked-image latents).
     TinyInpaint,
+    /// Tiny, SDXL-shaped: two text encoders (the second OpenCLIP-style with a projection),
+    /// the pooled embedding and size ids through `add_embedding`, two transformer layers deep.
+    TinyXl,
     /// SD 1.5's exact shapes (UNet 860M, VAE 84M, CLIP ViT-L 123M parameters): for benchmarks.
     Sd15,
 }
 
 fn configs(arch: Arch) -> (Value, Value, Value) {
     match arch {
+        Arch::TinyXl => {
+            let (_, vae, text) = configs(Arch::Tiny);
+            (
+                json!({
+                    "_class_name": "UNet2DConditionModel",
+                    "in_channels": 4, "out_channels": 4,
+                    "block_out_channels": [32, 64],
+                    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+                    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+                    "layers_per_block": 1,
+                    "transformer_layers_per_block": [1, 2],
+                    "attention_head_dim": [4, 4],
+                    "use_linear_projection": true,
+                    // The two encoders' states side by side: 64 + 32.
+                    "cross_attention_dim": 96,
+                    "addition_embed_type": "text_time",
+                    "addition_time_embed_dim": 8,
+                    // Pooled (32) + 6 ids × 8.
+                    "projection_class_embeddings_input_dim": 80,
+                    "norm_num_groups": 32,
+                    "sample_size": 8
+                }),
+                vae,
+                text,
+            )
+        }
         Arch::Tiny | Arch::TinyInpaint => (
             json!({
                 "_class_name": "UNet2DConditionModel",
@@ -146,11 +175,12 @@ pub fn write_random_model(dir: &Path, arch: Arch) -> Result<()> {
     write_json(
         &dir.join("model_index.json"),
         &json!({
-            "_class_name": if arch == Arch::TinyInpaint {
-                "StableDiffusionInpaintPipeline"
-            } else {
-                "StableDiffusionPipeline"
+            "_class_name": match arch {
+                Arch::TinyInpaint => "StableDiffusionInpaintPipeline",
+                Arch::TinyXl => "StableDiffusionXLPipeline",
+                _ => "StableDiffusionPipeline",
             },
+            "force_zeros_for_empty_prompt": arch == Arch::TinyXl,
             "_atelier_random_weights": true
         }),
     )?;
@@ -173,9 +203,16 @@ pub fn write_random_model(dir: &Path, arch: Arch) -> Result<()> {
             inc,
             outc,
             false,
-            cfg,
+            cfg.clone(),
         )
         .map_err(candle("UNet"))?;
+        // candle's UNet has no SDXL add_embedding: its two layers go into the same file.
+        if let Some(tt) = text_time_config(&unet_json)? {
+            let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev).pp("add_embedding");
+            let temb = 4 * cfg.blocks[0].out_channels;
+            candle_nn::linear(tt.input_dim, temb, vb.pp("linear_1")).map_err(candle("UNet"))?;
+            candle_nn::linear(temb, temb, vb.pp("linear_2")).map_err(candle("UNet"))?;
+        }
         write_json(&dir.join("unet").join("config.json"), &unet_json)?;
         vm.save(dir.join("unet").join("diffusion_pytorch_model.safetensors"))
             .map_err(candle("UNet"))?;
@@ -197,6 +234,31 @@ pub fn write_random_model(dir: &Path, arch: Arch) -> Result<()> {
         write_json(&dir.join("text_encoder").join("config.json"), &text_json)?;
         vm.save(dir.join("text_encoder").join("model.safetensors"))
             .map_err(candle("text encoder"))?;
+    }
+    if arch == Arch::TinyXl {
+        // OpenCLIP-style: exact GELU, a projection for the pooled embedding, its own tokenizer
+        // folder (padding with "!").
+        let text_2 = json!({
+            "architectures": ["CLIPTextModelWithProjection"],
+            "hidden_act": "gelu",
+            "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 2,
+            "max_position_embeddings": 77, "vocab_size": 1000, "projection_dim": 32
+        });
+        for sub in ["text_encoder_2", "tokenizer_2"] {
+            std::fs::create_dir_all(dir.join(sub))
+                .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+        }
+        write_tokenizer(&dir.join("tokenizer_2"))?;
+        let vm = VarMap::new();
+        ClipText::load(
+            VarBuilder::from_varmap(&vm, DType::F32, &dev),
+            &text_config(&text_2)?,
+        )
+        .map_err(candle("second text encoder"))?;
+        write_json(&dir.join("text_encoder_2").join("config.json"), &text_2)?;
+        vm.save(dir.join("text_encoder_2").join("model.safetensors"))
+            .map_err(candle("second text encoder"))?;
     }
     Ok(())
 }
