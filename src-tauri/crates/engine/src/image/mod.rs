@@ -1,6 +1,6 @@
-//! Local image generation: Stable Diffusion (SD 1.5, SD 2.1, SD-Turbo and same-shaped models)
-//! in candle, with Atelier's own samplers and seeded host noise, A1111-compatible metadata and
-//! the AI-content label in every PNG, and a gallery in SQLite.
+//! Local image generation: Stable Diffusion (SD 1.5, SD 2.1, SD-Turbo, SDXL, SDXL-Turbo and
+//! same-shaped models) on candle tensors, with Atelier's own samplers and seeded host noise,
+//! A1111-compatible metadata and the AI-content label in every PNG, and a gallery in SQLite.
 //!
 //! - [`params`]: the request and its validation, scheduler names
 //! - [`model`]: diffusers folders: describe (bounded header reads), load, import
