@@ -17,6 +17,31 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Copies `from` to `to` (created or truncated) and returns the sha256 of what was copied, as
+/// lowercase hex: one read of the file instead of a copy and then a hash.
+pub fn copy_hashing(from: &Path, to: &Path) -> Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut src = std::fs::File::open(from)
+        .map_err(|e| Error::io(format!("cannot read {}", from.display()), e))?;
+    let mut dst = std::fs::File::create(to)
+        .map_err(|e| Error::io(format!("cannot write {}", to.display()), e))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = src
+            .read(&mut buf)
+            .map_err(|e| Error::io(format!("cannot read {}", from.display()), e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        dst.write_all(&buf[..n])
+            .map_err(|e| Error::io(format!("cannot write {}", to.display()), e))?;
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// The sha256 of bytes in memory as lowercase hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;

@@ -988,6 +988,27 @@ pub fn model_hash(info: &ImageModelInfo) -> Result<String> {
     {
         return Ok(c.sha256[..10].to_owned());
     }
+    let (unet, key) = unet_hash_key(info)?;
+    let cache = info.path.join(HASH_CACHE);
+    let cached = std::fs::read_to_string(&cache)
+        .ok()
+        .and_then(|t| serde_json::from_str::<HashCache>(&t).ok())
+        .filter(|c| {
+            c.file == key.file
+                && c.size == key.size
+                && c.modified_ns == key.modified_ns
+                && c.sha256.len() == 64
+                && c.sha256.bytes().all(|b| b.is_ascii_hexdigit())
+        });
+    let sha256 = match cached {
+        Some(c) => c.sha256,
+        None => remember_unet_hash(info, key, crate::fsutil::sha256_file(&unet)?),
+    };
+    Ok(sha256[..10].to_owned())
+}
+
+/// The UNet file of a model and the cache entry its hash would be kept under (no hash yet).
+fn unet_hash_key(info: &ImageModelInfo) -> Result<(PathBuf, HashCache)> {
     let unet = info
         .pieces
         .iter()
@@ -1010,32 +1031,19 @@ pub fn model_hash(info: &ImageModelInfo) -> Result<String> {
             .map_or(0, |d| d.as_nanos()),
         sha256: String::new(),
     };
-    let cache = info.path.join(HASH_CACHE);
-    let cached = std::fs::read_to_string(&cache)
-        .ok()
-        .and_then(|t| serde_json::from_str::<HashCache>(&t).ok())
-        .filter(|c| {
-            c.file == key.file
-                && c.size == key.size
-                && c.modified_ns == key.modified_ns
-                && c.sha256.len() == 64
-                && c.sha256.bytes().all(|b| b.is_ascii_hexdigit())
-        });
-    let sha256 = match cached {
-        Some(c) => c.sha256,
-        None => {
-            let sha256 = crate::fsutil::sha256_file(&unet)?;
-            let fresh = HashCache { sha256, ..key };
-            if let Err(e) = serde_json::to_vec_pretty(&fresh)
-                .map_err(Error::from)
-                .and_then(|b| crate::fsutil::write_atomic(&cache, &b))
-            {
-                tracing::warn!(error = %e, "the model hash could not be cached");
-            }
-            fresh.sha256
-        }
-    };
-    Ok(sha256[..10].to_owned())
+    Ok((unet, key))
+}
+
+/// Writes the UNet's hash into the cache beside the model and returns it.
+fn remember_unet_hash(info: &ImageModelInfo, key: HashCache, sha256: String) -> String {
+    let fresh = HashCache { sha256, ..key };
+    if let Err(e) = serde_json::to_vec_pretty(&fresh)
+        .map_err(Error::from)
+        .and_then(|b| crate::fsutil::write_atomic(&info.path.join(HASH_CACHE), &b))
+    {
+        tracing::warn!(error = %e, "the model hash could not be cached");
+    }
+    fresh.sha256
 }
 
 /// Imports a single-file checkpoint: converted into a hidden temporary folder that is renamed
@@ -1095,6 +1103,13 @@ pub fn import(dir: &Path, src: &Path, tokenizer: Option<&Path>) -> Result<ImageM
                 files.push(rel.to_owned());
             }
         }
+        let unet = info
+            .pieces
+            .iter()
+            .find(|p| p.role == "unet")
+            .and_then(|p| p.file.strip_prefix(src).ok())
+            .map(Path::to_owned);
+        let mut unet_sha256 = None;
         for rel in files {
             let from = src.join(&rel);
             if !from.is_file() {
@@ -1105,11 +1120,23 @@ pub fn import(dir: &Path, src: &Path, tokenizer: Option<&Path>) -> Result<ImageM
                 std::fs::create_dir_all(parent)
                     .map_err(|e| Error::io(format!("cannot create {}", parent.display()), e))?;
             }
-            std::fs::copy(&from, &to)
-                .map_err(|e| Error::io(format!("cannot copy {}", from.display()), e))?;
+            if unet.as_deref() == Some(rel.as_path()) {
+                // Hashed as it is copied, so the first run does not read it again for its hash.
+                unet_sha256 = Some(crate::fsutil::copy_hashing(&from, &to)?);
+            } else {
+                std::fs::copy(&from, &to)
+                    .map_err(|e| Error::io(format!("cannot copy {}", from.display()), e))?;
+            }
         }
-        // Hashed now, while the copy is warm in the page cache, so the first run does not wait.
-        model_hash(&describe(tmp)?).map(drop)
+        let installed = describe(tmp)?;
+        match unet_sha256 {
+            Some(sha256) => {
+                let (_, key) = unet_hash_key(&installed)?;
+                remember_unet_hash(&installed, key, sha256);
+                Ok(())
+            }
+            None => model_hash(&installed).map(drop),
+        }
     })
 }
 
@@ -1162,7 +1189,12 @@ mod tests {
         let expected = crate::fsutil::sha256_file(&unet.file).unwrap();
         let cache = info.path.join(HASH_CACHE);
         assert!(cache.is_file(), "import hashes the UNet");
+        // Hashed while it was copied: the right value, under the installed file's key, so the
+        // first load takes it as it is instead of reading the file again.
+        let written = std::fs::read_to_string(&cache).unwrap();
+        assert!(written.contains(&expected), "{written}");
         assert_eq!(model_hash(&info).unwrap(), expected[..10]);
+        assert_eq!(std::fs::read_to_string(&cache).unwrap(), written);
 
         // The cache is what a load reads: a planted value with the same key comes back.
         let mut c: HashCache =
