@@ -2,8 +2,8 @@
 //! 64²): each convolution and attention shape, how often a step runs it, its GFLOP/s, and the
 //! step's total per kind. Tells which shapes hold the UNet back and what a kernel change is worth.
 //!
-//! `cargo run --release -p atelier-cpu --example diffusion [-- THREADS]`; `ATTENTION_ONLY=1` skips
-//! the convolutions.
+//! `cargo run --release -p atelier-cpu --example diffusion [-- THREADS]`; `VAE=1` times the VAE
+//! decoder's convolutions instead of the UNet's, `ATTENTION_ONLY=1` skips the convolutions.
 
 use std::time::Instant;
 
@@ -33,9 +33,17 @@ fn best(mut f: impl FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-fn conv(c_in: usize, c_out: usize, side: usize, kernel: usize, stride: usize) -> Conv2d {
+/// A convolution of `batch` square images of side `side`, padded to keep the side.
+fn conv(
+    batch: usize,
+    c_in: usize,
+    c_out: usize,
+    side: usize,
+    kernel: usize,
+    stride: usize,
+) -> Conv2d {
     Conv2d {
-        batch: 2,
+        batch,
         c_in,
         h: side,
         w: side,
@@ -44,6 +52,17 @@ fn conv(c_in: usize, c_out: usize, side: usize, kernel: usize, stride: usize) ->
         stride,
         pad: kernel / 2,
     }
+}
+
+/// Prints one timed shape: its time per call, GFLOP/s and its seconds per step; returns those.
+fn row(label: &str, runs: usize, seconds: f64, flops: f64) -> f64 {
+    println!(
+        "{label:<34} {runs:>5} {:>9.2} {:>9.1} {:>8.3}",
+        seconds * 1e3,
+        flops / seconds / 1e9,
+        seconds * runs as f64
+    );
+    seconds * runs as f64
 }
 
 fn main() {
@@ -58,84 +77,43 @@ fn main() {
     // (shape, runs per step): SD 1.5's ResNet convolutions (3×3), shortcuts and transformer
     // projections (1×1), down- and upsampling convolutions, in and out.
     let convs = [
-        (conv(4, 320, 64, 3, 1), 1),
-        (conv(320, 320, 64, 3, 1), 4 + 2 + 1),
-        (conv(320, 320, 64, 1, 1), 4 + 6),
-        (conv(320, 320, 64, 3, 2), 1),
-        (conv(320, 640, 32, 3, 1), 1),
-        (conv(640, 640, 32, 3, 1), 3 + 2 + 1),
-        (conv(640, 640, 32, 1, 1), 4 + 6),
-        (conv(640, 640, 32, 3, 2), 1),
-        (conv(640, 1280, 16, 3, 1), 1),
-        (conv(1280, 1280, 16, 3, 1), 3 + 3 + 1),
-        (conv(1280, 1280, 16, 1, 1), 4 + 6 + 2),
-        (conv(1280, 1280, 16, 3, 2), 1),
-        (conv(1280, 1280, 8, 3, 1), 4 + 4),
-        (conv(2560, 1280, 8, 3, 1), 3),
-        (conv(2560, 1280, 16, 3, 1), 2),
-        (conv(1920, 1280, 16, 3, 1), 1),
-        (conv(1920, 640, 32, 3, 1), 1),
-        (conv(1280, 640, 32, 3, 1), 1),
-        (conv(960, 640, 32, 3, 1), 1),
-        (conv(960, 320, 64, 3, 1), 1),
-        (conv(640, 320, 64, 3, 1), 2),
-        (conv(320, 4, 64, 3, 1), 1),
+        (conv(2, 4, 320, 64, 3, 1), 1),
+        (conv(2, 320, 320, 64, 3, 1), 4 + 2 + 1),
+        (conv(2, 320, 320, 64, 1, 1), 4 + 6),
+        (conv(2, 320, 320, 64, 3, 2), 1),
+        (conv(2, 320, 640, 32, 3, 1), 1),
+        (conv(2, 640, 640, 32, 3, 1), 3 + 2 + 1),
+        (conv(2, 640, 640, 32, 1, 1), 4 + 6),
+        (conv(2, 640, 640, 32, 3, 2), 1),
+        (conv(2, 640, 1280, 16, 3, 1), 1),
+        (conv(2, 1280, 1280, 16, 3, 1), 3 + 3 + 1),
+        (conv(2, 1280, 1280, 16, 1, 1), 4 + 6 + 2),
+        (conv(2, 1280, 1280, 16, 3, 2), 1),
+        (conv(2, 1280, 1280, 8, 3, 1), 4 + 4),
+        (conv(2, 2560, 1280, 8, 3, 1), 3),
+        (conv(2, 2560, 1280, 16, 3, 1), 2),
+        (conv(2, 1920, 1280, 16, 3, 1), 1),
+        (conv(2, 1920, 640, 32, 3, 1), 1),
+        (conv(2, 1280, 640, 32, 3, 1), 1),
+        (conv(2, 960, 640, 32, 3, 1), 1),
+        (conv(2, 960, 320, 64, 3, 1), 1),
+        (conv(2, 640, 320, 64, 3, 1), 2),
+        (conv(2, 320, 4, 64, 3, 1), 1),
     ];
     let mut total = 0.0;
     println!(
         "{:<34} {:>5} {:>9} {:>9} {:>8}",
         "convolution", "runs", "ms", "GFLOP/s", "s/step"
     );
+    // The VAE decoder's (batch 1): its ResNets and upsamplers at 512², 256² and 128².
     let vae = [
-        (
-            Conv2d {
-                batch: 1,
-                ..conv(128, 128, 512, 3, 1)
-            },
-            5,
-        ),
-        (
-            Conv2d {
-                batch: 1,
-                ..conv(256, 128, 512, 3, 1)
-            },
-            1,
-        ),
-        (
-            Conv2d {
-                batch: 1,
-                ..conv(256, 256, 512, 3, 1)
-            },
-            1,
-        ),
-        (
-            Conv2d {
-                batch: 1,
-                ..conv(256, 256, 256, 3, 1)
-            },
-            5,
-        ),
-        (
-            Conv2d {
-                batch: 1,
-                ..conv(512, 256, 256, 3, 1)
-            },
-            1,
-        ),
-        (
-            Conv2d {
-                batch: 1,
-                ..conv(512, 512, 256, 3, 1)
-            },
-            1,
-        ),
-        (
-            Conv2d {
-                batch: 1,
-                ..conv(512, 512, 128, 3, 1)
-            },
-            7,
-        ),
+        (conv(1, 128, 128, 512, 3, 1), 5),
+        (conv(1, 256, 128, 512, 3, 1), 1),
+        (conv(1, 256, 256, 512, 3, 1), 1),
+        (conv(1, 256, 256, 256, 3, 1), 5),
+        (conv(1, 512, 256, 256, 3, 1), 1),
+        (conv(1, 512, 512, 256, 3, 1), 1),
+        (conv(1, 512, 512, 128, 3, 1), 7),
     ];
     let convs: Vec<_> = if std::env::var_os("VAE").is_some() {
         vae.to_vec()
@@ -156,25 +134,15 @@ fn main() {
         let mut out = vec![0.0; p.output_len()];
         let s = pool.install(|| best(|| conv2d(&p, &x, &w, &b, &mut out)));
         let flops = 2.0 * p.output_len() as f64 * (p.c_in * p.kernel * p.kernel) as f64;
-        total += s * runs as f64;
-        println!(
-            "{:<34} {:>5} {:>9.2} {:>9.1} {:>8.3}",
-            format!(
-                "{}→{} {}² k{} s{}",
-                p.c_in, p.c_out, p.h, p.kernel, p.stride
-            ),
-            runs,
-            s * 1e3,
-            flops / s / 1e9,
-            s * runs as f64
+        let label = format!(
+            "{}→{} {}² k{} s{}",
+            p.c_in, p.c_out, p.h, p.kernel, p.stride
         );
+        total += row(&label, runs, s, flops);
     }
     println!("convolutions per step: {total:.2} s\n");
     if std::env::var_os("VAE").is_some() {
-        let p = Conv2d {
-            batch: 1,
-            ..conv(256, 256, 512, 3, 1)
-        };
+        let p = conv(1, 256, 256, 512, 3, 1);
         let (x, w, b) = (
             values(p.input_len() / 4, 1),
             values(p.weight_len(), 2),
@@ -240,15 +208,7 @@ fn main() {
             best(|| attention(&q, &kv, &kv, 2, n_q, n_kv, heads, head_dim, scale, &mut out))
         });
         let flops = 2.0 * 2.0 * 2.0 * (n_q * n_kv * dim) as f64;
-        total += s * runs as f64;
-        println!(
-            "{:<34} {:>5} {:>9.2} {:>9.1} {:>8.3}",
-            format!("attention {n_q}×{n_kv} d{dim}"),
-            runs,
-            s * 1e3,
-            flops / s / 1e9,
-            s * runs as f64
-        );
+        total += row(&format!("attention {n_q}×{n_kv} d{dim}"), runs, s, flops);
     }
     println!("attention per step: {total:.2} s");
 }

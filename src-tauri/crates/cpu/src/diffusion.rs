@@ -14,6 +14,8 @@
 //! current rayon pool. Shapes are checked by the callers; a mismatch here is a bug and panics.
 
 use gemm::{Parallelism, gemm};
+
+use crate::ops::Out;
 use rayon::prelude::*;
 
 /// Output pixels per band of [`conv2d`]: enough columns for the products to run near peak, few
@@ -58,20 +60,6 @@ impl Conv2d {
     }
     pub fn output_len(&self) -> usize {
         self.batch * self.c_out * self.out_h() * self.out_w()
-    }
-}
-
-/// A pointer that rayon's closures may share: every user writes a disjoint part.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: the users below write disjoint ranges and the buffer outlives the parallel section.
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    fn at(self, i: usize) -> *mut f32 {
-        // SAFETY: callers stay inside the buffer the pointer came from.
-        unsafe { self.0.add(i) }
     }
 }
 
@@ -125,7 +113,7 @@ fn conv2d_from(
     }
     let threads = rayon::current_num_threads();
     let depth = p.c_in * p.kernel * p.kernel;
-    let dst = Shared(out.as_mut_ptr());
+    let dst = Out(out.as_mut_ptr());
     if p.kernel == 1 && p.stride == 1 && p.pad == 0 && source == (p.h, p.w) {
         // Each input image is already its own column matrix.
         for b in 0..p.batch {
@@ -135,11 +123,10 @@ fn conv2d_from(
             unsafe {
                 product(
                     (p.c_out, plane, depth),
-                    dst.at(b * p.c_out * plane),
-                    plane,
-                    weight.as_ptr(),
-                    src.as_ptr(),
-                    plane,
+                    Strided::rows(dst.at(b * p.c_out * plane), plane),
+                    Strided::rows(weight.as_ptr(), depth),
+                    Strided::rows(src.as_ptr(), plane),
+                    true,
                     par(threads),
                 )
             };
@@ -160,11 +147,10 @@ fn conv2d_from(
         unsafe {
             product(
                 (p.c_out, n, depth),
-                dst.at(b * p.c_out * plane + y0 * ow),
-                plane,
-                weight.as_ptr(),
-                columns.as_ptr(),
-                n,
+                Strided::rows(dst.at(b * p.c_out * plane + y0 * ow), plane),
+                Strided::rows(weight.as_ptr(), depth),
+                Strided::rows(columns.as_ptr(), n),
+                true,
                 parallelism,
             )
         };
@@ -190,18 +176,37 @@ fn par(threads: usize) -> Parallelism {
     }
 }
 
-/// `dst (m × n, row stride dst_rs) += lhs (m × k, contiguous) · rhs (k × n, row stride rhs_rs)`.
+/// One operand of [`product`]: where it starts and its (column, row) strides in elements, as
+/// gemm takes them.
+#[derive(Clone, Copy)]
+struct Strided<P> {
+    at: P,
+    cs: isize,
+    rs: isize,
+}
+
+impl<P> Strided<P> {
+    /// Row-major: columns adjacent, rows `row_stride` apart.
+    fn rows(at: P, row_stride: usize) -> Self {
+        Strided {
+            at,
+            cs: 1,
+            rs: row_stride as isize,
+        }
+    }
+}
+
+/// `dst (m × n) = lhs (m × k) · rhs (k × n)`, added to what `dst` holds when `accumulate`.
 ///
 /// # Safety
-/// The pointers must hold the matrices their shapes and strides describe, and `dst` must not
-/// be written by anyone else meanwhile.
+/// Each pointer must hold the matrix its shape and strides describe, and `dst` must not be
+/// written by anyone else meanwhile.
 unsafe fn product(
     (m, n, k): (usize, usize, usize),
-    dst: *mut f32,
-    dst_rs: usize,
-    lhs: *const f32,
-    rhs: *const f32,
-    rhs_rs: usize,
+    dst: Strided<*mut f32>,
+    lhs: Strided<*const f32>,
+    rhs: Strided<*const f32>,
+    accumulate: bool,
     parallelism: Parallelism,
 ) {
     // SAFETY: forwarded from the caller.
@@ -210,17 +215,17 @@ unsafe fn product(
             m,
             n,
             k,
-            dst,
-            1,
-            dst_rs as isize,
-            true,
-            lhs,
-            1,
-            k as isize,
-            rhs,
-            1,
-            rhs_rs as isize,
-            1.0,
+            dst.at,
+            dst.cs,
+            dst.rs,
+            accumulate,
+            lhs.at,
+            lhs.cs,
+            lhs.rs,
+            rhs.at,
+            rhs.cs,
+            rhs.rs,
+            if accumulate { 1.0 } else { 0.0 },
             1.0,
             false,
             false,
@@ -347,33 +352,27 @@ pub fn pointwise(
                 }
             }
         }
-        let (dst_cs, dst_rs) = to.strides(pixels, c_out);
-        let (lhs_cs, lhs_rs) = from.strides(pixels, c_in);
-        // SAFETY: out is pixels × c_out and input pixels × c_in with the strides of their
-        // layouts; weightᵀ (c_in × c_out) has element (i, o) at o·c_in + i.
-        unsafe {
-            gemm(
-                pixels,
-                c_out,
-                c_in,
-                out.as_mut_ptr(),
-                dst_cs,
-                dst_rs,
-                true,
-                input.as_ptr(),
-                lhs_cs,
-                lhs_rs,
-                weight.as_ptr(),
-                c_in as isize,
-                1,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                par(threads),
-            )
+        let (cs, rs) = to.strides(pixels, c_out);
+        let dst = Strided {
+            at: out.as_mut_ptr(),
+            cs,
+            rs,
         };
+        let (cs, rs) = from.strides(pixels, c_in);
+        let lhs = Strided {
+            at: input.as_ptr(),
+            cs,
+            rs,
+        };
+        // weightᵀ (c_in × c_out): element (i, o) at o·c_in + i.
+        let rhs = Strided {
+            at: weight.as_ptr(),
+            cs: c_in as isize,
+            rs: 1,
+        };
+        // SAFETY: out is pixels × c_out and input pixels × c_in with the strides of their
+        // layouts; the weight holds c_out × c_in.
+        unsafe { product((pixels, c_out, c_in), dst, lhs, rhs, true, par(threads)) };
     }
 }
 
@@ -493,7 +492,7 @@ pub fn attention(
     }
     assert!(n_kv > 0, "attention over no keys");
     let blocks = n_q.div_ceil(QUERY_BLOCK);
-    let dst = Shared(out.as_mut_ptr());
+    let dst = Out(out.as_mut_ptr());
     (0..batch * heads * blocks).into_par_iter().for_each_init(
         BlockScratch::default,
         |s: &mut BlockScratch, unit| {
@@ -516,24 +515,23 @@ pub fn attention(
             // [head_dim][rows]; key j's head-h values are head_dim contiguous floats at
             // kv_at + j·width, inside k.
             unsafe {
-                gemm(
-                    rows,
-                    n_kv,
-                    head_dim,
-                    s.scores.as_mut_ptr(),
-                    rows as isize,
-                    1,
-                    false,
-                    s.queries.as_ptr(),
-                    rows as isize,
-                    1,
-                    k.as_ptr().add(kv_at),
-                    width as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
+                product(
+                    (rows, n_kv, head_dim),
+                    Strided {
+                        at: s.scores.as_mut_ptr(),
+                        cs: rows as isize,
+                        rs: 1,
+                    },
+                    Strided {
+                        at: s.queries.as_ptr(),
+                        cs: rows as isize,
+                        rs: 1,
+                    },
+                    Strided {
+                        at: k.as_ptr().add(kv_at),
+                        cs: width as isize,
+                        rs: 1,
+                    },
                     false,
                     Parallelism::None,
                 )
@@ -543,24 +541,23 @@ pub fn attention(
             // SAFETY: values is [head_dim][rows]; the weights are the scores' layout; value
             // j's head-h entries are at kv_at + j·width + d, inside v.
             unsafe {
-                gemm(
-                    rows,
-                    head_dim,
-                    n_kv,
-                    s.values.as_mut_ptr(),
-                    rows as isize,
-                    1,
-                    false,
-                    s.scores.as_ptr(),
-                    rows as isize,
-                    1,
-                    v.as_ptr().add(kv_at),
-                    1,
-                    width as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
+                product(
+                    (rows, head_dim, n_kv),
+                    Strided {
+                        at: s.values.as_mut_ptr(),
+                        cs: rows as isize,
+                        rs: 1,
+                    },
+                    Strided {
+                        at: s.scores.as_ptr(),
+                        cs: rows as isize,
+                        rs: 1,
+                    },
+                    Strided {
+                        at: v.as_ptr().add(kv_at),
+                        cs: 1,
+                        rs: width as isize,
+                    },
                     false,
                     Parallelism::None,
                 )

@@ -213,7 +213,7 @@ mod tests {
         Activation as CandleActivation, ClipTextConfig, ClipTextTransformer,
     };
 
-    use super::super::ops::testing::{max_diff, save_with_varied_norms};
+    use super::super::ops::testing::{load_file, max_diff, save_with_varied_norms};
     use super::{Activation, ClipConfig, ClipText, activate};
 
     fn config(layers: usize, projection: Option<usize>) -> ClipConfig {
@@ -256,9 +256,7 @@ mod tests {
         )
         .unwrap();
         save_with_varied_norms(&vm, 3000, &file);
-        // SAFETY: a file this test just wrote and nothing else touches.
-        let vb =
-            || unsafe { VarBuilder::from_mmaped_safetensors(&[&file], DType::F32, &dev) }.unwrap();
+        let vb = || load_file(&file);
         let ours = ClipText::load(vb(), &config(3, Some(16))).unwrap();
         let out = ours.forward(&ids()).unwrap();
 

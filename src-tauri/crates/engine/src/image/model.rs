@@ -791,7 +791,7 @@ pub struct LoadedModel {
 }
 
 /// The weights in `file` as `dtype` on `device`, read tensor by tensor as the model asks.
-fn weights(file: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+pub(super) fn weights(file: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
     let backend: Box<dyn candle_nn::var_builder::SimpleBackend> =
         Box::new(FileTensors::open(file)?);
     Ok(VarBuilder::from_backend(backend, dtype, device.clone()))

@@ -64,18 +64,57 @@ impl Conv2d {
         let bias = vb.get(c_out, "bias")?;
         Conv2d::new(weight, bias, stride, pad)
     }
-}
 
-impl Conv2d {
+    /// A decoder level's upsampler: the 3×3 convolution at `{prefix}.upsamplers.0.conv`, run
+    /// with [`Conv2d::forward_upsampled`].
+    pub fn load_upsampler(vb: &candle_nn::VarBuilder, channels: usize) -> Result<Conv2d> {
+        Conv2d::load(
+            &vb.pp("upsamplers").pp("0").pp("conv"),
+            channels,
+            channels,
+            3,
+            1,
+            1,
+        )
+    }
+
+    /// Whether `x` runs on the CPU kernels with these weights.
+    fn native_for(&self, x: &Tensor) -> bool {
+        native(x) && self.weight.dtype() == DType::F32
+    }
+
+    /// `op` over `x` (made contiguous), the weight and the bias.
+    fn apply(&self, x: &Tensor, op: &impl candle_core::CustomOp3) -> Result<Tensor> {
+        x.contiguous()?
+            .apply_op3_no_bwd(&self.weight, &self.bias, op)
+    }
+
+    /// The CPU convolution with this one's stride and padding; `size` scales the input first.
+    fn conv_op(&self, size: Option<(usize, usize)>) -> ConvOp {
+        ConvOp {
+            stride: self.stride,
+            pad: self.pad,
+            size,
+        }
+    }
+
+    /// This convolution of `x` scaled to `h × w` by nearest neighbour (a decoder's
+    /// upsampler); on the CPU kernels the scaled copy is never made.
+    pub fn forward_upsampled(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+        if self.native_for(x) {
+            return self.apply(x, &self.conv_op(Some((h, w))));
+        }
+        self.forward(&x.upsample_nearest2d(h, w)?)
+    }
+
     /// This 1×1 convolution from an image `[batch, c_in, h, w]` straight to tokens
     /// `[batch, h·w, c_out]` (a transformer's `proj_in`).
     pub fn image_to_tokens(&self, x: &Tensor) -> Result<Tensor> {
         let (batch, _, h, w) = x.dims4()?;
         let c_out = self.pointwise_check()?;
-        if native(x) && self.weight.dtype() == DType::F32 {
-            return x.contiguous()?.apply_op3_no_bwd(
-                &self.weight,
-                &self.bias,
+        if self.native_for(x) {
+            return self.apply(
+                x,
                 &Pointwise {
                     from: diffusion::Layout::Image,
                     to: diffusion::Layout::Tokens,
@@ -97,10 +136,9 @@ impl Conv2d {
         if pixels != h * w {
             bail!("conv2d: {pixels} tokens are not a {h}×{w} image");
         }
-        if native(y) && self.weight.dtype() == DType::F32 {
-            return y.contiguous()?.apply_op3_no_bwd(
-                &self.weight,
-                &self.bias,
+        if self.native_for(y) {
+            return self.apply(
+                y,
                 &Pointwise {
                     from: diffusion::Layout::Tokens,
                     to: diffusion::Layout::Image,
@@ -171,38 +209,11 @@ impl candle_core::CustomOp3 for Pointwise {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if native(x) && self.weight.dtype() == DType::F32 {
-            return x.contiguous()?.apply_op3_no_bwd(
-                &self.weight,
-                &self.bias,
-                &ConvOp {
-                    stride: self.stride,
-                    pad: self.pad,
-                    size: None,
-                },
-            );
+        if self.native_for(x) {
+            return self.apply(x, &self.conv_op(None));
         }
         let y = x.conv2d(&self.weight, self.pad, self.stride, 1, 1)?;
         y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
-    }
-}
-
-impl Conv2d {
-    /// This convolution of `x` scaled to `h × w` by nearest neighbour (a decoder's
-    /// upsampler); on the CPU kernels the scaled copy is never made.
-    pub fn forward_upsampled(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
-        if native(x) && self.weight.dtype() == DType::F32 {
-            return x.contiguous()?.apply_op3_no_bwd(
-                &self.weight,
-                &self.bias,
-                &ConvOp {
-                    stride: self.stride,
-                    pad: self.pad,
-                    size: Some((h, w)),
-                },
-            );
-        }
-        self.forward(&x.upsample_nearest2d(h, w)?)
     }
 }
 
@@ -562,6 +573,11 @@ mod tests {
 pub(super) mod testing {
     use candle_core::{Device, Tensor};
     use candle_nn::VarMap;
+
+    /// A weights file a test wrote, through the models' own loader, as f32 on the CPU.
+    pub fn load_file(file: &std::path::Path) -> candle_nn::VarBuilder<'static> {
+        super::super::model::weights(file, candle_core::DType::F32, &Device::Cpu).unwrap()
+    }
 
     /// Deterministic values in [−scale, scale).
     pub fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {

@@ -189,17 +189,9 @@ fn windows_of(model: &LoadedModel, text: &str) -> Result<(Windows, Option<Window
 }
 
 fn pad_windows(model: &LoadedModel, w: &mut (Windows, Option<Windows>), count: usize) {
-    while w.0.ids.len() < count {
-        let (ids, weights) = model.tokenizer.empty_window();
-        w.0.ids.push(ids);
-        w.0.weights.push(weights);
-    }
+    model.tokenizer.pad_to(&mut w.0, count);
     if let (Some(x), Some(second)) = (&model.sdxl, &mut w.1) {
-        while second.ids.len() < count {
-            let (ids, weights) = x.tokenizer.empty_window();
-            second.ids.push(ids);
-            second.weights.push(weights);
-        }
+        x.tokenizer.pad_to(second, count);
     }
 }
 

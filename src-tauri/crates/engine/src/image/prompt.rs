@@ -340,11 +340,15 @@ impl ClipTokenizer {
         })
     }
 
-    /// An empty window (BOS, EOS, padding): what pads the shorter of prompt and negative prompt.
-    pub fn empty_window(&self) -> (Vec<u32>, Vec<f32>) {
-        let mut ids = vec![self.bos, self.eos];
-        ids.resize(WINDOW, self.pad);
-        (ids, vec![1.0; WINDOW])
+    /// Adds empty windows (BOS, EOS, padding) to `w` until it has `count`: what pads the shorter
+    /// of prompt and negative prompt.
+    pub fn pad_to(&self, w: &mut Windows, count: usize) {
+        while w.ids.len() < count {
+            let mut ids = vec![self.bos, self.eos];
+            ids.resize(WINDOW, self.pad);
+            w.ids.push(ids);
+            w.weights.push(vec![1.0; WINDOW]);
+        }
     }
 }
 

@@ -168,7 +168,11 @@ pub fn write_random_model(dir: &Path, arch: Arch) -> Result<()> {
     }
     let (unet_json, vae_json, text_json) = configs(arch);
     let dev = Device::Cpu;
-    for sub in ["unet", "vae", "text_encoder", "tokenizer", "scheduler"] {
+    let mut subs = vec!["unet", "vae", "text_encoder", "tokenizer", "scheduler"];
+    if arch == Arch::TinyXl {
+        subs.extend(["text_encoder_2", "tokenizer_2"]);
+    }
+    for sub in subs {
         std::fs::create_dir_all(dir.join(sub))
             .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
     }
@@ -245,10 +249,6 @@ pub fn write_random_model(dir: &Path, arch: Arch) -> Result<()> {
             "num_hidden_layers": 2, "num_attention_heads": 2,
             "max_position_embeddings": 77, "vocab_size": 1000, "projection_dim": 32
         });
-        for sub in ["text_encoder_2", "tokenizer_2"] {
-            std::fs::create_dir_all(dir.join(sub))
-                .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
-        }
         write_tokenizer(&dir.join("tokenizer_2"))?;
         let vm = VarMap::new();
         ClipText::load(

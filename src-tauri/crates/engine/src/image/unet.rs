@@ -467,16 +467,7 @@ impl UNet {
                 .collect::<Result<_>>()?;
             let transformers = cfg.transformers(vb.clone(), layers + 1, c_out, block)?;
             let resample = (i + 1 < n)
-                .then(|| {
-                    Conv2d::load(
-                        &vb.pp("upsamplers").pp("0").pp("conv"),
-                        c_out,
-                        c_out,
-                        3,
-                        1,
-                        1,
-                    )
-                })
+                .then(|| Conv2d::load_upsampler(&vb, c_out))
                 .transpose()?;
             up.push(Block {
                 resnets,
@@ -610,7 +601,7 @@ mod tests {
         BlockConfig, UNet2DConditionModel, UNet2DConditionModelConfig,
     };
 
-    use super::super::ops::testing::{max_diff, save_with_varied_norms, values};
+    use super::super::ops::testing::{load_file, max_diff, save_with_varied_norms, values};
     use super::UNet;
 
     fn config(linear_projection: bool, heads: [usize; 3]) -> UNet2DConditionModelConfig {
@@ -635,6 +626,27 @@ mod tests {
         }
     }
 
+    /// candle's UNet for `cfg` with seeded norms, saved in `dir`: the weights file the tests
+    /// load both UNets from.
+    fn candles_weights(
+        cfg: &UNet2DConditionModelConfig,
+        seed: u64,
+        dir: &std::path::Path,
+    ) -> std::path::PathBuf {
+        let file = dir.join("unet.safetensors");
+        let vm = VarMap::new();
+        UNet2DConditionModel::new(
+            VarBuilder::from_varmap(&vm, candle_core::DType::F32, &Device::Cpu),
+            4,
+            4,
+            false,
+            cfg.clone(),
+        )
+        .unwrap();
+        save_with_varied_norms(&vm, seed, &file);
+        file
+    }
+
     /// Our UNet against candle's on the same weights file: SD 1.x-style (1×1 projections) and
     /// SD 2.x-style (linear projections), three levels, an odd latent size (the up path must
     /// meet the down path's rounded sizes), norms with non-trivial scales and shifts.
@@ -647,26 +659,8 @@ mod tests {
         ] {
             let cfg = config(linear, heads);
             let dir = tempfile::tempdir().unwrap();
-            let file = dir.path().join("unet.safetensors");
-            {
-                let vm = VarMap::new();
-                UNet2DConditionModel::new(
-                    VarBuilder::from_varmap(&vm, candle_core::DType::F32, &dev),
-                    4,
-                    4,
-                    false,
-                    cfg.clone(),
-                )
-                .unwrap();
-                save_with_varied_norms(&vm, 1000, &file);
-            }
-            // SAFETY: a file this test just wrote and nothing else touches.
-            let vb = || {
-                unsafe {
-                    VarBuilder::from_mmaped_safetensors(&[&file], candle_core::DType::F32, &dev)
-                }
-                .unwrap()
-            };
+            let file = candles_weights(&cfg, 1000, dir.path());
+            let vb = || load_file(&file);
             let reference = UNet2DConditionModel::new(vb(), 4, 4, false, cfg.clone()).unwrap();
             let ours = UNet::load(vb(), 4, 4, &cfg, None).unwrap();
             let x = Tensor::from_vec(values(b * 4 * h * w, 1, 1.0), (b, 4, h, w), &dev).unwrap();
@@ -693,23 +687,9 @@ mod tests {
     fn output_does_not_depend_on_the_thread_count() {
         let dev = Device::Cpu;
         let cfg = config(false, [2, 4, 4]);
-        let vm = VarMap::new();
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("unet.safetensors");
-        UNet2DConditionModel::new(
-            VarBuilder::from_varmap(&vm, candle_core::DType::F32, &dev),
-            4,
-            4,
-            false,
-            cfg.clone(),
-        )
-        .unwrap();
-        save_with_varied_norms(&vm, 2000, &file);
-        // SAFETY: a file this test just wrote and nothing else touches.
-        let vb =
-            unsafe { VarBuilder::from_mmaped_safetensors(&[&file], candle_core::DType::F32, &dev) }
-                .unwrap();
-        let unet = UNet::load(vb, 4, 4, &cfg, None).unwrap();
+        let file = candles_weights(&cfg, 2000, dir.path());
+        let unet = UNet::load(load_file(&file), 4, 4, &cfg, None).unwrap();
         // 64² latents: eight bands per image at the top level (spread across threads), two at
         // the next (one product spread across threads).
         let x = Tensor::from_vec(values(2 * 4 * 64 * 64, 3, 1.0), (2, 4, 64, 64), &dev).unwrap();
@@ -766,11 +746,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("unet.safetensors");
         save_with_varied_norms(&vm, 4000, &file);
-        // SAFETY: a file this test just wrote and nothing else touches.
-        let vb =
-            unsafe { VarBuilder::from_mmaped_safetensors(&[&file], candle_core::DType::F32, &dev) }
-                .unwrap();
-        let unet = UNet::load(vb, 4, 4, &cfg, Some(spec)).unwrap();
+        let unet = UNet::load(load_file(&file), 4, 4, &cfg, Some(spec)).unwrap();
         assert!(unet.needs_added());
         let x = Tensor::from_vec(values(2 * 4 * 8 * 8, 5, 1.0), (2, 4, 8, 8), &dev).unwrap();
         let context = Tensor::from_vec(values(2 * 5 * 24, 6, 1.0), (2, 5, 24), &dev).unwrap();

@@ -210,16 +210,7 @@ impl Vae {
                 })
                 .collect::<Result<_>>()?;
             let resample = (i + 1 < n)
-                .then(|| {
-                    Conv2d::load(
-                        &vb.pp("upsamplers").pp("0").pp("conv"),
-                        c_out,
-                        c_out,
-                        3,
-                        1,
-                        1,
-                    )
-                })
+                .then(|| Conv2d::load_upsampler(&vb, c_out))
                 .transpose()?;
             up.push(Level { resnets, resample });
         }
@@ -293,7 +284,7 @@ mod tests {
     use candle_nn::{VarBuilder, VarMap};
     use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
 
-    use super::super::ops::testing::{max_diff, save_with_varied_norms, values};
+    use super::super::ops::testing::{load_file, max_diff, save_with_varied_norms, values};
     use super::Vae;
 
     /// Our VAE against candle's on the same weights file: decode, and encode's mean (candle's
@@ -329,9 +320,7 @@ mod tests {
                 .unwrap();
             save_with_varied_norms(&vm, 50, &file);
         }
-        // SAFETY: a file this test just wrote and nothing else touches.
-        let vb =
-            || unsafe { VarBuilder::from_mmaped_safetensors(&[&file], DType::F32, &dev) }.unwrap();
+        let vb = || load_file(&file);
         let reference = AutoEncoderKL::new(vb(), 3, 3, cfg.clone()).unwrap();
         let ours = Vae::load(vb(), &cfg).unwrap();
 
