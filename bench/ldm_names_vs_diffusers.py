@@ -7,6 +7,8 @@ the layout real checkpoints use, by converting the same file with diffusers' fro
 functions and comparing every tensor with the diffusers folder.
 
     ATELIER_KEEP_CHECKPOINT=/tmp/ldm cargo test -p atelier-engine --test image single_file
+
+(`single_file` runs both tests: SD 1.x's layout and SDXL's, with OpenCLIP's fused q/k/v.)
     ~/.cache/atelier/bench-venv-torch/bin/python bench/ldm_names_vs_diffusers.py /tmp/ldm
 """
 
@@ -38,10 +40,10 @@ def compare(name, ours, theirs):
     return not (missing or extra or bad)
 
 
-def main(root):
-    root = Path(root)
-    ckpt = load_file(root / "tiny-ldm.safetensors")
-    d = root / "tiny-diffusers"
+def check(root, ckpt_name, folder, xl):
+    ckpt = load_file(root / ckpt_name)
+    d = root / folder
+    print(f"{ckpt_name} against {folder}/:")
     unet_cfg = json.loads((d / "unet/config.json").read_text())
     unet_cfg.setdefault("layers_per_block", 2)
     vae_cfg = json.loads((d / "vae/config.json").read_text())
@@ -55,6 +57,18 @@ def main(root):
     clip = sf.convert_ldm_clip_checkpoint(ckpt)
     clip = {k: v for k, v in clip.items() if not k.endswith("position_ids")}
     ok &= compare("CLIP", load_file(d / "text_encoder/model.safetensors"), clip)
+    if xl:
+        # With the projection in the file, diffusers reads every size from it (no model needed).
+        open_clip = sf.convert_open_clip_checkpoint(None, ckpt, prefix="conditioner.embedders.1.model.")
+        ok &= compare("OpenCLIP", load_file(d / "text_encoder_2/model.safetensors"), open_clip)
+    return ok
+
+
+def main(root):
+    root = Path(root)
+    ok = check(root, "tiny-ldm.safetensors", "tiny-diffusers", xl=False)
+    if (root / "tiny-xl-ldm.safetensors").exists():
+        ok &= check(root, "tiny-xl-ldm.safetensors", "tiny-xl-diffusers", xl=True)
     print("same layout as diffusers" if ok else "LAYOUTS DIFFER")
     return 0 if ok else 1
 

@@ -972,6 +972,8 @@ fn ldm_name(part: &str, name: &str) -> String {
                 }
             } else {
                 name.replace("conv_in.", "input_blocks.0.0.")
+                    .replace("add_embedding.linear_1.", "label_emb.0.0.")
+                    .replace("add_embedding.linear_2.", "label_emb.0.2.")
                     .replace("time_embedding.linear_1.", "time_embed.0.")
                     .replace("time_embedding.linear_2.", "time_embed.2.")
                     .replace("conv_norm_out.", "out.0.")
@@ -1008,26 +1010,113 @@ fn ldm_name(part: &str, name: &str) -> String {
             };
             format!("first_stage_model.{n}")
         }
+        "text_xl" => format!("conditioner.embedders.0.transformer.{name}"),
+        "text_2" => {
+            // OpenCLIP's names; q/k/v are fused by the writer.
+            let n = name
+                .replace("text_model.embeddings.token_embedding.", "token_embedding.")
+                .replace(
+                    "text_model.embeddings.position_embedding.weight",
+                    "positional_embedding",
+                )
+                .replace("text_model.final_layer_norm.", "ln_final.")
+                .replace("text_model.encoder.layers.", "transformer.resblocks.")
+                .replace(".layer_norm1.", ".ln_1.")
+                .replace(".layer_norm2.", ".ln_2.")
+                .replace(".self_attn.out_proj.", ".attn.out_proj.")
+                .replace(".mlp.fc1.", ".mlp.c_fc.")
+                .replace(".mlp.fc2.", ".mlp.c_proj.")
+                .replace("text_projection.weight", "text_projection");
+            format!("conditioner.embedders.1.model.{n}")
+        }
         _ => format!("cond_stage_model.transformer.{name}"),
     }
 }
 
+/// OpenCLIP's fused attention input: `[q; k; v]` stacked along the first axis, which for
+/// row-major tensors is their bytes one after another.
+fn fuse_qkv(
+    parts: &std::collections::BTreeMap<String, Vec<u8>>,
+    layer: &str,
+    what: &str,
+) -> Vec<u8> {
+    ["q_proj", "k_proj", "v_proj"]
+        .iter()
+        .flat_map(|p| parts[&format!("{layer}.self_attn.{p}.{what}")].clone())
+        .collect()
+}
+
 /// Writes the diffusers folder `src` as one LDM-layout checkpoint, with what real files also
-/// hold: EMA weights, schedule buffers and CLIP's integer position ids.
-fn write_ldm_checkpoint(src: &Path, out: &Path) {
+/// hold: EMA weights, schedule buffers and CLIP's integer position ids. `xl`: SDXL's layout
+/// (both encoders under `conditioner.embedders`, OpenCLIP's fused q/k/v and `[width, embed]`
+/// projection, a logit scale).
+fn write_ldm_checkpoint(src: &Path, out: &Path, xl: bool) {
     use safetensors::tensor::{Dtype, SafeTensors, TensorView};
-    let files = [
+    let mut files = vec![
         ("unet", src.join("unet/diffusion_pytorch_model.safetensors")),
         ("vae", src.join("vae/diffusion_pytorch_model.safetensors")),
-        ("text", src.join("text_encoder/model.safetensors")),
+        (
+            if xl { "text_xl" } else { "text" },
+            src.join("text_encoder/model.safetensors"),
+        ),
     ];
+    if xl {
+        files.push(("text_2", src.join("text_encoder_2/model.safetensors")));
+    }
     let bytes: Vec<(&str, Vec<u8>)> = files
         .iter()
         .map(|(p, f)| (*p, std::fs::read(f).unwrap()))
         .collect();
+    // Tensors whose bytes change on the way (fused or transposed) are owned here.
+    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     let mut tensors: Vec<(String, TensorView)> = Vec::new();
     for (part, b) in &bytes {
-        for (name, view) in SafeTensors::deserialize(b).unwrap().tensors() {
+        let st = SafeTensors::deserialize(b).unwrap();
+        if *part == "text_2" {
+            let all: std::collections::BTreeMap<String, Vec<u8>> = st
+                .tensors()
+                .into_iter()
+                .map(|(n, v)| (n, v.data().to_vec()))
+                .collect();
+            for (name, view) in st.tensors() {
+                let shape = view.shape().to_vec();
+                if let Some(layer) = name.strip_suffix(".self_attn.q_proj.weight") {
+                    let ldm = ldm_name(part, &format!("{layer}.x"));
+                    let ldm = ldm.strip_suffix(".x").unwrap();
+                    owned.push((
+                        format!("{ldm}.attn.in_proj_weight"),
+                        vec![3 * shape[0], shape[1]],
+                        fuse_qkv(&all, layer, "weight"),
+                    ));
+                } else if let Some(layer) = name.strip_suffix(".self_attn.q_proj.bias") {
+                    let ldm = ldm_name(part, &format!("{layer}.x"));
+                    let ldm = ldm.strip_suffix(".x").unwrap();
+                    owned.push((
+                        format!("{ldm}.attn.in_proj_bias"),
+                        vec![3 * shape[0]],
+                        fuse_qkv(&all, layer, "bias"),
+                    ));
+                } else if name.contains("_proj.") && !name.contains("out_proj") {
+                    // k and v went in with q.
+                } else if name == "text_projection.weight" {
+                    // A Linear weight [embed, width]; OpenCLIP keeps [width, embed].
+                    let (rows, cols) = (shape[0], shape[1]);
+                    let data = view.data();
+                    let mut t = vec![0u8; data.len()];
+                    for r in 0..rows {
+                        for c in 0..cols {
+                            t[(c * rows + r) * 4..][..4]
+                                .copy_from_slice(&data[(r * cols + c) * 4..][..4]);
+                        }
+                    }
+                    owned.push((ldm_name(part, &name), vec![cols, rows], t));
+                } else {
+                    tensors.push((ldm_name(part, &name), view));
+                }
+            }
+            continue;
+        }
+        for (name, view) in st.tensors() {
             let ldm = ldm_name(part, &name);
             let is_vae_attention = *part == "vae"
                 && ldm.contains(".attn_1.")
@@ -1043,13 +1132,30 @@ fn write_ldm_checkpoint(src: &Path, out: &Path) {
             tensors.push((ldm, v));
         }
     }
+    for (name, shape, data) in &owned {
+        tensors.push((
+            name.clone(),
+            TensorView::new(Dtype::F32, shape.clone(), data).unwrap(),
+        ));
+    }
     let extra = vec![0u8; 8 * 77];
     let ema = vec![0u8; 4];
     let alphas = vec![0u8; 4 * 1000];
+    let text = if xl {
+        "conditioner.embedders.0.transformer."
+    } else {
+        "cond_stage_model.transformer."
+    };
     tensors.push((
-        "cond_stage_model.transformer.text_model.embeddings.position_ids".into(),
+        format!("{text}text_model.embeddings.position_ids"),
         TensorView::new(Dtype::I64, vec![1, 77], &extra).unwrap(),
     ));
+    if xl {
+        tensors.push((
+            "conditioner.embedders.1.model.logit_scale".into(),
+            TensorView::new(Dtype::F32, vec![], &ema).unwrap(),
+        ));
+    }
     tensors.push((
         "model_ema.decay".into(),
         TensorView::new(Dtype::F32, vec![], &ema).unwrap(),
@@ -1061,13 +1167,15 @@ fn write_ldm_checkpoint(src: &Path, out: &Path) {
     safetensors::tensor::serialize_to_file(tensors, None, out).unwrap();
 }
 
-/// A checkpoint holding one small tensor named `name`: enough for import to recognise what it
-/// is (or is not) from the names.
-fn one_tensor_checkpoint(path: &Path, name: &str) {
+/// A checkpoint holding one small tensor under each of `names`: enough for import to
+/// recognise what it is (or is not) from the names.
+fn checkpoint_of(path: &Path, names: &[&str]) {
     use safetensors::tensor::{Dtype, TensorView};
     let w = [0u8; 16];
-    let view = TensorView::new(Dtype::F32, vec![4], &w).unwrap();
-    safetensors::tensor::serialize_to_file([(name, view)], None, path).unwrap();
+    let views = names
+        .iter()
+        .map(|n| (*n, TensorView::new(Dtype::F32, vec![4], &w).unwrap()));
+    safetensors::tensor::serialize_to_file(views, None, path).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1079,7 +1187,7 @@ async fn a_single_file_checkpoint_converts_to_the_same_model() {
     let ckpts = dir.path().join("downloads");
     std::fs::create_dir_all(&ckpts).unwrap();
     let ckpt = ckpts.join("Tiny-Single.safetensors");
-    write_ldm_checkpoint(&src, &ckpt);
+    write_ldm_checkpoint(&src, &ckpt, false);
     // bench/ldm_names_vs_diffusers.py checks this writer against diffusers' own converter.
     if let Some(keep) = std::env::var_os("ATELIER_KEEP_CHECKPOINT") {
         let keep = Path::new(&keep);
@@ -1196,7 +1304,7 @@ async fn a_single_file_checkpoint_converts_to_the_same_model() {
     let rec = metadata::recall(&png_b).unwrap().record.unwrap();
     assert_eq!(rec.model_hash, from.sha256[..10]);
 
-    // Pickles, SDXL files and lone VAEs are refused by name or content, and leave nothing.
+    // Pickles, SDXL refiners and lone VAEs are refused by name or content, and leave nothing.
     let pickle = ckpts.join("old.ckpt");
     std::fs::write(&pickle, b"\x80\x02").unwrap();
     let e = engine
@@ -1204,15 +1312,21 @@ async fn a_single_file_checkpoint_converts_to_the_same_model() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("pickled"), "{e}");
-    let sdxl = ckpts.join("xl.safetensors");
-    one_tensor_checkpoint(&sdxl, "model.diffusion_model.label_emb.0.0.weight");
+    let refiner = ckpts.join("xl-refiner.safetensors");
+    checkpoint_of(
+        &refiner,
+        &[
+            "conditioner.embedders.0.model.token_embedding.weight",
+            "model.diffusion_model.input_blocks.0.0.weight",
+        ],
+    );
     let e = engine
-        .import_image_model(&sdxl, Some(&tok))
+        .import_image_model(&refiner, Some(&tok))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("SDXL"), "{e}");
+    assert!(e.contains("SDXL refiner"), "{e}");
     let vae_only = ckpts.join("vae.safetensors");
-    one_tensor_checkpoint(&vae_only, "first_stage_model.encoder.conv_in.weight");
+    checkpoint_of(&vae_only, &["first_stage_model.encoder.conv_in.weight"]);
     let e = engine
         .import_image_model(&vae_only, Some(&tok))
         .unwrap_err()
@@ -1312,4 +1426,150 @@ async fn sdxl_layout_generates_reproducibly_from_both_encoders() {
     std::fs::remove_dir_all(broken.join("text_encoder_2")).unwrap();
     let e = engine.import_image_model(&broken, None).unwrap_err();
     assert!(e.to_string().contains("text_encoder_2"), "{e}");
+}
+
+/// SDXL as one file, as A1111 and model sites ship it: both text encoders under
+/// `conditioner.embedders` (OpenCLIP's fused q/k/v and `[width, embed]` projection), the size
+/// conditioning as `label_emb`. Import converts it to the folder the diffusers import gives —
+/// the same configs where the loader reads them, the same pixels — and the SDXL defaults
+/// (Euler, the 0.13025 latent scale, zeros for an empty negative prompt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_file_sdxl_checkpoint_converts_to_the_same_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src").join("tiny-xl");
+    write_random_model(&src, Arch::TinyXl).unwrap();
+    let engine = Engine::open(
+        Home::at(dir.path().join("home")),
+        Access::Exclusive,
+        tokio::runtime::Handle::current(),
+    )
+    .unwrap();
+    let folder = engine.import_image_model(&src, None).unwrap();
+    let ckpts = dir.path().join("downloads");
+    std::fs::create_dir_all(&ckpts).unwrap();
+    let ckpt = ckpts.join("Tiny-XL-Single.safetensors");
+    write_ldm_checkpoint(&src, &ckpt, true);
+    // bench/ldm_names_vs_diffusers.py checks this writer against diffusers' own converter.
+    if let Some(keep) = std::env::var_os("ATELIER_KEEP_CHECKPOINT") {
+        let keep = Path::new(&keep);
+        std::fs::create_dir_all(keep).unwrap();
+        std::fs::copy(&ckpt, keep.join("tiny-xl-ldm.safetensors")).unwrap();
+        for f in [
+            "unet/config.json",
+            "unet/diffusion_pytorch_model.safetensors",
+            "vae/config.json",
+            "vae/diffusion_pytorch_model.safetensors",
+            "text_encoder/config.json",
+            "text_encoder/model.safetensors",
+            "text_encoder_2/config.json",
+            "text_encoder_2/model.safetensors",
+        ] {
+            let to = keep.join("tiny-xl-diffusers").join(f);
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(src.join(f), to).unwrap();
+        }
+    }
+    // The tiny UNet's heads are not SDXL's 64 channels: its .yaml says how many.
+    std::fs::write(
+        ckpts.join("Tiny-XL-Single.yaml"),
+        "model:\n  params:\n    network_config:\n      params:\n        num_heads: 4\n",
+    )
+    .unwrap();
+    let info = engine
+        .import_image_model(&ckpt, Some(&src.join("tokenizer")))
+        .unwrap();
+    let roles: Vec<&str> = info.pieces.iter().map(|p| p.role.as_str()).collect();
+    assert_eq!(roles, ["unet", "vae", "text_encoder", "text_encoder_2"]);
+    // (Custom for both: the family names go by SDXL's real widths.)
+    assert_eq!(info.family, folder.family);
+    assert_eq!(info.default_size, 1024, "SDXL's size when the file does not say");
+    let converted = dir.path().join("home/models/image/tiny-xl-single");
+    let read = |d: &Path, f: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(d.join(f)).unwrap()).unwrap()
+    };
+    for (file, keys) in [
+        (
+            "unet/config.json",
+            &[
+                "block_out_channels",
+                "transformer_layers_per_block",
+                "cross_attention_dim",
+                "use_linear_projection",
+                "addition_embed_type",
+                "addition_time_embed_dim",
+                "projection_class_embeddings_input_dim",
+            ][..],
+        ),
+        ("vae/config.json", &["scaling_factor"][..]),
+        (
+            "text_encoder_2/config.json",
+            &[
+                "architectures",
+                "hidden_act",
+                "hidden_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "projection_dim",
+            ][..],
+        ),
+        ("model_index.json", &["force_zeros_for_empty_prompt"][..]),
+    ] {
+        let (a, b) = (read(&src, file), read(&converted, file));
+        for k in keys {
+            assert_eq!(a[k], b[k], "{file}: {k}");
+        }
+    }
+    assert_eq!(
+        read(&converted, "scheduler/scheduler_config.json")["_class_name"],
+        "EulerDiscreteScheduler"
+    );
+
+    // The same seed and settings through both: the same pixels, with and without a negative.
+    let project = engine.store().create_project("xl").unwrap();
+    let xl = |model: &str, negative: &str| ImageParams {
+        model: model.into(),
+        negative_prompt: negative.into(),
+        scheduler: Scheduler::Euler,
+        ..params(5)
+    };
+    for negative in ["", "blurry"] {
+        let a = run(&engine, project.id, xl("tiny-xl", negative))
+            .await
+            .unwrap();
+        let b = run(&engine, project.id, xl("tiny-xl-single", negative))
+            .await
+            .unwrap();
+        assert!(
+            pixels(&engine, a[0]).1 == pixels(&engine, b[0]).1,
+            "the converted SDXL draws differently (negative {negative:?})"
+        );
+    }
+
+    // The converter saw OpenCLIP's fused form, and a file without the size conditioning is
+    // refused whole, leaving nothing.
+    let bytes = std::fs::read(&ckpt).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert!(
+        st.names()
+            .iter()
+            .any(|n| n.ends_with("attn.in_proj_weight"))
+    );
+    let kept: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| !n.contains(".label_emb."))
+        .collect();
+    let cut = ckpts.join("no-size-ids.safetensors");
+    safetensors::tensor::serialize_to_file(kept, None, &cut).unwrap();
+    std::fs::copy(
+        ckpts.join("Tiny-XL-Single.yaml"),
+        ckpts.join("no-size-ids.yaml"),
+    )
+    .unwrap();
+    let e = engine
+        .import_image_model(&cut, Some(&src.join("tokenizer")))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("label_emb"), "{e}");
+    assert!(!dir.path().join("home/models/image/no-size-ids").exists());
 }

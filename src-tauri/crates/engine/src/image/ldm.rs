@@ -1,12 +1,14 @@
 //! Single-file checkpoints: the one `.safetensors` file per model that A1111, ComfyUI and model
 //! sites use, with the original latent-diffusion (LDM) tensor names — `model.diffusion_model.*`
-//! (UNet), `first_stage_model.*` (VAE) and `cond_stage_model.*` (CLIP ViT-L for SD 1.x,
-//! OpenCLIP ViT-H for SD 2.x).
+//! (UNet), `first_stage_model.*` (VAE) and the text encoders: `cond_stage_model.*` (CLIP ViT-L
+//! for SD 1.x, OpenCLIP ViT-H for SD 2.x) or, for SDXL, `conditioner.embedders.0.transformer.*`
+//! (CLIP ViT-L) and `conditioner.embedders.1.model.*` (OpenCLIP ViT-bigG with its projection).
 //!
 //! Import converts such a file into a diffusers folder, once: tensors are renamed, OpenCLIP's
 //! fused q/k/v projection is split into three and the VAE's 1×1 attention convolutions are
 //! declared as the matrices they are. Every one of those is a byte range of the original, so the
-//! conversion copies bytes straight from the mapped file and never holds the model in memory.
+//! conversion copies bytes straight from the mapped file and never holds the model in memory;
+//! the one exception is OpenCLIP's text projection (a few MB), which is stored transposed.
 //! After import there is one model layout and one loader.
 //!
 //! A single file carries no configs, so they are read off the tensor shapes. Two things shapes
@@ -14,7 +16,10 @@
 //! and failing those the family's convention: the UNet's attention heads (SD 1.x: 8 per block;
 //! SD 2.x: 64 channels per head) and the prediction type (SD 1.x: epsilon; SD 2.x: v, as the
 //! 768-pixel models that most SD 2 files are; turbo files: epsilon with trailing timesteps).
+//! SDXL's size conditioning is read off shapes too: the pooled width and six embedded ids make
+//! up `label_emb`'s input.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -30,6 +35,10 @@ const UNET: &str = "model.diffusion_model.";
 const VAE: &str = "first_stage_model.";
 const CLIP_L: &str = "cond_stage_model.transformer.";
 const OPEN_CLIP: &str = "cond_stage_model.model.";
+const XL_CLIP_L: &str = "conditioner.embedders.0.transformer.";
+const XL_OPEN_CLIP: &str = "conditioner.embedders.1.model.";
+/// What SDXL's refiner keeps where the base model keeps CLIP ViT-L.
+const REFINER_OPEN_CLIP: &str = "conditioner.embedders.0.model.";
 
 /// The A1111 `.yaml` beside a checkpoint is small; more than this is not one.
 const MAX_YAML_BYTES: u64 = 256 << 10;
@@ -44,19 +53,32 @@ pub enum TokenizerSource {
     BpeFile(PathBuf),
 }
 
-/// One tensor of the output: its diffusers name, shape and a byte range of the input.
+/// One tensor of the output: its diffusers name, shape and bytes (a range of the input, or
+/// for a transposed tensor its own copy).
 struct Out<'a> {
     name: String,
     dtype: Dtype,
     shape: Vec<usize>,
-    data: &'a [u8],
+    data: Cow<'a, [u8]>,
 }
 
 fn bad(path: &Path, why: impl std::fmt::Display) -> Error {
     Error::invalid(format!(
-        "{} is not a Stable Diffusion 1.x/2.x checkpoint Atelier can read: {why}",
+        "{} is not a Stable Diffusion (1.x, 2.x or XL) checkpoint Atelier can read: {why}",
         path.display()
     ))
+}
+
+/// The `[cols, rows]` transpose of a row-major `[rows, cols]` matrix of `elem`-byte values.
+fn transposed(data: &[u8], rows: usize, cols: usize, elem: usize) -> Vec<u8> {
+    let mut out = vec![0u8; data.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            let (from, to) = ((r * cols + c) * elem, (c * rows + r) * elem);
+            out[to..to + elem].copy_from_slice(&data[from..from + elem]);
+        }
+    }
+    out
 }
 
 /// `"12.rest"` → `(12, "rest")`.
@@ -84,6 +106,9 @@ fn unet_name(rest: &str, lpb: usize) -> Option<String> {
     let simple = [
         ("time_embed.0.", "time_embedding.linear_1."),
         ("time_embed.2.", "time_embedding.linear_2."),
+        // SDXL's pooled text and size ids (`infer` refuses it in any other model).
+        ("label_emb.0.0.", "add_embedding.linear_1."),
+        ("label_emb.0.2.", "add_embedding.linear_2."),
         ("input_blocks.0.0.", "conv_in."),
         ("out.0.", "conv_norm_out."),
         ("out.2.", "conv_out."),
@@ -208,10 +233,20 @@ fn vae_name(rest: &str, up_blocks: usize) -> Option<(String, bool)> {
     plain(&format!("{kind}.{i}.{sampler}.0.conv.{c}"))
 }
 
-/// The diffusers name of an OpenCLIP tensor (after `cond_stage_model.model.`) for a text
-/// encoder that keeps `layers` of the transformer's blocks. `Ok(None)`: a tensor SD 2 does not
-/// use (the last block, the projection, the logit scale).
-fn open_clip_name(rest: &str, layers: usize) -> std::result::Result<Option<String>, ()> {
+/// How much of an OpenCLIP text tower a model uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OpenClip {
+    /// Transformer blocks kept: SD 2 drops the last (it reads the penultimate output), SDXL
+    /// keeps them all (its pooled embedding comes from the last).
+    layers: usize,
+    /// Whether `text_projection` is kept (SDXL's pooled embedding).
+    projection: bool,
+}
+
+/// The diffusers name of an OpenCLIP tensor (after `cond_stage_model.model.` or
+/// `conditioner.embedders.1.model.`). `Ok(None)`: a tensor the model does not use (a dropped
+/// last block, an unused projection, the logit scale).
+fn open_clip_name(rest: &str, oc: OpenClip) -> std::result::Result<Option<String>, ()> {
     let t = "text_model.";
     match rest {
         "token_embedding.weight" => {
@@ -220,6 +255,8 @@ fn open_clip_name(rest: &str, layers: usize) -> std::result::Result<Option<Strin
         "positional_embedding" => {
             return Ok(Some(format!("{t}embeddings.position_embedding.weight")));
         }
+        // OpenCLIP multiplies by it (`x @ proj`); stored transposed as a Linear weight.
+        "text_projection" if oc.projection => return Ok(Some("text_projection.weight".into())),
         "text_projection" | "logit_scale" => return Ok(None),
         _ => {}
     }
@@ -228,7 +265,7 @@ fn open_clip_name(rest: &str, layers: usize) -> std::result::Result<Option<Strin
     }
     let r = rest.strip_prefix("transformer.resblocks.").ok_or(())?;
     let (i, x) = index(r).ok_or(())?;
-    if i >= layers {
+    if i >= oc.layers {
         return Ok(None);
     }
     let map = [
@@ -321,16 +358,129 @@ impl Shapes<'_> {
     }
 }
 
+/// A text encoder of the checkpoint: where its tensors are, where they go, how they are named.
+#[derive(Clone, Copy)]
+struct TextSource {
+    prefix: &'static str,
+    part: Part,
+    /// OpenCLIP's names (`None`: transformers' CLIP names).
+    open_clip: Option<OpenClip>,
+}
+
 /// The configs a diffusers folder would carry, read off the shapes.
 struct Configs {
     unet: Value,
     vae: Value,
-    text: Value,
+    /// One (SD 1.x/2.x) or two (SDXL) text encoders with their configs.
+    texts: Vec<(TextSource, Value)>,
     scheduler: Value,
     lpb: usize,
     up_blocks: usize,
-    /// OpenCLIP blocks kept (SD 2 uses the penultimate block's output).
-    open_clip_layers: Option<usize>,
+    xl: bool,
+}
+
+/// The config of a text encoder stored with transformers' CLIP names under `prefix`.
+fn clip_config(path: &Path, s: &Shapes, prefix: &str) -> Result<Value> {
+    let need = |name: &str, d: usize| {
+        s.dim(name, d)
+            .ok_or_else(|| bad(path, format!("it has no {name}")))
+    };
+    let emb = [
+        format!("{prefix}text_model.embeddings.token_embedding.weight"),
+        format!("{prefix}embeddings.token_embedding.weight"),
+    ];
+    let (prefix, shape) = emb
+        .iter()
+        .find_map(|n| {
+            s.get(n)
+                .map(|sh| (n.replace("embeddings.token_embedding.weight", ""), sh))
+        })
+        .ok_or_else(|| bad(path, format!("it has no text encoder ({prefix}*)")))?;
+    let hidden = shape.get(1).copied().unwrap_or(0);
+    if hidden == 0 || hidden % 64 != 0 {
+        return Err(bad(
+            path,
+            format!("its text encoder is {hidden} wide, not a multiple of CLIP's 64-channel heads"),
+        ));
+    }
+    Ok(json!({
+        "architectures": ["CLIPTextModel"],
+        "hidden_act": "quick_gelu",
+        "hidden_size": hidden,
+        "intermediate_size": need(&format!("{prefix}encoder.layers.0.mlp.fc1.weight"), 0)?,
+        "num_hidden_layers": s.count(&format!("{prefix}encoder.layers.")),
+        "num_attention_heads": hidden / 64,
+        "max_position_embeddings": need(&format!("{prefix}embeddings.position_embedding.weight"), 0)?,
+        "vocab_size": shape.first().copied().unwrap_or(0),
+        "projection_dim": hidden,
+    }))
+}
+
+/// The config of an OpenCLIP text tower under `prefix`: without its last block for SD 2
+/// (`pooled: false`), whole and with its projection for SDXL (`pooled: true`).
+fn open_clip_config(
+    path: &Path,
+    s: &Shapes,
+    prefix: &str,
+    pooled: bool,
+) -> Result<(Value, OpenClip)> {
+    let need = |name: &str, d: usize| {
+        s.dim(name, d)
+            .ok_or_else(|| bad(path, format!("it has no {name}")))
+    };
+    let vocab = need(&format!("{prefix}token_embedding.weight"), 0)?;
+    let hidden = need(&format!("{prefix}token_embedding.weight"), 1)?;
+    if hidden == 0 || hidden % 64 != 0 {
+        return Err(bad(
+            path,
+            format!(
+                "its OpenCLIP text encoder is {hidden} wide, not a multiple of its 64-channel heads"
+            ),
+        ));
+    }
+    let blocks = s.count(&format!("{prefix}transformer.resblocks."));
+    let layers = if pooled {
+        blocks
+    } else {
+        blocks.saturating_sub(1)
+    };
+    if layers == 0 {
+        return Err(bad(
+            path,
+            "its OpenCLIP text encoder has no transformer blocks",
+        ));
+    }
+    // OpenCLIP's projection is `[width, embed]`, used as `x @ proj`.
+    let projection = if pooled {
+        let p = format!("{prefix}text_projection");
+        if need(&p, 0)? != hidden {
+            return Err(bad(
+                path,
+                format!("its {p} does not fit the encoder's width {hidden}"),
+            ));
+        }
+        Some(need(&p, 1)?)
+    } else {
+        None
+    };
+    let config = json!({
+        "architectures": [if pooled { "CLIPTextModelWithProjection" } else { "CLIPTextModel" }],
+        "hidden_act": "gelu",
+        "hidden_size": hidden,
+        "intermediate_size": need(&format!("{prefix}transformer.resblocks.0.mlp.c_fc.weight"), 0)?,
+        "num_hidden_layers": layers,
+        "num_attention_heads": hidden / 64,
+        "max_position_embeddings": need(&format!("{prefix}positional_embedding"), 0)?,
+        "vocab_size": vocab,
+        "projection_dim": projection.unwrap_or(hidden),
+    });
+    Ok((
+        config,
+        OpenClip {
+            layers,
+            projection: pooled,
+        },
+    ))
 }
 
 fn infer(path: &Path, s: &Shapes, h: &Hints) -> Result<Configs> {
@@ -338,6 +488,61 @@ fn infer(path: &Path, s: &Shapes, h: &Hints) -> Result<Configs> {
         s.dim(name, d)
             .ok_or_else(|| bad(path, format!("it has no {name}")))
     };
+    // The text encoders first: SDXL's shape the UNet's conditioning.
+    let xl = s
+        .map
+        .keys()
+        .any(|k| k.starts_with("conditioner.embedders."));
+    let texts = if xl {
+        if s.map.keys().any(|k| k.starts_with(REFINER_OPEN_CLIP)) {
+            return Err(bad(
+                path,
+                "it is an SDXL refiner (one OpenCLIP text encoder, aesthetic-score conditioning), which Atelier does not run; import an SDXL base or SDXL-Turbo checkpoint",
+            ));
+        }
+        let (text_2, oc) = open_clip_config(path, s, XL_OPEN_CLIP, true)?;
+        vec![
+            (
+                TextSource {
+                    prefix: XL_CLIP_L,
+                    part: Part::Text,
+                    open_clip: None,
+                },
+                clip_config(path, s, XL_CLIP_L)?,
+            ),
+            (
+                TextSource {
+                    prefix: XL_OPEN_CLIP,
+                    part: Part::Text2,
+                    open_clip: Some(oc),
+                },
+                text_2,
+            ),
+        ]
+    } else if s
+        .get(&format!("{OPEN_CLIP}token_embedding.weight"))
+        .is_some()
+    {
+        let (text, oc) = open_clip_config(path, s, OPEN_CLIP, false)?;
+        vec![(
+            TextSource {
+                prefix: OPEN_CLIP,
+                part: Part::Text,
+                open_clip: Some(oc),
+            },
+            text,
+        )]
+    } else {
+        vec![(
+            TextSource {
+                prefix: CLIP_L,
+                part: Part::Text,
+                open_clip: None,
+            },
+            clip_config(path, s, CLIP_L)?,
+        )]
+    };
+
     // UNet
     let model_channels = need(&format!("{UNET}input_blocks.0.0.weight"), 0)?;
     let in_channels = need(&format!("{UNET}input_blocks.0.0.weight"), 1)?;
@@ -388,7 +593,8 @@ fn infer(path: &Path, s: &Shapes, h: &Hints) -> Result<Configs> {
         (Some(n), _, _) => vec![n; blocks],
         (None, Some(c), _) => channels.iter().map(|ch| ch / c).collect(),
         (None, None, 768) => vec![8; blocks],
-        (None, None, 1024) => channels.iter().map(|ch| ch / 64).collect(),
+        // SD 2.x and SDXL: 64-channel heads.
+        (None, None, 1024 | 2048) => channels.iter().map(|ch| ch / 64).collect(),
         (None, None, d) => {
             return Err(bad(
                 path,
@@ -418,8 +624,12 @@ fn infer(path: &Path, s: &Shapes, h: &Hints) -> Result<Configs> {
         .collect();
     let sd2 = context_dim == 1024;
     let v_prediction = h.v_prediction.unwrap_or(sd2 && !h.turbo);
-    let size = h.resolution.unwrap_or(if v_prediction { 768 } else { 512 });
-    let unet = json!({
+    let size = h.resolution.unwrap_or(match (xl, h.turbo, v_prediction) {
+        (true, false, _) => 1024,
+        (false, _, true) => 768,
+        _ => 512,
+    });
+    let mut unet = json!({
         "_class_name": "UNet2DConditionModel",
         "in_channels": in_channels,
         "out_channels": out_channels,
@@ -434,6 +644,42 @@ fn infer(path: &Path, s: &Shapes, h: &Hints) -> Result<Configs> {
         "norm_num_groups": 32,
         "sample_size": size / 8,
     });
+    let label_emb = s.get(&format!("{UNET}label_emb.0.0.weight"));
+    match (xl, label_emb) {
+        (true, Some(&[_, input])) => {
+            // The pooled embedding beside six sinusoidally embedded size ids.
+            let pooled = texts
+                .iter()
+                .find_map(|(t, c)| (t.part == Part::Text2).then(|| c["projection_dim"].as_u64()))
+                .flatten()
+                .unwrap_or(0) as usize;
+            let ids = input.checked_sub(pooled).filter(|n| n % 6 == 0 && *n > 0);
+            let Some(ids) = ids else {
+                return Err(bad(
+                    path,
+                    format!(
+                        "its UNet's size conditioning ({input} wide) does not fit the pooled text embedding ({pooled}) and six size ids"
+                    ),
+                ));
+            };
+            unet["addition_embed_type"] = json!("text_time");
+            unet["addition_time_embed_dim"] = json!(ids / 6);
+            unet["projection_class_embeddings_input_dim"] = json!(input);
+        }
+        (true, _) => {
+            return Err(bad(
+                path,
+                "its SDXL UNet has no label_emb (size conditioning)",
+            ));
+        }
+        (false, Some(_)) => {
+            return Err(bad(
+                path,
+                "its UNet is class-conditioned (label_emb: an unCLIP or upscaler model), which Atelier does not run",
+            ));
+        }
+        (false, None) => {}
+    }
 
     // VAE
     let enc_blocks = s.count(&format!("{VAE}encoder.down."));
@@ -455,68 +701,11 @@ fn infer(path: &Path, s: &Shapes, h: &Hints) -> Result<Configs> {
         "norm_num_groups": 32,
         "use_quant_conv": s.get(&format!("{VAE}quant_conv.weight")).is_some(),
         "use_post_quant_conv": s.get(&format!("{VAE}post_quant_conv.weight")).is_some(),
-        "scaling_factor": 0.18215,
+        "scaling_factor": if xl { 0.13025 } else { 0.18215 },
     });
 
-    // Text encoder
-    let (text, open_clip_layers) = if let Some(shape) =
-        s.get(&format!("{OPEN_CLIP}token_embedding.weight"))
-    {
-        let hidden = shape.get(1).copied().unwrap_or(0);
-        let blocks = s.count(&format!("{OPEN_CLIP}transformer.resblocks."));
-        let layers = blocks.saturating_sub(1);
-        (
-            json!({
-                "architectures": ["CLIPTextModel"],
-                "hidden_act": "gelu",
-                "hidden_size": hidden,
-                "intermediate_size": need(&format!("{OPEN_CLIP}transformer.resblocks.0.mlp.c_fc.weight"), 0)?,
-                "num_hidden_layers": layers,
-                "num_attention_heads": hidden / 64,
-                "max_position_embeddings": need(&format!("{OPEN_CLIP}positional_embedding"), 0)?,
-                "vocab_size": shape.first().copied().unwrap_or(0),
-                "projection_dim": hidden,
-            }),
-            Some(layers),
-        )
-    } else {
-        let emb = [
-            format!("{CLIP_L}text_model.embeddings.token_embedding.weight"),
-            format!("{CLIP_L}embeddings.token_embedding.weight"),
-        ];
-        let (prefix, shape) = emb
-            .iter()
-            .find_map(|n| {
-                s.get(n)
-                    .map(|sh| (n.replace("embeddings.token_embedding.weight", ""), sh))
-            })
-            .ok_or_else(|| bad(path, "it has no text encoder (cond_stage_model)"))?;
-        let hidden = shape.get(1).copied().unwrap_or(0);
-        if hidden == 0 || hidden % 64 != 0 {
-            return Err(bad(
-                path,
-                format!(
-                    "its text encoder is {hidden} wide, not a multiple of CLIP's 64-channel heads"
-                ),
-            ));
-        }
-        (
-            json!({
-                "architectures": ["CLIPTextModel"],
-                "hidden_act": "quick_gelu",
-                "hidden_size": hidden,
-                "intermediate_size": need(&format!("{prefix}encoder.layers.0.mlp.fc1.weight"), 0)?,
-                "num_hidden_layers": s.count(&format!("{prefix}encoder.layers.")),
-                "num_attention_heads": hidden / 64,
-                "max_position_embeddings": need(&format!("{prefix}embeddings.position_embedding.weight"), 0)?,
-                "vocab_size": shape.first().copied().unwrap_or(0),
-                "projection_dim": hidden,
-            }),
-            None,
-        )
-    };
     let scheduler = json!({
-        "_class_name": if h.turbo { "EulerDiscreteScheduler" } else { "DDIMScheduler" },
+        "_class_name": if h.turbo || xl { "EulerDiscreteScheduler" } else { "DDIMScheduler" },
         "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
         "num_train_timesteps": 1000,
         "prediction_type": if v_prediction { "v_prediction" } else { "epsilon" },
@@ -526,11 +715,11 @@ fn infer(path: &Path, s: &Shapes, h: &Hints) -> Result<Configs> {
     Ok(Configs {
         unet,
         vae,
-        text,
+        texts,
         scheduler,
         lpb,
         up_blocks,
-        open_clip_layers,
+        xl,
     })
 }
 
@@ -540,6 +729,18 @@ enum Part {
     Unet,
     Vae,
     Text,
+    /// SDXL's second text encoder.
+    Text2,
+}
+
+/// What a tensor's shape or bytes need on the way.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reshape {
+    Keep,
+    /// A 1×1 convolution kernel declared as the matrix it is.
+    Matrix,
+    /// OpenCLIP's `[width, embed]` projection as a `[embed, width]` Linear weight.
+    Transpose,
 }
 
 /// Maps every tensor of the checkpoint; an unknown tensor under a model prefix is an error
@@ -553,34 +754,48 @@ fn plan<'a>(
     let unknown = |name: &str| {
         bad(
             path,
-            format!("its tensor {name} has no place in an SD 1.x/2.x model"),
+            format!("its tensor {name} has no place in a Stable Diffusion model"),
         )
     };
     for (name, view) in st.iter() {
-        let (part, mapped, matrix) = if let Some(rest) = name.strip_prefix(UNET) {
+        let text = c
+            .texts
+            .iter()
+            .find_map(|(t, _)| name.strip_prefix(t.prefix).map(|rest| (t, rest)));
+        let (part, mapped, reshape) = if let Some(rest) = name.strip_prefix(UNET) {
             (
                 Part::Unet,
                 unet_name(rest, c.lpb).ok_or_else(|| unknown(name))?,
-                false,
+                Reshape::Keep,
             )
         } else if let Some(rest) = name.strip_prefix(VAE) {
             if rest.starts_with("loss.") {
                 continue; // the discriminator some training checkpoints keep
             }
             let (n, m) = vae_name(rest, c.up_blocks).ok_or_else(|| unknown(name))?;
-            (Part::Vae, n, m)
-        } else if let Some(rest) = name.strip_prefix(OPEN_CLIP) {
-            let layers = c.open_clip_layers.unwrap_or(0);
-            match open_clip_name(rest, layers).map_err(|_| unknown(name))? {
-                Some(n) => (Part::Text, n, false),
-                None => continue,
+            (
+                Part::Vae,
+                n,
+                if m { Reshape::Matrix } else { Reshape::Keep },
+            )
+        } else if let Some((t, rest)) = text {
+            match t.open_clip {
+                Some(oc) => match open_clip_name(rest, oc).map_err(|_| unknown(name))? {
+                    Some(n) if n == "text_projection.weight" => (t.part, n, Reshape::Transpose),
+                    Some(n) => (t.part, n, Reshape::Keep),
+                    None => continue,
+                },
+                None => {
+                    if rest.ends_with("position_ids") {
+                        continue; // an integer buffer, rebuilt by the encoder
+                    }
+                    let rest = rest.strip_prefix("text_model.").unwrap_or(rest);
+                    (t.part, format!("text_model.{rest}"), Reshape::Keep)
+                }
             }
-        } else if let Some(rest) = name.strip_prefix(CLIP_L) {
-            if rest.ends_with("position_ids") {
-                continue; // an integer buffer, rebuilt by the encoder
-            }
-            let rest = rest.strip_prefix("text_model.").unwrap_or(rest);
-            (Part::Text, format!("text_model.{rest}"), false)
+        } else if c.xl && name.starts_with("conditioner.") {
+            // SDXL keeps its encoders nowhere else; anything more is a layout not understood.
+            return Err(unknown(name));
         } else {
             // EMA copies, schedule buffers and other training state.
             continue;
@@ -607,15 +822,34 @@ fn plan<'a>(
                     name: format!("{stem}{p}.{}", if is_weight { "weight" } else { "bias" }),
                     dtype,
                     shape: sh,
-                    data: &data[k * third..(k + 1) * third],
+                    data: Cow::Borrowed(&data[k * third..(k + 1) * third]),
                 });
             }
             continue;
         }
-        let shape = if matrix && shape.len() == 4 && shape[2] == 1 && shape[3] == 1 {
-            shape[..2].to_vec()
-        } else {
-            shape
+        let (shape, data) = match (reshape, shape.as_slice()) {
+            (Reshape::Matrix, &[o, i, 1, 1]) => (vec![o, i], Cow::Borrowed(data)),
+            (Reshape::Transpose, &[rows, cols]) => {
+                let elem = match dtype {
+                    Dtype::F32 => 4,
+                    Dtype::F16 | Dtype::BF16 => 2,
+                    _ => {
+                        return Err(bad(
+                            path,
+                            format!("its {name} is {dtype:?}, not a float type"),
+                        ));
+                    }
+                };
+                if data.len() != rows * cols * elem {
+                    return Err(unknown(name));
+                }
+                (
+                    vec![cols, rows],
+                    Cow::Owned(transposed(data, rows, cols, elem)),
+                )
+            }
+            (Reshape::Transpose, _) => return Err(unknown(name)),
+            _ => (shape, Cow::Borrowed(data)),
         };
         list.push(Out {
             name: mapped,
@@ -624,11 +858,15 @@ fn plan<'a>(
             data,
         });
     }
+    let second = c.xl.then_some((Part::Text2, "second text encoder"));
     for (part, what) in [
         (Part::Unet, "UNet"),
         (Part::Vae, "VAE"),
         (Part::Text, "text encoder"),
-    ] {
+    ]
+    .into_iter()
+    .chain(second)
+    {
         if out.get(&part).is_none_or(|v| v.is_empty()) {
             return Err(bad(path, format!("it has no {what} tensors")));
         }
@@ -640,7 +878,7 @@ fn write_part(path: &Path, tensors: &[Out]) -> Result<()> {
     let views = tensors
         .iter()
         .map(|t| {
-            TensorView::new(t.dtype, t.shape.clone(), t.data)
+            TensorView::new(t.dtype, t.shape.clone(), &t.data)
                 .map(|v| (t.name.clone(), v))
                 .map_err(|e| Error::invalid(format!("tensor {}: {e}", t.name)))
         })
@@ -655,8 +893,9 @@ fn write_part(path: &Path, tensors: &[Out]) -> Result<()> {
         .map_err(|e| Error::invalid(format!("cannot write {}: {e}", path.display())))
 }
 
-fn write_tokenizer(out: &Path, source: &TokenizerSource, vocab_size: usize) -> Result<()> {
-    let dir = out.join("tokenizer");
+/// Writes the CLIP vocabulary into `dir` (`tokenizer/`, and for SDXL `tokenizer_2/`: both
+/// of SDXL's encoders use CLIP's vocabulary; the second pads with "!", which the loader knows).
+fn write_tokenizer(dir: &Path, source: &TokenizerSource, vocab_size: usize) -> Result<()> {
     std::fs::create_dir_all(&dir)
         .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
     let read = |p: &Path| {
@@ -713,14 +952,6 @@ pub fn convert(src: &Path, out: &Path, tokenizer: &TokenizerSource) -> Result<()
     let (_, meta) = SafeTensors::read_metadata(&map).map_err(|e| bad(src, e))?;
     let st = SafeTensors::deserialize(&map).map_err(|e| bad(src, e))?;
     let names = st.names();
-    if names.iter().any(|n| {
-        n.starts_with("conditioner.embedders.") || n.starts_with("model.diffusion_model.label_emb.")
-    }) {
-        return Err(Error::invalid(format!(
-            "{} is a single-file SDXL checkpoint, which Atelier cannot convert yet (single-file SD 1.x and 2.x can); import the model's diffusers folder instead (unet/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/)",
-            src.display()
-        )));
-    }
     if !names.iter().any(|n| n.starts_with(UNET)) {
         return Err(bad(
             src,
@@ -754,29 +985,30 @@ pub fn convert(src: &Path, out: &Path, tokenizer: &TokenizerSource) -> Result<()
     let configs = infer(src, &shapes, &hints)?;
     let parts = plan(src, &st, &configs)?;
 
-    for (part, sub, file, config, config_name) in [
+    let texts = configs.texts.iter().map(|(t, config)| {
+        let (sub, file) = match t.part {
+            Part::Text2 => ("text_encoder_2", "model.safetensors"),
+            _ => ("text_encoder", "model.safetensors"),
+        };
+        (t.part, sub, file, config)
+    });
+    for (part, sub, file, config) in [
         (
             Part::Unet,
             "unet",
             "diffusion_pytorch_model.safetensors",
             &configs.unet,
-            "config.json",
         ),
         (
             Part::Vae,
             "vae",
             "diffusion_pytorch_model.safetensors",
             &configs.vae,
-            "config.json",
         ),
-        (
-            Part::Text,
-            "text_encoder",
-            "model.safetensors",
-            &configs.text,
-            "config.json",
-        ),
-    ] {
+    ]
+    .into_iter()
+    .chain(texts)
+    {
         let dir = out.join(sub);
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
@@ -785,7 +1017,7 @@ pub fn convert(src: &Path, out: &Path, tokenizer: &TokenizerSource) -> Result<()
             parts.get(&part).map(|v| v.as_slice()).unwrap_or(&[]),
         )?;
         write_atomic(
-            &dir.join(config_name),
+            &dir.join("config.json"),
             serde_json::to_string_pretty(config)?.as_bytes(),
         )?;
     }
@@ -796,12 +1028,21 @@ pub fn convert(src: &Path, out: &Path, tokenizer: &TokenizerSource) -> Result<()
         &sched.join("scheduler_config.json"),
         serde_json::to_string_pretty(&configs.scheduler)?.as_bytes(),
     )?;
-    let vocab_size = configs.text["vocab_size"].as_u64().unwrap_or(0) as usize;
-    write_tokenizer(out, tokenizer, vocab_size)?;
+    for (t, config) in &configs.texts {
+        let sub = if t.part == Part::Text2 {
+            "tokenizer_2"
+        } else {
+            "tokenizer"
+        };
+        let vocab_size = config["vocab_size"].as_u64().unwrap_or(0) as usize;
+        write_tokenizer(&out.join(sub), tokenizer, vocab_size)?;
+    }
     drop(st);
     drop(map);
     let index = json!({
-        "_class_name": "StableDiffusionPipeline",
+        "_class_name": if configs.xl { "StableDiffusionXLPipeline" } else { "StableDiffusionPipeline" },
+        // SDXL's own pipelines: an empty negative prompt is zeros, not the encoding of "".
+        "force_zeros_for_empty_prompt": configs.xl,
         "_atelier_converted_from": {
             "file": src.file_name().map(|f| f.to_string_lossy().into_owned()),
             "sha256": crate::fsutil::sha256_file(src)?,
@@ -874,7 +1115,11 @@ mod tests {
             assert_eq!(unet_name(ldm, 2).as_deref(), Some(diffusers), "{ldm}");
         }
         assert_eq!(unet_name("input_blocks.3.1.proj_in.weight", 2), None);
-        assert_eq!(unet_name("label_emb.0.0.weight", 2), None);
+        assert_eq!(
+            unet_name("label_emb.0.2.bias", 2).as_deref(),
+            Some("add_embedding.linear_2.bias")
+        );
+        assert_eq!(unet_name("label_emb.0.1.weight", 2), None);
     }
 
     #[test]
@@ -926,16 +1171,50 @@ mod tests {
 
     #[test]
     fn open_clip_keeps_the_penultimate_layer() {
+        const SD2: OpenClip = OpenClip {
+            layers: 23,
+            projection: false,
+        };
         assert_eq!(
-            open_clip_name("transformer.resblocks.22.mlp.c_fc.weight", 23),
+            open_clip_name("transformer.resblocks.22.mlp.c_fc.weight", SD2),
             Ok(Some("text_model.encoder.layers.22.mlp.fc1.weight".into()))
         );
         assert_eq!(
-            open_clip_name("transformer.resblocks.23.ln_1.weight", 23),
+            open_clip_name("transformer.resblocks.23.ln_1.weight", SD2),
             Ok(None)
         );
-        assert_eq!(open_clip_name("text_projection", 23), Ok(None));
-        assert_eq!(open_clip_name("visual.proj", 23), Err(()));
+        assert_eq!(open_clip_name("text_projection", SD2), Ok(None));
+        assert_eq!(open_clip_name("visual.proj", SD2), Err(()));
+        // SDXL's bigG keeps every block and its projection (for the pooled embedding).
+        let xl = OpenClip {
+            layers: 32,
+            projection: true,
+        };
+        assert_eq!(
+            open_clip_name("transformer.resblocks.31.attn.in_proj_weight", xl),
+            Ok(Some(
+                "text_model.encoder.layers.31.self_attn.in_proj_weight".into()
+            ))
+        );
+        assert_eq!(
+            open_clip_name("text_projection", xl),
+            Ok(Some("text_projection.weight".into()))
+        );
+        assert_eq!(open_clip_name("logit_scale", xl), Ok(None));
+    }
+
+    #[test]
+    fn transposing_swaps_rows_and_columns_of_any_width() {
+        // [[1, 2, 3], [4, 5, 6]] as 2-byte values.
+        let m: Vec<u8> = [1u16, 2, 3, 4, 5, 6]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let t: Vec<u16> = transposed(&m, 2, 3, 2)
+            .chunks(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        assert_eq!(t, [1, 4, 2, 5, 3, 6]);
     }
 
     #[test]

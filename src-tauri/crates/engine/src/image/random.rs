@@ -35,7 +35,9 @@ pub enum Arch {
 fn configs(arch: Arch) -> (Value, Value, Value) {
     match arch {
         Arch::TinyXl => {
-            let (_, vae, text) = configs(Arch::Tiny);
+            let (_, mut vae, text) = configs(Arch::Tiny);
+            // SDXL's VAE scales its latents by 0.13025, not SD's 0.18215.
+            vae["scaling_factor"] = json!(0.13025);
             (
                 json!({
                     "_class_name": "UNet2DConditionModel",
@@ -47,12 +49,12 @@ fn configs(arch: Arch) -> (Value, Value, Value) {
                     "transformer_layers_per_block": [1, 2],
                     "attention_head_dim": [4, 4],
                     "use_linear_projection": true,
-                    // The two encoders' states side by side: 64 + 32.
-                    "cross_attention_dim": 96,
+                    // The two encoders' states side by side: 64 + 128.
+                    "cross_attention_dim": 192,
                     "addition_embed_type": "text_time",
                     "addition_time_embed_dim": 8,
-                    // Pooled (32) + 6 ids × 8.
-                    "projection_class_embeddings_input_dim": 80,
+                    // Pooled (48) + 6 ids × 8.
+                    "projection_class_embeddings_input_dim": 96,
                     "norm_num_groups": 32,
                     "sample_size": 8
                 }),
@@ -240,14 +242,16 @@ pub fn write_random_model(dir: &Path, arch: Arch) -> Result<()> {
             .map_err(candle("text encoder"))?;
     }
     if arch == Arch::TinyXl {
-        // OpenCLIP-style: exact GELU, a projection for the pooled embedding, its own tokenizer
-        // folder (padding with "!").
+        // OpenCLIP-style: exact GELU, 64-channel heads as every OpenCLIP text tower has (a
+        // single-file checkpoint does not record the head count), a projection for the pooled
+        // embedding that is not square (so a projection read the wrong way round cannot pass),
+        // its own tokenizer folder (padding with "!").
         let text_2 = json!({
             "architectures": ["CLIPTextModelWithProjection"],
             "hidden_act": "gelu",
-            "hidden_size": 32, "intermediate_size": 64,
+            "hidden_size": 128, "intermediate_size": 256,
             "num_hidden_layers": 2, "num_attention_heads": 2,
-            "max_position_embeddings": 77, "vocab_size": 1000, "projection_dim": 32
+            "max_position_embeddings": 77, "vocab_size": 1000, "projection_dim": 48
         });
         write_tokenizer(&dir.join("tokenizer_2"))?;
         let vm = VarMap::new();
