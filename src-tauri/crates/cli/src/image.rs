@@ -20,7 +20,7 @@ pub enum ImageCmd {
     /// Install an image model: a diffusers folder (unet/, vae/, text_encoder/, tokenizer/) or a
     /// single-file .safetensors checkpoint, converted to one.
     Import {
-        /// A diffusers folder, or a single-file .safetensors checkpoint (SD 1.x/2.x).
+        /// A diffusers folder, or a single-file .safetensors checkpoint (SD 1.x/2.x/XL).
         path: PathBuf,
         /// For a single file: the CLIP vocabulary (a tokenizer folder or CLIP's
         /// bpe_simple_vocab_16e6.txt), when not the one the set-up installed.
