@@ -1482,7 +1482,10 @@ async fn a_single_file_sdxl_checkpoint_converts_to_the_same_model() {
     assert_eq!(roles, ["unet", "vae", "text_encoder", "text_encoder_2"]);
     // (Custom for both: the family names go by SDXL's real widths.)
     assert_eq!(info.family, folder.family);
-    assert_eq!(info.default_size, 1024, "SDXL's size when the file does not say");
+    assert_eq!(
+        info.default_size, 1024,
+        "SDXL's size when the file does not say"
+    );
     let converted = dir.path().join("home/models/image/tiny-xl-single");
     let read = |d: &Path, f: &str| -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(d.join(f)).unwrap()).unwrap()
