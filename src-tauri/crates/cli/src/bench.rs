@@ -312,10 +312,19 @@ pub fn store(
 }
 
 fn peak_rss_kib() -> Option<u64> {
+    status_kib("VmHWM:")
+}
+
+/// The resident set now.
+fn rss_kib() -> Option<u64> {
+    status_kib("VmRSS:")
+}
+
+fn status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()
@@ -535,6 +544,7 @@ pub fn image(a: ImageBench, as_json: bool) -> Result<()> {
     let device_name = atelier_engine::text::local::device_name(&device);
     let dtype = format!("{:?}", loaded.dtype).to_lowercase();
     let load_s = t0.elapsed().as_secs_f64();
+    let rss_loaded = rss_kib();
     let p = ImageParams {
         model: loaded.info.id.clone(),
         prompt: "a cup of jasmine tea on a wooden table, soft window light".into(),
@@ -575,6 +585,9 @@ pub fn image(a: ImageBench, as_json: bool) -> Result<()> {
     };
     let (step, vae) = (median(&mut step_s), median(&mut vae_s));
     let peak_gib = peak_rss_kib().map(|k| k as f64 / (1024.0 * 1024.0));
+    // What a job's end does in the app: freed pages go back, the model stays loaded.
+    atelier_engine::memory::release();
+    let gib = |k: Option<u64>| k.map(|k| k as f64 / (1024.0 * 1024.0));
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_default();
     let result = json!({
         "arch": arch,
@@ -592,7 +605,9 @@ pub fn image(a: ImageBench, as_json: bool) -> Result<()> {
         "run_s": median(&mut total_s),
         "image_25_steps_s": step * 25.0 + vae,
         "peak_rss_gib": peak_gib,
-        "rss_before_load_gib": rss_before.map(|k| k as f64 / (1024.0 * 1024.0)),
+        "rss_before_load_gib": gib(rss_before),
+        "rss_loaded_gib": gib(rss_loaded),
+        "rss_after_release_gib": gib(rss_kib()),
     });
     if as_json {
         println!("{}", serde_json::to_string_pretty(&result)?);

@@ -308,7 +308,11 @@ fn project_or_default(store: &atelier_engine::Store, project: Option<i64>) -> Re
     }
 }
 
+#[global_allocator]
+static ALLOC: atelier_engine::memory::Allocator = atelier_engine::memory::Allocator;
+
 fn main() -> ExitCode {
+    atelier_engine::memory::configure();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ATELIER_LOG")

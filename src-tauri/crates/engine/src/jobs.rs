@@ -406,6 +406,7 @@ where
     F: FnOnce(JobContext) -> JobFuture + Send + 'static,
 {
     // Wait for a slot (heavy jobs, in submission order: see HeavyQueue) unless cancelled first.
+    let heavy = slot.is_some();
     let _permit = match slot {
         Some(rx) => tokio::select! {
             permit = rx => Some(permit.map_err(|_| Error::Internal("job queue closed".into()))?),
@@ -422,7 +423,7 @@ where
     // The work runs as its own task so that a panic inside it becomes a failed job instead of
     // taking the runner down.
     let mut task = inner.runtime.spawn(work(ctx));
-    tokio::select! {
+    let result = tokio::select! {
         joined = &mut task => match joined {
             Ok(result) => result,
             Err(e) if e.is_panic() => {
@@ -443,5 +444,10 @@ where
             }
             Err(Error::Cancelled)
         }
+    };
+    if heavy {
+        // The model runs kept their freed pages for reuse (memory.rs); give them back.
+        crate::memory::release();
     }
+    result
 }

@@ -21,6 +21,7 @@ pub mod http;
 pub mod image;
 pub mod jobs;
 pub mod maintenance;
+pub mod memory;
 pub mod models;
 pub mod script;
 pub mod store;
