@@ -3,11 +3,14 @@
 //! step's total per kind. Tells which shapes hold the UNet back and what a kernel change is worth.
 //!
 //! `cargo run --release -p atelier-cpu --example diffusion [-- THREADS]`; `VAE=1` times the VAE
-//! decoder's convolutions instead of the UNet's, `ATTENTION_ONLY=1` skips the convolutions.
+//! decoder's convolutions instead of the UNet's, `ATTENTION_ONLY=1` skips the convolutions,
+//! `COLUMNS=1` runs every convolution as image-to-column (no Winograd) for comparison.
 
 use std::time::Instant;
 
-use atelier_cpu::diffusion::{Conv2d, attention, conv2d, conv2d_upsampled, group_norm};
+use atelier_cpu::diffusion::{
+    Conv2d, attention, conv2d, conv2d_columns, conv2d_upsampled, group_norm,
+};
 
 fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed | 1;
@@ -65,7 +68,13 @@ fn row(label: &str, runs: usize, seconds: f64, flops: f64) -> f64 {
     seconds * runs as f64
 }
 
+// As the app allocates (the engine's memory.rs): freed pages kept for reuse.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
+    // SAFETY: sets mimalloc's purge delay (option 15 of mimalloc.h) to ten minutes.
+    unsafe { libmimalloc_sys::mi_option_set(15, 600_000) };
     let threads: usize = std::env::args()
         .nth(1)
         .and_then(|s| s.parse().ok())
@@ -125,6 +134,7 @@ fn main() {
     } else {
         &convs[..]
     };
+    let columns = std::env::var_os("COLUMNS").is_some();
     for &(p, runs) in convs {
         let (x, w, b) = (
             values(p.input_len(), 1),
@@ -132,7 +142,16 @@ fn main() {
             values(p.c_out, 3),
         );
         let mut out = vec![0.0; p.output_len()];
-        let s = pool.install(|| best(|| conv2d(&p, &x, &w, &b, &mut out)));
+        let s = pool.install(|| {
+            best(|| {
+                if columns {
+                    conv2d_columns(&p, &x, &w, &b, &mut out)
+                } else {
+                    conv2d(&p, &x, &w, &b, &mut out)
+                }
+            })
+        });
+        // Direct multiply-adds, whatever the algorithm (so Winograd shows as a higher rate).
         let flops = 2.0 * p.output_len() as f64 * (p.c_in * p.kernel * p.kernel) as f64;
         let label = format!(
             "{}→{} {}² k{} s{}",
