@@ -788,6 +788,32 @@ pub struct LoadedModel {
     pub latent_channels: usize,
     pub device: Device,
     pub dtype: DType,
+    /// The VAE again in f32, loaded the first time an f16 decode overflows (see
+    /// `pipeline::decode`); `None` inside until then.
+    pub vae_f32: std::sync::OnceLock<super::vae::Vae>,
+    vae_source: (PathBuf, AutoEncoderKLConfig),
+}
+
+impl LoadedModel {
+    /// The VAE in f32 on the model's device (itself when the model is f32), loaded once.
+    pub fn vae_in_f32(&self) -> Result<&super::vae::Vae> {
+        if self.dtype == DType::F32 {
+            return Ok(&self.vae);
+        }
+        if let Some(v) = self.vae_f32.get() {
+            return Ok(v);
+        }
+        let (file, cfg) = &self.vae_source;
+        let vae =
+            super::vae::Vae::load(weights(file, DType::F32, &self.device)?, cfg).map_err(|e| {
+                Error::invalid(format!(
+                    "the VAE weights in {} do not load in f32: {e}",
+                    file.display()
+                ))
+            })?;
+        // Two decodes racing here both load it; the second copy is dropped.
+        Ok(self.vae_f32.get_or_init(|| vae))
+    }
 }
 
 /// The weights in `file` as `dtype` on `device`, read tensor by tensor as the model asks.
@@ -799,12 +825,17 @@ pub(super) fn weights(file: &Path, dtype: DType, device: &Device) -> Result<VarB
 
 /// Loads a described model onto `device` (f16 on GPUs, f32 on the CPU).
 pub fn load(info: ImageModelInfo, device: &Device) -> Result<LoadedModel> {
-    let dir = info.path.clone();
     let dtype = if device.is_cpu() {
         DType::F32
     } else {
         DType::F16
     };
+    load_as(info, device, dtype)
+}
+
+/// Loads a described model onto `device` with its UNet and VAE in `dtype` (CLIP stays f32).
+pub fn load_as(info: ImageModelInfo, device: &Device, dtype: DType) -> Result<LoadedModel> {
+    let dir = info.path.clone();
     let mismatch = |what: &str| {
         let dir = dir.clone();
         let what = what.to_owned();
@@ -835,7 +866,8 @@ pub fn load(info: ImageModelInfo, device: &Device) -> Result<LoadedModel> {
     .map_err(mismatch("UNet"))?;
     let (vae_cfg, vae_scale) = vae_config(&read_json(&dir.join("vae").join("config.json"))?)?;
     let latent_channels = vae_cfg.latent_channels;
-    let vae = super::vae::Vae::load(weights(&file("vae")?, dtype, device)?, &vae_cfg)
+    let vae_file = file("vae")?;
+    let vae = super::vae::Vae::load(weights(&vae_file, dtype, device)?, &vae_cfg)
         .map_err(mismatch("VAE"))?;
     // CLIP runs in f32 everywhere: it is small and f16 CLIP drifts.
     let text_vb = weights(&file("text_encoder")?, DType::F32, device)?;
@@ -882,6 +914,8 @@ pub fn load(info: ImageModelInfo, device: &Device) -> Result<LoadedModel> {
         latent_channels,
         device: device.clone(),
         dtype,
+        vae_f32: std::sync::OnceLock::new(),
+        vae_source: (vae_file, vae_cfg),
     })
 }
 

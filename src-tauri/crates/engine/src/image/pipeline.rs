@@ -506,28 +506,45 @@ pub(crate) fn composite(out: &mut image::RgbImage, src: &image::RgbImage, mask: 
     }
 }
 
-/// Latents to pixels. A decode that yields NaN (an f16 overflow) is an error, never a black
-/// picture saved as if it were the result.
+/// The VAE's output (f32, values around [−1, 1]) for `latents` decoded in `dtype`.
+fn decode_with(
+    vae: &super::vae::Vae,
+    dtype: DType,
+    scale: f64,
+    latents: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let z = (latents / scale)?.to_dtype(dtype)?;
+    vae.decode(&z)?.to_dtype(DType::F32)
+}
+
+/// Whether every value is finite (no NaN, no infinity).
+fn all_finite(x: &Tensor) -> candle_core::Result<bool> {
+    // x − x is 0 for finite values and NaN for NaN and ±∞; NaN ≠ NaN.
+    let d = (x - x)?;
+    Ok(d.ne(&d)?
+        .to_dtype(DType::F32)?
+        .sum_all()?
+        .to_scalar::<f32>()?
+        == 0.0)
+}
+
+/// Latents to pixels. An f16 decode that overflows (NaN or infinities: SD 1.x and SDXL VAEs
+/// are known to) is decoded again with the VAE in f32; NaN from that too is an error, never a
+/// black picture saved as if it were the result.
 pub fn decode(model: &LoadedModel, latents: &Tensor) -> Result<image::RgbImage> {
     let bad = |e: candle_core::Error| Error::Internal(format!("VAE decode: {e}"));
-    let z = (latents / model.vae_scale)
-        .and_then(|z| z.to_dtype(model.dtype))
-        .map_err(bad)?;
-    let img = model
-        .vae
-        .decode(&z)
-        .map_err(bad)?
-        .to_dtype(DType::F32)
-        .map_err(bad)?;
-    let nan = img
-        .ne(&img)
-        .and_then(|m| m.to_dtype(DType::F32))
-        .and_then(|m| m.sum_all())
-        .and_then(|s| s.to_scalar::<f32>())
-        .map_err(bad)?;
-    if nan > 0.0 {
+    let mut img = decode_with(&model.vae, model.dtype, model.vae_scale, latents).map_err(bad)?;
+    if model.dtype != DType::F32 && !all_finite(&img).map_err(bad)? {
+        tracing::warn!(
+            "the {:?} VAE overflowed; decoding again in f32",
+            model.dtype
+        );
+        let vae = model.vae_in_f32()?;
+        img = decode_with(vae, DType::F32, model.vae_scale, latents).map_err(bad)?;
+    }
+    if !all_finite(&img).map_err(bad)? {
         return Err(Error::Internal(
-            "the VAE produced invalid values (NaN); nothing was saved. Try again with another VAE or on the CPU".into(),
+            "the VAE produced invalid values (NaN or infinity); nothing was saved. Try again with another VAE or on the CPU".into(),
         ));
     }
     let img = ((img / 2.0)
@@ -575,6 +592,44 @@ mod tests {
         // norm, the slerp keeps it.
         assert!((norm(&mid) / norm(&a) - 1.0).abs() < 0.05);
         assert!(norm(&lerp) / norm(&a) < 0.8);
+    }
+
+    /// An f16 VAE that overflows is decoded again in f32: the picture is the f32 model's, not
+    /// an error and not black. Huge latents make the tiny VAE's f16 overflow on any device, so
+    /// this runs on the CPU (f16 there goes through candle's operations).
+    #[test]
+    fn an_overflowing_f16_decode_is_redone_in_f32() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny");
+        super::super::random::write_random_model(&path, super::super::random::Arch::Tiny).unwrap();
+        let info = super::super::model::describe(&path).unwrap();
+        let half = super::super::model::load_as(info.clone(), &Device::Cpu, DType::F16).unwrap();
+        let full = super::super::model::load(info, &Device::Cpu).unwrap();
+        // 3·10⁴ / 0.18215 is past f16's largest value (65504).
+        let latents = (HostNoise::new(5)
+            .tensor(&[1, 4, 8, 8], &Device::Cpu)
+            .unwrap()
+            * 3e4)
+            .unwrap();
+        let raw = decode_with(&half.vae, DType::F16, half.vae_scale, &latents).unwrap();
+        assert!(
+            !all_finite(&raw).unwrap(),
+            "the f16 decode did not overflow: the test tests nothing"
+        );
+        assert!(half.vae_f32.get().is_none());
+        let redone = decode(&half, &latents).unwrap();
+        assert!(half.vae_f32.get().is_some(), "the f32 VAE was not loaded");
+        assert_eq!(
+            redone,
+            decode(&full, &latents).unwrap(),
+            "not the f32 model's picture"
+        );
+        // Ordinary latents stay on the f16 path.
+        let small = HostNoise::new(6)
+            .tensor(&[1, 4, 8, 8], &Device::Cpu)
+            .unwrap();
+        let out = decode_with(&half.vae, DType::F16, half.vae_scale, &small).unwrap();
+        assert!(all_finite(&out).unwrap());
     }
 
     #[test]
