@@ -146,6 +146,8 @@ export interface Settings {
   remote_api_key_set: boolean;
   /** A ComfyUI server for image runs; '' = none. Its checkpoints are the models `comfyui:<name>`. */
   comfyui_url: string;
+  /** Whether a key for the ComfyUI server is stored (sent as a bearer token; never shown). */
+  comfyui_api_key_set: boolean;
   /** Explicit AI-content notice (must keep 人工智能/AI and 生成/合成). */
   label_notice_zh: string;
   label_notice_en: string;
@@ -156,10 +158,11 @@ export interface Settings {
   label_producer: string;
 }
 
-/** A settings change; `remote_api_key` is write-only ('' removes it); turning `label_explicit`
- * off needs `acknowledge_unlabelled: true`. */
-export type SettingsPatch = Partial<Omit<Settings, 'remote_api_key_set'>> & {
+/** A settings change; `remote_api_key` and `comfyui_api_key` are write-only ('' removes one);
+ * turning `label_explicit` off needs `acknowledge_unlabelled: true`. */
+export type SettingsPatch = Partial<Omit<Settings, 'remote_api_key_set' | 'comfyui_api_key_set'>> & {
   remote_api_key?: string;
+  comfyui_api_key?: string;
   acknowledge_unlabelled?: boolean;
 };
 

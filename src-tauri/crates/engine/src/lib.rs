@@ -332,7 +332,7 @@ impl Engine {
 
     /// The configured ComfyUI server's version, devices and checkpoints (asked now).
     pub async fn comfyui_server(&self) -> Result<image::comfyui::ServerInfo> {
-        let cfg = image::service::comfy_config(&self.store.settings()?)?;
+        let cfg = image::service::comfy_config(&self.store)?;
         image::comfyui::server_info(&cfg).await
     }
 

@@ -39,6 +39,9 @@ struct Fake {
     running: Option<String>,
     interrupted: Vec<String>,
     deleted: Vec<String>,
+    /// Like a proxy in front: every request (the WebSocket too) needs `Bearer <token>`.
+    token: Option<String>,
+    refused: usize,
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -46,8 +49,13 @@ type Shared = Arc<Mutex<Fake>>;
 const CHECKPOINTS: [&str; 2] = ["sd15.safetensors", "sub/inpaint.safetensors"];
 
 async fn serve(websocket: bool) -> (String, Shared) {
+    serve_with(websocket, None).await
+}
+
+async fn serve_with(websocket: bool, token: Option<&str>) -> (String, Shared) {
     let state: Shared = Arc::new(Mutex::new(Fake {
         websocket,
+        token: token.map(str::to_owned),
         ..Default::default()
     }));
     let app = axum::Router::new()
@@ -60,11 +68,34 @@ async fn serve(websocket: bool) -> (String, Shared) {
         .route("/queue", get(queue).post(queue_delete))
         .route("/interrupt", post(interrupt))
         .route("/ws", get(ws))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ))
         .with_state(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (format!("http://{addr}"), state)
+}
+
+async fn authorize(
+    State(s): State<Shared>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let wanted = s.lock().unwrap().token.clone();
+    if let Some(token) = wanted {
+        let sent = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if sent != Some(format!("Bearer {token}").as_str()) {
+            s.lock().unwrap().refused += 1;
+            return (StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response();
+        }
+    }
+    next.run(req).await
 }
 
 async fn system_stats() -> Json<Value> {
@@ -708,4 +739,59 @@ async fn without_a_websocket_the_run_is_followed_by_polling() {
     assert!(fake.lock().unwrap().sockets.is_empty());
     let (_, img) = rgb(&engine, ids[0]);
     assert!(img.pixels().all(|px| px.0 == seed_colour(77)));
+}
+
+/// A server behind an authenticating proxy: without the key, a clear refusal that says where
+/// to enter it and nothing queued; with it, every request carries it (the WebSocket too: the
+/// run's steps and previews arrive) and the settings never give it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_behind_a_key_gets_it_on_every_request() {
+    let (url, fake) = serve_with(true, Some("s3cret-token")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path(), &url);
+    let project = engine.store().create_project("keyed").unwrap();
+    let ran = run(&engine, project.id, params(5), None).await;
+    let (kind, msg) = ran.result.unwrap_err();
+    assert_eq!(kind, "remote_auth", "{msg}");
+    assert!(msg.contains("Settings"), "{msg}");
+    assert!(fake.lock().unwrap().prompts.is_empty());
+    assert_eq!(gallery_len(&engine, project.id), 0);
+
+    let settings = engine
+        .store()
+        .update_settings(&SettingsPatch {
+            comfyui_api_key: Some(" s3cret-token ".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(settings.comfyui_api_key_set);
+    assert!(!serde_json::to_string(&settings).unwrap().contains("s3cret"));
+    let refused = fake.lock().unwrap().refused;
+    let ran = run(&engine, project.id, params(6), None).await;
+    let ids = ran.result.unwrap();
+    assert!(
+        ran.previews > 0,
+        "no previews: the WebSocket went without the key"
+    );
+    assert_eq!(
+        fake.lock().unwrap().refused,
+        refused,
+        "a request went without the key"
+    );
+    let (_, img) = rgb(&engine, ids[0]);
+    assert!(img.pixels().all(|px| px.0 == seed_colour(6)));
+    // The server check sends it too.
+    engine.comfyui_server().await.unwrap();
+
+    // Removing it: refused again.
+    engine
+        .store()
+        .update_settings(&SettingsPatch {
+            comfyui_api_key: Some(String::new()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(!engine.store().settings().unwrap().comfyui_api_key_set);
+    let e = engine.comfyui_server().await.unwrap_err();
+    assert_eq!(e.kind(), "remote_auth");
 }

@@ -34,13 +34,27 @@ pub fn is_comfyui(model_id: &str) -> bool {
 }
 
 /// Where the server is.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct ComfyConfig {
     /// e.g. `http://192.168.1.20:8188`
     pub base_url: String,
     /// Seconds to wait for a connection and for each reply (not for the queue: a run may wait
     /// behind others for as long as it takes).
     pub timeout_s: u32,
+    /// Sent as `Authorization: Bearer …` on every request and the WebSocket, for servers
+    /// behind an authenticating proxy.
+    pub api_key: Option<String>,
+}
+
+/// Debug output without the key.
+impl std::fmt::Debug for ComfyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComfyConfig")
+            .field("base_url", &self.base_url)
+            .field("timeout_s", &self.timeout_s)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 impl ComfyConfig {
@@ -63,6 +77,28 @@ impl ComfyConfig {
             .strip_prefix("http://")
             .map(|rest| format!("ws://{rest}/ws?clientId={client_id}"))
     }
+}
+
+/// The WebSocket upgrade request (with the key, if any) for plain `http://` servers.
+fn ws_request(
+    cfg: &ComfyConfig,
+    client_id: &str,
+) -> Result<Option<tokio_tungstenite::tungstenite::handshake::client::Request>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let Some(url) = cfg.ws_url(client_id) else {
+        return Ok(None);
+    };
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| Error::invalid(format!("ComfyUI address: {e}")))?;
+    if let Some(key) = &cfg.api_key {
+        let value = crate::http::bearer(key)?;
+        request.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::header::AUTHORIZATION,
+            value,
+        );
+    }
+    Ok(Some(request))
 }
 
 /// What the server offers, for the model picker and the Settings check.
@@ -96,7 +132,7 @@ pub struct Source<'a> {
 
 fn client(cfg: &ComfyConfig) -> Result<reqwest::Client> {
     cfg.validate()?;
-    crate::http::client(cfg.timeout_s)
+    crate::http::client_with_bearer(cfg.timeout_s, cfg.api_key.as_deref())
 }
 
 fn send_error(cfg: &ComfyConfig, e: reqwest::Error) -> Error {
@@ -150,7 +186,9 @@ fn status_error(status: u16, body: &str) -> Error {
     match status {
         401 | 403 => Error::remote(
             RemoteFailure::Auth,
-            format!("ComfyUI refused access (HTTP {status}): {reason}"),
+            format!(
+                "ComfyUI refused access (HTTP {status}): {reason}. If the server needs a key, enter it under Settings → Models → ComfyUI"
+            ),
         ),
         400..=499 => Error::remote(
             RemoteFailure::Rejected,
@@ -533,11 +571,11 @@ pub async fn generate(
     let client = client(cfg)?;
     let client_id = uuid::Uuid::new_v4().to_string();
     // Connected before queueing, so no message of this run is missed.
-    let mut ws = match cfg.ws_url(&client_id) {
-        Some(url) => {
+    let mut ws = match ws_request(cfg, &client_id)? {
+        Some(request) => {
             match tokio::time::timeout(
                 Duration::from_secs(10),
-                tokio_tungstenite::connect_async(url),
+                tokio_tungstenite::connect_async(request),
             )
             .await
             {

@@ -896,7 +896,7 @@ fn write_part(path: &Path, tensors: &[Out]) -> Result<()> {
 /// Writes the CLIP vocabulary into `dir` (`tokenizer/`, and for SDXL `tokenizer_2/`: both
 /// of SDXL's encoders use CLIP's vocabulary; the second pads with "!", which the loader knows).
 fn write_tokenizer(dir: &Path, source: &TokenizerSource, vocab_size: usize) -> Result<()> {
-    std::fs::create_dir_all(&dir)
+    std::fs::create_dir_all(dir)
         .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
     let read = |p: &Path| {
         std::fs::read_to_string(p).map_err(|e| {

@@ -94,7 +94,7 @@ pub fn submit(
     store.ensure_live_project(job.project_id)?;
     let remote = comfyui::is_comfyui(&job.params.model);
     if remote {
-        comfy_config(&store.settings()?)?;
+        comfy_config(&store)?;
         if job.params.variation.is_some() {
             return Err(Error::invalid(
                 "variations (a variation seed) are made by Atelier's own sampler; ComfyUI runs cannot make them. Clear the variation or choose a local model",
@@ -141,8 +141,9 @@ pub fn submit(
     )
 }
 
-/// The ComfyUI server of the settings, or why there is none.
-pub fn comfy_config(settings: &crate::store::Settings) -> Result<comfyui::ComfyConfig> {
+/// The ComfyUI server of the settings (with its stored key), or why there is none.
+pub fn comfy_config(store: &Store) -> Result<comfyui::ComfyConfig> {
+    let settings = store.settings()?;
     if settings.comfyui_url.trim().is_empty() {
         return Err(Error::invalid(
             "no ComfyUI server is set up: add its address in Settings → Models",
@@ -151,6 +152,7 @@ pub fn comfy_config(settings: &crate::store::Settings) -> Result<comfyui::ComfyC
     let cfg = comfyui::ComfyConfig {
         base_url: settings.comfyui_url.trim().to_owned(),
         timeout_s: settings.remote_timeout_s,
+        api_key: store.comfyui_api_key()?,
     };
     cfg.validate()?;
     Ok(cfg)
@@ -380,7 +382,7 @@ async fn run_comfyui(
     job: ImageJob,
 ) -> Result<serde_json::Value> {
     let settings = store.settings()?;
-    let cfg = comfy_config(&settings)?;
+    let cfg = comfy_config(&store)?;
     let p = &job.params;
     let total = (p.steps as u64) * (p.batch_count as u64);
     ctx.progress(0, total);

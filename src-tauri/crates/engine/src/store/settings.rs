@@ -60,6 +60,10 @@ pub struct Settings {
     /// checkpoints join the image model list as `comfyui:<name>`.
     #[serde(default)]
     pub comfyui_url: String,
+    /// Whether a key for the ComfyUI server is stored (sent as `Authorization: Bearer`, for
+    /// servers behind an authenticating proxy; never sent to the UI).
+    #[serde(default)]
+    pub comfyui_api_key_set: bool,
     /// The explicit AI-content notice on exports and copies (validated: it must keep
     /// 人工智能/AI and 生成/合成).
     pub label_notice_zh: String,
@@ -88,6 +92,7 @@ impl Default for Settings {
             remote_timeout_s: 120,
             remote_extra_sampling: true,
             remote_api_key_set: false,
+            comfyui_api_key_set: false,
             label_notice_zh: labels::DEFAULT_NOTICE_ZH.into(),
             label_notice_en: labels::DEFAULT_NOTICE_EN.into(),
             label_position: NoticePosition::End,
@@ -131,6 +136,9 @@ pub struct SettingsPatch {
     /// `Some("")` removes the key. Written to its own row; never read back by the UI.
     #[serde(skip_serializing)]
     pub remote_api_key: Option<String>,
+    /// The ComfyUI server's key, like `remote_api_key`.
+    #[serde(skip_serializing)]
+    pub comfyui_api_key: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub label_notice_zh: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -167,6 +175,7 @@ mod double_option {
 
 pub const LANGUAGES: [&str; 2] = ["zh-CN", "en"];
 const API_KEY: &str = "remote_api_key";
+const COMFYUI_KEY: &str = "comfyui_api_key";
 
 impl Settings {
     fn validate(&self) -> Result<()> {
@@ -227,11 +236,16 @@ impl Store {
             serde_json::Value::Object(m) => m,
             _ => return Err(Error::Internal("settings are not an object".into())),
         };
-        let mut key_set = false;
+        let (mut key_set, mut comfyui_key_set) = (false, false);
         for row in rows {
             let (key, value) = row?;
+            let stored = !value.is_empty() && value != "\"\"";
             if key == API_KEY {
-                key_set = !value.is_empty() && value != "\"\"";
+                key_set = stored;
+                continue;
+            }
+            if key == COMFYUI_KEY {
+                comfyui_key_set = stored;
                 continue;
             }
             if !obj.contains_key(&key) {
@@ -252,6 +266,7 @@ impl Store {
         }
         let mut s: Settings = serde_json::from_value(serde_json::Value::Object(obj))?;
         s.remote_api_key_set = key_set;
+        s.comfyui_api_key_set = comfyui_key_set;
         Ok(s)
     }
 
@@ -302,11 +317,16 @@ impl Store {
                     [now],
                 )?;
             }
-            if let Some(key) = &patch.remote_api_key {
-                if key.trim().is_empty() {
-                    tx.execute("DELETE FROM settings WHERE key = ?1", [API_KEY])?;
-                } else {
-                    put(API_KEY, serde_json::json!(key.trim()).to_string())?;
+            for (row, key) in [
+                (API_KEY, &patch.remote_api_key),
+                (COMFYUI_KEY, &patch.comfyui_api_key),
+            ] {
+                match key.as_deref().map(str::trim) {
+                    None => {}
+                    Some("") => {
+                        tx.execute("DELETE FROM settings WHERE key = ?1", [row])?;
+                    }
+                    Some(key) => put(row, serde_json::json!(key).to_string())?,
                 }
             }
             Ok(())
@@ -335,13 +355,20 @@ impl Store {
 
     /// The stored API key for the remote server, for the request only.
     pub fn remote_api_key(&self) -> Result<Option<String>> {
+        self.secret(API_KEY)
+    }
+
+    /// The stored key for the ComfyUI server, for the request only.
+    pub fn comfyui_api_key(&self) -> Result<Option<String>> {
+        self.secret(COMFYUI_KEY)
+    }
+
+    fn secret(&self, row: &str) -> Result<Option<String>> {
         let v: Option<String> = self
             .conn()
-            .query_row(
-                "SELECT value FROM settings WHERE key = ?1",
-                [API_KEY],
-                |r| r.get(0),
-            )
+            .query_row("SELECT value FROM settings WHERE key = ?1", [row], |r| {
+                r.get(0)
+            })
             .optional()?;
         Ok(v.and_then(|v| serde_json::from_str::<String>(&v).ok())
             .filter(|k| !k.is_empty()))
