@@ -183,15 +183,26 @@ fn conv2d_from(
             )
         };
     };
-    let units = p.batch * bands;
+    spread(p.batch * bands, threads, band);
+}
+
+/// Runs `unit(i, scratch, parallelism)` for every unit `0..units`: one unit per task when
+/// there are enough to keep `threads` busy (each product then single-threaded), else one after
+/// another with each product using the threads. Units never split a sum, so the output is the
+/// same either way. `scratch` is a unit's reusable buffers, one per task.
+fn spread<S: Default + Send>(
+    units: usize,
+    threads: usize,
+    unit: impl Fn(usize, &mut S, Parallelism) + Sync,
+) {
     if threads > 1 && units >= 2 * threads {
         (0..units)
             .into_par_iter()
-            .for_each_init(Vec::new, |columns, u| band(u, columns, Parallelism::None));
+            .for_each_init(S::default, |s, u| unit(u, s, Parallelism::None));
     } else {
-        let mut columns = Vec::new();
+        let mut scratch = S::default();
         for u in 0..units {
-            band(u, &mut columns, par(threads));
+            unit(u, &mut scratch, par(threads));
         }
     }
 }

@@ -1167,6 +1167,29 @@ fn write_ldm_checkpoint(src: &Path, out: &Path, xl: bool) {
     safetensors::tensor::serialize_to_file(tensors, None, out).unwrap();
 }
 
+/// With `ATELIER_KEEP_CHECKPOINT=DIR`, copies the written checkpoint and the diffusers folder
+/// it came from into DIR (`{name}-ldm.safetensors`, `{name}-diffusers/`), where
+/// `bench/ldm_names_vs_diffusers.py` checks the writer against diffusers' own converter.
+fn keep_for_the_layout_check(ckpt: &Path, src: &Path, name: &str) {
+    let Some(keep) = std::env::var_os("ATELIER_KEEP_CHECKPOINT") else {
+        return;
+    };
+    let keep = Path::new(&keep);
+    std::fs::create_dir_all(keep).unwrap();
+    std::fs::copy(ckpt, keep.join(format!("{name}-ldm.safetensors"))).unwrap();
+    for part in ["unet", "vae", "text_encoder", "text_encoder_2"] {
+        if !src.join(part).exists() {
+            continue;
+        }
+        let to = keep.join(format!("{name}-diffusers")).join(part);
+        std::fs::create_dir_all(&to).unwrap();
+        for e in std::fs::read_dir(src.join(part)).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
 /// A checkpoint holding one small tensor under each of `names`: enough for import to
 /// recognise what it is (or is not) from the names.
 fn checkpoint_of(path: &Path, names: &[&str]) {
@@ -1188,23 +1211,7 @@ async fn a_single_file_checkpoint_converts_to_the_same_model() {
     std::fs::create_dir_all(&ckpts).unwrap();
     let ckpt = ckpts.join("Tiny-Single.safetensors");
     write_ldm_checkpoint(&src, &ckpt, false);
-    // bench/ldm_names_vs_diffusers.py checks this writer against diffusers' own converter.
-    if let Some(keep) = std::env::var_os("ATELIER_KEEP_CHECKPOINT") {
-        let keep = Path::new(&keep);
-        std::fs::create_dir_all(keep).unwrap();
-        std::fs::copy(&ckpt, keep.join("tiny-ldm.safetensors")).unwrap();
-        for f in [
-            "unet/config.json",
-            "unet/diffusion_pytorch_model.safetensors",
-            "vae/config.json",
-            "vae/diffusion_pytorch_model.safetensors",
-            "text_encoder/config.json",
-            "text_encoder/model.safetensors",
-        ] {
-            std::fs::create_dir_all(keep.join("tiny-diffusers").join(f).parent().unwrap()).unwrap();
-            std::fs::copy(src.join(f), keep.join("tiny-diffusers").join(f)).unwrap();
-        }
-    }
+    keep_for_the_layout_check(&ckpt, &src, "tiny");
     let models = dir.path().join("home").join("models").join("image");
     let installed = || {
         let mut v: Vec<String> = std::fs::read_dir(&models)
@@ -1449,26 +1456,7 @@ async fn a_single_file_sdxl_checkpoint_converts_to_the_same_model() {
     std::fs::create_dir_all(&ckpts).unwrap();
     let ckpt = ckpts.join("Tiny-XL-Single.safetensors");
     write_ldm_checkpoint(&src, &ckpt, true);
-    // bench/ldm_names_vs_diffusers.py checks this writer against diffusers' own converter.
-    if let Some(keep) = std::env::var_os("ATELIER_KEEP_CHECKPOINT") {
-        let keep = Path::new(&keep);
-        std::fs::create_dir_all(keep).unwrap();
-        std::fs::copy(&ckpt, keep.join("tiny-xl-ldm.safetensors")).unwrap();
-        for f in [
-            "unet/config.json",
-            "unet/diffusion_pytorch_model.safetensors",
-            "vae/config.json",
-            "vae/diffusion_pytorch_model.safetensors",
-            "text_encoder/config.json",
-            "text_encoder/model.safetensors",
-            "text_encoder_2/config.json",
-            "text_encoder_2/model.safetensors",
-        ] {
-            let to = keep.join("tiny-xl-diffusers").join(f);
-            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-            std::fs::copy(src.join(f), to).unwrap();
-        }
-    }
+    keep_for_the_layout_check(&ckpt, &src, "tiny-xl");
     // The tiny UNet's heads are not SDXL's 64 channels: its .yaml says how many.
     std::fs::write(
         ckpts.join("Tiny-XL-Single.yaml"),

@@ -15,7 +15,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{Conv2d, Strided, par, product};
+use super::{Conv2d, Strided, product, spread};
 use crate::ops::Out;
 
 /// Tiles per band: products wide enough to run near peak, bands small enough to stay in L2/L3.
@@ -119,17 +119,7 @@ pub(super) fn conv3x3(p: &Conv2d, input: &[f32], weight: &[f32], bias: &[f32], o
             )
         };
     };
-    let units = p.batch * bands;
-    if threads > 1 && units >= 2 * threads {
-        (0..units)
-            .into_par_iter()
-            .for_each_init(Default::default, |s, unit| band(unit, s, Parallelism::None));
-    } else {
-        let mut scratch = Default::default();
-        for unit in 0..units {
-            band(unit, &mut scratch, par(threads));
-        }
-    }
+    spread(p.batch * bands, threads, band);
 }
 
 /// `V = Bᵀ d B` for every 4×4 tile `d` of tile rows `tys` (tile (ty, tx) starts at input
