@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# Atelier's image pipeline against PyTorch + diffusers on SD 1.5's architecture with random
+# Atelier's image pipeline against PyTorch + diffusers on SD 1.5's (or SDXL's) architecture with random
 # weights, the same size, CFG batch and thread count; prints both and our ÷ theirs (time ratio
 # inverted, so > 1.0 means we are faster). A benchmark, not a test: run it by hand.
 #
 #   bench/image-vs-diffusers.sh                  (512², CFG on, 2 threads, 3 runs)
 #   SIZE=512 CFG=0 THREADS=2 RUNS=3 bench/image-vs-diffusers.sh
+#   ARCH=sdxl SIZE=1024 RUNS=1 bench/image-vs-diffusers.sh   (SDXL base's shapes: a 14 GB random
+#                                                            model, ~17 GB of memory each side)
 #
 # The peer is `pip install torch diffusers` in a virtualenv under ~/.cache/atelier/bench-venv-torch
 # (several GB from PyPI, once). Our side writes a 4.3 GB random model once under
 # ~/.cache/atelier/bench/ and needs ~6 GB of memory; theirs ~4.5 GB. Run them one at a time.
 source "$(dirname "$0")/../scripts/lib.sh"
 
+ARCH=${ARCH:-sd15}
 SIZE=${SIZE:-512}
 CFG=${CFG:-1}
 THREADS=${THREADS:-$(python3 -c 'import os; print(len(os.sched_getaffinity(0)))')}
@@ -29,9 +32,9 @@ BENCH_HOME=$(mktemp -d)
 trap 'rm -rf "$BENCH_HOME"' EXIT
 
 cfg_flag=(); [ "$CFG" = 1 ] && cfg_flag=(--cfg)
-ours=$("$CLI" --home "$BENCH_HOME" --json bench image --arch sd15 --size "$SIZE" "${cfg_flag[@]}" \
+ours=$("$CLI" --home "$BENCH_HOME" --json bench image --arch "$ARCH" --size "$SIZE" "${cfg_flag[@]}" \
   --threads "$THREADS" --steps $((RUNS + 1)))
-peer=$("$VENV/bin/python" "$ROOT/bench/diffusers_peer.py" "$SIZE" "$THREADS" "$CFG" "$RUNS")
+peer=$("$VENV/bin/python" "$ROOT/bench/diffusers_peer.py" "$SIZE" "$THREADS" "$CFG" "$RUNS" "$ARCH")
 python3 - "$ours" "$peer" <<'PY'
 import json, sys
 ours, peer = map(json.loads, sys.argv[1:3])

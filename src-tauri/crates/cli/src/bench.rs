@@ -311,6 +311,172 @@ pub fn store(
     Ok(())
 }
 
+/// `atelier-cli bench gallery`: one project with `images` pictures (boards, tags, stars and a
+/// trash as people use them), filled through the real store API, then the gallery's queries:
+/// the first page, a page after a random cursor, every page from top to bottom (what scrolling
+/// to the end asks for), and the filters and search.
+pub fn gallery(images: usize, samples: usize, json_out: bool) -> Result<()> {
+    use atelier_engine::store::{FinishedImage, GalleryQuery};
+    let dir = tempfile::tempdir()
+        .map_err(|e| atelier_engine::Error::io("cannot make a temp folder", e))?;
+    let store = Store::open(&dir.path().join("atelier.db"))?;
+    let project = store.create_project("图库")?.id;
+    // One small real PNG for every row: the gallery's queries never read the files.
+    let mut png = Vec::new();
+    image::RgbImage::from_pixel(8, 8, image::Rgb([200, 120, 40]))
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| atelier_engine::Error::Internal(format!("PNG: {e}")))?;
+    let asset = store.add_asset(dir.path(), Some(project), "image/png", &png)?;
+    let boards: Vec<i64> = (0..12)
+        .map(|i| {
+            store
+                .create_board(project, &format!("看板 {i}"))
+                .map(|b| b.id)
+        })
+        .collect::<Result<_>>()?;
+    const TAGS: [&str; 8] = [
+        "产品图",
+        "海报",
+        "小红书",
+        "主图",
+        "banner",
+        "测试",
+        "夏季",
+        "新品",
+    ];
+    let mut rng = Rng(20261206);
+    let fill = Instant::now();
+    let mut trashed = Vec::new();
+    for i in 0..images {
+        let id = store.begin_generation(&NewGeneration {
+            project_id: project,
+            job_id: None,
+            kind: GenerationKind::Image,
+            model_id: "sd15".into(),
+            prompt: text(&mut rng, 20, 200),
+            params: json!({"steps": 25, "cfg_scale": 7.0, "width": 512, "height": 512, "scheduler": "dpmpp_2m_karras"}),
+            seed: Some(rng.next() as i64 & 0xffff_ffff),
+        })?;
+        store.finish_image(&FinishedImage {
+            generation_id: id,
+            asset_id: asset.id,
+            thumb_asset_id: Some(asset.id),
+            width: 512,
+            height: 512,
+            metrics: json!({}),
+        })?;
+        if i % 4 == 0 {
+            store.set_image_board(id, Some(boards[rng.below(boards.len())]))?;
+        }
+        if i % 5 == 0 {
+            store.set_image_tags(id, &[rng.pick(&TAGS).to_string()])?;
+        }
+        if i % 40 == 0 {
+            store.set_generation_starred(id, true)?;
+        }
+        if i % 100 == 0 {
+            trashed.push(id);
+        }
+    }
+    store.set_images_trashed(&trashed, true)?;
+    let fill_s = fill.elapsed().as_secs_f64();
+    store.optimize()?;
+
+    let page = |before: Option<i64>| GalleryQuery {
+        project_id: project,
+        before,
+        limit: 100,
+        ..Default::default()
+    };
+    let mut first = Stats::new("first page of 100");
+    let mut deep = Stats::new("page after a random cursor");
+    let mut walk = Stats::new("every page, top to bottom");
+    let mut starred = Stats::new("starred only");
+    let mut tagged = Stats::new("one tag");
+    let mut board = Stats::new("one board");
+    let mut search = Stats::new("search a word");
+    let mut miss = Stats::new("search, no match");
+    let mut shown = 0usize;
+    let walk_start = Instant::now();
+    let mut cursor = None;
+    loop {
+        let p = walk.time(|| store.gallery(&page(cursor)))?;
+        shown += p.items.len();
+        match p.next_before {
+            Some(b) => cursor = Some(b),
+            None => break,
+        }
+    }
+    let walk_s = walk_start.elapsed().as_secs_f64();
+    for _ in 0..samples {
+        first.time(|| store.gallery(&page(None)))?;
+        deep.time(|| store.gallery(&page(Some(1 + rng.below(images.max(1)) as i64))))?;
+        starred.time(|| {
+            store.gallery(&GalleryQuery {
+                starred_only: true,
+                ..page(None)
+            })
+        })?;
+        tagged.time(|| {
+            store.gallery(&GalleryQuery {
+                tag: Some(rng.pick(&TAGS).to_string()),
+                ..page(None)
+            })
+        })?;
+        board.time(|| {
+            store.gallery(&GalleryQuery {
+                board_id: Some(boards[rng.below(boards.len())]),
+                ..page(None)
+            })
+        })?;
+        search.time(|| {
+            store.gallery(&GalleryQuery {
+                text: rng.pick(PRODUCTS).to_string(),
+                ..page(None)
+            })
+        })?;
+        miss.time(|| {
+            store.gallery(&GalleryQuery {
+                text: "不存在的词".into(),
+                ..page(None)
+            })
+        })?;
+    }
+    let all = [
+        &first, &deep, &walk, &starred, &tagged, &board, &search, &miss,
+    ];
+    if json_out {
+        let ops: Vec<_> = all.iter().map(|s| json!({"op": s.name, "n": s.samples.len(), "p50_ms": s.pct(0.5), "p95_ms": s.pct(0.95), "max_ms": s.pct(1.0)})).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "images": images, "fill_s": fill_s, "shown_by_scrolling": shown,
+                "scroll_to_end_s": walk_s, "ops": ops
+            }))?
+        );
+    } else {
+        println!(
+            "gallery benchmark: {images} images in one project (filled in {fill_s:.1} s); scrolling to the end read {shown} in {} pages, {walk_s:.2} s",
+            walk.samples.len()
+        );
+        println!(
+            "{:<28} {:>7} {:>9} {:>9} {:>9}",
+            "operation", "n", "p50 ms", "p95 ms", "max ms"
+        );
+        for s in all {
+            println!(
+                "{:<28} {:>7} {:>9.2} {:>9.2} {:>9.2}",
+                s.name,
+                s.samples.len(),
+                s.pct(0.5),
+                s.pct(0.95),
+                s.pct(1.0)
+            );
+        }
+    }
+    Ok(())
+}
+
 fn peak_rss_kib() -> Option<u64> {
     status_kib("VmHWM:")
 }
@@ -503,9 +669,10 @@ pub fn check(mb: usize, runs: usize, as_json: bool) -> Result<()> {
 }
 
 /// `atelier-cli bench image`: the real pipeline (prompt encoding, sampler, UNet with or
-/// without CFG, VAE decode) on a random-weight model of SD 1.5's shapes.
+/// without CFG, VAE decode) on a random-weight model of SD 1.5's or SDXL's shapes.
 pub struct ImageBench {
-    pub sd15: bool,
+    /// `sd15`, `sdxl` or `tiny`.
+    pub arch: String,
     pub size: u32,
     pub cfg: bool,
     pub steps: u32,
@@ -516,7 +683,11 @@ pub struct ImageBench {
 pub fn image(a: ImageBench, as_json: bool) -> Result<()> {
     use atelier_engine::image::random::{Arch, write_random_model};
     use atelier_engine::image::{ImageParams, Scheduler, model, pipeline};
-    let arch = if a.sd15 { "sd15" } else { "tiny" };
+    let (arch, shapes) = match a.arch.as_str() {
+        "sd15" => ("sd15", Arch::Sd15),
+        "sdxl" => ("sdxl", Arch::Sdxl),
+        _ => ("tiny", Arch::Tiny),
+    };
     let dir = a.model_dir.clone().unwrap_or_else(|| {
         std::env::var_os("HOME")
             .map(std::path::PathBuf::from)
@@ -527,7 +698,7 @@ pub fn image(a: ImageBench, as_json: bool) -> Result<()> {
         eprintln!("writing a random {arch} model to {} (once)…", dir.display());
         let tmp = dir.with_extension("partial");
         let _ = std::fs::remove_dir_all(&tmp);
-        write_random_model(&tmp, if a.sd15 { Arch::Sd15 } else { Arch::Tiny })?;
+        write_random_model(&tmp, shapes)?;
         std::fs::rename(&tmp, &dir).map_err(|e| {
             atelier_engine::Error::io(format!("cannot create {}", dir.display()), e)
         })?;

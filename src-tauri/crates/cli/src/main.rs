@@ -240,6 +240,13 @@ enum BenchCmd {
         #[arg(long, value_name = "PATH")]
         reuse: Option<PathBuf>,
     },
+    /// Fill one project's gallery and time its pages, scrolling to the end, filters and search.
+    Gallery {
+        #[arg(long, default_value_t = 20_000)]
+        images: usize,
+        #[arg(long, default_value_t = 200)]
+        samples: usize,
+    },
     /// Compliance checker throughput (MB/s on one thread) on generated mixed copy.
     Check {
         /// Megabytes of copy to check.
@@ -275,8 +282,9 @@ enum BenchCmd {
     },
     /// Stable Diffusion on random weights: seconds per UNet step, VAE decode, peak memory
     Image {
-        /// `sd15`: SD 1.5's shapes (writes a 4.3 GB random model once); `tiny`: a smoke run.
-        #[arg(long, value_parser = ["sd15", "tiny"], default_value = "sd15")]
+        /// `sd15`: SD 1.5's shapes (writes a 4.3 GB random model once); `sdxl`: SDXL base's
+        /// (14 GB); `tiny`: a smoke run.
+        #[arg(long, value_parser = ["sd15", "sdxl", "tiny"], default_value = "sd15")]
         arch: String,
         #[arg(long, default_value_t = 512)]
         size: u32,
@@ -370,6 +378,12 @@ fn run(cli: Cli) -> Result<()> {
         return bench::store(rows, samples, reuse, cli.json);
     }
     if let Command::Bench {
+        action: BenchCmd::Gallery { images, samples },
+    } = cli.command
+    {
+        return bench::gallery(images, samples, cli.json);
+    }
+    if let Command::Bench {
         action: BenchCmd::Check { mb, runs },
     } = cli.command
     {
@@ -389,7 +403,7 @@ fn run(cli: Cli) -> Result<()> {
     } = cli.command
     {
         let args = bench::ImageBench {
-            sd15: arch == "sd15",
+            arch,
             size,
             cfg,
             steps,

@@ -30,10 +30,71 @@ pub enum Arch {
     TinyXl,
     /// SD 1.5's exact shapes (UNet 860M, VAE 84M, CLIP ViT-L 123M parameters): for benchmarks.
     Sd15,
+    /// SDXL base's exact shapes (UNet 2.6B, VAE 84M, CLIP ViT-L 123M and OpenCLIP bigG 695M
+    /// parameters; 14 GB in f32): for benchmarks.
+    Sdxl,
+}
+
+impl Arch {
+    /// Whether it has SDXL's second text encoder and size conditioning.
+    fn is_xl(self) -> bool {
+        matches!(self, Arch::TinyXl | Arch::Sdxl)
+    }
+}
+
+/// The second text encoder's config (OpenCLIP-style) of the SDXL shapes.
+fn second_encoder(arch: Arch) -> Option<Value> {
+    match arch {
+        // Exact GELU, 64-channel heads as every OpenCLIP text tower has (a single-file
+        // checkpoint does not record the head count), a projection for the pooled embedding
+        // that is not square (so a projection read the wrong way round cannot pass).
+        Arch::TinyXl => Some(json!({
+            "architectures": ["CLIPTextModelWithProjection"],
+            "hidden_act": "gelu",
+            "hidden_size": 128, "intermediate_size": 256,
+            "num_hidden_layers": 2, "num_attention_heads": 2,
+            "max_position_embeddings": 77, "vocab_size": 1000, "projection_dim": 48
+        })),
+        // OpenCLIP ViT-bigG/14's text tower, as SDXL's text_encoder_2/config.json has it.
+        Arch::Sdxl => Some(json!({
+            "architectures": ["CLIPTextModelWithProjection"],
+            "hidden_act": "gelu",
+            "hidden_size": 1280, "intermediate_size": 5120,
+            "num_hidden_layers": 32, "num_attention_heads": 20,
+            "max_position_embeddings": 77, "vocab_size": 49408, "projection_dim": 1280
+        })),
+        _ => None,
+    }
 }
 
 fn configs(arch: Arch) -> (Value, Value, Value) {
     match arch {
+        Arch::Sdxl => {
+            let (_, mut vae, text) = configs(Arch::Sd15);
+            vae["scaling_factor"] = json!(0.13025);
+            (
+                // stable-diffusion-xl-base-1.0's unet/config.json, in the keys the loader reads.
+                json!({
+                    "_class_name": "UNet2DConditionModel",
+                    "in_channels": 4, "out_channels": 4,
+                    "block_out_channels": [320, 640, 1280],
+                    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+                    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+                    "layers_per_block": 2,
+                    "transformer_layers_per_block": [1, 2, 10],
+                    "attention_head_dim": [5, 10, 20],
+                    "use_linear_projection": true,
+                    "cross_attention_dim": 2048,
+                    "addition_embed_type": "text_time",
+                    "addition_time_embed_dim": 256,
+                    "projection_class_embeddings_input_dim": 2816,
+                    "norm_num_groups": 32,
+                    "sample_size": 128
+                }),
+                vae,
+                text,
+            )
+        }
         Arch::TinyXl => {
             let (_, mut vae, text) = configs(Arch::Tiny);
             // SDXL's VAE scales its latents by 0.13025, not SD's 0.18215.
@@ -171,7 +232,7 @@ pub fn write_random_model(dir: &Path, arch: Arch) -> Result<()> {
     let (unet_json, vae_json, text_json) = configs(arch);
     let dev = Device::Cpu;
     let mut subs = vec!["unet", "vae", "text_encoder", "tokenizer", "scheduler"];
-    if arch == Arch::TinyXl {
+    if arch.is_xl() {
         subs.extend(["text_encoder_2", "tokenizer_2"]);
     }
     for sub in subs {
@@ -183,10 +244,10 @@ pub fn write_random_model(dir: &Path, arch: Arch) -> Result<()> {
         &json!({
             "_class_name": match arch {
                 Arch::TinyInpaint => "StableDiffusionInpaintPipeline",
-                Arch::TinyXl => "StableDiffusionXLPipeline",
+                Arch::TinyXl | Arch::Sdxl => "StableDiffusionXLPipeline",
                 _ => "StableDiffusionPipeline",
             },
-            "force_zeros_for_empty_prompt": arch == Arch::TinyXl,
+            "force_zeros_for_empty_prompt": arch.is_xl(),
             "_atelier_random_weights": true
         }),
     )?;
@@ -241,18 +302,7 @@ pub fn write_random_model(dir: &Path, arch: Arch) -> Result<()> {
         vm.save(dir.join("text_encoder").join("model.safetensors"))
             .map_err(candle("text encoder"))?;
     }
-    if arch == Arch::TinyXl {
-        // OpenCLIP-style: exact GELU, 64-channel heads as every OpenCLIP text tower has (a
-        // single-file checkpoint does not record the head count), a projection for the pooled
-        // embedding that is not square (so a projection read the wrong way round cannot pass),
-        // its own tokenizer folder (padding with "!").
-        let text_2 = json!({
-            "architectures": ["CLIPTextModelWithProjection"],
-            "hidden_act": "gelu",
-            "hidden_size": 128, "intermediate_size": 256,
-            "num_hidden_layers": 2, "num_attention_heads": 2,
-            "max_position_embeddings": 77, "vocab_size": 1000, "projection_dim": 48
-        });
+    if let Some(text_2) = second_encoder(arch) {
         write_tokenizer(&dir.join("tokenizer_2"))?;
         let vm = VarMap::new();
         ClipText::load(
