@@ -115,6 +115,8 @@ export type JobEvent =
   | { type: 'Started' }
   | { type: 'Progress'; done: number; total: number }
   | { type: 'Token'; text: string }
+  /** Waiting in a remote server's queue (ComfyUI) of `queued` runs, this one included. */
+  | { type: 'Waiting'; queued: number }
   | { type: 'Preview'; image: number; step: number; data_url: string }
   | { type: 'Finished'; result: unknown }
   | { type: 'Failed'; kind: string; message: string }

@@ -276,6 +276,9 @@ async fn generate(engine: &Engine, a: GenerateArgs, json: bool) -> Result<()> {
             JobEvent::Progress { done, total } if !json && tty => {
                 eprint!("\rstep {done}/{total}");
             }
+            JobEvent::Waiting { queued } if !json && tty => {
+                eprint!("\rwaiting in the server's queue ({queued} queued)");
+            }
             JobEvent::Finished { result } => {
                 if !json && tty {
                     eprintln!();

@@ -37,6 +37,11 @@ pub enum JobEvent {
     Token {
         text: String,
     },
+    /// Waiting in a remote server's queue (ComfyUI), which holds `queued` runs: everyone's,
+    /// queued or running, this one included once it is queued.
+    Waiting {
+        queued: u64,
+    },
     /// A picture of the work so far (an image run's denoising), as a `data:` URL.
     Preview {
         image: u32,

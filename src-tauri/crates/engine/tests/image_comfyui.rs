@@ -416,6 +416,8 @@ struct Ran {
     result: Result<Vec<i64>, (String, String)>,
     previews: usize,
     last_progress: Option<(u64, u64)>,
+    /// The queue sizes the server reported before the runs started.
+    waiting: Vec<u64>,
 }
 
 /// Runs a job to its end; `cancel_after_progress`: cancel it once that many steps were seen.
@@ -434,10 +436,11 @@ async fn run(engine: &Engine, project_id: i64, p: ImageParams, cancel_after: Opt
                 result: Err((e.kind().to_owned(), e.to_string())),
                 previews: 0,
                 last_progress: None,
+                waiting: Vec::new(),
             };
         }
     };
-    let (mut previews, mut last_progress) = (0, None);
+    let (mut previews, mut last_progress, mut waiting) = (0, None, Vec::new());
     let result = loop {
         match tokio::time::timeout(Duration::from_secs(30), rx.recv())
             .await
@@ -454,6 +457,7 @@ async fn run(engine: &Engine, project_id: i64, p: ImageParams, cancel_after: Opt
                 assert!(data_url.starts_with("data:image/png;base64,"));
                 previews += 1;
             }
+            JobEvent::Waiting { queued } => waiting.push(queued),
             JobEvent::Finished { result } => {
                 break Ok(result["images"]
                     .as_array()
@@ -471,6 +475,7 @@ async fn run(engine: &Engine, project_id: i64, p: ImageParams, cancel_after: Opt
         result,
         previews,
         last_progress,
+        waiting,
     }
 }
 
@@ -499,6 +504,11 @@ async fn comfyui_runs_land_in_the_gallery_with_atelier_metadata() {
     assert_eq!(ids.len(), 2);
     assert_eq!(ran.last_progress, Some((12, 12)), "steps of both images");
     assert!(ran.previews >= 2, "{} previews", ran.previews);
+    assert!(
+        ran.waiting.contains(&1),
+        "the server's queue size did not reach the job: {:?}",
+        ran.waiting
+    );
 
     // What went to the server: Atelier's settings in ComfyUI's names, one prompt per image.
     let prompts = fake.lock().unwrap().prompts.clone();

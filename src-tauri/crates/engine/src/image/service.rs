@@ -407,7 +407,7 @@ async fn run_comfyui(
             }
             comfyui::Progress::Preview(img) => emit_preview(c, n, last_step, img),
             comfyui::Progress::Queued { remaining } => {
-                tracing::debug!(remaining, "waiting in ComfyUI's queue");
+                c.emit(JobEvent::Waiting { queued: remaining });
             }
         };
         let source = init.as_ref().map(|(rgb, mask)| comfyui::Source {
