@@ -606,6 +606,59 @@ async function fakeComfy() {
   return { url: `http://127.0.0.1:${server.address().port}`, prompts, close: () => server.close() };
 }
 
+test('images: an SDXL-shaped model imported, listed with both text encoders, drawing into the gallery', async () => {
+  // The tiny SDXL: two text encoders and tokenizers, the pooled embedding and size ids.
+  const cli = [join(targetDir, 'debug/atelier-cli'), join(targetDir, 'release/atelier-cli')].find(existsSync);
+  assert.ok(cli, 'build atelier-cli first (cargo test --workspace builds it)');
+  const src = join(home, 'incoming', 'tiny-xl');
+  const made = spawnSync(cli, ['image', 'random-model', '--arch', 'tiny-xl', src], { env: { ...process.env, ATELIER_HOME: home } });
+  assert.equal(made.status, 0, String(made.stderr));
+  const driver = await startApp();
+  const count = async (css) => {
+    try {
+      return (await driver.findElements(By.css(css))).length;
+    } catch (e) {
+      if (e.name === 'StaleElementReferenceError') return -1;
+      throw e;
+    }
+  };
+  try {
+    // A project of its own (creating one selects it), so the test also runs alone.
+    await driver.findElement(By.css('[data-testid=new-project-name]')).sendKeys('SDXL 图片');
+    await driver.findElement(By.css('[data-testid=create-project]')).click();
+    await driver.wait(until.elementLocated(By.xpath("//ul[@data-testid='project-list']//strong[text()='SDXL 图片']")), 10_000);
+    await driver.findElement(By.css('[data-view=models]')).click();
+    const path = await driver.wait(until.elementLocated(By.css('[data-testid=image-import-path]')), 10_000);
+    await path.sendKeys(src);
+    await driver.findElement(By.css('[data-testid=image-import]')).click();
+    const row = await driver.wait(until.elementLocated(By.xpath("//*[@data-testid='image-models']//tr[.//strong[text()='tiny-xl']]")), 20_000);
+    const listed = await row.getText();
+    assert.match(listed, /text_encoder:/);
+    assert.match(listed, /text_encoder_2:/);
+
+    await driver.executeScript("localStorage.removeItem('atelier.imageForm')");
+    await driver.findElement(By.css('[data-view=images]')).click();
+    const option = await driver.wait(until.elementLocated(By.css('[data-testid=image-model] option[value=tiny-xl]')), 10_000);
+    await option.click();
+    const before = await count('[data-testid=gallery-grid] .tile');
+    const prompt = await driver.findElement(By.css('[data-testid=image-prompt]'));
+    await prompt.clear();
+    await prompt.sendKeys('a lighthouse at dusk');
+    for (const [id, v] of [['image-width', 128], ['image-height', 128], ['image-seed', 11], ['image-batch', 1]]) {
+      const el = await driver.findElement(By.css(`[data-testid=${id}]`));
+      await el.clear();
+      await el.sendKeys(String(v));
+    }
+    await driver.findElement(By.css('[data-testid=image-generate]')).click();
+    await driver.wait(async () => (await count('[data-testid=gallery-grid] .tile')) === before + 1, 120_000);
+    const rec = await driver.wait(until.elementLocated(By.css('[data-testid=image-record]')), 10_000);
+    await driver.wait(async () => /tiny-xl/.test(await rec.getText()), 10_000);
+    await shot(driver, '19-images-sdxl.png');
+  } finally {
+    await driver.quit();
+  }
+});
+
 test('a damaged database: the app says so, and starts a new one keeping the old file', async () => {
   const { readdirSync, readFileSync } = await import('node:fs');
   for (const f of ['atelier.db-wal', 'atelier.db-shm']) rmSync(join(home, f), { force: true });
