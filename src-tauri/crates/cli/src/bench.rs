@@ -315,18 +315,34 @@ pub fn store(
 /// trash as people use them), filled through the real store API, then the gallery's queries:
 /// the first page, a page after a random cursor, every page from top to bottom (what scrolling
 /// to the end asks for), and the filters and search.
-pub fn gallery(images: usize, samples: usize, json_out: bool) -> Result<()> {
+pub fn gallery(
+    images: usize,
+    samples: usize,
+    into: Option<atelier_engine::Home>,
+    json_out: bool,
+) -> Result<()> {
     use atelier_engine::store::{FinishedImage, GalleryQuery};
     let dir = tempfile::tempdir()
         .map_err(|e| atelier_engine::Error::io("cannot make a temp folder", e))?;
-    let store = Store::open(&dir.path().join("atelier.db"))?;
-    let project = store.create_project("图库")?.id;
+    // In a data folder: the app must not be running on it (the lock says so).
+    let _lock = into
+        .as_ref()
+        .map(|h| h.ensure().and_then(|_| h.lock()))
+        .transpose()?;
+    let root = into
+        .as_ref()
+        .map_or(dir.path().to_owned(), |h| h.root().to_owned());
+    let db = into
+        .as_ref()
+        .map_or(dir.path().join("atelier.db"), |h| h.db_path());
+    let store = Store::open(&db)?;
+    let project = store.create_project(&format!("图库 {images} 张"))?.id;
     // One small real PNG for every row: the gallery's queries never read the files.
     let mut png = Vec::new();
     image::RgbImage::from_pixel(8, 8, image::Rgb([200, 120, 40]))
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .map_err(|e| atelier_engine::Error::Internal(format!("PNG: {e}")))?;
-    let asset = store.add_asset(dir.path(), Some(project), "image/png", &png)?;
+    let asset = store.add_asset(&root, Some(project), "image/png", &png)?;
     let boards: Vec<i64> = (0..12)
         .map(|i| {
             store

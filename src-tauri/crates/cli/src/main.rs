@@ -246,6 +246,10 @@ enum BenchCmd {
         images: usize,
         #[arg(long, default_value_t = 200)]
         samples: usize,
+        /// Fill a new project in the data folder (`--home`) instead of a temporary store, for
+        /// scrolling it in the app (bench/gallery-scroll.mjs).
+        #[arg(long)]
+        into_home: bool,
     },
     /// Compliance checker throughput (MB/s on one thread) on generated mixed copy.
     Check {
@@ -378,10 +382,20 @@ fn run(cli: Cli) -> Result<()> {
         return bench::store(rows, samples, reuse, cli.json);
     }
     if let Command::Bench {
-        action: BenchCmd::Gallery { images, samples },
+        action:
+            BenchCmd::Gallery {
+                images,
+                samples,
+                into_home,
+            },
     } = cli.command
     {
-        return bench::gallery(images, samples, cli.json);
+        let home = if into_home {
+            Some(Home::resolve(cli.home.clone())?)
+        } else {
+            None
+        };
+        return bench::gallery(images, samples, home, cli.json);
     }
     if let Command::Bench {
         action: BenchCmd::Check { mb, runs },
