@@ -70,11 +70,7 @@ impl Conv2d {
 /// `out = conv(input, weight) + bias`, input `[batch, c_in, h, w]`, weight
 /// `[c_out, c_in, kernel, kernel]`, output `[batch, c_out, out_h, out_w]`, all contiguous.
 pub fn conv2d(p: &Conv2d, input: &[f32], weight: &[f32], bias: &[f32], out: &mut [f32]) {
-    if winograd::suits(p) {
-        check(p, (p.h, p.w), input, weight, bias, out);
-        return winograd::conv3x3(p, input, weight, bias, out);
-    }
-    conv2d_from(p, (p.h, p.w), input, weight, bias, out)
+    conv2d_upsampled(p, (p.h, p.w), input, weight, bias, out)
 }
 
 /// Image-to-column [`conv2d`] whatever the shape (the reference the Winograd path is
@@ -115,8 +111,9 @@ pub fn conv2d_upsampled(
         p.h,
         p.w
     );
-    if source == (p.h, p.w) {
-        return conv2d(p, input, weight, bias, out);
+    if winograd::suits(p) {
+        check(p, source, input, weight, bias, out);
+        return winograd::conv3x3(p, source, input, weight, bias, out);
     }
     conv2d_from(p, source, input, weight, bias, out)
 }
@@ -1169,13 +1166,20 @@ mod tests {
     #[test]
     fn upsampled_conv2d_matches_a_conv_of_the_scaled_image() {
         // 2× (the VAE's and UNet's upsamplers) and to an odd size (a UNet skip rounded up).
-        for &(sh, sw, h, w) in &[(4, 5, 8, 10), (5, 4, 9, 7), (3, 3, 3, 3)] {
+        // The last two take the Winograd path (≥ 32 channels, ≥ 2048 pixels).
+        for &(sh, sw, h, w, c) in &[
+            (4, 5, 8, 10, 3),
+            (5, 4, 9, 7, 3),
+            (3, 3, 3, 3, 3),
+            (17, 16, 34, 32, 32),
+            (20, 19, 41, 37, 32),
+        ] {
             let p = Conv2d {
                 batch: 2,
-                c_in: 3,
+                c_in: c,
                 h,
                 w,
-                c_out: 4,
+                c_out: c + 1,
                 kernel: 3,
                 stride: 1,
                 pad: 1,
@@ -1198,7 +1202,9 @@ mod tests {
             let want = conv_reference(&p, &scaled, &wt, &bias);
             let mut out = vec![f32::NAN; p.output_len()];
             pool(2).install(|| conv2d_upsampled(&p, (sh, sw), &x, &wt, &bias, &mut out));
-            assert_close(&out, &want, 1e-5, &format!("{sh}×{sw} -> {h}×{w}"));
+            assert_eq!(winograd::suits(&p), c >= 32, "{p:?}");
+            // Winograd's sums of 9 · 32 products land a few ulps from the f64 reference.
+            assert_close(&out, &want, 2e-5, &format!("{sh}×{sw} -> {h}×{w}"));
         }
     }
 }

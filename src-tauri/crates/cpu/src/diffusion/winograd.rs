@@ -73,10 +73,20 @@ fn transform_weights(c_out: usize, c_in: usize, weight: &[f32]) -> Vec<f32> {
     u
 }
 
-/// `out = conv(input, weight) + bias` for a shape that [`suits`], as [`super::conv2d`] takes it.
-pub(super) fn conv3x3(p: &Conv2d, input: &[f32], weight: &[f32], bias: &[f32], out: &mut [f32]) {
+/// `out = conv(input, weight) + bias` for a shape that [`suits`], as
+/// [`super::conv2d_upsampled`] takes it: `input` is `source` (rows, columns) per plane, read as
+/// if scaled to `p.h × p.w` by nearest neighbour (usually the same size).
+pub(super) fn conv3x3(
+    p: &Conv2d,
+    source: (usize, usize),
+    input: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+) {
     debug_assert!(suits(p));
     let (h, w) = (p.h, p.w);
+    let (sh, sw) = source;
     let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
     let u = transform_weights(p.c_out, p.c_in, weight);
     let rows = (BAND_TILES / tw).clamp(1, th);
@@ -90,8 +100,14 @@ pub(super) fn conv3x3(p: &Conv2d, input: &[f32], weight: &[f32], bias: &[f32], o
         let (v, m) = scratch;
         v.resize(16 * p.c_in * n, 0.0);
         m.resize(16 * p.c_out * n, 0.0);
-        let image = &input[b * p.c_in * h * w..][..p.c_in * h * w];
-        transform_input(image, (h, w), ty0..ty1, p.c_in, &mut v[..16 * p.c_in * n]);
+        let image = &input[b * p.c_in * sh * sw..][..p.c_in * sh * sw];
+        transform_input(
+            (image, source),
+            (h, w),
+            ty0..ty1,
+            p.c_in,
+            &mut v[..16 * p.c_in * n],
+        );
         for e in 0..16 {
             // SAFETY: m[e] is c_out × n, u[e] c_out × c_in, v[e] c_in × n, row-major, and all
             // three belong to this unit (u is only read).
@@ -124,19 +140,22 @@ pub(super) fn conv3x3(p: &Conv2d, input: &[f32], weight: &[f32], bias: &[f32], o
 
 /// `V = Bᵀ d B` for every 4×4 tile `d` of tile rows `tys` (tile (ty, tx) starts at input
 /// pixel (2ty − 1, 2tx − 1); outside the image reads 0), laid out `[16][c_in][tiles]`, with
-/// `Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]`.
+/// `Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]`. The image is `source`
+/// per plane, read as scaled to `h × w` by nearest neighbour (pixel ⌊i · source / size⌋).
 ///
 /// A tile row at a time: the four input rows are combined first (`Bᵀ d`, whole rows at once),
 /// then split into even and odd padded columns, after which each of the 16 outputs is a
 /// contiguous run over the row's tiles: plain loops the compiler vectorises.
 fn transform_input(
-    image: &[f32],
+    (image, (sh, sw)): (&[f32], (usize, usize)),
     (h, w): (usize, usize),
     tys: std::ops::Range<usize>,
     c_in: usize,
     v: &mut [f32],
 ) {
     let tw = w.div_ceil(2);
+    // The source column of each output column (the identity when nothing is scaled).
+    let column: Vec<usize> = (0..w).map(|x| x * sw / w).collect();
     let n = tys.len() * tw;
     let stride = c_in * n;
     // Padded rows: column X holds input x = X − 1; X runs over 0 .. 2·tw + 2.
@@ -145,18 +164,18 @@ fn transform_input(
     rows.resize(width, [0.0; 4]);
     let mut even = vec![[0.0f32; 4]; tw + 1];
     let mut odd = vec![[0.0f32; 4]; tw + 1];
-    for (c, plane) in image.chunks_exact(h * w).enumerate() {
+    for (c, plane) in image.chunks_exact(sh * sw).enumerate() {
         for (k, ty) in tys.clone().enumerate() {
             // t[X] = (Bᵀ d) for padded column X: the four row combinations.
             let y0 = 2 * ty as isize - 1;
             let line = |r: isize| -> Option<&[f32]> {
                 let y = y0 + r;
-                (y >= 0 && y < h as isize).then(|| &plane[y as usize * w..][..w])
+                (y >= 0 && y < h as isize).then(|| &plane[y as usize * sh / h * sw..][..sw])
             };
             let (d0, d1, d2, d3) = (line(0), line(1), line(2), line(3));
             for (x, t) in rows.iter_mut().enumerate() {
                 let at = |l: Option<&[f32]>| match (l, x.checked_sub(1)) {
-                    (Some(l), Some(i)) if i < w => l[i],
+                    (Some(l), Some(i)) if i < w => l[column[i]],
                     _ => 0.0,
                 };
                 let (a, b, c2, d) = (at(d0), at(d1), at(d2), at(d3));
