@@ -123,7 +123,8 @@ pub fn estimate_peak_bytes(model: &LoadedModel, p: &ImageParams) -> u64 {
     let pixels = p.width as u64 * p.height as u64;
     let l = pixels / 64;
     let batch = if p.uses_cfg() { 2 } else { 1 };
-    let vae_activations = 128 * pixels * 4 * 6;
+    // The VAE decodes at most a tile of TILE² latent pixels at once (`decode_tiles`).
+    let vae_activations = 128 * pixels.min((TILE * SCALE * TILE * SCALE) as u64) * 4 * 6;
     let working = if model.device.is_cpu() && model.dtype == DType::F32 {
         // The UNet keeps its skip activations (~12 at up to 320 channels × L) and a few more.
         let unet = batch * 320 * l * 4 * 24;
@@ -131,7 +132,8 @@ pub fn estimate_peak_bytes(model: &LoadedModel, p: &ImageParams) -> u64 {
     } else {
         let heads = 8u64;
         let unet_attention = batch * heads * l * l * 4 * 2; // scores and softmax
-        unet_attention.max(vae_activations + l * l * 4 * 2)
+        let vae_l = l.min((TILE * TILE) as u64);
+        unet_attention.max(vae_activations + vae_l * vae_l * 4 * 2)
     };
     weights + working + (256 << 20)
 }
@@ -506,15 +508,96 @@ pub(crate) fn composite(out: &mut image::RgbImage, src: &image::RgbImage, mask: 
     }
 }
 
-/// The VAE's output (f32, values around [−1, 1]) for `latents` decoded in `dtype`.
+/// The VAE's output (f32, values around [−1, 1]) for `latents` decoded in `dtype`; tiled
+/// ([`decode_tiles`]) when a side is over [`TILE`] latent pixels.
 fn decode_with(
     vae: &super::vae::Vae,
     dtype: DType,
     scale: f64,
     latents: &Tensor,
 ) -> candle_core::Result<Tensor> {
-    let z = (latents / scale)?.to_dtype(dtype)?;
-    vae.decode(&z)?.to_dtype(DType::F32)
+    decode_tiles(latents, &|tile: &Tensor| {
+        let z = (tile / scale)?.to_dtype(dtype)?;
+        vae.decode(&z)?.to_dtype(DType::F32)
+    })
+}
+
+/// The largest latent side decoded whole (1024 image pixels): SD's and SDXL's own sizes decode
+/// in one piece; larger pictures in overlapping tiles of this size, so the VAE's
+/// full-resolution activations (128 channels × every pixel, several at once) stay bounded.
+pub const TILE: usize = 128;
+/// Latent pixels two neighbouring tiles share; the overlap is blended linearly.
+const OVERLAP: usize = 32;
+/// Image pixels per latent pixel.
+const SCALE: usize = 8;
+
+/// `decode` applied to `latents` (`[batch, c, h, w]`) whole, or tile by tile when a side is
+/// over [`TILE`]: tiles start every `TILE − OVERLAP` latent pixels (the last flush with the
+/// edge), and each output pixel is the weighted mean of the tiles that cover it, the weights
+/// ramping linearly across an overlap. The VAE's group norms and mid-block attention then see
+/// a tile instead of the whole picture, as in diffusers' and A1111's tiled decodes.
+fn decode_tiles(
+    latents: &Tensor,
+    decode: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
+    let (batch, _, h, w) = latents.dims4()?;
+    if h <= TILE && w <= TILE {
+        return decode(latents);
+    }
+    let starts = |n: usize| -> Vec<usize> {
+        if n <= TILE {
+            return vec![0];
+        }
+        let mut v: Vec<usize> = (0..n - TILE).step_by(TILE - OVERLAP).collect();
+        v.push(n - TILE);
+        v
+    };
+    // Weight of image pixel i of a tile spanning [a, a + len) of a side of n: rising over the
+    // overlap where a neighbour precedes, falling where one follows.
+    let ramp = |i: usize, a: usize, len: usize, n: usize| -> f32 {
+        let ov = (OVERLAP * SCALE) as f32;
+        let mut wgt = 1.0f32;
+        if a > 0 {
+            wgt = wgt.min((i as f32 + 0.5) / ov);
+        }
+        if a + len < n {
+            wgt = wgt.min((len as f32 - i as f32 - 0.5) / ov);
+        }
+        wgt.clamp(0.0, 1.0)
+    };
+    let (oh, ow) = (h * SCALE, w * SCALE);
+    let mut sum = vec![0f32; batch * 3 * oh * ow];
+    let mut weight = vec![0f32; oh * ow];
+    for &y0 in &starts(h) {
+        for &x0 in &starts(w) {
+            let (th, tw) = (TILE.min(h), TILE.min(w));
+            let tile = latents.narrow(2, y0, th)?.narrow(3, x0, tw)?;
+            let out = decode(&tile)?;
+            let (_, _, ph, pw) = out.dims4()?;
+            if (ph, pw) != (th * SCALE, tw * SCALE) {
+                candle_core::bail!("the VAE gave a {ph}×{pw} tile for {th}×{tw} latents");
+            }
+            let px = out.flatten_all()?.to_vec1::<f32>()?;
+            let (py0, px0) = (y0 * SCALE, x0 * SCALE);
+            for y in 0..ph {
+                let wy = ramp(y, py0, ph, oh);
+                for x in 0..pw {
+                    let wgt = wy * ramp(x, px0, pw, ow);
+                    weight[(py0 + y) * ow + px0 + x] += wgt;
+                    for plane in 0..batch * 3 {
+                        sum[(plane * oh + py0 + y) * ow + px0 + x] +=
+                            wgt * px[(plane * ph + y) * pw + x];
+                    }
+                }
+            }
+        }
+    }
+    for plane in sum.chunks_exact_mut(oh * ow) {
+        for (v, wgt) in plane.iter_mut().zip(&weight) {
+            *v /= *wgt;
+        }
+    }
+    Tensor::from_vec(sum, (batch, 3, oh, ow), latents.device())
 }
 
 /// Whether every value is finite (no NaN, no infinity).
@@ -621,12 +704,52 @@ mod tests {
             decode(&full, &latents).unwrap(),
             "not the f32 model's picture"
         );
+        // A picture wider than a tile decodes in tiles through the real VAE.
+        let wide = HostNoise::new(7)
+            .tensor(&[1, 4, 8, TILE + 8], &Device::Cpu)
+            .unwrap();
+        let img = decode(&full, &wide).unwrap();
+        assert_eq!(img.dimensions(), (8 * (TILE as u32 + 8), 64));
         // Ordinary latents stay on the f16 path.
         let small = HostNoise::new(6)
             .tensor(&[1, 4, 8, 8], &Device::Cpu)
             .unwrap();
         let out = decode_with(&half.vae, DType::F16, half.vae_scale, &small).unwrap();
         assert!(all_finite(&out).unwrap());
+    }
+
+    /// Tiling is exact for a decoder that looks at each pixel alone: here an 8× nearest
+    /// upscale of the first three channels. Every pixel's weights sum to one, tiles land where
+    /// they belong, odd sides and the last flush tile included.
+    #[test]
+    fn tiles_blend_back_into_the_whole_picture() {
+        let local = |z: &Tensor| -> candle_core::Result<Tensor> {
+            z.narrow(1, 0, 3)?
+                .upsample_nearest2d(z.dim(2)? * 8, z.dim(3)? * 8)
+        };
+        for (h, w) in [(TILE + 37, 40), (40, 2 * TILE + 3), (TILE + 1, TILE + 97)] {
+            let z = HostNoise::new(h as u64)
+                .tensor(&[2, 4, h, w], &Device::Cpu)
+                .unwrap();
+            let whole = local(&z).unwrap();
+            let tiled = decode_tiles(&z, &local).unwrap();
+            let diff = super::super::ops::testing::max_diff(&whole, &tiled).0;
+            assert!(
+                diff < 1e-5,
+                "{h}×{w}: tiles differ from the whole by {diff}"
+            );
+        }
+        // Within one tile nothing is split.
+        let z = HostNoise::new(3)
+            .tensor(&[1, 4, TILE, 16], &Device::Cpu)
+            .unwrap();
+        let calls = std::cell::Cell::new(0);
+        let counting = |t: &Tensor| {
+            calls.set(calls.get() + 1);
+            local(t)
+        };
+        decode_tiles(&z, &counting).unwrap();
+        assert_eq!(calls.get(), 1);
     }
 
     #[test]
