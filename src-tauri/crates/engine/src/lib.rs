@@ -332,7 +332,7 @@ impl Engine {
 
     /// The configured ComfyUI server's version, devices and checkpoints (asked now).
     pub async fn comfyui_server(&self) -> Result<image::comfyui::ServerInfo> {
-        let cfg = image::service::comfy_config(&self.store)?;
+        let cfg = image::service::comfy_config(&self.store, &self.store.settings()?)?;
         image::comfyui::server_info(&cfg).await
     }
 

@@ -339,6 +339,8 @@ fn modelspec_hints(meta: &HashMap<String, String>, h: &mut Hints) {
 
 struct Shapes<'a> {
     map: HashMap<&'a str, Vec<usize>>,
+    /// The checkpoint, for errors.
+    path: &'a Path,
 }
 
 impl Shapes<'_> {
@@ -347,6 +349,11 @@ impl Shapes<'_> {
     }
     fn dim(&self, name: &str, d: usize) -> Option<usize> {
         self.get(name)?.get(d).copied()
+    }
+    /// Dimension `d` of tensor `name`, which the layout requires.
+    fn need(&self, name: &str, d: usize) -> Result<usize> {
+        self.dim(name, d)
+            .ok_or_else(|| bad(self.path, format!("it has no {name}")))
     }
     /// The largest `N + 1` such that a tensor starts with `prefix` followed by `N.`.
     fn count(&self, prefix: &str) -> usize {
@@ -381,10 +388,6 @@ struct Configs {
 
 /// The config of a text encoder stored with transformers' CLIP names under `prefix`.
 fn clip_config(path: &Path, s: &Shapes, prefix: &str) -> Result<Value> {
-    let need = |name: &str, d: usize| {
-        s.dim(name, d)
-            .ok_or_else(|| bad(path, format!("it has no {name}")))
-    };
     let emb = [
         format!("{prefix}text_model.embeddings.token_embedding.weight"),
         format!("{prefix}embeddings.token_embedding.weight"),
@@ -407,10 +410,10 @@ fn clip_config(path: &Path, s: &Shapes, prefix: &str) -> Result<Value> {
         "architectures": ["CLIPTextModel"],
         "hidden_act": "quick_gelu",
         "hidden_size": hidden,
-        "intermediate_size": need(&format!("{prefix}encoder.layers.0.mlp.fc1.weight"), 0)?,
+        "intermediate_size": s.need(&format!("{prefix}encoder.layers.0.mlp.fc1.weight"), 0)?,
         "num_hidden_layers": s.count(&format!("{prefix}encoder.layers.")),
         "num_attention_heads": hidden / 64,
-        "max_position_embeddings": need(&format!("{prefix}embeddings.position_embedding.weight"), 0)?,
+        "max_position_embeddings": s.need(&format!("{prefix}embeddings.position_embedding.weight"), 0)?,
         "vocab_size": shape.first().copied().unwrap_or(0),
         "projection_dim": hidden,
     }))
@@ -424,12 +427,8 @@ fn open_clip_config(
     prefix: &str,
     pooled: bool,
 ) -> Result<(Value, OpenClip)> {
-    let need = |name: &str, d: usize| {
-        s.dim(name, d)
-            .ok_or_else(|| bad(path, format!("it has no {name}")))
-    };
-    let vocab = need(&format!("{prefix}token_embedding.weight"), 0)?;
-    let hidden = need(&format!("{prefix}token_embedding.weight"), 1)?;
+    let vocab = s.need(&format!("{prefix}token_embedding.weight"), 0)?;
+    let hidden = s.need(&format!("{prefix}token_embedding.weight"), 1)?;
     if hidden == 0 || hidden % 64 != 0 {
         return Err(bad(
             path,
@@ -453,13 +452,13 @@ fn open_clip_config(
     // OpenCLIP's projection is `[width, embed]`, used as `x @ proj`.
     let projection = if pooled {
         let p = format!("{prefix}text_projection");
-        if need(&p, 0)? != hidden {
+        if s.need(&p, 0)? != hidden {
             return Err(bad(
                 path,
                 format!("its {p} does not fit the encoder's width {hidden}"),
             ));
         }
-        Some(need(&p, 1)?)
+        Some(s.need(&p, 1)?)
     } else {
         None
     };
@@ -467,10 +466,10 @@ fn open_clip_config(
         "architectures": [if pooled { "CLIPTextModelWithProjection" } else { "CLIPTextModel" }],
         "hidden_act": "gelu",
         "hidden_size": hidden,
-        "intermediate_size": need(&format!("{prefix}transformer.resblocks.0.mlp.c_fc.weight"), 0)?,
+        "intermediate_size": s.need(&format!("{prefix}transformer.resblocks.0.mlp.c_fc.weight"), 0)?,
         "num_hidden_layers": layers,
         "num_attention_heads": hidden / 64,
-        "max_position_embeddings": need(&format!("{prefix}positional_embedding"), 0)?,
+        "max_position_embeddings": s.need(&format!("{prefix}positional_embedding"), 0)?,
         "vocab_size": vocab,
         "projection_dim": projection.unwrap_or(hidden),
     });
@@ -484,10 +483,6 @@ fn open_clip_config(
 }
 
 fn infer(path: &Path, s: &Shapes, h: &Hints) -> Result<Configs> {
-    let need = |name: &str, d: usize| {
-        s.dim(name, d)
-            .ok_or_else(|| bad(path, format!("it has no {name}")))
-    };
     // The text encoders first: SDXL's shape the UNet's conditioning.
     let xl = s
         .map
@@ -544,9 +539,9 @@ fn infer(path: &Path, s: &Shapes, h: &Hints) -> Result<Configs> {
     };
 
     // UNet
-    let model_channels = need(&format!("{UNET}input_blocks.0.0.weight"), 0)?;
-    let in_channels = need(&format!("{UNET}input_blocks.0.0.weight"), 1)?;
-    let out_channels = need(&format!("{UNET}out.2.weight"), 0)?;
+    let model_channels = s.need(&format!("{UNET}input_blocks.0.0.weight"), 0)?;
+    let in_channels = s.need(&format!("{UNET}input_blocks.0.0.weight"), 1)?;
+    let out_channels = s.need(&format!("{UNET}out.2.weight"), 0)?;
     let inputs = s.count(&format!("{UNET}input_blocks."));
     let first_down = (1..inputs)
         .find(|i| {
@@ -566,19 +561,14 @@ fn infer(path: &Path, s: &Shapes, h: &Hints) -> Result<Configs> {
     let mut linear = false;
     for b in 0..blocks {
         let i = 1 + b * (lpb + 1);
-        channels.push(need(
-            &format!("{UNET}input_blocks.{i}.0.out_layers.3.weight"),
-            0,
-        )?);
+        channels.push(s.need(&format!("{UNET}input_blocks.{i}.0.out_layers.3.weight"), 0)?);
         let attn = format!("{UNET}input_blocks.{i}.1.");
         let n = s.count(&format!("{attn}transformer_blocks."));
         cross.push(n > 0);
         depth.push(n.max(1));
         if n > 0 {
-            context_dim = Some(need(
-                &format!("{attn}transformer_blocks.0.attn2.to_k.weight"),
-                1,
-            )?);
+            context_dim =
+                Some(s.need(&format!("{attn}transformer_blocks.0.attn2.to_k.weight"), 1)?);
             linear = s
                 .get(&format!("{attn}proj_in.weight"))
                 .is_some_and(|sh| sh.len() == 2);
@@ -688,9 +678,9 @@ fn infer(path: &Path, s: &Shapes, h: &Hints) -> Result<Configs> {
         return Err(bad(path, "its VAE is missing or incomplete"));
     }
     let vae_channels = (0..enc_blocks)
-        .map(|i| need(&format!("{VAE}encoder.down.{i}.block.0.conv1.weight"), 0))
+        .map(|i| s.need(&format!("{VAE}encoder.down.{i}.block.0.conv1.weight"), 0))
         .collect::<Result<Vec<_>>>()?;
-    let latent2 = need(&format!("{VAE}encoder.conv_out.weight"), 0)?;
+    let latent2 = s.need(&format!("{VAE}encoder.conv_out.weight"), 0)?;
     let vae = json!({
         "_class_name": "AutoencoderKL",
         "in_channels": 3,
@@ -960,6 +950,7 @@ pub fn convert(src: &Path, out: &Path, tokenizer: &TokenizerSource) -> Result<()
     }
     let shapes = Shapes {
         map: st.iter().map(|(n, v)| (n, v.shape().to_vec())).collect(),
+        path: src,
     };
     let mut hints = Hints::default();
     if let Some(m) = meta.metadata() {

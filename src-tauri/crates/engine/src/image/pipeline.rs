@@ -614,15 +614,17 @@ fn all_finite(x: &Tensor) -> candle_core::Result<bool> {
 pub fn decode(model: &LoadedModel, latents: &Tensor) -> Result<image::RgbImage> {
     let bad = |e: candle_core::Error| Error::Internal(format!("VAE decode: {e}"));
     let mut img = decode_with(&model.vae, model.dtype, model.vae_scale, latents).map_err(bad)?;
-    if model.dtype != DType::F32 && !all_finite(&img).map_err(bad)? {
+    let mut finite = all_finite(&img).map_err(bad)?;
+    if !finite && model.dtype != DType::F32 {
         tracing::warn!(
             "the {:?} VAE overflowed; decoding again in f32",
             model.dtype
         );
         let vae = model.vae_in_f32()?;
         img = decode_with(vae, DType::F32, model.vae_scale, latents).map_err(bad)?;
+        finite = all_finite(&img).map_err(bad)?;
     }
-    if !all_finite(&img).map_err(bad)? {
+    if !finite {
         return Err(Error::Internal(
             "the VAE produced invalid values (NaN or infinity); nothing was saved. Try again with another VAE or on the CPU".into(),
         ));

@@ -94,7 +94,7 @@ pub fn submit(
     store.ensure_live_project(job.project_id)?;
     let remote = comfyui::is_comfyui(&job.params.model);
     if remote {
-        comfy_config(&store)?;
+        comfy_config(&store, &store.settings()?)?;
         if job.params.variation.is_some() {
             return Err(Error::invalid(
                 "variations (a variation seed) are made by Atelier's own sampler; ComfyUI runs cannot make them. Clear the variation or choose a local model",
@@ -141,9 +141,11 @@ pub fn submit(
     )
 }
 
-/// The ComfyUI server of the settings (with its stored key), or why there is none.
-pub fn comfy_config(store: &Store) -> Result<comfyui::ComfyConfig> {
-    let settings = store.settings()?;
+/// The ComfyUI server of `settings` (with the key stored in `store`), or why there is none.
+pub fn comfy_config(
+    store: &Store,
+    settings: &crate::store::Settings,
+) -> Result<comfyui::ComfyConfig> {
     if settings.comfyui_url.trim().is_empty() {
         return Err(Error::invalid(
             "no ComfyUI server is set up: add its address in Settings → Models",
@@ -382,7 +384,7 @@ async fn run_comfyui(
     job: ImageJob,
 ) -> Result<serde_json::Value> {
     let settings = store.settings()?;
-    let cfg = comfy_config(&store)?;
+    let cfg = comfy_config(&store, &settings)?;
     let p = &job.params;
     let total = (p.steps as u64) * (p.batch_count as u64);
     ctx.progress(0, total);
