@@ -54,6 +54,29 @@ async function session() {
   return driver;
 }
 
+// Writes a random-weight image model of `arch` (diffusers layout) to <home>/incoming/<name>
+// with the CLI the tests just built; returns its folder.
+function randomImageModel(arch, name) {
+  const cli = [join(targetDir, 'debug/atelier-cli'), join(targetDir, 'release/atelier-cli')].find(existsSync);
+  assert.ok(cli, 'build atelier-cli first (cargo test --workspace builds it)');
+  const src = join(home, 'incoming', name);
+  const made = spawnSync(cli, ['image', 'random-model', '--arch', arch, src], { env: { ...process.env, ATELIER_HOME: home } });
+  assert.equal(made.status, 0, String(made.stderr));
+  return src;
+}
+
+// How many elements match `css`. WebKitWebDriver can report an element going stale while it
+// finds it (a dialog or a list re-rendering): such a poll counts as "not yet" (-1), and the
+// wait polls again.
+async function countOf(driver, css) {
+  try {
+    return (await driver.findElements(By.css(css))).length;
+  } catch (e) {
+    if (e.name === 'StaleElementReferenceError') return -1;
+    throw e;
+  }
+}
+
 async function startApp() {
   const driver = await session();
   await driver.wait(until.elementLocated(By.css('[data-testid=project-list]')), 30_000);
@@ -382,26 +405,13 @@ test('live scripts: products from a CSV, a script written by hand and checked, a
 
 test('images: a tiny model imported by path, generated with a live preview, recalled from the gallery, exported with the label', async () => {
   // A random-weight SD in the real diffusers layout, written by the CLI the tests just built.
-  const cli = [join(targetDir, 'debug/atelier-cli'), join(targetDir, 'release/atelier-cli')].find(existsSync);
-  assert.ok(cli, 'build atelier-cli first (cargo test --workspace builds it)');
-  const src = join(home, 'incoming', 'tiny-sd');
-  const made = spawnSync(cli, ['image', 'random-model', '--arch', 'tiny', src], { env: { ...process.env, ATELIER_HOME: home } });
-  assert.equal(made.status, 0, String(made.stderr));
+  const src = randomImageModel('tiny', 'tiny-sd');
   const driver = await startApp();
   const setNumber = async (el, v) => {
     await el.clear();
     await el.sendKeys(String(v));
   };
-  // WebKitWebDriver can report an element going stale while it finds it (a dialog or a list
-  // re-rendering): such a poll counts as "not yet", and the wait polls again.
-  const count = async (css) => {
-    try {
-      return (await driver.findElements(By.css(css))).length;
-    } catch (e) {
-      if (e.name === 'StaleElementReferenceError') return -1;
-      throw e;
-    }
-  };
+  const count = (css) => countOf(driver, css);
   const textOf = async (css) => {
     try {
       const found = await driver.findElements(By.css(css));
@@ -608,20 +618,9 @@ async function fakeComfy() {
 
 test('images: an SDXL-shaped model imported, listed with both text encoders, drawing into the gallery', async () => {
   // The tiny SDXL: two text encoders and tokenizers, the pooled embedding and size ids.
-  const cli = [join(targetDir, 'debug/atelier-cli'), join(targetDir, 'release/atelier-cli')].find(existsSync);
-  assert.ok(cli, 'build atelier-cli first (cargo test --workspace builds it)');
-  const src = join(home, 'incoming', 'tiny-xl');
-  const made = spawnSync(cli, ['image', 'random-model', '--arch', 'tiny-xl', src], { env: { ...process.env, ATELIER_HOME: home } });
-  assert.equal(made.status, 0, String(made.stderr));
+  const src = randomImageModel('tiny-xl', 'tiny-xl');
   const driver = await startApp();
-  const count = async (css) => {
-    try {
-      return (await driver.findElements(By.css(css))).length;
-    } catch (e) {
-      if (e.name === 'StaleElementReferenceError') return -1;
-      throw e;
-    }
-  };
+  const count = (css) => countOf(driver, css);
   try {
     // A project of its own (creating one selects it), so the test also runs alone.
     await driver.findElement(By.css('[data-testid=new-project-name]')).sendKeys('SDXL 图片');

@@ -1389,21 +1389,28 @@ fn clip_vocabulary_from_the_released_bpe_file_has_clips_ids() {
     assert!(atelier_engine::image::prompt::clip_vocab_from_bpe(&short).is_err());
 }
 
+/// An engine on a new data folder with the tiny SDXL (written to `dir/src/tiny-xl`) imported:
+/// the engine, the source folder and what the import said.
+fn xl_engine(dir: &Path) -> (Engine, std::path::PathBuf, model::ImageModelInfo) {
+    let src = dir.join("src").join("tiny-xl");
+    write_random_model(&src, Arch::TinyXl).unwrap();
+    let engine = Engine::open(
+        Home::at(dir.join("home")),
+        Access::Exclusive,
+        tokio::runtime::Handle::current(),
+    )
+    .unwrap();
+    let info = engine.import_image_model(&src, None).unwrap();
+    (engine, src, info)
+}
+
 /// SDXL's layout end to end on a tiny random SDXL: two text encoders and tokenizers, the
 /// pooled embedding and size ids, zeros for an empty negative prompt; reproducible, and an
 /// incomplete folder is refused with the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdxl_layout_generates_reproducibly_from_both_encoders() {
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src").join("tiny-xl");
-    write_random_model(&src, Arch::TinyXl).unwrap();
-    let engine = Engine::open(
-        Home::at(dir.path().join("home")),
-        Access::Exclusive,
-        tokio::runtime::Handle::current(),
-    )
-    .unwrap();
-    let info = engine.import_image_model(&src, None).unwrap();
+    let (engine, _, info) = xl_engine(dir.path());
     let roles: Vec<&str> = info.pieces.iter().map(|p| p.role.as_str()).collect();
     assert_eq!(roles, ["unet", "vae", "text_encoder", "text_encoder_2"]);
     let project = engine.store().create_project("xl").unwrap();
@@ -1443,15 +1450,7 @@ async fn sdxl_layout_generates_reproducibly_from_both_encoders() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_file_sdxl_checkpoint_converts_to_the_same_model() {
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src").join("tiny-xl");
-    write_random_model(&src, Arch::TinyXl).unwrap();
-    let engine = Engine::open(
-        Home::at(dir.path().join("home")),
-        Access::Exclusive,
-        tokio::runtime::Handle::current(),
-    )
-    .unwrap();
-    let folder = engine.import_image_model(&src, None).unwrap();
+    let (engine, src, folder) = xl_engine(dir.path());
     let ckpts = dir.path().join("downloads");
     std::fs::create_dir_all(&ckpts).unwrap();
     let ckpt = ckpts.join("Tiny-XL-Single.safetensors");
