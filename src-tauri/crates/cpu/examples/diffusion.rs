@@ -68,13 +68,12 @@ fn row(label: &str, runs: usize, seconds: f64, flops: f64) -> f64 {
     seconds * runs as f64
 }
 
-// As the app allocates (the engine's memory.rs): freed pages kept for reuse.
+// As the app allocates (atelier_cpu::memory): freed pages kept for reuse.
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: atelier_cpu::memory::Allocator = atelier_cpu::memory::Allocator;
 
 fn main() {
-    // SAFETY: sets mimalloc's purge delay (option 15 of mimalloc.h) to ten minutes.
-    unsafe { libmimalloc_sys::mi_option_set(15, 600_000) };
+    atelier_cpu::memory::configure();
     let threads: usize = std::env::args()
         .nth(1)
         .and_then(|s| s.parse().ok())

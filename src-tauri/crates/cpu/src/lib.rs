@@ -8,6 +8,7 @@
 //! other compute dependencies, while the rest of the engine stays quick to build.
 
 pub mod diffusion;
+pub mod memory;
 pub mod ops;
 pub mod pool;
 pub mod quant;

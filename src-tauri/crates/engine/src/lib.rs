@@ -21,7 +21,8 @@ pub mod http;
 pub mod image;
 pub mod jobs;
 pub mod maintenance;
-pub mod memory;
+/// The process allocator's policy (it lives with the kernels; see there).
+pub use atelier_cpu::memory;
 pub mod models;
 pub mod script;
 pub mod store;

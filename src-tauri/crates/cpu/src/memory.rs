@@ -7,9 +7,11 @@
 //! [`KEEP_FREED_MS`] and to hand them all back to the system when a heavy job ends
 //! ([`release`]), so the app's memory falls back to the loaded models between jobs.
 //!
-//! The binaries declare the allocator (`#[global_allocator] static A: Allocator = Allocator;`)
-//! and call [`configure`] first thing; a process that uses another allocator (the test
-//! binaries) loses nothing: both calls then only touch mimalloc's idle state.
+//! The binaries (the app, the CLI, the kernels example) declare the allocator
+//! (`#[global_allocator] static A: Allocator = Allocator;`) and call [`configure`] first thing;
+//! a process that uses another allocator (the test binaries) loses nothing: both calls then
+//! only touch mimalloc's idle state. The policy lives here, below the engine, so the kernels
+//! example times the kernels under the same allocator settings as the app.
 
 use std::os::raw::c_long;
 
