@@ -1,6 +1,7 @@
 //! What the remote back ends (an OpenAI-compatible text server, a ComfyUI image server) share:
 //! how a server address is checked and how the HTTP client is set up.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -26,8 +27,7 @@ pub fn client(timeout_s: u32) -> Result<reqwest::Client> {
 /// [`client`] that sends `Authorization: Bearer <key>` with every request (marked sensitive,
 /// so it never appears in reqwest's debug output).
 pub fn client_with_bearer(timeout_s: u32, key: Option<&str>) -> Result<reqwest::Client> {
-    // reqwest is built without a default TLS provider; ring is ours. Installing twice is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    install_crypto();
     let timeout = Duration::from_secs(timeout_s.max(1) as u64);
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(key) = key {
@@ -49,4 +49,52 @@ pub fn bearer(key: &str) -> Result<reqwest::header::HeaderValue> {
     )?;
     v.set_sensitive(true);
     Ok(v)
+}
+
+/// reqwest and the WebSocket client are built without a default TLS provider; ring is ours.
+/// Installing it twice is harmless.
+fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// TLS for connections reqwest does not make (ComfyUI's `wss://`), verified as reqwest
+/// verifies `https://`: against the system's certificate store, which `SSL_CERT_FILE` and
+/// `SSL_CERT_DIR` can replace for a team's own certificate authority.
+pub fn tls_config() -> Result<Arc<rustls::ClientConfig>> {
+    use rustls_platform_verifier::ConfigVerifierExt;
+    install_crypto();
+    let config = rustls::ClientConfig::with_platform_verifier()
+        .map_err(|e| Error::Internal(format!("TLS set-up: {e}")))?;
+    Ok(Arc::new(config))
+}
+
+/// When a request failed because the server's certificate was refused, what to tell the user
+/// (the certificate problem and how to trust a team's own authority); `None` for other failures.
+/// reqwest's message alone says only "error sending request", whatever the cause.
+pub fn certificate_problem(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(rustls::Error::InvalidCertificate(why)) = e.downcast_ref::<rustls::Error>() {
+            let mut message = format!("its certificate was refused ({why})");
+            if matches!(why, rustls::CertificateError::UnknownIssuer) {
+                message.push_str(
+                    ": no authority this computer trusts signed it. If the server uses your \
+                     team's own certificate authority, add that authority to this computer's \
+                     certificates, or start Atelier with SSL_CERT_FILE naming a PEM file of \
+                     the authorities to trust",
+                );
+            }
+            return Some(message);
+        }
+        // io::Error's `source()` skips the error it wraps (hyper wraps rustls's error in two
+        // of them), so step into it instead.
+        next = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    None
 }

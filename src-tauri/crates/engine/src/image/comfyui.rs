@@ -6,8 +6,10 @@
 //! and names the output, fetched with `GET /view`. The picture is then labelled, written and
 //! recorded by Atelier exactly like a local one, so the gallery and the metadata are the same.
 //!
-//! Without a WebSocket (an `https://` address, a proxy that drops upgrades) the run is followed
-//! by polling the history: it still finishes, only without step progress and previews.
+//! An `https://` server is followed over `wss://`, trusting the same certificates as the
+//! HTTP client (the system's store; `SSL_CERT_FILE` adds a team's own authority). Without a
+//! WebSocket (a proxy that drops upgrades, a handshake that fails) the run is followed by
+//! polling the history: it still finishes, only without step progress and previews.
 //! A queued run is never retried automatically: it may already be running on the server.
 
 use std::time::{Duration, Instant};
@@ -70,16 +72,19 @@ impl ComfyConfig {
         format!("{}{path}", self.base())
     }
 
-    /// The WebSocket address, for plain `http://` servers (wss needs a TLS stack the
-    /// WebSocket client is built without; those runs are followed by polling).
+    /// The WebSocket address: `ws://` for an `http://` server, `wss://` for `https://`.
     fn ws_url(&self, client_id: &str) -> Option<String> {
-        self.base()
-            .strip_prefix("http://")
-            .map(|rest| format!("ws://{rest}/ws?clientId={client_id}"))
+        let base = self.base();
+        let (scheme, rest) = if let Some(rest) = base.strip_prefix("http://") {
+            ("ws", rest)
+        } else {
+            ("wss", base.strip_prefix("https://")?)
+        };
+        Some(format!("{scheme}://{rest}/ws?clientId={client_id}"))
     }
 }
 
-/// The WebSocket upgrade request (with the key, if any) for plain `http://` servers.
+/// The WebSocket upgrade request, with the key if any.
 fn ws_request(
     cfg: &ComfyConfig,
     client_id: &str,
@@ -130,6 +135,37 @@ pub struct Source<'a> {
     pub mask: Option<&'a image::GrayImage>,
 }
 
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens the run's WebSocket, or says why not and returns `None` (the run is then polled).
+async fn connect_ws(
+    request: tokio_tungstenite::tungstenite::handshake::client::Request,
+) -> Option<Socket> {
+    let connector = match crate::http::tls_config() {
+        Ok(config) => tokio_tungstenite::Connector::Rustls(config),
+        Err(e) => {
+            tracing::warn!(error = %e, "no TLS for the ComfyUI WebSocket; following the run by polling");
+            return None;
+        }
+    };
+    let connect =
+        tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector));
+    match tokio::time::timeout(Duration::from_secs(10), connect).await {
+        Ok(Ok((stream, _))) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "no ComfyUI WebSocket; following the run by polling");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(
+                "the ComfyUI WebSocket did not open in 10 s; following the run by polling"
+            );
+            None
+        }
+    }
+}
+
 fn client(cfg: &ComfyConfig) -> Result<reqwest::Client> {
     cfg.validate()?;
     crate::http::client_with_bearer(cfg.timeout_s, cfg.api_key.as_deref())
@@ -144,6 +180,11 @@ fn send_error(cfg: &ComfyConfig, e: reqwest::Error) -> Error {
                 cfg.base(),
                 cfg.timeout_s
             ),
+        )
+    } else if let Some(problem) = crate::http::certificate_problem(&e) {
+        Error::remote(
+            RemoteFailure::Unreachable,
+            format!("cannot connect to ComfyUI at {}: {problem}", cfg.base()),
         )
     } else {
         Error::remote(
@@ -572,21 +613,7 @@ pub async fn generate(
     let client_id = uuid::Uuid::new_v4().to_string();
     // Connected before queueing, so no message of this run is missed.
     let mut ws = match ws_request(cfg, &client_id)? {
-        Some(request) => {
-            match tokio::time::timeout(
-                Duration::from_secs(10),
-                tokio_tungstenite::connect_async(request),
-            )
-            .await
-            {
-                Ok(Ok((stream, _))) => Some(stream),
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "no ComfyUI WebSocket; following the run by polling");
-                    None
-                }
-                Err(_) => None,
-            }
-        }
+        Some(request) => connect_ws(request).await,
         None => None,
     };
     let uploaded = match &source {
@@ -738,6 +765,26 @@ pub async fn generate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_websocket_follows_the_servers_scheme() {
+        let at = |base: &str| ComfyConfig {
+            base_url: base.into(),
+            timeout_s: 5,
+            api_key: None,
+        };
+        assert_eq!(
+            at("http://10.0.0.2:8188/").ws_url("c1").as_deref(),
+            Some("ws://10.0.0.2:8188/ws?clientId=c1")
+        );
+        assert_eq!(
+            at(" https://gpu.example.com/comfy ")
+                .ws_url("c2")
+                .as_deref(),
+            Some("wss://gpu.example.com/comfy/ws?clientId=c2")
+        );
+        assert_eq!(at("ftp://x").ws_url("c3"), None);
+    }
 
     #[test]
     fn checkpoint_lists_of_old_and_new_servers_read() {

@@ -302,6 +302,11 @@ fn send_error(config: &RemoteConfig, e: reqwest::Error) -> Error {
                 config.base_url, config.timeout_s
             ),
         )
+    } else if let Some(problem) = crate::http::certificate_problem(&e) {
+        Error::remote(
+            RemoteFailure::Unreachable,
+            format!("cannot connect to {}: {problem}", config.base_url),
+        )
     } else if e.is_connect() {
         Error::remote(
             RemoteFailure::Unreachable,
