@@ -140,3 +140,63 @@ test('AI labels: turning the explicit notice off asks first, and an edited notic
   await p.screenshot({ path: join(shots, 'settings-labels.png'), fullPage: true });
   assert.deepEqual(errors, []);
 });
+
+test('images: settings read from a picked file, a size that cannot run, and the gallery star, search, trash and restore', async () => {
+  const { p, errors } = await page();
+  await p.locator('[data-view=images]').click();
+  const tiles = p.getByTestId('gallery-grid').locator('.tile');
+  await tiles.first().waitFor();
+  assert.equal(await tiles.count(), 3);
+  await p.waitForFunction(() => document.querySelectorAll('[data-testid=gallery-grid] .tile img[src^="blob:"]').length === 3);
+  assert.equal(await p.getByTestId('image-model').inputValue(), 'sd15');
+
+  // Settings read from a PNG (the picker beside the title; a drop goes the same way).
+  const picker = p.getByTestId('image-read-file');
+  await picker.setInputFiles({ name: 'from-a1111.png', mimeType: 'image/png',
+    buffer: Buffer.concat([Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]), Buffer.from('tEXtparameters')]) });
+  await p.getByText('已读取 A1111 / sd.cpp 的设置').waitFor();
+  assert.equal(await p.getByTestId('image-prompt').inputValue(), 'a jade bracelet on silk, soft light');
+  assert.equal(await p.getByTestId('image-seed').inputValue(), '424242');
+  assert.equal(await p.getByTestId('image-width').inputValue(), '768');
+  // Not an image by name, then not an image by content: both refused, the form kept.
+  await picker.setInputFiles({ name: 'notes.txt', mimeType: 'text/plain', buffer: Buffer.from('Steps: 20') });
+  await p.getByText('只能从 PNG、JPEG 和 WebP 文件读取生成设置。').waitFor();
+  await picker.setInputFiles({ name: 'renamed.png', mimeType: 'image/png', buffer: Buffer.from('GIF89a') });
+  await p.getByText('this file is not a PNG, JPEG or WebP image').waitFor();
+  assert.equal(await p.getByTestId('image-seed').inputValue(), '424242');
+
+  // A size the model cannot take: said why, and Generate stays off until it is fixed.
+  await p.getByTestId('image-width').fill('500');
+  await p.getByRole('alert').filter({ hasText: '8 的倍数' }).waitFor();
+  assert.equal(await p.getByTestId('image-generate').isDisabled(), true);
+  await p.getByTestId('image-width').fill('4096');
+  await p.getByRole('alert').filter({ hasText: '64 到 2048' }).waitFor();
+  await p.getByTestId('image-width').fill('512');
+  await p.waitForFunction(() => !document.querySelector('[data-testid=image-generate]').disabled);
+
+  // The chosen image's record; starred; found by a word of its prompt.
+  await p.locator('.tile[data-generation="101"]').click();
+  const record = p.getByTestId('image-record');
+  await record.getByText('1001').waitFor();
+  assert.match(await record.textContent(), /cc6cb27103[\s\S]*DPM\+\+ 2M Karras/);
+  await p.getByRole('button', { name: '☆ 收藏' }).click();
+  await p.locator('.tile[data-generation="101"] .star').waitFor();
+  await p.getByPlaceholder('搜索提示词').fill('perfume');
+  await p.waitForFunction(() => document.querySelectorAll('[data-testid=gallery-grid] .tile').length === 1);
+  await p.getByPlaceholder('搜索提示词').fill('');
+  await p.waitForFunction(() => document.querySelectorAll('[data-testid=gallery-grid] .tile').length === 3);
+
+  // To the trash and back.
+  await p.getByRole('button', { name: '移到回收站' }).click();
+  await p.getByText('已移到回收站').waitFor();
+  assert.equal(await tiles.count(), 2);
+  await p.getByLabel('回收站').check();
+  await p.waitForFunction(() => document.querySelectorAll('[data-testid=gallery-grid] .tile').length === 1);
+  await p.locator('.tile[data-generation="101"]').click();
+  await p.screenshot({ path: join(shots, 'images-trash.png') });
+  await p.getByRole('button', { name: '恢复', exact: true }).click();
+  await p.getByText('回收站是空的。').waitFor();
+  await p.getByLabel('回收站').uncheck();
+  await p.waitForFunction(() => document.querySelectorAll('[data-testid=gallery-grid] .tile').length === 3);
+  assert.deepEqual(errors, []);
+});

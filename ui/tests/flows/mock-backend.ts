@@ -1,7 +1,7 @@
 // An in-memory stand-in for the Rust commands, for browser flow tests of the UI only. The real
 // commands are tested through the real capabilities in tests/ipc.rs and end to end in tests/e2e.
 import { mockIPC } from '@tauri-apps/api/mocks';
-import type { GenerationRecord, JobRecord, Project, Settings } from '../../src/lib/types';
+import type { GalleryImage, GalleryQuery, GenerationRecord, ImageModelEntry, ImageRecord, JobRecord, Project, Recalled, Settings } from '../../src/lib/types';
 
 let now = Date.parse('2026-11-20T10:00:00Z');
 const tick = () => (now += 60_000);
@@ -48,6 +48,33 @@ jobs.push({
   retry_of: null, created_at: now, started_at: now, finished_at: now,
 });
 
+// The image studio: one installed model, one that fails to load, three images in the project.
+const imageModels: ImageModelEntry[] = [
+  { status: 'ok', id: 'sd15', path: '/home/demo/.local/share/atelier/image-models/sd15', family: 'sd15', prediction: 'epsilon',
+    unet_in_channels: 4, default_size: 512, pieces: [], size_bytes: 4_265_000_000, recommended_steps: 25, recommended_cfg: 7,
+    converted_from: null },
+  { status: 'broken', id: 'half-copied', error: 'unet/diffusion_pytorch_model.safetensors is truncated' },
+];
+const images: (GalleryImage & { colour: string })[] = ['#c0392b', '#2e86c1', '#27ae60'].map((colour, i) => ({
+  generation_id: 100 + i, project_id: seeded.id, asset_id: 200 + i, thumb_asset_id: null, board_id: null, width: 512, height: 512,
+  prompt: ['a lipstick on a marble table', 'a perfume bottle in morning light', 'a green tea serum, studio shot'][i],
+  model_id: 'sd15', seed: 1000 + i, starred: false, rating: 0, tags: [], trashed: false, created_at: tick(), colour,
+}));
+const imageOf = (id: unknown) => {
+  const img = images.find((i) => i.generation_id === id);
+  if (!img) throw { kind: 'not_found', message: `image ${id} does not exist` };
+  return img;
+};
+/** A one-colour PNG drawn by the page's own encoder (what the gallery shows for an asset). */
+async function pngOf(colour: string): Promise<ArrayBuffer> {
+  const c = new OffscreenCanvas(64, 64);
+  const g = c.getContext('2d')!;
+  g.fillStyle = colour;
+  g.fillRect(0, 0, 64, 64);
+  return (await c.convertToBlob({ type: 'image/png' })).arrayBuffer();
+}
+const PNG_SIGNATURE = [137, 80, 78, 71, 13, 10, 26, 10];
+
 const live = () => projects.filter((p) => p.trashed_at == null);
 const find = (id: unknown) => {
   const p = projects.find((x) => x.id === id);
@@ -88,7 +115,11 @@ const handlers: Record<string, (a: Args) => unknown> = {
     return { items, next_before: null };
   },
   get_generation: (a) => generations.find((g) => g.id === a.id) ?? (() => { throw { kind: 'not_found', message: 'no such generation' }; })(),
-  star_generation: (a) => { generations.find((g) => g.id === a.id)!.starred = a.starred; return null; },
+  star_generation: (a) => {
+    const target = generations.find((g) => g.id === a.id) ?? imageOf(a.id);
+    target.starred = a.starred;
+    return null;
+  },
   rate_generation: (a) => { generations.find((g) => g.id === a.id)!.rating = a.rating; return null; },
   list_jobs: () => jobs,
   cancel_job: () => false,
@@ -98,6 +129,37 @@ const handlers: Record<string, (a: Args) => unknown> = {
     return id;
   },
   watch_jobs: () => null,
+  list_image_models: () => imageModels,
+  gallery: (a) => {
+    const q = a.query as GalleryQuery;
+    const items = images
+      .filter((i) => i.project_id === q.project_id && i.trashed === !!q.trash)
+      .filter((i) => !q.starred_only || i.starred)
+      .filter((i) => !q.text?.trim() || i.prompt.toLowerCase().includes(q.text.trim().toLowerCase()))
+      .sort((x, y) => y.generation_id - x.generation_id)
+      .map(({ colour: _, ...img }) => img);
+    return { items, next_before: null };
+  },
+  image_file: (a) => pngOf(images.find((i) => i.asset_id === a.assetId)?.colour ?? '#000'),
+  image_record: (a): ImageRecord => {
+    const img = imageOf(a.generationId);
+    return { version: 1, model_family: 'sd15', model_hash: 'cc6cb27103', rng: 'cpu', app: 'Atelier 0.1.0',
+      params: { model: img.model_id, prompt: img.prompt, negative_prompt: 'blurry', width: img.width, height: img.height, steps: 25,
+        cfg_scale: 7, scheduler: 'dpmpp_2m_karras', seed: img.seed, batch_count: 1, init_image: null, variation: null, translated_prompt: null } };
+  },
+  trash_images: (a) => {
+    for (const id of a.ids) imageOf(id).trashed = a.trashed;
+    return a.ids.length;
+  },
+  list_boards: () => [],
+  list_image_tags: () => [],
+  // The request body is the file's bytes. As the engine: a file that is not an image is refused.
+  read_image_settings: (bytes): Recalled => {
+    const head = Array.from((bytes as unknown as Uint8Array).slice(0, 8));
+    if (head.join() !== PNG_SIGNATURE.join()) throw { kind: 'invalid_input', message: 'this file is not a PNG, JPEG or WebP image' };
+    return { source: 'a1111', prompt: 'a jade bracelet on silk, soft light', negative_prompt: 'lowres', width: 768, height: 512, steps: 30,
+      cfg_scale: 6.5, seed: 424242, scheduler: 'euler_ancestral', model: null, strength: null, variation: null, record: null, label: null };
+  },
   start_maintenance: () => jobs.length + 1,
 };
 
