@@ -7,6 +7,8 @@
 #   SIZE=512 CFG=0 THREADS=2 RUNS=3 bench/image-vs-diffusers.sh
 #   ARCH=sdxl SIZE=512 RUNS=2 bench/image-vs-diffusers.sh   (SDXL base's shapes: a 14 GB random
 #                                                           model; 14.6 GiB peak ours, 11.9 theirs)
+#   ARCH=sdxl SIZE=1024 RUNS=2 bench/image-vs-diffusers.sh  (SDXL's own size: ~17 GiB peak ours,
+#                                                           14.8 theirs; ~25 min for both sides)
 #
 # The peer is `pip install torch diffusers` in a virtualenv under ~/.cache/atelier/bench-venv-torch
 # (several GB from PyPI, once). Our side writes a 4.3 GB random model once under

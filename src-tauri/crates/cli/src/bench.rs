@@ -497,6 +497,12 @@ fn peak_rss_kib() -> Option<u64> {
     status_kib("VmHWM:")
 }
 
+/// Starts a new high-water mark at the current resident set (Linux: `5` to `clear_refs`), so
+/// the peak of one phase can be told from another's; false where that is not possible.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 /// The resident set now.
 fn rss_kib() -> Option<u64> {
     status_kib("VmRSS:")
@@ -732,6 +738,7 @@ pub fn image(a: ImageBench, as_json: bool) -> Result<()> {
     let dtype = format!("{:?}", loaded.dtype).to_lowercase();
     let load_s = t0.elapsed().as_secs_f64();
     let rss_loaded = rss_kib();
+    let mut peak_kib = peak_rss_kib();
     let p = ImageParams {
         model: loaded.info.id.clone(),
         prompt: "a cup of jasmine tea on a wooden table, soft window light".into(),
@@ -748,15 +755,30 @@ pub fn image(a: ImageBench, as_json: bool) -> Result<()> {
         translated_prompt: None,
     };
     p.validate()?;
+    let estimate = pipeline::memory_need(&loaded.info, &device, &p).peak();
     let mut step_s = Vec::new();
     let mut vae_s = Vec::new();
     let mut total_s = Vec::new();
+    // The peak of each phase (prompt encoding and denoising; the decode), for the memory
+    // planner's estimate: the largest over the runs.
+    let (mut denoise_peak, mut decode_peak) = (None, None);
+    let phases = reset_peak_rss();
     for _ in 0..a.runs.max(1) {
         let start = Instant::now();
         let mut marks: Vec<Instant> = Vec::new();
-        let mut on_step = |_: usize, _: usize, _: Option<pipeline::Rgb>| marks.push(Instant::now());
+        let mut on_step = |done: usize, total: usize, _: Option<pipeline::Rgb>| {
+            marks.push(Instant::now());
+            if phases && done == total {
+                denoise_peak = denoise_peak.max(peak_rss_kib());
+                reset_peak_rss();
+            }
+        };
         pipeline::generate(&loaded, &p, 1, None, None, &|| false, &mut on_step)?;
         let end = Instant::now();
+        if phases {
+            decode_peak = decode_peak.max(peak_rss_kib());
+            reset_peak_rss();
+        }
         // Steps after the first: the first also encodes the prompt.
         for w in marks.windows(2) {
             step_s.push((w[1] - w[0]).as_secs_f64());
@@ -771,10 +793,18 @@ pub fn image(a: ImageBench, as_json: bool) -> Result<()> {
         v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
     };
     let (step, vae) = (median(&mut step_s), median(&mut vae_s));
-    let peak_gib = peak_rss_kib().map(|k| k as f64 / (1024.0 * 1024.0));
+    peak_kib = peak_kib
+        .max(peak_rss_kib())
+        .max(denoise_peak)
+        .max(decode_peak);
+    let peak_gib = peak_kib.map(|k| k as f64 / (1024.0 * 1024.0));
     // What a job's end does in the app: freed pages go back, the model stays loaded.
     atelier_engine::memory::release();
     let gib = |k: Option<u64>| k.map(|k| k as f64 / (1024.0 * 1024.0));
+    let shown = |g: Option<f64>| {
+        g.map(|g| format!("{g:.2} GiB"))
+            .unwrap_or_else(|| "unknown".into())
+    };
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_default();
     let result = json!({
         "arch": arch,
@@ -792,6 +822,9 @@ pub fn image(a: ImageBench, as_json: bool) -> Result<()> {
         "run_s": median(&mut total_s),
         "image_25_steps_s": step * 25.0 + vae,
         "peak_rss_gib": peak_gib,
+        "peak_rss_denoise_gib": gib(denoise_peak),
+        "peak_rss_decode_gib": gib(decode_peak),
+        "estimate_gib": estimate as f64 / (1u64 << 30) as f64,
         "rss_before_load_gib": gib(rss_before),
         "rss_loaded_gib": gib(rss_loaded),
         "rss_after_release_gib": gib(rss_kib()),
@@ -800,15 +833,16 @@ pub fn image(a: ImageBench, as_json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
         println!(
-            "{arch} {0}×{0}, {dtype} on {device_name} ({threads} threads), UNet batch {1}, median of {2} runs × {3} steps:\n  UNet step:  {step:.2} s\n  VAE decode: {vae:.2} s\n  25-step image: {4:.0} s\n  load: {load_s:.2} s\n  peak RSS: {5}",
+            "{arch} {0}×{0}, {dtype} on {device_name} ({threads} threads), UNet batch {1}, median of {2} runs × {3} steps:\n  UNet step:  {step:.2} s\n  VAE decode: {vae:.2} s\n  25-step image: {4:.0} s\n  load: {load_s:.2} s\n  peak RSS: {5} (denoising {6}, decode {7}; the planner's estimate {8:.2} GiB)",
             a.size,
             if a.cfg { 2 } else { 1 },
             a.runs.max(1),
             p.steps,
             step * 25.0 + vae,
-            peak_gib
-                .map(|g| format!("{g:.2} GiB"))
-                .unwrap_or_else(|| "unknown".into()),
+            shown(peak_gib),
+            shown(gib(denoise_peak)),
+            shown(gib(decode_peak)),
+            estimate as f64 / (1u64 << 30) as f64,
         );
     }
     Ok(())

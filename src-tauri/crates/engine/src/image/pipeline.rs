@@ -111,31 +111,75 @@ pub fn latent_preview(latent: &Tensor) -> candle_core::Result<Option<Rgb>> {
     }))
 }
 
-/// A rough peak-memory estimate for one image, so a run that cannot fit is refused with a
-/// suggestion instead of being killed. Weights (as loaded) plus the largest working set. On
-/// the CPU ([`super::ops`]' kernels) attention is computed a block of queries at a time, so
-/// the largest sets are the VAE's full-resolution activations (a few 128-channel images) and
-/// the UNet's activations with CFG; elsewhere candle materialises the attention scores
-/// (batch × heads × L², L = latent pixels; one head of 512 channels in the VAE).
-pub fn estimate_peak_bytes(model: &LoadedModel, p: &ImageParams) -> u64 {
-    let per = if model.dtype == DType::F32 { 4 } else { 2 };
-    let weights: u64 = model.info.pieces.iter().map(|pc| pc.parameters * per).sum();
+/// What an image run needs in memory: the model's weights, resident once loaded, and one
+/// image's working set on top of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryNeed {
+    pub weights: u64,
+    pub working: u64,
+}
+
+impl MemoryNeed {
+    pub fn peak(&self) -> u64 {
+        self.weights + self.working
+    }
+}
+
+/// Loading leaves this share more resident than the tensors themselves (1/16; measured 5.6 %
+/// for SD 1.5 and 5.8 % for SDXL after `memory::release`).
+const LOAD_SLACK_DIVISOR: u64 = 16;
+/// The CPU UNet's working set per latent pixel of the batch (measured 56 KiB for SD 1.5 at
+/// 512², 49 KiB at 1536², 33 KiB for SDXL, whose top level has no attention).
+const UNET_BYTES_PER_LATENT: u64 = 56 << 10;
+/// The VAE decoder's working set per decoded pixel of a tile, and what it needs at any size
+/// (fitted to the decode's peaks over the loaded model: 0.97 GiB at 512², 3.33 GiB at 1024²).
+const VAE_BYTES_PER_PIXEL: u64 = 3 << 10;
+const VAE_FIXED: u64 = 192 << 20;
+/// The process around the model: the binary, tokenizers, previews.
+const PROCESS: u64 = 256 << 20;
+
+/// Estimates the peak memory of one image of `p` with this model on `device`, so a run that
+/// cannot fit is refused with a suggestion instead of being killed. On the CPU (f32, our
+/// kernels: attention a block of queries at a time) the constants are fitted to
+/// `atelier-cli bench image` peaks (docs/benchmarks.md); elsewhere candle materialises the
+/// attention scores (batch × heads × L², L = latent pixels; one head of 512 channels in the VAE).
+pub fn memory_need(info: &model::ImageModelInfo, device: &Device, p: &ImageParams) -> MemoryNeed {
+    let cpu = device.is_cpu();
+    let tensors: u64 = info
+        .pieces
+        .iter()
+        .map(|pc| {
+            // CLIP stays f32 on GPUs; the rest is f16 there.
+            let per = if cpu || pc.role.starts_with("text_encoder") {
+                4
+            } else {
+                2
+            };
+            pc.parameters * per
+        })
+        .sum();
     let pixels = p.width as u64 * p.height as u64;
     let l = pixels / 64;
     let batch = if p.uses_cfg() { 2 } else { 1 };
     // The VAE decodes at most a tile of TILE² latent pixels at once (`decode_tiles`).
-    let vae_activations = 128 * pixels.min((TILE * SCALE * TILE * SCALE) as u64) * 4 * 6;
-    let working = if model.device.is_cpu() && model.dtype == DType::F32 {
-        // The UNet keeps its skip activations (~12 at up to 320 channels × L) and a few more.
-        let unet = batch * 320 * l * 4 * 24;
-        unet.max(vae_activations)
+    let tile_pixels = pixels.min((TILE * SCALE * TILE * SCALE) as u64);
+    let working = if cpu {
+        let unet = batch * l * UNET_BYTES_PER_LATENT;
+        let vae = tile_pixels * VAE_BYTES_PER_PIXEL + VAE_FIXED;
+        // Added, not the larger of the two: the allocator keeps the UNet's freed pages through
+        // the decode (decision #20) and cannot always reuse them for the decoder's larger
+        // tensors; the decode's measured peak rose with the UNet's working set.
+        unet + vae
     } else {
         let heads = 8u64;
         let unet_attention = batch * heads * l * l * 4 * 2; // scores and softmax
-        let vae_l = l.min((TILE * TILE) as u64);
-        unet_attention.max(vae_activations + vae_l * vae_l * 4 * 2)
+        let vae_l = tile_pixels / 64;
+        unet_attention.max(128 * tile_pixels * 4 * 6 + vae_l * vae_l * 4 * 2)
     };
-    weights + working + (256 << 20)
+    MemoryNeed {
+        weights: tensors + tensors / LOAD_SLACK_DIVISOR,
+        working: working + PROCESS,
+    }
 }
 
 /// `MemAvailable` from /proc/meminfo (Linux); `None` elsewhere.
@@ -150,26 +194,75 @@ fn gib(b: u64) -> String {
     format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
 }
 
-/// Refuses a run whose estimate exceeds the memory this machine has free.
-pub fn check_memory(model: &LoadedModel, p: &ImageParams) -> Result<()> {
-    if !model.device.is_cpu() {
+/// Refuses a CPU run that would not fit in the memory this machine has free. `resident`: the
+/// model is loaded already, so its weights are no longer part of the free memory.
+pub fn check_memory(
+    info: &model::ImageModelInfo,
+    device: &Device,
+    p: &ImageParams,
+    resident: bool,
+) -> Result<()> {
+    if !device.is_cpu() {
         return Ok(()); // GPU memory errors come back from the driver as errors, not kills
     }
-    let need = estimate_peak_bytes(model, p);
-    if let Some(free) = available_memory()
-        && need > free
-    {
-        return Err(Error::invalid(format!(
-            "{}×{} needs about {} of memory and {} is free; choose a smaller size (for example {}×{}) or close other programs",
+    match available_memory() {
+        Some(free) => fits(info, device, p, resident, free),
+        None => Ok(()),
+    }
+}
+
+/// [`check_memory`] against `free` bytes: the refusal says what would fit, a smaller size
+/// when there is one (the same shape, sides in steps of 64), else that memory must be freed.
+fn fits(
+    info: &model::ImageModelInfo,
+    device: &Device,
+    p: &ImageParams,
+    resident: bool,
+    free: u64,
+) -> Result<()> {
+    let need_at = |w: u32, h: u32| {
+        let n = memory_need(
+            info,
+            device,
+            &ImageParams {
+                width: w,
+                height: h,
+                ..p.clone()
+            },
+        );
+        n.working + if resident { 0 } else { n.weights }
+    };
+    let need = need_at(p.width, p.height);
+    if need <= free {
+        return Ok(());
+    }
+    let smaller = (1..8u32).rev().find_map(|eighths| {
+        let side = |s: u32| (s * eighths / 8) / 64 * 64;
+        let (w, h) = (side(p.width), side(p.height));
+        (w >= 256 && h >= 256 && need_at(w, h) <= free).then_some((w, h))
+    });
+    let what = if resident {
+        format!("{}×{} needs about {} more", p.width, p.height, gib(need))
+    } else {
+        format!(
+            "{} and a {}×{} image need about {} ({} of it the model)",
+            info.id,
             p.width,
             p.height,
             gib(need),
-            gib(free),
-            model.info.default_size,
-            model.info.default_size
-        )));
-    }
-    Ok(())
+            gib(memory_need(info, device, p).weights)
+        )
+    };
+    Err(Error::invalid(match smaller {
+        Some((w, h)) => format!(
+            "{what} and {} of memory is free; choose a smaller size such as {w}×{h}, or close other programs",
+            gib(free)
+        ),
+        None => format!(
+            "{what} and {} of memory is free; close other programs (or use a smaller model)",
+            gib(free)
+        ),
+    }))
 }
 
 /// What the UNet is conditioned on, `[uncond?, cond]` along the batch: the text states and
@@ -650,6 +743,119 @@ pub fn decode(model: &LoadedModel, latents: &Tensor) -> Result<image::RgbImage> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const GIB: f64 = (1u64 << 30) as f64;
+
+    /// A model described as `describe` would: SD 1.5's or SDXL base's parameter counts.
+    fn described(sdxl: bool) -> model::ImageModelInfo {
+        let piece = |role: &str, parameters: u64| model::Piece {
+            role: role.into(),
+            file: std::path::PathBuf::new(),
+            bytes: parameters * 4,
+            parameters,
+            dtype: "F32".into(),
+        };
+        let mut pieces = vec![piece("vae", 83_653_863), piece("text_encoder", 123_060_480)];
+        if sdxl {
+            pieces.push(piece("unet", 2_567_463_684));
+            pieces.push(piece("text_encoder_2", 694_659_840));
+        } else {
+            pieces.push(piece("unet", 859_520_964));
+        }
+        model::ImageModelInfo {
+            id: if sdxl { "sdxl-base" } else { "sd15" }.into(),
+            path: std::path::PathBuf::new(),
+            family: if sdxl {
+                model::Family::Sdxl
+            } else {
+                model::Family::Sd15
+            },
+            prediction: sampler::Prediction::Epsilon,
+            unet_in_channels: 4,
+            default_size: if sdxl { 1024 } else { 512 },
+            pieces,
+            size_bytes: 0,
+            recommended_steps: 25,
+            recommended_cfg: 7.0,
+            converted_from: None,
+        }
+    }
+
+    fn square(side: u32, cfg: bool) -> ImageParams {
+        ImageParams {
+            model: String::new(),
+            prompt: "a teapot".into(),
+            negative_prompt: String::new(),
+            width: side,
+            height: side,
+            steps: 20,
+            cfg_scale: if cfg { 7.0 } else { 1.0 },
+            scheduler: crate::image::Scheduler::Euler,
+            seed: Some(1),
+            batch_count: 1,
+            init_image: None,
+            variation: None,
+            translated_prompt: None,
+        }
+    }
+
+    /// The peaks `atelier-cli bench image` measured on the 2-thread CPU (docs/benchmarks.md,
+    /// "memory planner"): the estimate must cover each, by no more than a fifth.
+    #[test]
+    fn the_memory_estimate_covers_the_measured_peaks() {
+        let cpu = Device::Cpu;
+        for (sdxl, side, cfg, measured_gib) in [
+            (false, 512, true, 5.17),
+            (true, 1024, true, 17.70),
+            (false, 1536, false, 8.44),
+        ] {
+            let need = memory_need(&described(sdxl), &cpu, &square(side, cfg));
+            let estimate = need.peak() as f64 / GIB;
+            assert!(
+                (measured_gib..measured_gib * 1.2).contains(&estimate),
+                "{side}² sdxl={sdxl}: estimate {estimate:.2} GiB, measured {measured_gib} GiB"
+            );
+        }
+    }
+
+    #[test]
+    fn the_memory_check_counts_the_weights_once_and_suggests_a_size_that_fits() {
+        let cpu = Device::Cpu;
+        let xl = described(true);
+        let p = square(1024, true);
+        let need = memory_need(&xl, &cpu, &p);
+        // SDXL loaded on a 24 GB machine leaves ~9 GiB free: enough for a 1024² image, since
+        // the weights are already in.
+        let nine = 9 << 30;
+        fits(&xl, &cpu, &p, true, nine).unwrap();
+        // Not loaded yet, the same 9 GiB cannot take the weights: said with the model's share
+        // and no size to try, since no size would do.
+        let e = fits(&xl, &cpu, &p, false, nine).unwrap_err().to_string();
+        assert!(
+            e.contains("sdxl-base") && e.contains("of it the model"),
+            "{e}"
+        );
+        assert!(
+            e.contains("close other programs") && !e.contains("such as"),
+            "{e}"
+        );
+        fits(&xl, &cpu, &p, false, need.peak()).unwrap();
+        // Loaded, with just enough free for 640²: that size is the one suggested.
+        let at_640 = memory_need(&xl, &cpu, &square(640, true)).working;
+        let e = fits(&xl, &cpu, &p, true, at_640).unwrap_err().to_string();
+        assert!(e.contains("such as 640×640"), "{e}");
+        fits(&xl, &cpu, &square(640, true), true, at_640).unwrap();
+        // Other shapes keep their proportions, in sides of 64.
+        let wide = ImageParams {
+            width: 1024,
+            height: 768,
+            ..p.clone()
+        };
+        let e = fits(&xl, &cpu, &wide, true, at_640)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("such as 640×448"), "{e}");
+    }
 
     #[test]
     fn slerp_keeps_a_gaussian_norm_and_its_ends() {

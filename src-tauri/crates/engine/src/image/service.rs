@@ -48,20 +48,26 @@ pub struct ImageService {
 
 impl ImageService {
     /// The model `id`, loaded once and kept (one image model at a time: they are large).
+    /// The model for `p`, loaded if it is not, once the memory check says `p` fits (before
+    /// loading: the weights and the image; once loaded: the image).
     fn model(
         &self,
         home: &Home,
-        id: &str,
+        p: &ImageParams,
         device: &candle_core::Device,
     ) -> Result<(Arc<LoadedModel>, String)> {
+        let id = p.model.as_str();
         let mut slot = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((loaded_id, m, hash)) = slot.as_ref()
             && loaded_id == id
         {
+            pipeline::check_memory(&m.info, device, p, true)?;
             return Ok((m.clone(), hash.clone()));
         }
-        *slot = None; // free the old one before loading the next
+        *slot = None; // free the old one before loading the next,
+        crate::memory::release(); // and give its pages back before the free memory is read
         let info = model::describe(&model_dir(home, id)?)?;
+        pipeline::check_memory(&info, device, p, false)?;
         let hash = model::model_hash(&info)?;
         let m = Arc::new(model::load(info, device)?);
         *slot = Some((id.to_owned(), m.clone(), hash.clone()));
@@ -254,9 +260,8 @@ fn run_blocking(
     let total = (p.steps as u64) * (p.batch_count as u64);
     ctx.progress(0, total);
     let load_started = Instant::now();
-    let (model, hash) = service.model(home, &p.model, &device)?;
+    let (model, hash) = service.model(home, p, &device)?;
     let load_ms = load_started.elapsed().as_millis() as u64;
-    pipeline::check_memory(&model, p)?;
     let init = match &p.init_image {
         Some(i) => Some(load_source(store, home, i, p.width, p.height)?),
         None => None,
