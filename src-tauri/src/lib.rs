@@ -15,9 +15,7 @@ pub fn builder<R: Runtime>(
     builder: tauri::Builder<R>,
     home: Result<Home, atelier_engine::Error>,
 ) -> tauri::Builder<R> {
-    let runtime = match tauri::async_runtime::handle() {
-        tauri::async_runtime::RuntimeHandle::Tokio(h) => h,
-    };
+    let tauri::async_runtime::RuntimeHandle::Tokio(runtime) = tauri::async_runtime::handle();
     builder
         .manage(AppState::open(home, runtime))
         .invoke_handler(tauri::generate_handler![

@@ -106,10 +106,10 @@ impl AppState {
     /// disk space). A no-op when already open.
     pub fn reopen(&self) -> AppStatus {
         let mut opened = self.opened.write().unwrap_or_else(|p| p.into_inner());
-        if opened.is_err() {
-            if let Some(home) = &self.home {
-                *opened = open_engine(home, &self.runtime);
-            }
+        if opened.is_err()
+            && let Some(home) = &self.home
+        {
+            *opened = open_engine(home, &self.runtime);
         }
         drop(opened);
         self.status()

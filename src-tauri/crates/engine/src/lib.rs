@@ -3,14 +3,14 @@
 //! The desktop app (`src-tauri/src`) and the CLI (`atelier-cli`) are thin shells over
 //! [`Engine`]. Modules are organised by domain:
 //!
-//! - [`home`]: the data folder and its instance lock
-//! - [`store`]: SQLite (projects, documents, generations, assets, jobs, settings, search)
-//! - [`jobs`]: the queue that runs long work with progress and cancellation
-//! - [`fsutil`]: atomic file writes, file hashes
-//! - [`http`]: server addresses and the HTTP client the remote back ends share
-//! - [`models`], [`text`]: GGUF model registry, local and remote text generation
-//! - [`compliance`]: the advertising-law checker and AI-content labels
-//! - [`image`]: Stable Diffusion in candle, image metadata and the gallery
+//! - [`home`] — the data folder and its instance lock
+//! - [`store`] — SQLite (projects, documents, generations, assets, jobs, settings, search)
+//! - [`jobs`] — the queue that runs long work with progress and cancellation
+//! - [`fsutil`] — atomic file writes, file hashes
+//! - [`http`] — server addresses and the HTTP client the remote back ends share
+//! - [`models`], [`text`] — GGUF model registry, local and remote text generation
+//! - [`compliance`] — the advertising-law checker and AI-content labels
+//! - [`image`] — Stable Diffusion in candle, image metadata and the gallery
 
 pub mod compliance;
 pub mod error;

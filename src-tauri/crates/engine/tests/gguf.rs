@@ -64,7 +64,7 @@ impl Gguf {
         for i in 0..n {
             self.data.extend((i as f32).to_le_bytes());
         }
-        while self.data.len() % 32 != 0 {
+        while !self.data.len().is_multiple_of(32) {
             self.data.push(0);
         }
         self.tensor_count += 1;
@@ -77,7 +77,7 @@ impl Gguf {
         out.extend(self.kv_count.to_le_bytes());
         out.extend(&self.kvs);
         out.extend(&self.infos);
-        while out.len() % 32 != 0 {
+        while !out.len().is_multiple_of(32) {
             out.push(0);
         }
         out.extend(&self.data);

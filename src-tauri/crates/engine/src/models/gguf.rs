@@ -335,7 +335,7 @@ impl<R: Read + Seek> Bounded<R> {
                     Value::Int(v as i16 as i64)
                 }
             }
-            4 | 5 | 6 => {
+            4..=6 => {
                 self.exact(&mut b8[..4], WHAT)?;
                 let v = u32::from_le_bytes([b8[0], b8[1], b8[2], b8[3]]);
                 match value_type {
@@ -344,7 +344,7 @@ impl<R: Read + Seek> Bounded<R> {
                     _ => Value::Float(f32::from_bits(v) as f64),
                 }
             }
-            10 | 11 | 12 => {
+            10..=12 => {
                 self.exact(&mut b8, WHAT)?;
                 let v = u64::from_le_bytes(b8);
                 match value_type {
@@ -399,8 +399,8 @@ impl<R: Read + Seek> Bounded<R> {
                 let fixed = match item_type {
                     0 | 1 | 7 => Some(1),
                     2 | 3 => Some(2),
-                    4 | 5 | 6 => Some(4),
-                    10 | 11 | 12 => Some(8),
+                    4..=6 => Some(4),
+                    10..=12 => Some(8),
                     _ => None,
                 };
                 match fixed {

@@ -86,15 +86,15 @@ fn info_from(path: &Path, h: &Header) -> ModelInfo {
             "architecture “{architecture}” is not supported by the local engine (supported: {})",
             SUPPORTED_ARCHITECTURES.join(", ")
         ))
-    } else if let Some(bad) = tensor_types
-        .keys()
-        .find(|t| !LOADABLE_TYPES.contains(&t.as_str()))
-    {
-        Some(format!(
-            "tensor type {bad} cannot be loaded by the local engine; use a Q4_K_M, Q5_K_M, Q8_0 or F16 file"
-        ))
     } else {
-        None
+        let bad = tensor_types
+            .keys()
+            .find(|t| !LOADABLE_TYPES.contains(&t.as_str()));
+        bad.map(|bad| {
+            format!(
+                "tensor type {bad} cannot be loaded by the local engine; use a Q4_K_M, Q5_K_M, Q8_0 or F16 file"
+            )
+        })
     };
     let tokenizer = h
         .str("tokenizer.ggml.model")

@@ -74,10 +74,10 @@ pub fn choose_device(pref: DevicePreference) -> (Device, Option<String>) {
                     Err(why) => return (Device::Cpu, Some(format!("running on the CPU: {why}"))),
                 }
             }
-            if cfg!(feature = "metal") {
-                if let Ok(d) = try_metal() {
-                    return (d, None);
-                }
+            if cfg!(feature = "metal")
+                && let Ok(d) = try_metal()
+            {
+                return (d, None);
             }
             (Device::Cpu, None)
         }
@@ -405,12 +405,11 @@ impl LocalModel {
         // The rendered template holds the chat markers as text; llama.cpp parses them as
         // special tokens in the whole prompt, and so do we, to match it token for token.
         let mut ids = self.tokenizer.encode(&text, true)?;
-        if self.add_bos {
-            if let Some(bos) = self.tokenizer.bos {
-                if ids.first() != Some(&bos) {
-                    ids.insert(0, bos);
-                }
-            }
+        if self.add_bos
+            && let Some(bos) = self.tokenizer.bos
+            && ids.first() != Some(&bos)
+        {
+            ids.insert(0, bos);
         }
         Ok(ids)
     }

@@ -177,19 +177,18 @@ pub async fn generate(
                 .and_then(|c| c.get("delta"))
                 .and_then(|d| d.get("content"))
                 .and_then(|c| c.as_str())
+                && !piece.is_empty()
             {
-                if !piece.is_empty() {
-                    pieces += 1;
-                    first_at.get_or_insert_with(Instant::now);
-                    let released = stops.push(piece);
-                    if !released.text.is_empty() {
-                        text.push_str(&released.text);
-                        on_text(&released.text);
-                    }
-                    if released.stopped {
-                        finished = Some(StopReason::StopString);
-                        break 'read;
-                    }
+                pieces += 1;
+                first_at.get_or_insert_with(Instant::now);
+                let released = stops.push(piece);
+                if !released.text.is_empty() {
+                    text.push_str(&released.text);
+                    on_text(&released.text);
+                }
+                if released.stopped {
+                    finished = Some(StopReason::StopString);
+                    break 'read;
                 }
             }
             match choice
