@@ -63,12 +63,7 @@ async fn run(
     while let Some(e) = rx.recv().await {
         match e {
             JobEvent::Finished { result } => {
-                return Ok(result["images"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|i| i["generation_id"].as_i64().unwrap())
-                    .collect());
+                return Ok(common::generation_ids(&result));
             }
             JobEvent::Failed { kind, message } => return Err((kind, message)),
             JobEvent::Cancelled => return Err(("cancelled".into(), String::new())),

@@ -564,12 +564,7 @@ pub async fn run(
             }
             JobEvent::Waiting { queued } => waiting.push(queued),
             JobEvent::Finished { result } => {
-                break Ok(result["images"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|i| i["generation_id"].as_i64().unwrap())
-                    .collect());
+                break Ok(common::generation_ids(&result));
             }
             JobEvent::Failed { kind, message } => break Err((kind, message)),
             JobEvent::Cancelled => break Err(("cancelled".into(), String::new())),

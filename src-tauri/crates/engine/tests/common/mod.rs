@@ -55,6 +55,20 @@ pub fn sink() -> (atelier_engine::EventSink, mpsc::UnboundedReceiver<JobEvent>) 
 }
 
 /// How many images a project's gallery shows.
+/// The generation ids a finished image job reports, in order.
+pub fn generation_ids(result: &serde_json::Value) -> Vec<i64> {
+    result["images"]
+        .as_array()
+        .expect("a finished image job lists its images")
+        .iter()
+        .map(|i| {
+            i["generation_id"]
+                .as_i64()
+                .expect("an image's generation id")
+        })
+        .collect()
+}
+
 pub fn gallery_len(engine: &Engine, project_id: i64) -> usize {
     engine
         .store()
