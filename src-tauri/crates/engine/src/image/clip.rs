@@ -14,6 +14,35 @@ use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder, embedding, layer_norm,
 
 const LAYER_NORM_EPS: f64 = 1e-5;
 
+/// A linear layer whose weights may be held in f16 or bf16 (`model::text_weights`): applied in
+/// f32, its weights widened for the one product (exactly, so the result is that of an f32 copy).
+struct Dense(Linear);
+
+impl Dense {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let w = self.0.weight();
+        if w.dtype() == x.dtype() {
+            return self.0.forward(x);
+        }
+        let bias = self.0.bias().map(|b| b.to_dtype(x.dtype())).transpose()?;
+        Linear::new(w.to_dtype(x.dtype())?, bias).forward(x)
+    }
+}
+
+fn dense(input: usize, output: usize, vb: VarBuilder) -> Result<Dense> {
+    Ok(Dense(linear(input, output, vb)?))
+}
+
+/// Layer norms are small: widened to f32 once, at load.
+fn norm(size: usize, vb: VarBuilder) -> Result<LayerNorm> {
+    let ln = layer_norm(size, LAYER_NORM_EPS, vb)?;
+    let weight = ln.weight().to_dtype(DType::F32)?;
+    Ok(match ln.bias() {
+        Some(b) => LayerNorm::new(weight, b.to_dtype(DType::F32)?, LAYER_NORM_EPS),
+        None => LayerNorm::new_no_bias(weight, LAYER_NORM_EPS),
+    })
+}
+
 /// The activation inside each layer's MLP (`hidden_act`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -47,13 +76,13 @@ pub struct ClipOutput {
 
 struct Layer {
     norm1: LayerNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
+    q: Dense,
+    k: Dense,
+    v: Dense,
+    out: Dense,
     norm2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Dense,
+    fc2: Dense,
 }
 
 pub struct ClipText {
@@ -62,7 +91,7 @@ pub struct ClipText {
     position_embedding: Embedding,
     layers: Vec<Layer>,
     final_norm: LayerNorm,
-    projection: Option<Linear>,
+    projection: Option<Dense>,
 }
 
 impl ClipText {
@@ -78,11 +107,11 @@ impl ClipText {
             );
         }
         let projection = match c.projection {
-            Some(p) => Some(candle_nn::linear_no_bias(
+            Some(p) => Some(Dense(candle_nn::linear_no_bias(
                 c.hidden_size,
                 p,
                 vb.pp("text_projection"),
-            )?),
+            )?)),
             None => None,
         };
         let vb = vb.pp("text_model");
@@ -92,14 +121,14 @@ impl ClipText {
                 let vb = vb.pp("encoder").pp("layers").pp(i);
                 let attn = vb.pp("self_attn");
                 Ok(Layer {
-                    norm1: layer_norm(h, LAYER_NORM_EPS, vb.pp("layer_norm1"))?,
-                    q: linear(h, h, attn.pp("q_proj"))?,
-                    k: linear(h, h, attn.pp("k_proj"))?,
-                    v: linear(h, h, attn.pp("v_proj"))?,
-                    out: linear(h, h, attn.pp("out_proj"))?,
-                    norm2: layer_norm(h, LAYER_NORM_EPS, vb.pp("layer_norm2"))?,
-                    fc1: linear(h, c.intermediate_size, vb.pp("mlp").pp("fc1"))?,
-                    fc2: linear(c.intermediate_size, h, vb.pp("mlp").pp("fc2"))?,
+                    norm1: norm(h, vb.pp("layer_norm1"))?,
+                    q: dense(h, h, attn.pp("q_proj"))?,
+                    k: dense(h, h, attn.pp("k_proj"))?,
+                    v: dense(h, h, attn.pp("v_proj"))?,
+                    out: dense(h, h, attn.pp("out_proj"))?,
+                    norm2: norm(h, vb.pp("layer_norm2"))?,
+                    fc1: dense(h, c.intermediate_size, vb.pp("mlp").pp("fc1"))?,
+                    fc2: dense(c.intermediate_size, h, vb.pp("mlp").pp("fc2"))?,
                 })
             })
             .collect::<Result<_>>()?;
@@ -109,13 +138,21 @@ impl ClipText {
             token_embedding: embedding(c.vocab_size, h, emb.pp("token_embedding"))?,
             position_embedding: embedding(c.max_positions, h, emb.pp("position_embedding"))?,
             layers,
-            final_norm: layer_norm(h, LAYER_NORM_EPS, vb.pp("final_layer_norm"))?,
+            final_norm: norm(h, vb.pp("final_layer_norm"))?,
             projection,
         })
     }
 
     pub fn config(&self) -> &ClipConfig {
         &self.config
+    }
+
+    /// The type the layers' matrices are held in (f16 or bf16 for a half-precision file on
+    /// the CPU, else f32); the model computes in f32 either way.
+    pub fn weight_dtype(&self) -> DType {
+        self.layers
+            .first()
+            .map_or(DType::F32, |l| l.q.0.weight().dtype())
     }
 
     /// Runs token windows `ids` `[batch, tokens]` (u32) through the model.
@@ -131,7 +168,13 @@ impl ClipText {
         let mut x = self
             .token_embedding
             .forward(ids)?
-            .broadcast_add(&self.position_embedding.forward(&positions)?)?;
+            .to_dtype(DType::F32)?
+            .broadcast_add(
+                &self
+                    .position_embedding
+                    .forward(&positions)?
+                    .to_dtype(DType::F32)?,
+            )?;
         let mask = causal_mask(tokens, ids.device())?;
         let mut penultimate = x.clone();
         for (i, layer) in self.layers.iter().enumerate() {

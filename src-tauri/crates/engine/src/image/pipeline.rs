@@ -149,11 +149,13 @@ pub fn memory_need(info: &model::ImageModelInfo, device: &Device, p: &ImageParam
         .pieces
         .iter()
         .map(|pc| {
-            // CLIP stays f32 on GPUs; the rest is f16 there.
-            let per = if cpu || pc.role.starts_with("text_encoder") {
-                4
-            } else {
-                2
+            // On the CPU everything is f32 but text encoders from a half-precision file, which
+            // stay half (`model::text_weights`); on GPUs CLIP is f32 and the rest f16.
+            let half_file = matches!(pc.dtype.as_str(), "F16" | "BF16");
+            let per = match (cpu, pc.role.starts_with("text_encoder")) {
+                (true, true) if half_file => 2,
+                (true, _) | (false, true) => 4,
+                (false, false) => 2,
             };
             pc.parameters * per
         })
