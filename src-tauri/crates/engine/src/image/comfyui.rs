@@ -7,7 +7,7 @@
 //! recorded by Atelier exactly like a local one, so the gallery and the metadata are the same.
 //!
 //! An `https://` server is followed over `wss://`, trusting the same certificates as the
-//! HTTP client (the system's store; `SSL_CERT_FILE` adds a team's own authority). Without a
+//! HTTP client (the system's store, or the PEM file `SSL_CERT_FILE` names instead). Without a
 //! WebSocket (a proxy that drops upgrades, a handshake that fails) the run is followed by
 //! polling the history: it still finishes, only without step progress and previews.
 //! A queued run is never retried automatically: it may already be running on the server.
