@@ -634,6 +634,8 @@ test('images: an SDXL-shaped model imported, listed with both text encoders, dra
     const listed = await row.getText();
     assert.match(listed, /text_encoder:/);
     assert.match(listed, /text_encoder_2:/);
+    // What one image at its size asks of this machine (the memory check's estimate).
+    assert.match(listed, /≈ \d+\.\d GiB/);
 
     await driver.executeScript("localStorage.removeItem('atelier.imageForm')");
     await driver.findElement(By.css('[data-view=images]')).click();

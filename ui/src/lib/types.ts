@@ -540,6 +540,8 @@ export interface ImageModelInfo {
   recommended_cfg: number;
   /** Set when the model was imported from a single-file checkpoint. */
   converted_from: { file: string; sha256: string } | null;
+  /** The memory check's estimate for one image at the default size and CFG on the CPU. */
+  cpu_memory_bytes: number;
 }
 
 /** What the configured ComfyUI server offers (asked each time). */

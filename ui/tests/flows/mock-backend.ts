@@ -52,7 +52,7 @@ jobs.push({
 const imageModels: ImageModelEntry[] = [
   { status: 'ok', id: 'sd15', path: '/home/demo/.local/share/atelier/image-models/sd15', family: 'sd15', prediction: 'epsilon',
     unet_in_channels: 4, default_size: 512, pieces: [], size_bytes: 4_265_000_000, recommended_steps: 25, recommended_cfg: 7,
-    converted_from: null },
+    converted_from: null, cpu_memory_bytes: 6_276_330_519 },
   { status: 'broken', id: 'half-copied', error: 'unet/diffusion_pytorch_model.safetensors is truncated' },
 ];
 const images: (GalleryImage & { colour: string })[] = ['#c0392b', '#2e86c1', '#27ae60'].map((colour, i) => ({

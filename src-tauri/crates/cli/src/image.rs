@@ -131,12 +131,13 @@ pub async fn run(engine: &Engine, cmd: ImageCmd, json: bool) -> Result<()> {
                 for m in list {
                     match m {
                         Ok(i) => println!(
-                            "{}  {}  {:.2} GB  {}×{}  {}",
+                            "{}  {}  {:.2} GB  {}×{} (~{:.1} GiB of memory on the CPU)  {}",
                             i.id,
                             i.family.label(),
                             i.size_bytes as f64 / 1e9,
                             i.default_size,
                             i.default_size,
+                            i.cpu_memory_bytes as f64 / (1u64 << 30) as f64,
                             i.pieces
                                 .iter()
                                 .map(|p| format!("{} {}", p.role, p.dtype))

@@ -89,6 +89,9 @@ pub struct ImageModelInfo {
     pub recommended_cfg: f64,
     /// The single-file checkpoint this folder was converted from, if it was.
     pub converted_from: Option<ConvertedFrom>,
+    /// The memory check's estimate for one image at the default size and CFG on the CPU
+    /// (`pipeline::memory_need`), so the list can say what a model asks of this machine.
+    pub cpu_memory_bytes: u64,
 }
 
 /// The original of a model imported from a single `.safetensors` checkpoint.
@@ -741,7 +744,7 @@ pub fn describe(dir: &Path) -> Result<ImageModelInfo> {
     } else {
         None
     };
-    Ok(ImageModelInfo {
+    let mut info = ImageModelInfo {
         id: model_id(dir),
         path: dir.to_owned(),
         family,
@@ -757,7 +760,29 @@ pub fn describe(dir: &Path) -> Result<ImageModelInfo> {
         recommended_steps,
         recommended_cfg,
         converted_from,
-    })
+        cpu_memory_bytes: 0,
+    };
+    info.cpu_memory_bytes = super::pipeline::memory_need(
+        &info,
+        &Device::Cpu,
+        &super::ImageParams {
+            model: info.id.clone(),
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            width: info.default_size,
+            height: info.default_size,
+            steps: recommended_steps,
+            cfg_scale: recommended_cfg,
+            scheduler: super::Scheduler::Euler,
+            seed: None,
+            batch_count: 1,
+            init_image: None,
+            variation: None,
+            translated_prompt: None,
+        },
+    )
+    .peak();
+    Ok(info)
 }
 
 pub fn model_id(dir: &Path) -> String {
@@ -1278,6 +1303,23 @@ mod tests {
         let full = load(describe(&full_dir).unwrap(), &cpu).unwrap();
         assert_eq!(half.text.weight_dtype(), DType::F16);
         assert_eq!(full.text.weight_dtype(), DType::F32);
+        // The list's memory figure is the check's estimate, which counts the half encoder at
+        // two bytes a value.
+        let tensors: u64 = full.info.pieces.iter().map(|p| p.parameters * 4).sum();
+        assert!(full.info.cpu_memory_bytes > tensors);
+        let text_params = half
+            .info
+            .pieces
+            .iter()
+            .find(|p| p.role == "text_encoder")
+            .unwrap()
+            .parameters;
+        let saved = full.info.cpu_memory_bytes - half.info.cpu_memory_bytes;
+        let expected = text_params * 2 + text_params * 2 / 16; // and the load slack on it
+        assert!(
+            saved.abs_diff(expected) <= 1,
+            "{saved} saved, {expected} expected"
+        );
         let ids = candle_core::Tensor::new(&[[998u32, 320, 125, 999, 999]], &cpu).unwrap();
         let (a, b) = (
             half.text.forward(&ids).unwrap(),

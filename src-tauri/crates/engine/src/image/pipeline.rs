@@ -780,6 +780,7 @@ mod tests {
             recommended_steps: 25,
             recommended_cfg: 7.0,
             converted_from: None,
+            cpu_memory_bytes: 0,
         }
     }
 
