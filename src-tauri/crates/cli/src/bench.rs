@@ -755,7 +755,8 @@ pub fn image(a: ImageBench, as_json: bool) -> Result<()> {
         translated_prompt: None,
     };
     p.validate()?;
-    let estimate = pipeline::memory_need(&loaded.info, &device, &p).peak();
+    let estimate =
+        pipeline::memory_need(&loaded.info, &device, p.width, p.height, p.uses_cfg()).peak();
     let mut step_s = Vec::new();
     let mut vae_s = Vec::new();
     let mut total_s = Vec::new();

@@ -765,21 +765,9 @@ pub fn describe(dir: &Path) -> Result<ImageModelInfo> {
     info.cpu_memory_bytes = super::pipeline::memory_need(
         &info,
         &Device::Cpu,
-        &super::ImageParams {
-            model: info.id.clone(),
-            prompt: String::new(),
-            negative_prompt: String::new(),
-            width: info.default_size,
-            height: info.default_size,
-            steps: recommended_steps,
-            cfg_scale: recommended_cfg,
-            scheduler: super::Scheduler::Euler,
-            seed: None,
-            batch_count: 1,
-            init_image: None,
-            variation: None,
-            translated_prompt: None,
-        },
+        info.default_size,
+        info.default_size,
+        super::params::cfg_applies(recommended_cfg),
     )
     .peak();
     Ok(info)
@@ -1333,19 +1321,12 @@ mod tests {
         assert_eq!(bits(&a.penultimate), bits(&b.penultimate));
 
         let p = crate::image::ImageParams {
-            model: String::new(),
             prompt: "a red apple, (studio light:1.2)".into(),
             negative_prompt: "blurry".into(),
-            width: 64,
-            height: 64,
             steps: 2,
             cfg_scale: 5.0,
-            scheduler: crate::image::Scheduler::Euler,
             seed: Some(7),
-            batch_count: 1,
-            init_image: None,
-            variation: None,
-            translated_prompt: None,
+            ..super::super::params::sample_params()
         };
         let mut quiet = |_: usize, _: usize, _: Option<super::super::pipeline::Rgb>| {};
         let draw =

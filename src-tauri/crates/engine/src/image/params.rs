@@ -242,8 +242,13 @@ impl ImageParams {
 
     /// Whether the negative branch runs: CFG at or below 1 is plain conditioning (turbo models).
     pub fn uses_cfg(&self) -> bool {
-        self.cfg_scale > 1.0
+        cfg_applies(self.cfg_scale)
     }
+}
+
+/// Whether a guidance scale runs the UNet on the negative prompt too (a batch of two).
+pub fn cfg_applies(cfg_scale: f64) -> bool {
+    cfg_scale > 1.0
 }
 
 #[cfg(test)]

@@ -138,12 +138,19 @@ const VAE_FIXED: u64 = 192 << 20;
 /// The process around the model: the binary, tokenizers, previews.
 const PROCESS: u64 = 256 << 20;
 
-/// Estimates the peak memory of one image of `p` with this model on `device`, so a run that
+/// Estimates the peak memory of one `width × height` image (`cfg`: the UNet runs a batch of
+/// two) with this model on `device`, so a run that
 /// cannot fit is refused with a suggestion instead of being killed. On the CPU (f32, our
 /// kernels: attention a block of queries at a time) the constants are fitted to
 /// `atelier-cli bench image` peaks (docs/benchmarks.md); elsewhere candle materialises the
 /// attention scores (batch × heads × L², L = latent pixels; one head of 512 channels in the VAE).
-pub fn memory_need(info: &model::ImageModelInfo, device: &Device, p: &ImageParams) -> MemoryNeed {
+pub fn memory_need(
+    info: &model::ImageModelInfo,
+    device: &Device,
+    width: u32,
+    height: u32,
+    cfg: bool,
+) -> MemoryNeed {
     let cpu = device.is_cpu();
     let tensors: u64 = info
         .pieces
@@ -160,9 +167,9 @@ pub fn memory_need(info: &model::ImageModelInfo, device: &Device, p: &ImageParam
             pc.parameters * per
         })
         .sum();
-    let pixels = p.width as u64 * p.height as u64;
+    let pixels = width as u64 * height as u64;
     let l = pixels / 64;
-    let batch = if p.uses_cfg() { 2 } else { 1 };
+    let batch = if cfg { 2 } else { 1 };
     // The VAE decodes at most a tile of TILE² latent pixels at once (`decode_tiles`).
     let tile_pixels = pixels.min((TILE * SCALE * TILE * SCALE) as u64);
     let working = if cpu {
@@ -208,7 +215,15 @@ pub fn check_memory(
         return Ok(()); // GPU memory errors come back from the driver as errors, not kills
     }
     match available_memory() {
-        Some(free) => fits(info, device, p, resident, free),
+        Some(free) => fits(
+            info,
+            device,
+            p.width,
+            p.height,
+            p.uses_cfg(),
+            resident,
+            free,
+        ),
         None => Ok(()),
     }
 }
@@ -218,41 +233,32 @@ pub fn check_memory(
 fn fits(
     info: &model::ImageModelInfo,
     device: &Device,
-    p: &ImageParams,
+    width: u32,
+    height: u32,
+    cfg: bool,
     resident: bool,
     free: u64,
 ) -> Result<()> {
-    let need_at = |w: u32, h: u32| {
-        let n = memory_need(
-            info,
-            device,
-            &ImageParams {
-                width: w,
-                height: h,
-                ..p.clone()
-            },
-        );
-        n.working + if resident { 0 } else { n.weights }
-    };
-    let need = need_at(p.width, p.height);
+    let to_find = |n: MemoryNeed| n.working + if resident { 0 } else { n.weights };
+    let asked = memory_need(info, device, width, height, cfg);
+    let need = to_find(asked);
     if need <= free {
         return Ok(());
     }
     let smaller = (1..8u32).rev().find_map(|eighths| {
         let side = |s: u32| (s * eighths / 8) / 64 * 64;
-        let (w, h) = (side(p.width), side(p.height));
-        (w >= 256 && h >= 256 && need_at(w, h) <= free).then_some((w, h))
+        let (w, h) = (side(width), side(height));
+        (w >= 256 && h >= 256 && to_find(memory_need(info, device, w, h, cfg)) <= free)
+            .then_some((w, h))
     });
     let what = if resident {
-        format!("{}×{} needs about {} more", p.width, p.height, gib(need))
+        format!("{width}×{height} needs about {} more", gib(need))
     } else {
         format!(
-            "{} and a {}×{} image need about {} ({} of it the model)",
+            "{} and a {width}×{height} image need about {} ({} of it the model)",
             info.id,
-            p.width,
-            p.height,
             gib(need),
-            gib(memory_need(info, device, p).weights)
+            gib(asked.weights)
         )
     };
     Err(Error::invalid(match smaller {
@@ -784,24 +790,6 @@ mod tests {
         }
     }
 
-    fn square(side: u32, cfg: bool) -> ImageParams {
-        ImageParams {
-            model: String::new(),
-            prompt: "a teapot".into(),
-            negative_prompt: String::new(),
-            width: side,
-            height: side,
-            steps: 20,
-            cfg_scale: if cfg { 7.0 } else { 1.0 },
-            scheduler: crate::image::Scheduler::Euler,
-            seed: Some(1),
-            batch_count: 1,
-            init_image: None,
-            variation: None,
-            translated_prompt: None,
-        }
-    }
-
     /// The peaks `atelier-cli bench image` measured on the 2-thread CPU (docs/benchmarks.md,
     /// "memory planner"): the estimate must cover each, by no more than a fifth.
     #[test]
@@ -812,7 +800,7 @@ mod tests {
             (true, 1024, true, 17.70),
             (false, 1536, false, 8.44),
         ] {
-            let need = memory_need(&described(sdxl), &cpu, &square(side, cfg));
+            let need = memory_need(&described(sdxl), &cpu, side, side, cfg);
             let estimate = need.peak() as f64 / GIB;
             assert!(
                 (measured_gib..measured_gib * 1.2).contains(&estimate),
@@ -825,15 +813,16 @@ mod tests {
     fn the_memory_check_counts_the_weights_once_and_suggests_a_size_that_fits() {
         let cpu = Device::Cpu;
         let xl = described(true);
-        let p = square(1024, true);
-        let need = memory_need(&xl, &cpu, &p);
+        let need = memory_need(&xl, &cpu, 1024, 1024, true);
         // SDXL loaded on a 24 GB machine leaves ~9 GiB free: enough for a 1024² image, since
         // the weights are already in.
         let nine = 9 << 30;
-        fits(&xl, &cpu, &p, true, nine).unwrap();
+        fits(&xl, &cpu, 1024, 1024, true, true, nine).unwrap();
         // Not loaded yet, the same 9 GiB cannot take the weights: said with the model's share
         // and no size to try, since no size would do.
-        let e = fits(&xl, &cpu, &p, false, nine).unwrap_err().to_string();
+        let e = fits(&xl, &cpu, 1024, 1024, true, false, nine)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("sdxl-base") && e.contains("of it the model"),
             "{e}"
@@ -842,19 +831,16 @@ mod tests {
             e.contains("close other programs") && !e.contains("such as"),
             "{e}"
         );
-        fits(&xl, &cpu, &p, false, need.peak()).unwrap();
+        fits(&xl, &cpu, 1024, 1024, true, false, need.peak()).unwrap();
         // Loaded, with just enough free for 640²: that size is the one suggested.
-        let at_640 = memory_need(&xl, &cpu, &square(640, true)).working;
-        let e = fits(&xl, &cpu, &p, true, at_640).unwrap_err().to_string();
+        let at_640 = memory_need(&xl, &cpu, 640, 640, true).working;
+        let e = fits(&xl, &cpu, 1024, 1024, true, true, at_640)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("such as 640×640"), "{e}");
-        fits(&xl, &cpu, &square(640, true), true, at_640).unwrap();
+        fits(&xl, &cpu, 640, 640, true, true, at_640).unwrap();
         // Other shapes keep their proportions, in sides of 64.
-        let wide = ImageParams {
-            width: 1024,
-            height: 768,
-            ..p.clone()
-        };
-        let e = fits(&xl, &cpu, &wide, true, at_640)
+        let e = fits(&xl, &cpu, 1024, 768, true, true, at_640)
             .unwrap_err()
             .to_string();
         assert!(e.contains("such as 640×448"), "{e}");
